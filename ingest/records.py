@@ -1,0 +1,247 @@
+"""Normalized market-data records: the one contract between venues, Kafka and the warehouse.
+
+Every venue mapper emits these types and nothing else; every consumer reads only these.
+Each class is declared once here; its Kafka topic, its wire form (orjson, decimal strings
+kept verbatim), its Arrow schema and its DuckDB table are all derived from the field
+annotations below, so the four cannot drift apart.
+
+Field kinds (annotations):
+  Text / Int / Flag   VARCHAR / BIGINT / BOOLEAN
+  Num                 exchange decimal string on the wire (lossless), DOUBLE in the warehouse
+  Ms                  epoch milliseconds on the wire, TIMESTAMP (UTC) in the warehouse
+  Ns                  epoch nanoseconds on the wire, TIMESTAMP (UTC, microseconds) in the warehouse
+  Levels              [[price, qty], ...] strings on the wire, STRUCT(price, qty)[] in the warehouse
+``X | None`` marks a nullable field.
+
+Bump ``SCHEMA_VERSION`` and add a migration in ``warehouse.schema`` when a field changes.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Annotated, ClassVar
+
+import orjson
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+class _Kind:
+    def __init__(self, name: str, wire: pa.DataType, table: pa.DataType, sql: str):
+        self.name, self.wire, self.table, self.sql = name, wire, table, sql
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+LEVEL = pa.struct([("price", pa.float64()), ("qty", pa.float64())])
+
+TEXT = _Kind("text", pa.string(), pa.string(), "VARCHAR")
+INT = _Kind("int", pa.int64(), pa.int64(), "BIGINT")
+FLAG = _Kind("flag", pa.bool_(), pa.bool_(), "BOOLEAN")
+NUM = _Kind("num", pa.string(), pa.float64(), "DOUBLE")
+MS = _Kind("ms", pa.int64(), pa.timestamp("us"), "TIMESTAMP")
+NS = _Kind("ns", pa.int64(), pa.timestamp("us"), "TIMESTAMP")
+LEVELS = _Kind("levels", pa.list_(pa.list_(pa.string())), pa.list_(LEVEL),
+               "STRUCT(price DOUBLE, qty DOUBLE)[]")
+
+Text = Annotated[str, TEXT]
+Int = Annotated[int, INT]
+Flag = Annotated[bool, FLAG]
+Num = Annotated[str, NUM]
+Ms = Annotated[int, MS]
+Ns = Annotated[int, NS]
+Levels = Annotated[list, LEVELS]
+
+
+@dataclass(slots=True, kw_only=True)
+class MarketRecord:
+    """Fields every instrument-level record carries."""
+
+    exchange: Text            # perpflow venue id, e.g. "binance-usdm"
+    symbol: Text              # normalized, e.g. "BTC-USDT-PERP"
+    symbol_native: Text       # as the venue spells it, e.g. "BTCUSDT"
+    ts_exchange: Ms           # the venue's event/trade time
+    ts_recv: Ns               # when perpflow received the message
+
+
+@dataclass(slots=True, kw_only=True)
+class Trade(MarketRecord):
+    record_type: ClassVar[str] = "trade"
+    topic: ClassVar[str] = "md.trades"
+    table: ClassVar[str] = "trades"
+
+    trade_id: Text            # venue id verbatim (Binance aggTrade `a` / trade `t`)
+    price: Num
+    qty: Num
+    qty_unit: Text            # "base" or "contracts"
+    side: Text                # taker side: "buy" | "sell" | "unknown"
+    is_aggregated: Flag       # Binance aggTrade folds fills of one taker order at one price
+    first_trade_id: Int | None = None
+    last_trade_id: Int | None = None
+    trade_type: Text | None = None   # Binance `X`: MARKET, INSURANCE_FUND, ADL, NA
+
+
+@dataclass(slots=True, kw_only=True)
+class BookSnapshot(MarketRecord):
+    record_type: ClassVar[str] = "book_snapshot"
+    topic: ClassVar[str] = "md.book"
+    table: ClassVar[str] = "book_snapshots"
+
+    bids: Levels              # best first
+    asks: Levels
+    seq: Int | None           # Binance lastUpdateId, Bybit u, OKX seqId
+    reason: Text              # "sync" (first), "resync" (after a gap), "venue" (pushed by the venue)
+
+
+@dataclass(slots=True, kw_only=True)
+class BookDelta(MarketRecord):
+    record_type: ClassVar[str] = "book_delta"
+    topic: ClassVar[str] = "md.book"
+    table: ClassVar[str] = "book_deltas"
+
+    bids: Levels              # absolute quantities; qty 0 deletes the level
+    asks: Levels
+    first_seq: Int | None     # Binance U
+    last_seq: Int | None      # Binance u
+    prev_seq: Int | None      # Binance pu
+
+
+@dataclass(slots=True, kw_only=True)
+class Funding(MarketRecord):
+    record_type: ClassVar[str] = "funding"
+    topic: ClassVar[str] = "md.funding"
+    table: ClassVar[str] = "funding"
+
+    rate: Num                 # per funding interval, as the venue quotes it
+    interval_hours: Int
+    next_funding_time: Ms | None
+    mark_price: Num | None
+    index_price: Num | None
+    is_realised: Flag         # False = current estimate, True = settled rate
+
+
+@dataclass(slots=True, kw_only=True)
+class OpenInterest(MarketRecord):
+    record_type: ClassVar[str] = "open_interest"
+    topic: ClassVar[str] = "md.open_interest"
+    table: ClassVar[str] = "open_interest"
+
+    open_interest: Num
+    qty_unit: Text
+    open_interest_usd: Num | None = None   # only where the venue publishes it
+
+
+@dataclass(slots=True, kw_only=True)
+class Liquidation(MarketRecord):
+    record_type: ClassVar[str] = "liquidation"
+    topic: ClassVar[str] = "md.liquidations"
+    table: ClassVar[str] = "liquidations"
+
+    order_side: Text          # side of the forced order: "sell" closes a long
+    liquidated_position: Text # "long" | "short"
+    price: Num                # order (bankruptcy) price
+    avg_price: Num | None     # average fill price where published
+    qty: Num                  # filled quantity
+    qty_unit: Text
+    order_status: Text | None
+    is_sampled: Flag          # True where the venue publishes a sample (Binance: 1/s/symbol)
+
+
+@dataclass(slots=True, kw_only=True)
+class FeedEvent:
+    """Something happened to the feed rather than the market: gaps, resyncs, outages."""
+
+    record_type: ClassVar[str] = "feed_event"
+    topic: ClassVar[str] = "md.feed_events"
+    table: ClassVar[str] = "feed_events"
+
+    exchange: Text
+    symbol: Text | None       # None = the whole feed
+    kind: Text                # gap | resync | disconnect | reconnect | stall | broker_reset | ...
+    detail: Text              # JSON object with the specifics
+    ts_recv: Ns
+    ts_exchange: Ms | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class DeadLetter:
+    """A message that could not be mapped, kept verbatim with the reason."""
+
+    record_type: ClassVar[str] = "dead_letter"
+    topic: ClassVar[str] = "md.dlq"
+    table: ClassVar[str] = "dead_letters"
+
+    exchange: Text
+    source: Text              # stream name or REST path
+    reason: Text
+    raw: Text                 # the message as received (decoded leniently)
+    ts_recv: Ns
+    symbol: Text | None = None
+
+
+RECORD_TYPES: tuple[type, ...] = (Trade, BookSnapshot, BookDelta, Funding, OpenInterest,
+                                  Liquidation, FeedEvent, DeadLetter)
+BY_NAME: dict[str, type] = {cls.record_type: cls for cls in RECORD_TYPES}
+TOPICS: tuple[str, ...] = tuple(dict.fromkeys(cls.topic for cls in RECORD_TYPES))
+Record = Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | FeedEvent | DeadLetter
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: _Kind
+    nullable: bool
+
+
+@cache
+def field_specs(cls: type) -> tuple[FieldSpec, ...]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    specs = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        nullable = False
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            nullable, hint = True, args[0]
+        kind = typing.get_args(hint)[1]
+        specs.append(FieldSpec(f.name, kind, nullable))
+    return tuple(specs)
+
+
+@cache
+def wire_schema(cls: type) -> pa.Schema:
+    """How the JSON value parses (decimal strings stay strings)."""
+    return pa.schema([pa.field(s.name, s.kind.wire, nullable=s.nullable) for s in field_specs(cls)])
+
+
+@cache
+def table_schema(cls: type) -> pa.Schema:
+    """The Arrow form of the warehouse table, without the Kafka bookkeeping columns."""
+    return pa.schema([pa.field(s.name, s.kind.table, nullable=s.nullable) for s in field_specs(cls)])
+
+
+def kafka_key(record) -> bytes:
+    return f"{record.exchange}|{record.symbol or '*'}".encode()
+
+
+def encode(record) -> bytes:
+    """orjson value with the record type and schema version first, for readers without headers."""
+    body = orjson.dumps(record)
+    return b'{"type":"%s","v":%d,%s' % (record.record_type.encode(), SCHEMA_VERSION, body[1:])
+
+
+def headers(record) -> list[tuple[str, bytes]]:
+    return [("type", record.record_type.encode()), ("v", str(SCHEMA_VERSION).encode())]
+
+
+def decode(value: bytes):
+    """Inverse of ``encode`` (used by tests and tools; the loader parses whole batches with Arrow)."""
+    data = orjson.loads(value)
+    cls = BY_NAME[data.pop("type")]
+    data.pop("v")
+    return cls(**data)

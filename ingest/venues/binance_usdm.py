@@ -1,0 +1,241 @@
+"""Binance USD-M futures: raw websocket and REST messages -> normalized records.
+
+Every Binance quirk lives here and nowhere else:
+  * combined-stream envelopes ``{"stream", "data"}`` and plain payloads both arrive;
+  * aggTrade ``m`` is "buyer is maker", so ``m=true`` means the taker sold;
+  * forceOrder ``S=SELL`` is the liquidation order selling, i.e. a *long* was liquidated,
+    and the stream is a sample (the latest order per symbol per second);
+  * depth sync: drop ``u < lastUpdateId``; the first applied event has
+    ``U <= lastUpdateId <= u`` (live streams may also continue with ``pu == lastUpdateId``);
+    afterwards ``pu`` must equal the previous ``u``;
+  * markPriceUpdate carries no funding interval: it comes from ``/fapi/v1/fundingInfo``
+    (symbols absent there use 8 h).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from urllib.parse import parse_qs, urlsplit
+
+from ingest.records import BookDelta, BookSnapshot, Funding, Liquidation, OpenInterest, Trade
+from ingest.venues import MalformedMessage, SkipMessage
+
+EXCHANGE = "binance-usdm"
+DEFAULT_FUNDING_INTERVAL_HOURS = 8
+QUOTE_ASSETS = ("USDT", "USDC", "BUSD", "FDUSD")
+
+SKIPPED_EVENTS = {
+    "bookTicker": "bookTicker: the touch is derived from the synced depth book",
+    "kline": "kline: candles are built from trades in the warehouse",
+    "continuous_kline": "continuous_kline: candles are built from trades in the warehouse",
+    "24hrTicker": "24hrTicker: statistics are built from trades in the warehouse",
+    "24hrMiniTicker": "24hrMiniTicker: statistics are built from trades in the warehouse",
+}
+
+
+@lru_cache(maxsize=4096)
+def normalize_symbol(native: str) -> str:
+    """BTCUSDT -> BTC-USDT-PERP; BTCUSDT_250328 (quarterly) -> BTC-USDT-250328."""
+    pair, _, expiry = native.upper().partition("_")
+    for quote in QUOTE_ASSETS:
+        if pair.endswith(quote) and len(pair) > len(quote):
+            return f"{pair[:-len(quote)]}-{quote}-{expiry or 'PERP'}"
+    raise MalformedMessage(f"symbol {native!r} has no known quote asset ({', '.join(QUOTE_ASSETS)})")
+
+
+def _field(obj: dict, key: str, what: str):
+    try:
+        return obj[key]
+    except KeyError:
+        raise MalformedMessage(f"{what}: missing field {key!r}") from None
+    except TypeError:
+        raise MalformedMessage(f"{what}: payload is {type(obj).__name__}, expected an object") from None
+
+
+def _num(obj: dict, key: str, what: str) -> str:
+    value = _field(obj, key, what)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise MalformedMessage(f"{what}: field {key!r} must be a decimal string, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise MalformedMessage(f"{what}: field {key!r} is not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise MalformedMessage(f"{what}: field {key!r} is not finite: {value!r}")
+    return str(value)
+
+
+def _int(obj: dict, key: str, what: str) -> int:
+    value = _field(obj, key, what)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessage(f"{what}: field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _levels(obj: dict, key: str, what: str) -> list:
+    levels = _field(obj, key, what)
+    if not isinstance(levels, list):
+        raise MalformedMessage(f"{what}: field {key!r} must be a list of [price, qty]")
+    for level in levels:
+        if not (isinstance(level, list) and len(level) == 2):
+            raise MalformedMessage(f"{what}: field {key!r} has a level that is not [price, qty]: {level!r}")
+        for value in level:
+            try:
+                if not isinstance(value, str) or not math.isfinite(float(value)):
+                    raise ValueError
+            except ValueError:
+                raise MalformedMessage(f"{what}: field {key!r} has a bad number {value!r}") from None
+    return levels
+
+
+def _symbol(obj: dict, key: str, what: str) -> tuple[str, str]:
+    native = _field(obj, key, what)
+    if not isinstance(native, str) or not native:
+        raise MalformedMessage(f"{what}: field {key!r} must be a symbol string, got {native!r}")
+    return normalize_symbol(native), native.upper()
+
+
+class BinanceSyncRules:
+    """Futures depth-diff rules (differ from spot: there the bridge is lastUpdateId + 1)."""
+
+    def is_stale(self, delta: BookDelta, snapshot_seq: int) -> bool:
+        return delta.last_seq < snapshot_seq
+
+    def bridges(self, delta: BookDelta, snapshot_seq: int) -> bool:
+        return delta.first_seq <= snapshot_seq <= delta.last_seq or delta.prev_seq == snapshot_seq
+
+    def continues(self, delta: BookDelta, previous: BookDelta) -> bool:
+        return delta.prev_seq == previous.last_seq
+
+
+class BinanceUsdm:
+    exchange = EXCHANGE
+    rules = BinanceSyncRules()
+    #: Streams each routed websocket path serves since the 2026 URL split.
+    PUBLIC_STREAMS = ("depth@100ms",)
+    MARKET_STREAMS = ("aggTrade", "markPrice@1s", "forceOrder")
+
+    def __init__(self, funding_intervals: dict[str, int] | None = None):
+        self.funding_intervals = dict(funding_intervals or {})
+
+    # --- websocket -------------------------------------------------------------------------
+
+    def map_ws(self, message, ts_recv: int) -> list:
+        if not isinstance(message, dict):
+            raise MalformedMessage(f"expected a JSON object, got {type(message).__name__}")
+        if "result" in message and "id" in message:
+            raise SkipMessage("subscription reply")
+        data = message["data"] if "stream" in message and "data" in message else message
+        if not isinstance(data, dict):
+            raise MalformedMessage(f"stream data is {type(data).__name__}, expected an object")
+        event = data.get("e")
+        handler = self._handlers.get(event)
+        if handler is not None:
+            return handler(self, data, ts_recv)
+        if event in SKIPPED_EVENTS:
+            raise SkipMessage(SKIPPED_EVENTS[event])
+        if event is None:
+            raise MalformedMessage("no event type field 'e'")
+        raise SkipMessage(f"{event}: event type not collected")
+
+    def _agg_trade(self, d: dict, ts_recv: int) -> list:
+        what = "aggTrade"
+        symbol, native = _symbol(d, "s", what)
+        maker = _field(d, "m", what)
+        if not isinstance(maker, bool):
+            raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
+        return [Trade(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=_int(d, "T", what),
+                      ts_recv=ts_recv, trade_id=str(_int(d, "a", what)), price=_num(d, "p", what),
+                      qty=_num(d, "q", what), qty_unit="base", side="sell" if maker else "buy",
+                      is_aggregated=True, first_trade_id=_int(d, "f", what), last_trade_id=_int(d, "l", what))]
+
+    def _trade(self, d: dict, ts_recv: int) -> list:
+        what = "trade"
+        symbol, native = _symbol(d, "s", what)
+        maker = _field(d, "m", what)
+        if not isinstance(maker, bool):
+            raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
+        trade_id = _int(d, "t", what)
+        return [Trade(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=_int(d, "T", what),
+                      ts_recv=ts_recv, trade_id=str(trade_id), price=_num(d, "p", what), qty=_num(d, "q", what),
+                      qty_unit="base", side="sell" if maker else "buy", is_aggregated=False,
+                      first_trade_id=trade_id, last_trade_id=trade_id, trade_type=d.get("X", "MARKET"))]
+
+    def _depth_update(self, d: dict, ts_recv: int) -> list:
+        what = "depthUpdate"
+        symbol, native = _symbol(d, "s", what)
+        return [BookDelta(exchange=EXCHANGE, symbol=symbol, symbol_native=native,
+                          ts_exchange=_int(d, "T", what) if "T" in d else _int(d, "E", what), ts_recv=ts_recv,
+                          bids=_levels(d, "b", what), asks=_levels(d, "a", what), first_seq=_int(d, "U", what),
+                          last_seq=_int(d, "u", what), prev_seq=_int(d, "pu", what))]
+
+    def _mark_price(self, d: dict, ts_recv: int) -> list:
+        what = "markPriceUpdate"
+        symbol, native = _symbol(d, "s", what)
+        if d.get("r") in ("", None):
+            raise SkipMessage("markPriceUpdate: no funding rate (not a perpetual)")
+        next_time = _int(d, "T", what)
+        return [Funding(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=_int(d, "E", what),
+                        ts_recv=ts_recv, rate=_num(d, "r", what),
+                        interval_hours=self.funding_intervals.get(native, DEFAULT_FUNDING_INTERVAL_HOURS),
+                        next_funding_time=next_time or None, mark_price=_num(d, "p", what),
+                        index_price=_num(d, "i", what), is_realised=False)]
+
+    def _force_order(self, d: dict, ts_recv: int) -> list:
+        what = "forceOrder"
+        order = _field(d, "o", what)
+        symbol, native = _symbol(order, "s", what)
+        side = _field(order, "S", what)
+        if side not in ("BUY", "SELL"):
+            raise MalformedMessage(f"{what}: field 'S' must be BUY or SELL, got {side!r}")
+        filled = _num(order, "z", what) if "z" in order else _num(order, "q", what)
+        return [Liquidation(exchange=EXCHANGE, symbol=symbol, symbol_native=native,
+                            ts_exchange=_int(order, "T", what), ts_recv=ts_recv, order_side=side.lower(),
+                            liquidated_position="long" if side == "SELL" else "short", price=_num(order, "p", what),
+                            avg_price=_num(order, "ap", what) if "ap" in order else None, qty=filled,
+                            qty_unit="base", order_status=order.get("X"), is_sampled=True)]
+
+    _handlers = {"aggTrade": _agg_trade, "trade": _trade, "depthUpdate": _depth_update,
+                 "markPriceUpdate": _mark_price, "forceOrder": _force_order}
+
+    # --- REST ------------------------------------------------------------------------------
+
+    def map_rest(self, url: str, body, ts_recv: int) -> list:
+        parts = urlsplit(url)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        path = parts.path
+        if path.endswith("/fapi/v1/depth"):
+            return [self.depth_snapshot(query.get("symbol", ""), body, ts_recv)]
+        if path.endswith("/fapi/v1/openInterest"):
+            return [self.open_interest(body, ts_recv)]
+        if path.endswith("/fapi/v1/fundingInfo"):
+            self.apply_funding_info(body)
+            raise SkipMessage("fundingInfo: reference data (funding intervals updated)")
+        if path.endswith(("/fapi/v1/exchangeInfo", "/fapi/v1/time", "/fapi/v1/ping")):
+            raise SkipMessage(f"{path}: reference data")
+        raise SkipMessage(f"{path}: REST endpoint not collected")
+
+    def depth_snapshot(self, native: str, body, ts_recv: int) -> BookSnapshot:
+        what = "depth snapshot"
+        symbol = normalize_symbol(native)
+        ts = body.get("T") or body.get("E") if isinstance(body, dict) else None
+        return BookSnapshot(exchange=EXCHANGE, symbol=symbol, symbol_native=native.upper(),
+                            ts_exchange=ts or ts_recv // 1_000_000, ts_recv=ts_recv,
+                            bids=_levels(body, "bids", what), asks=_levels(body, "asks", what),
+                            seq=_int(body, "lastUpdateId", what), reason="sync")
+
+    def open_interest(self, body, ts_recv: int) -> OpenInterest:
+        what = "openInterest"
+        symbol, native = _symbol(body, "symbol", what)
+        return OpenInterest(exchange=EXCHANGE, symbol=symbol, symbol_native=native,
+                            ts_exchange=_int(body, "time", what), ts_recv=ts_recv,
+                            open_interest=_num(body, "openInterest", what), qty_unit="base")
+
+    def apply_funding_info(self, body) -> None:
+        if not isinstance(body, list):
+            raise MalformedMessage("fundingInfo: expected a list")
+        for item in body:
+            hours = item.get("fundingIntervalHours") if isinstance(item, dict) else None
+            if isinstance(hours, int) and hours > 0:
+                self.funding_intervals[item["symbol"].upper()] = hours

@@ -1,0 +1,249 @@
+"""The ``perpflow`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.settings import ConfigError, load_settings
+
+console = Console()
+
+
+def _settings():
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    sys.exit(1)
+
+
+def _bootstrap(settings) -> str:
+    from pipelines.kafka import BrokerUnavailable, wait_for_metadata
+
+    try:
+        wait_for_metadata(settings.bootstrap, timeout=5)
+    except BrokerUnavailable as exc:
+        _fail(str(exc))
+    return settings.bootstrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def main(verbose: bool) -> None:
+    """perpflow: perpetual-futures market data -> Kafka -> DuckDB -> Dagster analytics."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # kafka-python logs every refused connection while a broker starts; our errors say it once.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+# --- broker ------------------------------------------------------------------------------------
+
+@main.group()
+def broker() -> None:
+    """The embedded development broker (Tansu, memory-only)."""
+
+
+@broker.command("start")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: PERPFLOW_BROKER_PORT or 19092).")
+def broker_start(port: int | None) -> None:
+    """Start the broker in the background and wait until it answers."""
+    from pipelines.broker import start_detached
+    from pipelines.kafka import BrokerUnavailable, ensure_topics
+
+    settings = _settings()
+    if not settings.uses_embedded_broker:
+        _fail(f"PERPFLOW_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} points at an external Kafka; "
+              "unset it to use the embedded broker.")
+    try:
+        state = start_detached(settings.run_dir, port or settings.broker_port)
+        ensure_topics(state["bootstrap"], settings.partitions)
+    except BrokerUnavailable as exc:
+        _fail(str(exc))
+    verb = "already running" if state.get("already_running") else "started"
+    console.print(f"broker {verb}: pid {state['pid']} on {state['bootstrap']} (memory-only; log {state['log']})")
+
+
+@broker.command("stop")
+def broker_stop() -> None:
+    """Stop the background broker (its data is discarded)."""
+    from pipelines.broker import stop_detached
+
+    state = stop_detached(_settings().run_dir)
+    console.print(f"broker stopped (pid {state['pid']})" if state else "broker was not running")
+
+
+@broker.command("status")
+def broker_status() -> None:
+    """Say whether the broker runs and answers metadata requests."""
+    from pipelines.broker import read_state
+    from pipelines.kafka import BrokerUnavailable, wait_for_metadata
+
+    settings = _settings()
+    state = read_state(settings.run_dir) if settings.uses_embedded_broker else None
+    target = state["bootstrap"] if state else settings.bootstrap
+    try:
+        wait_for_metadata(target, timeout=2)
+        answering = True
+    except BrokerUnavailable:
+        answering = False
+    who = f"embedded broker pid {state['pid']}" if state else ("external Kafka" if not settings.uses_embedded_broker
+                                                               else "no embedded broker started by perpflow")
+    console.print(f"{who} at {target}: {'answering' if answering else 'NOT answering'}")
+    sys.exit(0 if answering else 3)
+
+
+# --- data in -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--exchange", required=True, type=click.Choice(["binance-usdm"]), help="Venue the recording is from.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def replay(exchange: str, paths: tuple[Path, ...]) -> None:
+    """Replay recorded venue traffic (cryptofeed captures or JSONL) into Kafka."""
+    from pipelines.kafka import RecordProducer, ensure_topics
+    from pipelines.replay import replay as run_replay
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    ensure_topics(bootstrap, settings.partitions)
+    producer = RecordProducer(bootstrap)
+    try:
+        report = run_replay(exchange, list(paths), producer.send)
+        producer.flush()
+    finally:
+        producer.close()
+    print_replay_report(report)
+    if not report.all_accounted:
+        _fail("some messages were neither mapped, skipped nor dead-lettered")
+
+
+def print_replay_report(report) -> None:
+    stats = report.stats
+    table = Table(title=f"replay: {report.exchange}", show_header=True)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("messages read", str(stats.messages))
+    table.add_row("  mapped", str(stats.mapped))
+    for reason, n in sorted(stats.skipped.items()):
+        table.add_row(f"  skipped: {reason}", str(n))
+    for reason, n in sorted(stats.dead_letters.items()):
+        table.add_row(f"  dead letter: {reason}", f"[red]{n}[/]")
+    for record_type, n in sorted(stats.records.items()):
+        table.add_row(f"records {record_type}", str(n))
+    table.add_row("book deltas applied", str(report.book["applied"]))
+    table.add_row("book deltas dropped (older than snapshot)", str(report.book["dropped_stale"]))
+    table.add_row("book deltas never bridged by a snapshot", str(report.pending_deltas))
+    table.add_row("gaps (resync needed)", str(report.gaps))
+    table.add_row("crossed books", str(report.crossed))
+    for reason, n in report.meta_lines.items():
+        table.add_row(f"not data: {reason}", str(n))
+    console.print(table)
+    status = "every message accounted for" if report.all_accounted else "[red]messages unaccounted for[/]"
+    console.print(f"{status}; {report.gaps} gaps, {report.crossed} crossed books")
+
+
+@main.command()
+@click.option("--batch-rows", type=click.IntRange(1000, 10_000_000), default=250_000, show_default=True,
+              help="Rows per DuckDB transaction.")
+def load(batch_rows: int) -> None:
+    """One loader pass, Kafka -> DuckDB, exactly once (same code and lock as Dagster)."""
+    from warehouse.loader import load_once
+    from warehouse.store import Warehouse
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    warehouse = Warehouse.from_settings(settings)
+
+    def progress(report):
+        console.print(f"  committed transaction {report.transactions}: {report.total:,} rows so far", highlight=False)
+
+    report = load_once(warehouse, bootstrap, batch_rows=batch_rows, progress=progress)
+    for reset in report.broker_resets:
+        console.print(f"[bold red]BROKER DATA LOSS[/] {reset['topic']}[{reset['partition']}]: {reset['reason']}; "
+                      "reloaded from the beginning and recorded a broker_reset feed event")
+    rate = report.total / report.seconds if report.seconds else 0
+    console.print(f"loaded {report.total:,} rows in {report.transactions} transactions, {report.seconds:.2f}s "
+                  f"({rate:,.0f} rows/s): " + ", ".join(f"{t}={n}" for t, n in sorted(report.rows.items())))
+    if report.rejected:
+        console.print(f"[yellow]{report.rejected} records could not be loaded; see raw.dead_letters[/]")
+    warehouse.publish_replica()
+
+
+# --- data out ----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("query")
+@click.option("--live", is_flag=True, help="Query the live file instead of the replica (takes the writer lock).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+def sql(query: str, live: bool, as_csv: bool) -> None:
+    """Run SQL on the read replica (data/warehouse_ro.duckdb), read-only."""
+    import duckdb
+
+    from warehouse.store import Warehouse
+
+    warehouse = Warehouse.from_settings(_settings())
+    try:
+        with (warehouse.writer() if live else warehouse.reader()) as con:
+            result = con.sql(query)
+            if result is None:
+                return
+            columns, rows = result.columns, result.fetchall()
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    except duckdb.Error as exc:
+        _fail(f"{exc}")
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    table = Table(show_header=True)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+    console.print(f"{len(rows)} rows")
+
+
+@main.command()
+@click.option("--recording", "recordings", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Recording files to replay (default: the Binance USD-M capture in ../shared/data).")
+@click.option("--keep-broker", is_flag=True, help="Leave the embedded broker running afterwards.")
+def demo(recordings: tuple[Path, ...], keep_broker: bool) -> None:
+    """Broker, replay, load, Dagster assets, replica, summary: the whole spine in one command."""
+    from pipelines.demo import run_demo
+
+    sys.exit(run_demo(_settings(), list(recordings), keep_broker=keep_broker, console=console))
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+def ui(port: int) -> None:
+    """Open the Dagster UI (webserver + daemon) on this project."""
+    from dagster_project.instance import prepare_dagster_home
+
+    settings = _settings()
+    home = prepare_dagster_home(settings)
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["PERPFLOW_HOME"] = str(settings.home)
+    console.print(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
+    os.execvp("dagster", ["dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Kafka plumbing shared by producers (replay, ingest), the loader and the Dagster sensor.
+
+kafka-python 3 with ``crc32c`` installed. Two choices matter on the embedded Tansu broker:
+consumers that join a group use ``session_timeout_ms=6000`` (the 45 s default makes the join
+take ~23 s there), and the warehouse loader avoids group membership altogether (assign/seek).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from ingest import records
+
+log = logging.getLogger(__name__)
+
+LOADER_GROUP = "perpflow-warehouse"
+GROUP_SESSION_TIMEOUT_MS = 6000
+GROUP_HEARTBEAT_MS = 2000
+
+
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answered; the message says where perpflow looked and what to do."""
+
+
+def _unavailable(bootstrap: str, exc: Exception) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"no Kafka broker answered at {bootstrap} ({exc.__class__.__name__}: {exc}). "
+        "Start the embedded one with `perpflow broker start`, or set PERPFLOW_KAFKA_BOOTSTRAP "
+        "to a running Kafka."
+    )
+
+
+def wait_for_metadata(bootstrap: str, timeout: float = 10.0) -> None:
+    """Return once the broker answers a metadata request, else raise BrokerUnavailable."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                     client_id="perpflow-probe")
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError, ValueError) as exc:
+            last = exc
+            time.sleep(0.1)
+    raise _unavailable(bootstrap, last or TimeoutError("timed out"))
+
+
+def ensure_topics(bootstrap: str, partitions: int, topics=records.TOPICS) -> None:
+    """Create the market-data topics if missing (idempotent)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="perpflow-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1)
+                   for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def new_producer(bootstrap: str, **overrides) -> KafkaProducer:
+    config = dict(
+        bootstrap_servers=bootstrap,
+        client_id="perpflow-producer",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def new_consumer(bootstrap: str, group_id: str | None = None, **overrides) -> KafkaConsumer:
+    """A consumer tuned for bulk reads; never auto-commits (offsets live in DuckDB)."""
+    config = dict(
+        bootstrap_servers=bootstrap,
+        client_id="perpflow-consumer",
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=GROUP_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=GROUP_HEARTBEAT_MS,
+        max_poll_records=50_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        check_crcs=True,
+        fetch_max_wait_ms=100,
+    )
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+def partitions_of(consumer: KafkaConsumer, topics) -> list[TopicPartition]:
+    tps = []
+    for topic in topics:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+    return tps
+
+
+def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], timeout: float = 10.0) -> dict:
+    """The offset the next produced message will get, per partition (the high watermark).
+
+    ListOffsets(latest) is not enough: the embedded Tansu broker answers it with the base
+    offset of the last record batch, so a batch of 60 records at offset 190 reports 190, not
+    250. The high watermark in a fetch response is right, so read the tail once and take the
+    larger of the two. Leaves the consumer assigned to ``tps``; callers seek afterwards.
+    """
+    listed = consumer.end_offsets(tps)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, listed[tp])
+    deadline = time.monotonic() + timeout
+    while any(consumer.highwater(tp) is None for tp in tps):
+        if time.monotonic() > deadline:
+            missing = [f"{tp.topic}[{tp.partition}]" for tp in tps if consumer.highwater(tp) is None]
+            raise BrokerUnavailable(f"no fetch response for {', '.join(missing)} within {timeout:.0f}s")
+        consumer.poll(timeout_ms=100)
+    return {tp: max(listed[tp], consumer.highwater(tp)) for tp in tps}
+
+
+def group_lag(bootstrap: str, topics=records.TOPICS, group_id: str = LOADER_GROUP) -> dict[str, int]:
+    """Messages per topic not yet mirrored as loaded by the warehouse loader (Kafka-only view)."""
+    consumer = new_consumer(bootstrap, group_id=group_id, client_id="perpflow-lag")
+    try:
+        tps = partitions_of(consumer, topics)
+        if not tps:
+            return {}
+        ends = end_offsets(consumer, tps)
+        lag: Counter = Counter()
+        for tp in tps:
+            committed = consumer.committed(tp) or 0
+            # A broker restart resets end offsets below the mirrored ones; that is new data too.
+            lag[tp.topic] += ends[tp] - committed if ends[tp] >= committed else ends[tp]
+        return dict(lag)
+    finally:
+        consumer.close()
+
+
+class RecordProducer:
+    """Sends normalized records to their topics, keyed by exchange|symbol.
+
+    Delivery is tracked per record type; a failed send is counted and remembered so callers
+    can decide (replay raises, the live ingest service spills to disk).
+    """
+
+    def __init__(self, bootstrap: str, **overrides):
+        self.producer = new_producer(bootstrap, **overrides)
+        self.sent: Counter = Counter()
+        self.failed: Counter = Counter()
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def send(self, record) -> None:
+        future = self.producer.send(record.topic, value=records.encode(record),
+                                    key=records.kafka_key(record), headers=records.headers(record))
+        self.sent[record.record_type] += 1
+        future.add_errback(self._on_error, record.record_type)
+
+    def _on_error(self, record_type: str, exc: Exception) -> None:
+        with self._lock:
+            self.failed[record_type] += 1
+            if len(self.errors) < 20:
+                self.errors.append(f"{record_type}: {exc!r}")
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        self.producer.flush(timeout)
+        if self.failed:
+            raise BrokerUnavailable(f"{sum(self.failed.values())} records were not delivered: "
+                                    + "; ".join(self.errors[:5]))
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)

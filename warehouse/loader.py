@@ -1,0 +1,309 @@
+"""Kafka -> DuckDB, exactly once, across crashes and broker restarts.
+
+The offsets live in DuckDB, not in Kafka: each pass assigns every partition (no consumer-group
+join), seeks to the stored next offset, reads up to the end offsets seen at start, and writes
+the rows *and* the new offsets in one DuckDB transaction. A crash before COMMIT loses the
+whole batch (it is read again next time); a crash after it has recorded the offsets with the
+rows. The same offsets are then mirrored to the Kafka group for lag monitoring only.
+
+A broker that lost its data (the memory-only development broker after a restart) is
+detected two ways: a stored offset beyond the end offset, or the record just before the
+stored offset no longer matching the fingerprint saved when it was loaded (the new broker
+may already hold more messages than the old one had). Either way the pass says so loudly,
+writes a ``broker_reset`` feed event and reloads that partition from its beginning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from ingest import records
+from pipelines.kafka import LOADER_GROUP, end_offsets, new_consumer, partitions_of
+from warehouse.store import Warehouse
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_ROWS = 250_000
+STALL_SECONDS = 30
+_TYPE_PREFIX = b'{"type":"'
+
+
+@dataclass
+class LoadReport:
+    rows: Counter = field(default_factory=Counter)          # per raw table
+    transactions: int = 0
+    broker_resets: list[dict] = field(default_factory=list)
+    rejected: int = 0                                        # records sent to raw.dead_letters
+    seconds: float = 0.0
+    offsets: dict = field(default_factory=dict)             # (topic, partition) -> next offset
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+def fingerprint(message) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(message.key or b"")
+    digest.update(message.value or b"")
+    return f"{message.timestamp}:{digest.hexdigest()}"
+
+
+def record_type_of(message) -> str:
+    for key, value in message.headers or ():
+        if key == "type":
+            return value.decode()
+    value = message.value or b""
+    if value.startswith(_TYPE_PREFIX):
+        return value[len(_TYPE_PREFIX):value.index(b'"', len(_TYPE_PREFIX))].decode()
+    return ""
+
+
+# --- JSON lines -> Arrow, shaped like the raw table -------------------------------------------
+
+def _levels_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    chunks = []
+    for outer in column.chunks:
+        inner = outer.flatten()
+        if len(inner) and pc.any(pc.not_equal(pc.list_value_length(inner), 2)).as_py():
+            raise ValueError("a book level is not a [price, qty] pair")
+        values = pc.cast(inner.flatten(), pa.float64())
+        pairs = pa.StructArray.from_arrays([values[0::2], values[1::2]], names=["price", "qty"]) \
+            if len(values) else pa.array([], records.LEVEL)
+        offsets = pc.subtract(outer.offsets, outer.offsets[0])
+        chunks.append(pa.ListArray.from_arrays(offsets, pairs, type=pa.list_(records.LEVEL)))
+    return pa.chunked_array(chunks, type=pa.list_(records.LEVEL))
+
+
+def _convert(spec: records.FieldSpec, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    kind = spec.kind
+    if kind is records.NUM:
+        return pc.cast(column, pa.float64())
+    if kind is records.MS:
+        return pc.cast(pc.cast(column, pa.timestamp("ms")), pa.timestamp("us"))
+    if kind is records.NS:
+        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.timestamp("us"), safe=False)
+    if kind is records.LEVELS:
+        return _levels_column(column)
+    return column
+
+
+def to_arrow(cls, values: list[bytes]) -> pa.Table:
+    """Parse orjson record values into an Arrow table matching ``records.table_schema(cls)``."""
+    parsed = pajson.read_json(
+        io.BytesIO(b"\n".join(values)),
+        read_options=pajson.ReadOptions(block_size=32 << 20, use_threads=False),
+        parse_options=pajson.ParseOptions(explicit_schema=records.wire_schema(cls),
+                                          unexpected_field_behavior="ignore"),
+    )
+    if parsed.num_rows != len(values):
+        raise ValueError(f"{len(values)} values parsed into {parsed.num_rows} rows")
+    columns = [_convert(spec, parsed.column(spec.name)) for spec in records.field_specs(cls)]
+    table = pa.Table.from_arrays(columns, schema=records.table_schema(cls))
+    for spec in records.field_specs(cls):
+        if not spec.nullable and table.column(spec.name).null_count:
+            raise ValueError(f"required field {spec.name!r} is missing")
+    return table
+
+
+# --- the pass ---------------------------------------------------------------------------------
+
+class _Batch:
+    """Records read but not yet committed, grouped by destination table."""
+
+    def __init__(self):
+        self.values: dict[type, list[bytes]] = defaultdict(list)
+        self.partitions: dict[type, list[int]] = defaultdict(list)
+        self.offsets: dict[type, list[int]] = defaultdict(list)
+        self.rejects: list[tuple] = []       # (message, reason)
+        self.next_offsets: dict[TopicPartition, tuple[int, str]] = {}
+        self.size = 0
+
+    def add(self, message) -> None:
+        cls = records.BY_NAME.get(record_type_of(message))
+        if cls is None or cls.topic != message.topic:
+            self.rejects.append((message, f"unknown record type {record_type_of(message)!r} on {message.topic}"))
+        else:
+            self.values[cls].append(message.value)
+            self.partitions[cls].append(message.partition)
+            self.offsets[cls].append(message.offset)
+        self.next_offsets[TopicPartition(message.topic, message.partition)] = (message.offset + 1, fingerprint(message))
+        self.size += 1
+
+
+def _tables(batch: _Batch) -> tuple[dict[type, pa.Table], list[tuple]]:
+    tables, rejects = {}, list(batch.rejects)
+    for cls, values in batch.values.items():
+        keep = list(range(len(values)))
+        try:
+            table = to_arrow(cls, values)
+        except (pa.ArrowInvalid, ValueError):
+            # Find the bad records one by one; the good ones load, the bad ones are kept verbatim.
+            keep, parts = [], []
+            for i, value in enumerate(values):
+                try:
+                    parts.append(to_arrow(cls, [value]))
+                    keep.append(i)
+                except (pa.ArrowInvalid, ValueError) as exc:
+                    rejects.append((_Rejected(cls.topic, batch.partitions[cls][i], batch.offsets[cls][i], value),
+                                    f"load: {exc}"))
+            table = pa.concat_tables(parts) if parts else None
+        if table is not None:
+            parts_col = pa.array([batch.partitions[cls][i] for i in keep], pa.int32())
+            offs_col = pa.array([batch.offsets[cls][i] for i in keep], pa.int64())
+            tables[cls] = table.append_column("kafka_partition", parts_col).append_column("kafka_offset", offs_col)
+    return tables, rejects
+
+
+@dataclass
+class _Rejected:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+def _dead_letter_rows(rejects: list[tuple]) -> pa.Table:
+    now = time.time_ns()
+    rows = [records.DeadLetter(exchange="perpflow-loader", source=f"{m.topic}:{m.partition}:{m.offset}",
+                               reason=reason, raw=(m.value or b"").decode("utf-8", "replace"), ts_recv=now)
+            for m, reason in rejects]
+    table = to_arrow(records.DeadLetter, [records.encode(r) for r in rows])
+    return (table.append_column("kafka_partition", pa.array([None] * len(rows), pa.int32()))
+                 .append_column("kafka_offset", pa.array([None] * len(rows), pa.int64())))
+
+
+def _commit(con, batch: _Batch, extra_events: list, report: LoadReport) -> None:
+    tables, rejects = _tables(batch)
+    if rejects:
+        report.rejected += len(rejects)
+        log.error("loader: %d records could not be loaded; kept in raw.dead_letters", len(rejects))
+    con.execute("BEGIN")
+    try:
+        for cls, table in tables.items():
+            con.register("batch_rows", table)
+            con.execute(f"INSERT INTO raw.{cls.table} BY NAME SELECT * FROM batch_rows")
+            con.unregister("batch_rows")
+            report.rows[cls.table] += table.num_rows
+        if rejects:
+            con.register("batch_rows", _dead_letter_rows(rejects))
+            con.execute("INSERT INTO raw.dead_letters BY NAME SELECT * FROM batch_rows")
+            con.unregister("batch_rows")
+        if extra_events:
+            events = to_arrow(records.FeedEvent, [records.encode(e) for e in extra_events])
+            events = events.append_column("kafka_partition", pa.nulls(len(extra_events), pa.int32())) \
+                           .append_column("kafka_offset", pa.nulls(len(extra_events), pa.int64()))
+            con.register("batch_rows", events)
+            con.execute("INSERT INTO raw.feed_events BY NAME SELECT * FROM batch_rows")
+            con.unregister("batch_rows")
+            report.rows["feed_events"] += len(extra_events)
+        for tp, (next_offset, fp) in batch.next_offsets.items():
+            con.execute("INSERT OR REPLACE INTO meta.kafka_offsets VALUES (?, ?, ?, ?, now())",
+                        [tp.topic, tp.partition, next_offset, fp])
+            report.offsets[(tp.topic, tp.partition)] = next_offset
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    report.transactions += 1
+
+
+def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT_BATCH_ROWS,
+              topics=records.TOPICS, progress: Callable[[LoadReport], None] | None = None) -> LoadReport:
+    """One bounded pass: everything that was in Kafka when it started, then return."""
+    started = time.time()
+    report = LoadReport()
+    consumer = new_consumer(bootstrap, group_id=LOADER_GROUP, client_id="perpflow-loader")
+    try:
+        with warehouse.writer() as con:
+            tps = partitions_of(consumer, topics)
+            if not tps:
+                return report
+            begins = consumer.beginning_offsets(tps)
+            ends = end_offsets(consumer, tps)
+            stored = {(t, p): (n, f) for t, p, n, f in con.execute(
+                "SELECT topic, part, next_offset, last_fingerprint FROM meta.kafka_offsets").fetchall()}
+            verify: dict[TopicPartition, tuple[int, str]] = {}
+            resets: list = []
+            for tp in tps:
+                next_offset, fp = stored.get((tp.topic, tp.partition), (None, None))
+                if next_offset is None:
+                    consumer.seek(tp, begins[tp])
+                elif next_offset > ends[tp]:
+                    resets.append(_reset(consumer, tp, begins[tp], report,
+                                         f"stored offset {next_offset} > end offset {ends[tp]}"))
+                elif next_offset > begins[tp] and fp:
+                    verify[tp] = (next_offset, fp)      # re-read the last loaded record first
+                    consumer.seek(tp, next_offset - 1)
+                else:
+                    consumer.seek(tp, max(next_offset, begins[tp]))
+            remaining = {tp for tp in tps if consumer.position(tp) < ends[tp] or tp in verify}
+            batch = _Batch()
+            last_progress = time.monotonic()
+            while remaining:
+                polled = consumer.poll(timeout_ms=1000, max_records=50_000)
+                if polled:
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > STALL_SECONDS:
+                    stuck = ", ".join(f"{tp.topic}[{tp.partition}]@{consumer.position(tp)}/{ends[tp]}" for tp in remaining)
+                    raise RuntimeError(f"loader got no records for {STALL_SECONDS}s while behind on {stuck}; "
+                                       "nothing was committed for the unfinished batch")
+                for tp, messages in polled.items():
+                    if tp not in remaining:
+                        continue
+                    for message in messages:
+                        if message.offset >= ends[tp]:
+                            break
+                        if tp in verify:
+                            expected_offset, expected_fp = verify.pop(tp)
+                            if message.offset == expected_offset - 1 and fingerprint(message) == expected_fp:
+                                continue
+                            resets.append(_reset(consumer, tp, begins[tp], report,
+                                                 f"record at offset {expected_offset - 1} changed since it was loaded"))
+                            break
+                        batch.add(message)
+                    if tp not in verify and consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+                if batch.size >= batch_rows or (not remaining and (batch.size or resets)):
+                    _commit(con, batch, resets, report)
+                    batch, resets = _Batch(), []
+                    if progress:
+                        progress(report)
+            if resets:
+                _commit(con, batch, resets, report)
+            con.execute("INSERT INTO meta.loader_runs VALUES (to_timestamp(?), now(), ?, ?, ?, ?, ?)",
+                        [started, report.total, report.transactions, orjson.dumps(dict(report.rows)).decode(),
+                         len(report.broker_resets), bootstrap])
+        if report.offsets:
+            # Mirror for lag tools and the Dagster sensor; DuckDB stays the source of truth.
+            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                             for (t, p), o in report.offsets.items()})
+    finally:
+        consumer.close()
+        report.seconds = time.time() - started
+    return report
+
+
+def _reset(consumer, tp: TopicPartition, begin: int, report: LoadReport, why: str):
+    message = (f"BROKER DATA LOSS on {tp.topic}[{tp.partition}]: {why}. The broker restarted without its "
+               f"data (the embedded broker is memory-only); reloading this partition from offset {begin}.")
+    log.warning(message)
+    report.broker_resets.append({"topic": tp.topic, "partition": tp.partition, "reason": why})
+    consumer.seek(tp, begin)
+    return records.FeedEvent(exchange="perpflow-loader", symbol=None, kind="broker_reset",
+                             detail=orjson.dumps({"topic": tp.topic, "partition": tp.partition, "reason": why,
+                                                  "reload_from": begin}).decode(),
+                             ts_recv=time.time_ns())

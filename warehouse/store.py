@@ -1,0 +1,91 @@
+"""The DuckDB warehouse file: one writer at a time, users on a read replica.
+
+DuckDB 2.0 lets one process write a file and, while it does, nobody else may even read it
+(a reader also blocks the writer). So every writer (Dagster runs, ``perpflow load``, tests)
+takes the same cross-process file lock and keeps connections short, and users query
+``warehouse_ro.duckdb``, a copy published atomically (copy to a temp file, ``os.replace``)
+under that lock. Readers of the old replica keep their inode; new readers see the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+from filelock import FileLock, Timeout
+
+from warehouse.schema import migrate
+
+
+class WarehouseBusy(RuntimeError):
+    pass
+
+
+class Warehouse:
+    def __init__(self, path: Path | str, replica_path: Path | str | None = None, lock_timeout: float = 600.0):
+        self.path = Path(path)
+        self.replica_path = Path(replica_path) if replica_path else self.path.with_name(
+            self.path.stem + "_ro" + self.path.suffix)
+        self.lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
+        self._migrated = False
+
+    @classmethod
+    def from_settings(cls, settings) -> "Warehouse":
+        return cls(settings.warehouse_path, settings.replica_path)
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The only way to open the live file; holds the writer lock for the duration."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            raise WarehouseBusy(
+                f"another writer has held {self.lock.lock_file} for over {self.lock.timeout:.0f}s; "
+                "wait for the running load/asset to finish or stop it"
+            ) from None
+        try:
+            con = duckdb.connect(str(self.path))
+            try:
+                if not self._migrated:
+                    migrate(con)
+                    self._migrated = True
+                yield con
+            finally:
+                con.close()
+        finally:
+            self.lock.release()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Read-only connection to the replica (never blocks the writer)."""
+        if not self.replica_path.exists():
+            raise FileNotFoundError(
+                f"no read replica at {self.replica_path} yet; run `perpflow load` or `perpflow demo` first")
+        con = duckdb.connect(str(self.replica_path), read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def publish_replica(self) -> float:
+        """Atomically replace the replica with a copy of the live file; returns seconds taken."""
+        started = time.perf_counter()
+        with self.lock:
+            if not self.path.exists():
+                with self.writer():
+                    pass
+            wal = Path(str(self.path) + ".wal")
+            if wal.exists():   # a crashed writer left a WAL: fold it in before copying
+                con = duckdb.connect(str(self.path))
+                con.execute("CHECKPOINT")
+                con.close()
+            tmp = self.replica_path.with_name(self.replica_path.name + f".tmp{os.getpid()}")
+            shutil.copyfile(self.path, tmp)
+            os.replace(tmp, self.replica_path)
+        return time.perf_counter() - started
