@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pipelines.settings import ConfigError, load_settings
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _settings():
