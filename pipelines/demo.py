@@ -8,9 +8,9 @@ Everything it started is stopped again, also on Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
+import warnings
 import time
 from pathlib import Path
 
@@ -93,15 +93,17 @@ def _materialize(settings: Settings, console: Console) -> list[str]:
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
     import dagster as dg
 
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from dagster_project.assets.ohlcv import ohlcv_1m
     from dagster_project.assets.raw import raw_tables
     from dagster_project.resources import default_resources
     from warehouse.store import Warehouse
 
     resources = default_resources()
-    logging.getLogger("dagster").setLevel(logging.WARNING)   # run logs stay in the instance (make ui)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}   # full logs stay in the instance
     with dg.DagsterInstance.get() as instance:
-        result = dg.materialize([raw_tables], resources=resources, instance=instance, tags={"perpflow/demo": "true"})
+        result = dg.materialize([raw_tables], resources=resources, instance=instance, tags={"perpflow/demo": "true"},
+                            run_config=quiet)
         if not result.success:
             raise RuntimeError("the loader run failed; see `make ui` for its logs")
         with Warehouse.from_settings(settings).writer() as con:
@@ -110,7 +112,7 @@ def _materialize(settings: Settings, console: Console) -> list[str]:
         for day in days:
             result = dg.materialize([raw_tables.to_source_assets()[0], ohlcv_1m], selection=[ohlcv_1m],
                                     partition_key=day, resources=resources, instance=instance,
-                                    tags={"perpflow/demo": "true"})
+                                    tags={"perpflow/demo": "true"}, run_config=quiet)
             if not result.success:
                 raise RuntimeError(f"ohlcv_1m for {day} failed; see `make ui` for its logs")
             console.print(f"    ohlcv_1m {day}: done")

@@ -42,9 +42,10 @@ def wait_for_metadata(bootstrap: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        budget_ms = max(100, int((deadline - time.monotonic()) * 1000))
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
-                                     client_id="perpflow-probe")
+                                     bootstrap_timeout_ms=min(2000, budget_ms), client_id="perpflow-probe")
             try:
                 admin.list_topics()
                 return

@@ -1,0 +1,59 @@
+"""Shared fixtures: real Tansu brokers on free ports, temporary warehouses, the real recordings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.broker import EmbeddedBroker, free_port
+from pipelines.kafka import ensure_topics
+from warehouse.store import Warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CAPTURES = SHARED_DATA / "cryptofeed-captures"
+PERPFLOW = [sys.executable, "-m", "pipelines.cli"]
+
+
+def binance_recording() -> list[Path]:
+    files = sorted(CAPTURES.glob("BINANCE_FUTURES.*"))
+    if not files:
+        pytest.skip("../shared/data/cryptofeed-captures is not available")
+    return files
+
+
+@pytest.fixture
+def recording() -> list[Path]:
+    return binance_recording()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """One broker for tests that only need *a* Kafka (they use their own topics or don't care)."""
+    with EmbeddedBroker(port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
+        yield b
+
+
+@pytest.fixture
+def fresh_broker(tmp_path):
+    """A broker of its own, for tests that count what is in the standard md.* topics."""
+    b = EmbeddedBroker(port=free_port(), log_path=tmp_path / "broker.log").start()
+    ensure_topics(b.bootstrap, partitions=3)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def warehouse(tmp_path) -> Warehouse:
+    return Warehouse(tmp_path / "warehouse.duckdb")
+
+
+@pytest.fixture
+def cli_env(tmp_path, fresh_broker):
+    """Environment for running the perpflow CLI as a subprocess against the fresh broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPFLOW_")}
+    env.update(PERPFLOW_HOME=str(tmp_path / "home"), PERPFLOW_KAFKA_BOOTSTRAP=fresh_broker.bootstrap)
+    return env
