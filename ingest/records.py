@@ -31,8 +31,8 @@ SCHEMA_VERSION = 1
 
 
 class _Kind:
-    def __init__(self, name: str, wire: pa.DataType, table: pa.DataType, sql: str):
-        self.name, self.wire, self.table, self.sql = name, wire, table, sql
+    def __init__(self, name: str, wire: pa.DataType, table: pa.DataType, sql: str, wire_sql: str):
+        self.name, self.wire, self.table, self.sql, self.wire_sql = name, wire, table, sql, wire_sql
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -40,14 +40,14 @@ class _Kind:
 
 LEVEL = pa.struct([("price", pa.float64()), ("qty", pa.float64())])
 
-TEXT = _Kind("text", pa.string(), pa.string(), "VARCHAR")
-INT = _Kind("int", pa.int64(), pa.int64(), "BIGINT")
-FLAG = _Kind("flag", pa.bool_(), pa.bool_(), "BOOLEAN")
-NUM = _Kind("num", pa.string(), pa.float64(), "DOUBLE")
-MS = _Kind("ms", pa.int64(), pa.timestamp("us"), "TIMESTAMP")
-NS = _Kind("ns", pa.int64(), pa.timestamp("us"), "TIMESTAMP")
+TEXT = _Kind("text", pa.string(), pa.string(), "VARCHAR", "VARCHAR")
+INT = _Kind("int", pa.int64(), pa.int64(), "BIGINT", "BIGINT")
+FLAG = _Kind("flag", pa.bool_(), pa.bool_(), "BOOLEAN", "BOOLEAN")
+NUM = _Kind("num", pa.string(), pa.float64(), "DOUBLE", "VARCHAR")
+MS = _Kind("ms", pa.int64(), pa.timestamp("us"), "TIMESTAMP", "BIGINT")
+NS = _Kind("ns", pa.int64(), pa.timestamp("us"), "TIMESTAMP", "BIGINT")
 LEVELS = _Kind("levels", pa.list_(pa.list_(pa.string())), pa.list_(LEVEL),
-               "STRUCT(price DOUBLE, qty DOUBLE)[]")
+               "STRUCT(price DOUBLE, qty DOUBLE)[]", "VARCHAR[][]")
 
 Text = Annotated[str, TEXT]
 Int = Annotated[int, INT]

@@ -112,3 +112,23 @@ def test_broker_that_lost_its_data_is_detected_and_reloaded(tmp_path, warehouse)
     assert [k for k, _ in events] == ["broker_reset"] * 3
     assert all("changed since it was loaded" in orjson.loads(d)["reason"] or ">" in orjson.loads(d)["reason"]
                for _, d in events)
+
+
+def test_a_record_the_warehouse_cannot_parse_is_kept_and_the_rest_loads(fresh_broker, warehouse):
+    from test_exactly_once import produce_trades
+
+    produce_trades(fresh_broker.bootstrap, 50)
+    producer = RecordProducer(fresh_broker.bootstrap)
+    bad = b'{"type":"trade","v":1,"exchange":"x","symbol":"X-USDT-PERP","price":"oops"}'
+    producer.producer.send("md.trades", value=bad, key=b"x|X-USDT-PERP", headers=[("type", b"trade")])
+    producer.flush()
+    producer.close()
+    produce_trades(fresh_broker.bootstrap, 50, start=50)
+    report = load_once(warehouse, fresh_broker.bootstrap)
+    assert report.rows["trades"] == 100 and report.rejected == 1
+    with warehouse.writer() as con:
+        assert con.execute("SELECT count(DISTINCT trade_id) FROM raw.trades").fetchone()[0] == 100
+        [(source, reason, raw)] = con.execute("SELECT source, reason, raw FROM raw.dead_letters").fetchall()
+        assert source.startswith("md.trades:") and reason.startswith("load:") and raw == bad.decode()
+        assert con.execute("SELECT sum(next_offset) FROM meta.kafka_offsets").fetchone()[0] == 101
+    assert load_once(warehouse, fresh_broker.bootstrap).total == 0

@@ -46,8 +46,9 @@ _COLUMN_ALIASES = {
     "turnover": ("turnover", "quotevolume", "quoteassetvolume", "volumeusd"),
 }
 _REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "turnover")
 # Bybit /v5/market/kline `list` item order, used when a file has no header.
-_BYBIT_POSITIONAL = ("ts", "open", "high", "low", "close", "volume", "turnover")
+_BYBIT_POSITIONAL = ("ts", *_VALUE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -151,20 +152,18 @@ def parse_candles_csv(text: str | Iterable[str], *, source: str = "<csv>", max_e
     ]
     if not rows:
         raise ValueError(f"{source}: no candle rows")
-    header_line, header = rows[0]
-    columns = _detect_columns(header, source, header_line)
+    first_line, first_row = rows[0]
+    columns = _detect_columns(first_row, source, first_line)
     if columns is None:
-        if len(header) not in (6, 7):
+        if len(first_row) not in (6, 7):
             raise ValueError(
-                f"{source} line {header_line}: no header and {len(header)} fields; expected a header or "
+                f"{source} line {first_line}: no header and {len(first_row)} fields; expected a header or "
                 "the Bybit kline order startTime,open,high,low,close,volume[,turnover]"
             )
-        columns = {name: position for position, name in enumerate(_BYBIT_POSITIONAL[: len(header)])}
-        width = len(header)
+        columns = {name: position for position, name in enumerate(_BYBIT_POSITIONAL[: len(first_row)])}
     else:
         rows = rows[1:]
-        width = len(header)
-    return _validated_candles(rows, columns, width, source, max_errors)
+    return _validated_candles(rows, columns, len(first_row), source, max_errors)
 
 
 def _normalize_name(name: str) -> str:
@@ -216,13 +215,13 @@ def _validated_candles(
                     raise ValueError(
                         f"epoch timestamp in {unit} but line {epoch_unit[1]} used {epoch_unit[0]}"
                     )
-            values = {name: _parse_number(fields, columns, name) for name in _BYBIT_POSITIONAL[1:]}
+            values = {name: _parse_number(fields, columns, name) for name in _VALUE_COLUMNS}
             _check_bar(values)
         except ValueError as problem:
             errors.append(f"line {line_no}: {problem}")
             continue
         line_numbers.append(line_no)
-        parsed.append((ts_ms, *(values[name] for name in _BYBIT_POSITIONAL[1:])))
+        parsed.append((ts_ms, *(values[name] for name in _VALUE_COLUMNS)))
     if errors:
         shown = "\n  ".join(f"{source} {error}" for error in errors)
         more = " (stopped early)" if len(errors) >= max_errors else ""
@@ -304,6 +303,7 @@ def resample_candles(
 ) -> Candles:
     """Aggregate bars into UTC-aligned buckets of ``interval`` (e.g. 1h -> 1d, 1m -> 1h).
 
+    ``candles`` must be sorted by time, as :func:`parse_candles_csv` returns them.
     Buckets are aligned to the epoch (days at 00:00 UTC, hours on the hour) and weeks start on
     Monday. open = first, high = max, low = min, close = last, volume/turnover = sum.
     A bucket is kept only if it holds at least ``min_coverage`` of the source bars it should

@@ -41,7 +41,7 @@ many books in the Arrow list layout (flat price/qty arrays plus ``offsets``, so 
 levels are ``[offsets[i], offsets[i+1])``); a DuckDB ``LIST`` column read through pyarrow yields
 exactly that, and a long table sorted by snapshot gives it via :func:`offsets_from_sorted_ids`.
 Each level's band is found with one ``searchsorted`` and summed with one ``bincount``, so the cost
-is linear in the number of levels.
+is linear in the number of levels. :func:`depth_per_minute` then gives the 1-min mean/min/last.
 
 Timestamps everywhere in ``transforms`` are epoch seconds (int or float).
 """
@@ -246,12 +246,25 @@ def _side_sums(
     keep = usable & np.isfinite(ref_per_level) & (band_idx < n_bands)
     base, quote = _base_quote(price[keep], qty[keep], contract_size, inverse)
     key = snapshot[keep] * n_bands + band_idx[keep]
-    per_band = [np.bincount(key, weights=w, minlength=n * n_bands).reshape(n, n_bands) for w in (base, quote)]
+    per_band = [np.bincount(key, weights=w, minlength=n * n_bands).astype(np.float64, copy=False)
+                .reshape(n, n_bands) for w in (base, quote)]
     return per_band[0].cumsum(axis=1), per_band[1].cumsum(axis=1)
 
 
-def _batch_chunk(bid_price, bid_qty, bid_offsets, ask_price, ask_qty, ask_offsets, band_arr, reference, rate,
-                 contract_size, inverse, rel_tol) -> dict[str, NDArray]:
+def _batch_chunk(
+    bid_price: NDArray,
+    bid_qty: NDArray,
+    bid_offsets: NDArray,
+    ask_price: NDArray,
+    ask_qty: NDArray,
+    ask_offsets: NDArray,
+    band_arr: NDArray,
+    reference: Reference,
+    rate: NDArray,
+    contract_size: float,
+    inverse: bool,
+    rel_tol: float,
+) -> dict[str, NDArray]:
     bid_ok, ask_ok = _usable(bid_price, bid_qty), _usable(ask_price, ask_qty)
     best_bid = _best_per_snapshot(bid_price, bid_ok, bid_offsets, is_bid=True)
     best_ask = _best_per_snapshot(ask_price, ask_ok, ask_offsets, is_bid=False)
@@ -312,13 +325,18 @@ def depth_bands_batch(
 
     ``bid_offsets``/``ask_offsets`` have length ``n + 1``; levels of a snapshot may be in any
     order. ``quote_usd_rate`` is a scalar or one rate per snapshot. Results equal ``depth_bands``
-    applied per snapshot (up to summation order).
+    applied per snapshot (up to summation order). For a pyarrow ``ListArray`` of
+    ``struct<price, qty>``: ``levels = arr.flatten()``, then ``levels.field("price")``,
+    ``levels.field("qty")`` and ``arr.offsets`` minus ``arr.offsets[0]`` (non-zero for a slice).
+    Snapshots are processed in chunks of ~4M levels to bound memory.
     """
     band_arr = _check_bands(bands)
     bid_offsets = np.asarray(bid_offsets, dtype=np.int64)
     ask_offsets = np.asarray(ask_offsets, dtype=np.int64)
     if bid_offsets.shape != ask_offsets.shape or bid_offsets.ndim != 1 or bid_offsets.size == 0:
         raise ValueError("bid_offsets and ask_offsets must be 1-D with the same length n + 1")
+    if any(off[0] != 0 or np.any(np.diff(off) < 0) for off in (bid_offsets, ask_offsets)):
+        raise ValueError("offsets must start at 0 and be non-decreasing (re-base a sliced Arrow array)")
     n = bid_offsets.size - 1
     arrays = [np.asarray(a, dtype=np.float64) for a in (bid_price, bid_qty, ask_price, ask_qty)]
     if arrays[0].size != bid_offsets[-1] or arrays[1].size != bid_offsets[-1] \
@@ -371,7 +389,7 @@ def aggregate_buckets(ts: ArrayLike, values: ArrayLike, bucket_s: int = 60) -> B
     flat = vals.reshape(vals.shape[0], -1)
     bucket = np.floor(ts_arr / bucket_s).astype(np.int64)
     if bucket.size == 0:
-        empty = np.empty((0,) + vals.shape[1:])
+        empty = np.empty((0, *vals.shape[1:]))
         return BucketAggregate(np.empty(0, np.int64), np.empty(0, np.int64), empty.astype(np.int64),
                                empty, empty.copy(), empty.copy())
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
@@ -384,7 +402,7 @@ def aggregate_buckets(ts: ArrayLike, values: ArrayLike, bucket_s: int = 60) -> B
     row = np.where(valid, np.arange(flat.shape[0])[:, None], -1)
     last_row = np.maximum.reduceat(row, starts, axis=0)
     last = np.where(last_row >= 0, np.take_along_axis(flat, np.maximum(last_row, 0), axis=0), np.nan)
-    shape = (starts.size,) + vals.shape[1:]
+    shape = (starts.size, *vals.shape[1:])
     return BucketAggregate(
         bucket_start=bucket[starts] * bucket_s,
         n_rows=np.diff(np.r_[starts, bucket.size]).astype(np.int64),
@@ -393,3 +411,26 @@ def aggregate_buckets(ts: ArrayLike, values: ArrayLike, bucket_s: int = 60) -> B
         min=minimum.reshape(shape),
         last=last.reshape(shape),
     )
+
+
+def depth_per_minute(ts: ArrayLike, depth: DepthBands, bucket_s: int = 60) -> dict[str, NDArray]:
+    """Per-minute mean / min / last of every numeric column of a ``depth_bands_batch`` result.
+
+    ``ts`` holds one timestamp per snapshot. Keys: ``bucket_start`` (int64 epoch s),
+    ``n_snapshots``, ``n_valid`` (valid books in the minute) and ``<column>_{mean,min,last}`` for
+    every column of :meth:`DepthBands.columns` except ``valid`` (e.g. ``bid_usd_2_mean``,
+    ``spread_bps_last``). Invalid books are NaN rows and so are skipped by every statistic.
+    """
+    cols = depth.columns()
+    del cols["valid"]
+    names = list(cols)
+    agg = aggregate_buckets(ts, np.column_stack([cols[name] for name in names]), bucket_s)
+    out: dict[str, NDArray] = {
+        "bucket_start": agg.bucket_start,
+        "n_snapshots": agg.n_rows,
+        "n_valid": agg.n_valid[:, names.index("mid")],
+    }
+    for stat in ("mean", "min", "last"):
+        values = getattr(agg, stat)
+        out.update({f"{name}_{stat}": values[:, j] for j, name in enumerate(names)})
+    return out

@@ -128,7 +128,7 @@ def liquidity_withdrawals(
 
     finite_idx = np.flatnonzero(np.isfinite(vals))
     episodes = []
-    for g0, g1 in zip(group_starts, group_ends):
+    for g0, g1 in zip(group_starts, group_ends, strict=True):
         members = below[g0:g1]
         worst = members[np.argmin(ratio[members])]
         first = members[0]

@@ -178,7 +178,7 @@ def _window_rows(
 ) -> dict[str, np.ndarray]:
     # Returns start at calendar index 1 (the first close has none), so "all" spans target days.
     window_days = target.copy() if window is None else np.full(target.shape, window)
-    first = np.maximum(target - window_days + 1, 1)
+    first = np.minimum(np.maximum(target - window_days + 1, 1), target)
     width = int(window_days.max(initial=1))
     # Left-pad with NaN so every window is a fixed-width slice; NaN is neutral in every metric.
     padded = np.r_[np.full(width, np.nan), daily_returns]
@@ -220,7 +220,7 @@ class _MonthIndex:
 
     def __init__(self, first_day: int, daily_returns: np.ndarray) -> None:
         valid = ~np.isnan(daily_returns)
-        self.log_growth = np.r_[0.0, np.cumsum(np.where(valid, np.log1p(np.where(valid, daily_returns, 0)), 0))]
+        self.log_growth = np.r_[0.0, np.cumsum(np.log1p(np.where(valid, daily_returns, 0.0)))]
         self.valid_count = np.r_[0, np.cumsum(valid)]
         month_of_day = (np.arange(daily_returns.size) + first_day).astype("datetime64[D]").astype("datetime64[M]")
         self.month = (month_of_day - month_of_day[0]).astype(np.int64)

@@ -1,0 +1,198 @@
+"""Leveraged positions of one perpetual and the open interest they imply.
+
+Open interest is not an input: it is the sum of positions. Levered longs and shorts are held as
+explicit records (size, entry, leverage, liquidation and bankruptcy prices); the rest of the open
+interest is held by unlevered accounts (market makers, basis traders) that are never liquidated.
+With OI = levered longs + unlevered longs = levered shorts + unlevered shorts, a closing long
+reduces OI only as far as unlevered shorts are there to buy back; the remainder passes to the
+unlevered side as new longs. That single rule keeps both sides equal whatever mix of
+liquidations, panic closes and new openings a scenario produces.
+
+Isolated-margin linear-contract arithmetic: a long with leverage L has bankruptcy price
+entry*(1-1/L) and is liquidated at entry*(1-1/L+mmr) (mirror for shorts). Funding payments are
+not charged to margins, so liquidation prices stay fixed for a position's life.
+
+The initial population is not uniform around the start price: positions whose liquidation price
+sits close to the price are rare in a calm market because ordinary volatility has already taken
+them out, and high-leverage positions are mostly small accounts. Without that, any 0.5% wiggle
+would liquidate more than the book holds and even the calm scenario would cascade.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import SymbolSpec
+
+POSITION_SIZE_SIGMA = 1.1
+ENTRY_DISPERSION = 0.03
+SURVIVAL_MIN_DISTANCE = 0.005   # keep-probability 0 at this liquidation distance ...
+SURVIVAL_FULL_DISTANCE = 0.04   # ... rising linearly to 1 here
+LEVERAGE_SIZE_EXP = 0.7         # notional ~ leverage**-0.7
+HIGH_LEVERAGE = 20              # panic openers pick uniformly among leverages from here up
+
+
+@dataclass
+class LiquidatedPositions:
+    """Positions taken over by the liquidation engine in one step, most urgent first."""
+
+    is_long: np.ndarray
+    lots: np.ndarray
+    entry: np.ndarray
+    leverage: np.ndarray
+    liquidation_price: np.ndarray
+    bankruptcy_price: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lots)
+
+
+class PositionBook:
+    _FIELDS = ("is_long", "entry", "leverage", "liq", "bankrupt", "lots")
+
+    def __init__(self, spec: SymbolSpec, price: float, rng: np.random.Generator):
+        self.spec = spec
+        self._rng = rng
+        weights = np.array([w for _, w in spec.leverage_weights], dtype=np.float64)
+        self._leverages = np.array([lev for lev, _ in spec.leverage_weights], dtype=np.float64)
+        self._leverage_p = weights / weights.sum()
+        self._high_leverages = self._leverages[self._leverages >= HIGH_LEVERAGE]
+        oi_lots = spec.open_interest / spec.step
+        share_long, share_short = spec.levered_long_share, spec.levered_short_share
+        self.base_long_share = share_long / (share_long + share_short)
+
+        n = spec.positions
+        is_long = rng.random(n) < self.base_long_share
+        entry = price * np.exp(rng.normal(0.0, ENTRY_DISPERSION, n))
+        leverage = rng.choice(self._leverages, size=n, p=self._leverage_p)
+        liq, bankrupt = self._prices(is_long, entry, leverage)
+        distance = np.where(is_long, price - liq, liq - price) / price
+        survival = np.clip((distance - SURVIVAL_MIN_DISTANCE)
+                           / (SURVIVAL_FULL_DISTANCE - SURVIVAL_MIN_DISTANCE), 0.0, 1.0)
+        alive = rng.random(n) < survival
+        is_long, entry, leverage = is_long[alive], entry[alive], leverage[alive]
+        liq, bankrupt = liq[alive], bankrupt[alive]
+        raw = rng.lognormal(0.0, POSITION_SIZE_SIGMA, len(entry)) * leverage ** -LEVERAGE_SIZE_EXP
+        lots = np.zeros(len(entry), dtype=np.int64)
+        for side, share in ((True, share_long), (False, share_short)):
+            mask = is_long == side
+            lots[mask] = np.maximum(1, np.round(raw[mask] * share * oi_lots / raw[mask].sum()))
+        # New positions are drawn from the same size law as the initial ones.
+        self._size_scale = float(lots.sum() / raw.sum())
+        self.target_positions = len(lots)
+
+        capacity = 2 * len(lots)
+        self.is_long = np.zeros(capacity, dtype=bool)
+        self.entry = np.zeros(capacity)
+        self.leverage = np.ones(capacity)
+        self.liq = np.zeros(capacity)
+        self.bankrupt = np.zeros(capacity)
+        self.lots = np.zeros(capacity, dtype=np.int64)
+        self.used = 0
+        self._append(is_long, entry, leverage, liq, bankrupt, lots)
+        self.long_lots = int(lots[is_long].sum())
+        self.short_lots = int(lots[~is_long].sum())
+        self.oi_lots = int(round(oi_lots))
+        self._refresh_thresholds()
+
+    def _prices(self, is_long: np.ndarray, entry: np.ndarray, leverage: np.ndarray):
+        sign = np.where(is_long, -1.0, 1.0)
+        bankrupt = entry * (1.0 + sign / leverage)
+        liq = entry * (1.0 + sign * (1.0 / leverage - self.spec.maint_margin_rate))
+        return liq, bankrupt
+
+    def _refresh_thresholds(self) -> None:
+        lots, is_long, liq = self.lots[:self.used], self.is_long[:self.used], self.liq[:self.used]
+        longs = (lots > 0) & is_long
+        shorts = (lots > 0) & ~is_long
+        self.max_long_liq = float(liq[longs].max()) if longs.any() else -np.inf
+        self.min_short_liq = float(liq[shorts].min()) if shorts.any() else np.inf
+
+    @property
+    def active_positions(self) -> int:
+        return int(np.count_nonzero(self.lots[:self.used]))
+
+    def _close(self, is_long: bool, lots: int) -> None:
+        if is_long:
+            self.oi_lots -= min(lots, self.oi_lots - self.short_lots)
+            self.long_lots -= lots
+        else:
+            self.oi_lots -= min(lots, self.oi_lots - self.long_lots)
+            self.short_lots -= lots
+
+    def liquidate(self, mark: float) -> LiquidatedPositions | None:
+        """Take over every position whose liquidation price the mark price has crossed."""
+        if self.max_long_liq < mark < self.min_short_liq:
+            return None
+        u = self.used
+        lots, is_long, liq = self.lots[:u], self.is_long[:u], self.liq[:u]
+        idx = np.flatnonzero((lots > 0) & np.where(is_long, liq >= mark, liq <= mark))
+        if len(idx) == 0:
+            self._refresh_thresholds()
+            return None
+        # Most urgent first: the position whose liquidation price was crossed by the widest margin.
+        urgency = np.where(is_long[idx], liq[idx] - mark, mark - liq[idx])
+        idx = idx[np.argsort(-urgency, kind="stable")]
+        batch = LiquidatedPositions(
+            is_long=is_long[idx].copy(), lots=lots[idx].copy(), entry=self.entry[idx].copy(),
+            leverage=self.leverage[idx].copy(), liquidation_price=liq[idx].copy(),
+            bankruptcy_price=self.bankrupt[idx].copy(),
+        )
+        for side, size in zip(batch.is_long.tolist(), batch.lots.tolist()):
+            self._close(side, size)
+        self.lots[idx] = 0
+        self._refresh_thresholds()
+        return batch
+
+    def trade_flows(self, price: float, hazard: float, long_close_mult: float, open_mult: float,
+                    long_tilt: float, high_leverage_share: float, dt: float) -> None:
+        """One interval of voluntary closing and opening of levered positions."""
+        rng = self._rng
+        u = self.used
+        active = self.lots[:u] > 0
+        for side, mult in ((True, long_close_mult), (False, 1.0)):
+            candidates = np.flatnonzero(active & (self.is_long[:u] == side))
+            k = int(rng.binomial(len(candidates), min(1.0, hazard * mult * dt))) if len(candidates) else 0
+            if k:
+                chosen = rng.choice(candidates, size=k, replace=False)
+                for size in self.lots[chosen].tolist():
+                    self._close(side, size)
+                self.lots[chosen] = 0
+        n_open = int(rng.poisson(hazard * self.target_positions * open_mult * dt))
+        if n_open:
+            p_long = min(0.95, max(0.05, self.base_long_share + long_tilt))
+            is_long = rng.random(n_open) < p_long
+            entry = np.full(n_open, price)
+            leverage = rng.choice(self._leverages, size=n_open, p=self._leverage_p)
+            high = rng.random(n_open) < high_leverage_share
+            if high.any():
+                leverage[high] = rng.choice(self._high_leverages, size=int(high.sum()))
+            liq, bankrupt = self._prices(is_long, entry, leverage)
+            lots = np.maximum(1, np.round(rng.lognormal(0.0, POSITION_SIZE_SIGMA, n_open)
+                                          * leverage ** -LEVERAGE_SIZE_EXP * self._size_scale)).astype(np.int64)
+            self.long_lots += int(lots[is_long].sum())
+            self.short_lots += int(lots[~is_long].sum())
+            self.oi_lots += int(lots.sum())
+            self._append(is_long, entry, leverage, liq, bankrupt, lots)
+            if is_long.any():
+                self.max_long_liq = max(self.max_long_liq, float(liq[is_long].max()))
+            if (~is_long).any():
+                self.min_short_liq = min(self.min_short_liq, float(liq[~is_long].min()))
+
+    def _append(self, is_long, entry, leverage, liq, bankrupt, lots) -> None:
+        k = len(lots)
+        if self.used + k > len(self.lots):
+            keep = np.flatnonzero(self.lots[:self.used] > 0)
+            capacity = max(len(self.lots), 2 * (len(keep) + k))
+            for name in self._FIELDS:
+                old = getattr(self, name)
+                grown = np.zeros(capacity, dtype=old.dtype)
+                grown[:len(keep)] = old[keep]
+                setattr(self, name, grown)
+            self.used = len(keep)
+        sl = slice(self.used, self.used + k)
+        self.is_long[sl], self.entry[sl], self.leverage[sl] = is_long, entry, leverage
+        self.liq[sl], self.bankrupt[sl], self.lots[sl] = liq, bankrupt, lots
+        self.used += k

@@ -1,0 +1,157 @@
+"""Scenario timelines: the exogenous forces acting on the market model.
+
+The model's microstructure (market makers, takers, leveraged positions, liquidations) is the
+same in every scenario; a scenario only says how the outside world pushes on it over time: news
+drift of the spot index, volatility regime, disruption of the market makers' hedging venue,
+aggression of takers and position-opening behaviour. The cascade itself is *not* scripted: the
+liquidation feedback loop in the model turns the scripted shock into the crash.
+
+The cascade timeline follows 2025-10-10 (times relative to the trigger, 20:50 UTC on the day):
+a first news leg, market makers losing their hedging venue within minutes (books "appeared
+empty"), the main crash peaking ~25 min after the trigger, then liquidity returning and a
+partial recovery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import SimConfig, SymbolSpec
+
+MINUTE = 60.0
+
+# Cascade phase boundaries, seconds after the trigger.
+NEWS_END = 10 * MINUTE
+DISRUPTION_RAMP = (2 * MINUTE, 6 * MINUTE)
+DISRUPTION_RELEASE = (34 * MINUTE, 50 * MINUTE)
+CRASH = (8 * MINUTE, 28 * MINUTE)
+RECOVERY_START = 30 * MINUTE
+CASCADE_WINDOW = (6 * MINUTE, 34 * MINUTE)
+
+# Exogenous legs of the BTC index, (start, end, log move), each a smoothstep over its window;
+# alts scale them by SymbolSpec.crash_beta. The relief rally inside the crash is what squeezes
+# the shorts opened into the fall, as the violent intra-crash bounces did on 2025-10-10.
+INDEX_LEGS = (
+    (0.0, NEWS_END, -0.015),
+    (CRASH[0], 17 * MINUTE, -0.045),
+    (17 * MINUTE, 19 * MINUTE, +0.020),
+    (19 * MINUTE, CRASH[1], -0.035),
+    (RECOVERY_START, 75 * MINUTE, +0.035),
+)
+
+
+@dataclass(frozen=True)
+class Drivers:
+    """Exogenous forces for one model step."""
+
+    drift: tuple[float, ...]   # per-symbol index drift, log-return per second
+    vol_mult: float            # multiplier on diffusive volatility
+    disruption: float          # 0..1, market makers' hedging venue disrupted
+    taker_mult: float          # multiplier on taker order arrival rate
+    buy_tilt: float            # added to the takers' buy probability
+    open_mult: float           # multiplier on position openings
+    long_tilt: float           # added to the long share of openings
+    long_close_mult: float     # multiplier on voluntary closing hazard of longs
+    high_leverage_share: float  # share of new positions taken with >= 20x leverage
+
+
+def _ramp(t: float, a: float, b: float) -> float:
+    if t <= a:
+        return 0.0
+    if t >= b:
+        return 1.0
+    return (t - a) / (b - a)
+
+
+def _smoothstep_rate(t: float, a: float, b: float) -> float:
+    """Derivative (per second) of a smoothstep going 0 -> 1 over [a, b]."""
+    if t <= a or t >= b:
+        return 0.0
+    u = (t - a) / (b - a)
+    return 6.0 * u * (1.0 - u) / (b - a)
+
+
+class CalmScenario:
+    """Hours of ordinary two-sided trading; no news, no disruption."""
+
+    name = "calm"
+
+    def __init__(self, config: SimConfig, specs: list[SymbolSpec]):
+        self._drivers = Drivers(
+            drift=(0.0,) * len(specs), vol_mult=1.0, disruption=0.0, taker_mult=1.0,
+            buy_tilt=0.0, open_mult=1.0, long_tilt=0.0, long_close_mult=1.0, high_leverage_share=0.0,
+        )
+
+    def drivers(self, t_s: float) -> Drivers:
+        return self._drivers
+
+    def cascade_windows(self) -> list[tuple[str, float, float]]:
+        return []
+
+    @property
+    def trigger_s(self) -> float | None:
+        return None
+
+
+class CascadeScenario:
+    """Calm run-up, then news shock + market-maker hedging disruption, crash, partial recovery."""
+
+    name = "cascade"
+
+    def __init__(self, config: SimConfig, specs: list[SymbolSpec]):
+        self._specs = specs
+        self._crash_beta = tuple(s.crash_beta for s in specs)
+        duration = config.duration_s
+        if config.trigger_offset_s is not None:
+            self._trigger = float(config.trigger_offset_s)
+        else:
+            self._trigger = self.default_trigger_offset(duration)
+        self._before_trigger = Drivers(
+            drift=(0.0,) * len(specs), vol_mult=1.0, disruption=0.0, taker_mult=1.0, buy_tilt=0.0,
+            open_mult=1.0, long_tilt=0.0, long_close_mult=1.0, high_leverage_share=0.0,
+        )
+
+    @staticmethod
+    def default_trigger_offset(duration_s: float) -> float:
+        """Put the trigger at 20:50 UTC for the default 12:00-24:00 window (190 min before the
+        end) when that leaves at least an hour of calm; otherwise a third of the way in, but
+        never less than 20 calm minutes."""
+        real_like = duration_s - 190 * MINUTE
+        if real_like >= 60 * MINUTE:
+            return real_like
+        return max(20 * MINUTE, duration_s / 3.0)
+
+    @property
+    def trigger_s(self) -> float:
+        return self._trigger
+
+    def cascade_windows(self) -> list[tuple[str, float, float]]:
+        start, end = CASCADE_WINDOW
+        return [(s.symbol, self._trigger + start, self._trigger + end) for s in self._specs]
+
+    def drivers(self, t_s: float) -> Drivers:
+        t = t_s - self._trigger
+        if t < 0:
+            return self._before_trigger
+        btc_drift = sum(move * _smoothstep_rate(t, start, end) for start, end, move in INDEX_LEGS)
+        disruption = _ramp(t, *DISRUPTION_RAMP) * (1.0 - _ramp(t, *DISRUPTION_RELEASE))
+        crashing = _ramp(t, CRASH[0] - 2 * MINUTE, CRASH[0]) * (1.0 - _ramp(t, CRASH[1], CRASH[1] + 4 * MINUTE))
+        recovering = _ramp(t, RECOVERY_START, RECOVERY_START + 5 * MINUTE) * (1.0 - _ramp(t, 90 * MINUTE, 120 * MINUTE))
+        excitement = _ramp(t, 0.0, CRASH[0]) * (1.0 - 0.7 * _ramp(t, DISRUPTION_RELEASE[0], 120 * MINUTE))
+        return Drivers(
+            drift=tuple(btc_drift * beta for beta in self._crash_beta),
+            vol_mult=1.0 + 2.5 * excitement,
+            disruption=disruption,
+            taker_mult=1.0 + 3.0 * excitement,
+            buy_tilt=-0.10 * crashing + 0.05 * recovering,
+            open_mult=1.0 + 2.0 * crashing + 1.0 * recovering,
+            long_tilt=-0.50 * crashing + 0.20 * recovering,
+            long_close_mult=1.0 + 20.0 * crashing,
+            high_leverage_share=0.8 * crashing,
+        )
+
+
+def build_scenario(config: SimConfig, specs: list[SymbolSpec]) -> CalmScenario | CascadeScenario:
+    if config.scenario == "cascade":
+        return CascadeScenario(config, specs)
+    return CalmScenario(config, specs)
