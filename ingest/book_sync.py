@@ -8,6 +8,10 @@ continue the chain, or a book that ends up crossed, emits a ``gap`` feed event a
 that symbol back to *awaiting a snapshot*: one broken symbol never resets the others
 (cryptofeed's feed-wide reset loses every book on one gap).
 
+While synced, the machine also emits a ``periodic`` snapshot of each book once per second of
+exchange time (levels within ±10% of mid, the widest depth band), so depth analytics read
+one compact book per second instead of replaying every delta.
+
 Everything here is pure: the caller (replay, live ingest) performs the snapshot fetches the
 machine asks for and produces the records it returns.
 """
@@ -51,6 +55,7 @@ class SymbolState:
     previous: BookDelta | None = None   # last applied delta; None right after a snapshot
     snapshot_requested: bool = False
     snapshots: int = 0
+    next_periodic_ms: int = 0
 
 
 @dataclass
@@ -60,10 +65,13 @@ class SyncOutput:
 
 
 class BookSync:
-    def __init__(self, rules: SyncRules, exchange: str, max_buffer: int = 10_000):
+    def __init__(self, rules: SyncRules, exchange: str, max_buffer: int = 10_000,
+                 periodic_ms: int = 1000, periodic_band: float = 0.10):
         self.rules = rules
         self.exchange = exchange
         self.max_buffer = max_buffer
+        self.periodic_ms = periodic_ms          # 0 disables periodic snapshots
+        self.periodic_band = periodic_band
         self.symbols: dict[str, SymbolState] = {}
         # Every delta ends up applied, dropped (with a reason) or still buffered, so callers
         # can account for each message.
@@ -143,6 +151,20 @@ class BookSync:
         self.counts["applied"] += 1
         if st.book.is_crossed():
             self._gap(st, None, out, "crossed book")
+        elif self.periodic_ms and delta.ts_exchange >= st.next_periodic_ms:
+            st.next_periodic_ms = (delta.ts_exchange // self.periodic_ms + 1) * self.periodic_ms
+            out.records.append(self._periodic(st, delta))
+            self.counts["periodic_snapshots"] += 1
+
+    def _periodic(self, st: SymbolState, delta: BookDelta) -> BookSnapshot:
+        mid = st.book.mid
+        # A hair wider than the band so levels exactly on a band edge survive float rounding.
+        low, high = mid * (1 - self.periodic_band - 1e-9), mid * (1 + self.periodic_band + 1e-9)
+        bids = [[repr(p), repr(st.book.bids[p])] for p in st.book.bids.irange(minimum=low, reverse=True)]
+        asks = [[repr(p), repr(st.book.asks[p])] for p in st.book.asks.irange(maximum=high)]
+        return BookSnapshot(exchange=delta.exchange, symbol=delta.symbol, symbol_native=delta.symbol_native,
+                            ts_exchange=delta.ts_exchange, ts_recv=delta.ts_recv, bids=bids, asks=asks,
+                            seq=delta.last_seq, reason="periodic")
 
     def _gap(self, st: SymbolState, delta: BookDelta | None, out: SyncOutput, reason: str,
              anchor=None) -> None:

@@ -95,7 +95,8 @@ class BookSnapshot(MarketRecord):
     bids: Levels              # best first
     asks: Levels
     seq: Int | None           # Binance lastUpdateId, Bybit u, OKX seqId
-    reason: Text              # "sync" (first), "resync" (after a gap), "venue" (pushed by the venue)
+    reason: Text              # "sync" (first), "resync" (after a gap), "venue" (pushed by the venue),
+                              # "periodic" (perpflow's once-a-second copy of the synced book, +-10% of mid)
 
 
 @dataclass(slots=True, kw_only=True)

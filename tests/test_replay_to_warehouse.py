@@ -35,7 +35,8 @@ def test_replay_cli_then_load_reconciles_every_record_type(cli_env, tmp_path):
     for table in ("trades", "book_snapshots", "book_deltas", "funding", "open_interest", "liquidations",
                   "feed_events", "dead_letters"):
         assert con.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0] == len(by_table.get(table, [])), table
-    assert report.stats.records == {"trade": 91, "book_delta": 752, "book_snapshot": 4}
+    assert report.stats.records == {"trade": 91, "book_delta": 752, "book_snapshot": 4 + 119}
+    assert report.book["periodic_snapshots"] == 119
 
     trades = {t.trade_id: t for t in by_table["trades"]}
     rows = con.execute("SELECT trade_id, symbol, price, qty, side, epoch_ms(ts_exchange), first_trade_id "
@@ -44,9 +45,9 @@ def test_replay_cli_then_load_reconciles_every_record_type(cli_env, tmp_path):
         t = trades[trade_id]
         assert (symbol, price, qty, side, ts, first) == (t.symbol, float(t.price), float(t.qty), t.side,
                                                          t.ts_exchange, t.first_trade_id)
-    snaps = {s.symbol: s for s in by_table["book_snapshots"]}
+    snaps = {s.symbol: s for s in by_table["book_snapshots"] if s.reason == "sync"}
     for symbol, seq, n_bids, top_bid in con.execute(
-            "SELECT symbol, seq, len(bids), bids[1].price FROM raw.book_snapshots").fetchall():
+            "SELECT symbol, seq, len(bids), bids[1].price FROM raw.book_snapshots WHERE reason = 'sync'").fetchall():
         assert (seq, n_bids, top_bid) == (snaps[symbol].seq, len(snaps[symbol].bids), float(snaps[symbol].bids[0][0]))
     level_count = con.execute("SELECT sum(len(bids) + len(asks)) FROM raw.book_deltas").fetchone()[0]
     assert level_count == sum(len(d.bids) + len(d.asks) for d in by_table["book_deltas"])

@@ -144,10 +144,10 @@ class CascadeScenario:
             disruption=disruption,
             taker_mult=1.0 + 3.0 * excitement,
             buy_tilt=-0.10 * crashing + 0.05 * recovering,
-            open_mult=1.0 + 2.0 * crashing + 1.0 * recovering,
+            open_mult=1.0 + 4.5 * crashing + 1.0 * recovering,
             long_tilt=-0.50 * crashing + 0.20 * recovering,
-            long_close_mult=1.0 + 20.0 * crashing,
-            high_leverage_share=0.8 * crashing,
+            long_close_mult=1.0 + 10.0 * crashing,
+            high_leverage_share=1.0 * crashing,
         )
 
 
