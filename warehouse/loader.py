@@ -280,6 +280,22 @@ def _finish(con, tables, rejects, extra_events, batch, report) -> None:
     report.transactions += 1
 
 
+def insert_records(con, items) -> Counter:
+    """Insert records straight into the raw tables (no Kafka; partition and offset stay NULL).
+
+    For benchmarks, fixtures and backfills of generated data: the same parsing SQL as the
+    loader, without its exactly-once bookkeeping. The caller owns the transaction.
+    """
+    grouped: dict[type, list[bytes]] = defaultdict(list)
+    for record in items:
+        grouped[type(record)].append(records.encode(record))
+    counts: Counter = Counter()
+    for cls, values in grouped.items():
+        _insert(con, cls, _arrow_batch(values, [None] * len(values), [None] * len(values)))
+        counts[cls.table] += len(values)
+    return counts
+
+
 def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT_BATCH_ROWS,
               topics=records.TOPICS, progress: Callable[[LoadReport], None] | None = None) -> LoadReport:
     """One bounded pass: everything that was in Kafka when it started, then return."""
