@@ -110,6 +110,11 @@ class BookSync:
         st.phase = SYNCED
         out.records.append(snapshot)
         self.counts["snapshots"] += 1
+        if snapshot.reason == "resync":
+            out.records.append(FeedEvent(exchange=self.exchange, symbol=st.symbol, kind="resync",
+                                         detail=orjson.dumps({"snapshot_seq": snapshot.seq}).decode(),
+                                         ts_recv=snapshot.ts_recv, ts_exchange=snapshot.ts_exchange))
+            self.counts["resyncs"] += 1
         if st.book.is_crossed():
             self._gap(st, None, out, "crossed snapshot", anchor=snapshot)
             return out
@@ -123,6 +128,12 @@ class BookSync:
             else:
                 self._gap(st, delta, out, "snapshot does not bridge" if st.previous is None else "sequence break")
         return out
+
+    def reset(self, symbol: str) -> None:
+        """Forget a symbol's book (its connection dropped): the next delta asks for a snapshot."""
+        st = self.state(symbol)
+        self.counts["dropped_on_reset"] += len(st.buffer)
+        self.symbols[symbol] = SymbolState(symbol, snapshots=st.snapshots)
 
     def pending(self) -> int:
         """Deltas still buffered (never bridged by a snapshot)."""

@@ -20,7 +20,6 @@ from ingest.venues import MalformedMessage, SkipMessage
 
 MAX_DEAD_LETTER_BYTES = 1 << 20
 
-
 @dataclass
 class FeedStats:
     messages: int = 0
@@ -32,7 +31,6 @@ class FeedStats:
     @property
     def accounted(self) -> int:
         return self.mapped + sum(self.skipped.values()) + sum(self.dead_letters.values())
-
 
 class FeedHandler:
     def __init__(self, venue, emit: Callable[[object], None]):
@@ -74,15 +72,16 @@ class FeedHandler:
             elif isinstance(record, BookSnapshot):
                 out = self.book_sync.on_snapshot(record)
             else:
-                self._emit(record)
+                self.emit_record(record)
                 continue
             for produced in out.records:
-                self._emit(produced)
+                self.emit_record(produced)
             if out.need_snapshot:
                 resync.append(record.symbol_native)
         return resync
 
-    def _emit(self, record) -> None:
+    def emit_record(self, record) -> None:
+        """Emit a record the caller made itself (e.g. a service's feed events), counted like the rest."""
         self.stats.records[record.record_type] += 1
         self.emit(record)
 
@@ -90,5 +89,5 @@ class FeedHandler:
         text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
         # Reason categories stay few (the detail after ':' varies per message).
         self.stats.dead_letters[reason.split(":")[0]] += 1
-        self._emit(DeadLetter(exchange=self.venue.exchange, source=source, reason=reason,
+        self.emit_record(DeadLetter(exchange=self.venue.exchange, source=source, reason=reason,
                               raw=text[:MAX_DEAD_LETTER_BYTES], ts_recv=ts_recv))

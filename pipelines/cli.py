@@ -181,6 +181,108 @@ def load(batch_rows: int) -> None:
     warehouse.publish_replica()
 
 
+def _symbols(ctx, param, value: str) -> list[str]:
+    symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+    bad = [s for s in symbols if not s.isalnum()]
+    if not symbols or bad:
+        raise click.BadParameter(f"expected comma-separated venue symbols like BTCUSDT,ETHUSDT; got {value!r}")
+    return symbols
+
+
+def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | None]:
+    limits = {}
+    for item in values:
+        kind, sep, seconds = item.partition("=")
+        try:
+            limits[kind] = None if seconds == "off" else float(seconds)
+        except ValueError:
+            sep = ""
+        if not sep or not kind:
+            raise click.BadParameter(f"expected STREAM_KIND=SECONDS or STREAM_KIND=off (e.g. markPrice@1s=10), got {item!r}")
+    return limits
+
+
+@main.command()
+@click.option("--exchange", required=True, type=click.Choice(["binance-usdm"]), help="Venue to ingest.")
+@click.option("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT", show_default=True, callback=_symbols,
+              help="Comma-separated native symbols.")
+@click.option("--ws-url", help="Websocket base URL (default: the venue's). Point it at `perpflow simulate` offline.")
+@click.option("--rest-url", help="REST base URL (default: the venue's).")
+@click.option("--oi-interval", type=click.FloatRange(1, 3600), default=5.0, show_default=True,
+              help="Seconds between open-interest polls per symbol.")
+@click.option("--silence-limit", multiple=True, callback=_silence_limits,
+              help="Override a stream's liveness limit, e.g. markPrice@1s=10 (repeatable).")
+@click.option("--max-connection-age", type=click.FloatRange(10, 86400), help="Rotate connections after N seconds.")
+@click.option("--duration", type=click.FloatRange(1), help="Stop after N seconds (default: run until SIGTERM/Ctrl-C).")
+def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration) -> None:
+    """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
+    from ingest.service import IngestConfig, IngestError, IngestService, run_service
+    from ingest.venues import venue as venue_for
+    from pipelines.kafka import BrokerUnavailable, ensure_topics
+
+    settings = _settings()
+    venue = venue_for(exchange)
+    try:
+        ensure_topics(settings.bootstrap, settings.partitions)
+    except (BrokerUnavailable, Exception) as exc:  # noqa: BLE001 - an outage at start is survivable
+        console.print(f"[yellow]Kafka at {settings.bootstrap} not reachable ({exc}); records will spill to disk "
+                      "until it is[/]")
+    config = IngestConfig(symbols=symbols, ws_url=ws_url or venue.default_ws_url,
+                          rest_url=rest_url or venue.default_rest_url, bootstrap=settings.bootstrap,
+                          run_dir=settings.run_dir, oi_interval_s=oi_interval, silence_limit_s=silence_limit,
+                          max_connection_age_s=max_connection_age, duration_s=duration)
+    service = IngestService(venue, config)
+    console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url} into Kafka at {settings.bootstrap}")
+    try:
+        run_service(service, report=lambda st: console.print(_status_line(st), highlight=False))
+    except IngestError as exc:
+        _fail(str(exc))
+    final = service.status()
+    console.print("stopped; " + _status_line(final), highlight=False)
+
+
+def _status_line(st: dict) -> str:
+    ev = st.get("events", {})
+    records = st.get("records", {})
+    return (f"{st['exchange']}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
+            f"{records.get('trade', 0):,} trades, {records.get('book_delta', 0):,} book deltas, "
+            f"{records.get('liquidation', 0):,} liquidations; reconnects {ev.get('reconnects', 0)}, "
+            f"stalls {ev.get('stalls', 0)}, gaps {st['gaps']}, resyncs {st['resyncs']}, "
+            f"dead letters {st['dead_letters']}, spill {st['spill_bytes']:,} B"
+            + (" [SPILLING: Kafka unreachable]" if st.get("spilling") else ""))
+
+
+@main.command()
+def status() -> None:
+    """Show running perpflow services: rates, reconnects, gaps, spill size."""
+    import json
+    import time
+
+    from pipelines.broker import _pid_alive, read_state
+
+    settings = _settings()
+    table = Table(title=f"perpflow services ({settings.run_dir})")
+    for column in ("service", "pid", "state", "msg/s", "messages", "reconnects", "stalls", "gaps", "resyncs",
+                   "dead letters", "spill bytes", "updated"):
+        table.add_column(column)
+    broker = read_state(settings.run_dir)
+    if broker:
+        table.add_row("broker", str(broker["pid"]), "running", *[""] * 8, broker["bootstrap"])
+    for path in sorted(settings.run_dir.glob("ingest-*.json")):
+        st = json.loads(path.read_text())
+        state = st["state"] if st["state"] == "stopped" or _pid_alive(st["pid"]) else "dead (stale status)"
+        ev = st.get("events", {})
+        table.add_row(f"ingest {st['exchange']}", str(st["pid"]), state, f"{st['messages_per_s']:,.0f}",
+                      f"{st['messages']:,}", str(ev.get("reconnects", 0)), str(ev.get("stalls", 0)), str(st["gaps"]),
+                      str(st["resyncs"]), str(st["dead_letters"]),
+                      f"{st['spill_bytes']:,}" + (" SPILLING" if st["spilling"] else ""),
+                      f"{time.time() - st['updated_at']:.0f}s ago")
+    if not table.row_count:
+        console.print(f"no perpflow services have run with PERPFLOW_HOME={settings.home}")
+        return
+    console.print(table)
+
+
 # --- data out ----------------------------------------------------------------------------------
 
 @main.command()

@@ -118,8 +118,8 @@ def test_resync_after_gap_needs_a_bridging_snapshot():
     out = sync.on_delta(delta(16, 17, 15))
     assert out.records == [] and not out.need_snapshot
     out = sync.on_snapshot(snapshot(16, bids=[("99", "3")], asks=[("100", "1")]))
-    assert [type(r).__name__ for r in out.records] == ["BookSnapshot", "BookDelta"]
-    assert out.records[0].reason == "resync"
+    assert [type(r).__name__ for r in out.records] == ["BookSnapshot", "FeedEvent", "BookDelta"]
+    assert out.records[0].reason == "resync" and out.records[1].kind == "resync"
     assert sync.counts["dropped_stale"] == 1                 # 14..15 was older than snapshot 16
 
 

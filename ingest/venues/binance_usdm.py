@@ -112,12 +112,56 @@ class BinanceSyncRules:
 class BinanceUsdm:
     exchange = EXCHANGE
     rules = BinanceSyncRules()
-    #: Streams each routed websocket path serves since the 2026 URL split.
-    PUBLIC_STREAMS = ("depth@100ms",)
-    MARKET_STREAMS = ("aggTrade", "markPrice@1s", "forceOrder")
+    default_ws_url = "wss://fstream.binance.com"
+    default_rest_url = "https://fapi.binance.com"
+    #: Since the 2026 URL split each routed path serves only its own streams; a market stream on
+    #: the old unrouted URL is acknowledged and then silently never delivered.
+    ROUTES = {"public": ("depth@100ms",), "market": ("aggTrade", "markPrice@1s", "forceOrder")}
+    #: Longest normal silence per stream before the connection counts as stalled (None: may be
+    #: silent for hours, e.g. no liquidations in a calm market).
+    SILENCE_LIMIT_S = {"depth@100ms": 30.0, "aggTrade": 120.0, "markPrice@1s": 5.0, "forceOrder": None}
+    MAX_CONNECTION_AGE_S = 24 * 3600 - 300   # Binance closes connections at 24 h; rotate before
+    REST_WEIGHT_LIMIT = 2400
+    WEIGHT_HEADER = "x-mbx-used-weight-1m"
+
+    normalize_symbol = staticmethod(normalize_symbol)
 
     def __init__(self, funding_intervals: dict[str, int] | None = None):
         self.funding_intervals = dict(funding_intervals or {})
+
+    def ws_connections(self, ws_url: str, symbols: list[str]) -> dict[str, list[str]]:
+        """Connection name -> (url, streams) for the given native symbols."""
+        out = {}
+        for route, kinds in self.ROUTES.items():
+            streams = [f"{s.lower()}@{kind}" for s in symbols for kind in kinds]
+            out[route] = (f"{ws_url.rstrip('/')}/{route}/stream?streams={'/'.join(streams)}", streams)
+        return out
+
+    @staticmethod
+    def stream_kind(stream: str) -> str:
+        return stream.split("@", 1)[1] if "@" in stream else stream
+
+    @staticmethod
+    def stream_of(frame: str) -> str | None:
+        """The stream name of a combined-stream frame without parsing the JSON."""
+        if frame.startswith('{"stream":"'):
+            end = frame.find('"', 11)
+            return frame[11:end] if end > 0 else None
+        return None
+
+    def depth_url(self, rest_url: str, native: str) -> str:
+        return f"{rest_url.rstrip('/')}/fapi/v1/depth?symbol={native}&limit=1000"
+
+    def open_interest_url(self, rest_url: str, native: str) -> str:
+        return f"{rest_url.rstrip('/')}/fapi/v1/openInterest?symbol={native}"
+
+    def reference_urls(self, rest_url: str) -> dict[str, str]:
+        base = rest_url.rstrip("/")
+        return {"exchange_info": f"{base}/fapi/v1/exchangeInfo", "funding_info": f"{base}/fapi/v1/fundingInfo"}
+
+    def perpetual_symbols(self, exchange_info: dict) -> set[str]:
+        return {s["symbol"] for s in exchange_info.get("symbols", [])
+                if s.get("contractType") == "PERPETUAL" and s.get("status", "TRADING") == "TRADING"}
 
     # --- websocket -------------------------------------------------------------------------
 

@@ -1,0 +1,348 @@
+"""``perpflow ingest``: the live ingestion service for one venue.
+
+One asyncio process per venue. Each routed websocket connection runs its own loop: connect,
+read frames into the shared ``FeedHandler`` (mapper + book sync, exactly as replay does),
+and on any failure record a feed event and reconnect with exponential backoff and jitter.
+Faults that leave the TCP connection up are caught by a per-stream liveness watchdog (since
+Binance's 2026 URL split, a misrouted stream is acknowledged and then silent forever), and
+connections are rotated before the venue's 24-hour limit. REST depth snapshots are fetched
+whenever the book sync asks for one; open interest is polled within the REST weight budget.
+Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order.
+
+The service writes its counters to ``<home>/run/ingest-<venue>.json`` every second, which
+``perpflow status`` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from ingest.feed import FeedHandler
+from ingest.records import FeedEvent
+from ingest.spill import SpillingSink
+
+log = logging.getLogger(__name__)
+
+
+class IngestError(RuntimeError):
+    """A problem the service cannot work around (bad symbols, unreachable venue at start-up)."""
+
+
+@dataclass
+class IngestConfig:
+    symbols: list[str]
+    ws_url: str
+    rest_url: str
+    bootstrap: str
+    run_dir: Path
+    oi_interval_s: float = 5.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_connection_age_s: float | None = None       # None: the venue's limit
+    silence_limit_s: dict[str, float | None] = field(default_factory=dict)   # overrides per stream kind
+    status_interval_s: float = 1.0
+    duration_s: float | None = None                   # stop by itself after this long
+
+
+@dataclass
+class ConnectionState:
+    name: str
+    url: str
+    streams: list[str]
+    state: str = "starting"
+    connected_at: float | None = None
+    connects: int = 0
+    last_seen: dict[str, float] = field(default_factory=dict)
+
+
+class Stalled(Exception):
+    pass
+
+
+class RotationDue(Exception):
+    pass
+
+
+class IngestService:
+    def __init__(self, venue, config: IngestConfig, sink: SpillingSink | None = None):
+        self.venue = venue
+        self.config = config
+        self.sink = sink or SpillingSink(config.bootstrap, config.run_dir / f"spill-{venue.exchange}.jsonl")
+        self.handler = FeedHandler(venue, self.sink.send)
+        self.events: Counter = Counter()        # disconnects, reconnects, stalls, rotations, rest errors
+        self.connections: dict[str, ConnectionState] = {}
+        self.stop = asyncio.Event()
+        self.started = time.time()
+        self.rest_weight = 0
+        self._snapshot_tasks: dict[str, asyncio.Task] = {}
+        self._last_oi: dict[str, bytes] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._symbols_by_connection: dict[str, list[str]] = {}
+        self._rate = {"t": time.monotonic(), "messages": 0, "per_s": 0.0}
+        self.status_path = config.run_dir / f"ingest-{venue.exchange}.json"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        if self.config.duration_s:
+            asyncio.get_running_loop().call_later(self.config.duration_s, self.request_stop)
+        try:
+            await self._check_symbols()
+            routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
+            for name, (url, streams) in routes.items():
+                self.connections[name] = ConnectionState(name, url, streams)
+                self._symbols_by_connection[name] = sorted({s.split("@")[0].upper() for s in streams})
+            tasks = [asyncio.create_task(self._connection_loop(c), name=f"ws-{c.name}")
+                     for c in self.connections.values()]
+            tasks += [asyncio.create_task(self._poll_open_interest(), name="open-interest"),
+                      asyncio.create_task(self._drain_spill(), name="drain"),
+                      asyncio.create_task(self._write_status(), name="status")]
+            await self.stop.wait()
+            for task in tasks + list(self._snapshot_tasks.values()):
+                task.cancel()
+            await asyncio.gather(*tasks, *self._snapshot_tasks.values(), return_exceptions=True)
+        finally:
+            await self._session.close()
+            await asyncio.to_thread(self.sink.close)
+            self._status(final=True)
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    async def _check_symbols(self) -> None:
+        urls = self.venue.reference_urls(self.config.rest_url)
+        info = await self._get_json(urls["exchange_info"], weight_ok=True, attempts=5)
+        known = self.venue.perpetual_symbols(info)
+        unknown = [s for s in self.config.symbols if s not in known]
+        if unknown:
+            raise IngestError(f"{', '.join(unknown)} not trading as perpetuals on {self.venue.exchange}; "
+                              f"examples of valid symbols: {', '.join(sorted(known)[:8])}")
+        try:
+            funding_info = await self._get_json(urls["funding_info"], weight_ok=True, attempts=3)
+            self.venue.apply_funding_info(funding_info)
+        except IngestError as exc:
+            log.warning("funding intervals unavailable (%s); assuming 8 h", exc)
+
+    # --- websockets --------------------------------------------------------------------------
+
+    async def _connection_loop(self, conn: ConnectionState) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            reason = kind = None
+            try:
+                async with websockets.connect(conn.url, ping_interval=20, ping_timeout=20, open_timeout=10,
+                                              close_timeout=2, max_size=1 << 24, max_queue=4096) as ws:
+                    if conn.connects:
+                        self._feed_event("reconnect", None, {"connection": conn.name, "attempt": attempt})
+                        self.events["reconnects"] += 1
+                    conn.connects += 1
+                    conn.state, conn.connected_at = "connected", time.monotonic()
+                    conn.last_seen = {s: time.monotonic() for s in conn.streams}
+                    attempt = 0
+                    await self._read(ws, conn)
+            except asyncio.CancelledError:
+                raise
+            except Stalled as exc:
+                reason, kind = str(exc), "stall"
+            except RotationDue:
+                reason, kind = "connection rotated before the venue's 24 h limit", "rotate"
+            except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as exc:
+                reason, kind = f"{exc.__class__.__name__}: {exc}", "disconnect"
+            conn.state = "reconnecting"
+            self._reset_books(conn)
+            if reason is not None and not self.stop.is_set():
+                self.events[kind + "s"] += 1
+                self._feed_event(kind, None, {"connection": conn.name, "reason": reason})
+                log.warning("%s connection %s: %s", self.venue.exchange, conn.name, reason)
+            if kind == "rotate":
+                continue
+            delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** attempt)
+            attempt += 1
+            try:   # full jitter keeps many clients from reconnecting in lockstep
+                await asyncio.wait_for(self.stop.wait(), timeout=delay * random.uniform(0.5, 1.0))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _read(self, ws, conn: ConnectionState) -> None:
+        max_age = self.config.max_connection_age_s or self.venue.MAX_CONNECTION_AGE_S
+        limits = {**self.venue.SILENCE_LIMIT_S, **self.config.silence_limit_s}
+        next_check = time.monotonic() + 1.0
+        while True:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), timeout=1.0)
+            except asyncio.TimeoutError:
+                frame = None
+            now = time.monotonic()
+            if frame is not None:
+                stream = self.venue.stream_of(frame) if isinstance(frame, str) else None
+                if stream is not None:
+                    conn.last_seen[stream] = now
+                for native in self.handler.on_ws(frame, time.time_ns(), conn.name):
+                    self._want_snapshot(native)
+            if now >= next_check:
+                next_check = now + 1.0
+                for stream, seen in conn.last_seen.items():
+                    limit = limits.get(self.venue.stream_kind(stream))
+                    if limit is not None and now - seen > limit:
+                        self._feed_event("stall", stream.split("@")[0].upper(),
+                                         {"stream": stream, "silent_s": round(now - seen, 1)})
+                        raise Stalled(f"{stream} silent for {now - seen:.1f}s while the connection stayed up")
+                if now - conn.connected_at > max_age:
+                    raise RotationDue
+
+    def _reset_books(self, conn: ConnectionState) -> None:
+        if any("depth" in s for s in conn.streams):
+            for native in self._symbols_by_connection[conn.name]:
+                self.handler.book_sync.reset(self.venue.normalize_symbol(native))
+
+    # --- REST ----------------------------------------------------------------------------------
+
+    def _want_snapshot(self, native: str) -> None:
+        task = self._snapshot_tasks.get(native)
+        if task is None or task.done():
+            self._snapshot_tasks[native] = asyncio.create_task(self._fetch_snapshot(native))
+
+    async def _fetch_snapshot(self, native: str) -> None:
+        url = self.venue.depth_url(self.config.rest_url, native)
+        body, ts = await self._get(url, attempts=None)
+        for again in self.handler.on_rest(url, body, ts):
+            if again != native:
+                self._want_snapshot(again)
+            else:   # the snapshot did not bridge: ask again once this task is done
+                asyncio.get_running_loop().call_soon(self._want_snapshot, native)
+
+    async def _poll_open_interest(self) -> None:
+        interval = self.config.oi_interval_s
+        while True:
+            for native in self.config.symbols:
+                url = self.venue.open_interest_url(self.config.rest_url, native)
+                try:
+                    body, ts = await self._get(url, attempts=3)
+                except IngestError as exc:
+                    log.warning("open interest %s: %s", native, exc)
+                    continue
+                if body != self._last_oi.get(native):    # unchanged polls carry no information
+                    self._last_oi[native] = body
+                    self.handler.on_rest(url, body, ts)
+            # Stay well inside the venue's weight budget: slow down when others use it up.
+            busy = self.rest_weight > 0.8 * self.venue.REST_WEIGHT_LIMIT
+            await asyncio.sleep(interval * (4 if busy else 1))
+
+    async def _get_json(self, url: str, **kwargs):
+        body, _ = await self._get(url, **kwargs)
+        return orjson.loads(body)
+
+    async def _get(self, url: str, attempts: int | None = 5, weight_ok: bool = False) -> tuple[bytes, int]:
+        """GET with backoff; honours Retry-After on 429/418; raises IngestError after ``attempts``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._session.get(url) as response:
+                    body = await response.read()
+                    ts = time.time_ns()
+                    weight = response.headers.get(self.venue.WEIGHT_HEADER)
+                    if weight and weight.isdigit():
+                        self.rest_weight = int(weight)
+                    if response.status == 200:
+                        return body, ts
+                    self.events[f"rest_{response.status}"] += 1
+                    retry_after = response.headers.get("Retry-After", "")
+                    delay = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+                    if response.status == 418:
+                        delay = max(delay or 0, 120.0)   # an IP ban: back off for minutes
+                    problem = f"HTTP {response.status}: {body[:200].decode('utf-8', 'replace')}"
+                    if response.status < 500 and response.status not in (418, 429):
+                        raise IngestError(f"{url}: {problem}")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                self.events["rest_errors"] += 1
+                problem, delay = f"{exc.__class__.__name__}: {exc}", None
+            if attempts is not None and attempt >= attempts:
+                raise IngestError(f"{url}: {problem} (after {attempt} attempts)")
+            delay = delay if delay is not None else min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+
+    # --- Kafka outage handling and status --------------------------------------------------------
+
+    async def _drain_spill(self) -> None:
+        while True:
+            if self.sink.spilling:
+                await asyncio.to_thread(self.sink.drain)
+            await asyncio.sleep(1.0)
+
+    def _feed_event(self, kind: str, symbol: str | None, detail: dict) -> None:
+        self.handler.emit_record(FeedEvent(exchange=self.venue.exchange,
+                                     symbol=self.venue.normalize_symbol(symbol) if symbol else None,
+                                     kind=kind, detail=orjson.dumps(detail).decode(), ts_recv=time.time_ns()))
+
+    async def _write_status(self) -> None:
+        while True:
+            self._status()
+            await asyncio.sleep(self.config.status_interval_s)
+
+    def status(self) -> dict:
+        stats, now = self.handler.stats, time.monotonic()
+        elapsed = now - self._rate["t"]
+        if elapsed >= 1.0:
+            self._rate.update(per_s=(stats.messages - self._rate["messages"]) / elapsed, t=now,
+                              messages=stats.messages)
+        return {
+            "service": "ingest", "exchange": self.venue.exchange, "pid": os.getpid(), "symbols": self.config.symbols,
+            "started_at": self.started, "updated_at": time.time(), "messages": stats.messages,
+            "messages_per_s": round(self._rate["per_s"], 1), "records": dict(stats.records),
+            "skipped": sum(stats.skipped.values()), "dead_letters": sum(stats.dead_letters.values()),
+            "gaps": self.handler.book_sync.counts["gaps"], "resyncs": self.handler.book_sync.counts["resyncs"],
+            "events": dict(self.events), "rest_weight_1m": self.rest_weight,
+            "spilling": self.sink.spilling, "spill_bytes": self.sink.spill_bytes,
+            "spilled_total": self.sink.spilled_total, "kafka_outages": self.sink.outages,
+            "connections": {c.name: {"state": c.state, "connects": c.connects,
+                                     "silent_s": {s: round(now - t, 1) for s, t in c.last_seen.items()}}
+                            for c in self.connections.values()},
+        }
+
+    def _status(self, final: bool = False) -> None:
+        status = self.status()
+        status["state"] = "stopped" if final else "running"
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.status_path)
+
+
+def run_service(service: IngestService, report=None, report_every_s: float = 10.0) -> None:
+    """Run until SIGTERM/SIGINT, then shut down with everything flushed.
+
+    ``report(status)`` is called every ``report_every_s`` seconds so long runs show progress.
+    """
+    async def progress():
+        while True:
+            await asyncio.sleep(report_every_s)
+            report(service.status())
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.request_stop)
+        reporter = asyncio.create_task(progress()) if report else None
+        try:
+            await service.run()
+        finally:
+            if reporter:
+                reporter.cancel()
+
+    asyncio.run(main())
