@@ -31,8 +31,10 @@ SCHEMA_VERSION = 1
 
 
 class _Kind:
-    def __init__(self, name: str, wire: pa.DataType, table: pa.DataType, sql: str, wire_sql: str):
-        self.name, self.wire, self.table, self.sql, self.wire_sql = name, wire, table, sql, wire_sql
+    """How one field kind looks in the warehouse (Arrow and DuckDB types) and on the wire (JSON type)."""
+
+    def __init__(self, name: str, table: pa.DataType, sql: str, wire_sql: str):
+        self.name, self.table, self.sql, self.wire_sql = name, table, sql, wire_sql
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -40,14 +42,13 @@ class _Kind:
 
 LEVEL = pa.struct([("price", pa.float64()), ("qty", pa.float64())])
 
-TEXT = _Kind("text", pa.string(), pa.string(), "VARCHAR", "VARCHAR")
-INT = _Kind("int", pa.int64(), pa.int64(), "BIGINT", "BIGINT")
-FLAG = _Kind("flag", pa.bool_(), pa.bool_(), "BOOLEAN", "BOOLEAN")
-NUM = _Kind("num", pa.string(), pa.float64(), "DOUBLE", "VARCHAR")
-MS = _Kind("ms", pa.int64(), pa.timestamp("us"), "TIMESTAMP", "BIGINT")
-NS = _Kind("ns", pa.int64(), pa.timestamp("us"), "TIMESTAMP", "BIGINT")
-LEVELS = _Kind("levels", pa.list_(pa.list_(pa.string())), pa.list_(LEVEL),
-               "STRUCT(price DOUBLE, qty DOUBLE)[]", "VARCHAR[][]")
+TEXT = _Kind("text", pa.string(), "VARCHAR", "VARCHAR")
+INT = _Kind("int", pa.int64(), "BIGINT", "BIGINT")
+FLAG = _Kind("flag", pa.bool_(), "BOOLEAN", "BOOLEAN")
+NUM = _Kind("num", pa.float64(), "DOUBLE", "VARCHAR")
+MS = _Kind("ms", pa.timestamp("us"), "TIMESTAMP", "BIGINT")
+NS = _Kind("ns", pa.timestamp("us"), "TIMESTAMP", "BIGINT")
+LEVELS = _Kind("levels", pa.list_(LEVEL), "STRUCT(price DOUBLE, qty DOUBLE)[]", "VARCHAR[][]")
 
 Text = Annotated[str, TEXT]
 Int = Annotated[int, INT]
@@ -215,12 +216,6 @@ def field_specs(cls: type) -> tuple[FieldSpec, ...]:
 
 
 @cache
-def wire_schema(cls: type) -> pa.Schema:
-    """How the JSON value parses (decimal strings stay strings)."""
-    return pa.schema([pa.field(s.name, s.kind.wire, nullable=s.nullable) for s in field_specs(cls)])
-
-
-@cache
 def table_schema(cls: type) -> pa.Schema:
     """The Arrow form of the warehouse table, without the Kafka bookkeeping columns."""
     return pa.schema([pa.field(s.name, s.kind.table, nullable=s.nullable) for s in field_specs(cls)])
@@ -241,7 +236,7 @@ def headers(record) -> list[tuple[str, bytes]]:
 
 
 def decode(value: bytes):
-    """Inverse of ``encode`` (used by tests and tools; the loader parses whole batches with Arrow)."""
+    """Inverse of ``encode`` (for tests and tools; the loader parses whole batches inside DuckDB)."""
     data = orjson.loads(value)
     cls = BY_NAME[data.pop("type")]
     data.pop("v")

@@ -133,3 +133,14 @@ def test_a_record_the_warehouse_cannot_parse_is_kept_and_the_rest_loads(fresh_br
         assert source.startswith("md.trades:") and reason.startswith("load:") and raw == bad.decode()
         assert con.execute("SELECT sum(next_offset) FROM meta.kafka_offsets").fetchone()[0] == 101
     assert load_once(warehouse, fresh_broker.bootstrap).total == 0
+
+
+def test_raw_tables_match_the_arrow_schemas_of_the_records(warehouse):
+    from ingest import records
+
+    with warehouse.writer() as con:
+        for cls in records.RECORD_TYPES:
+            schema = con.sql(f"SELECT * FROM raw.{cls.table} LIMIT 0").to_arrow_table().schema
+            expected = records.table_schema(cls)
+            assert schema.names == expected.names + ["kafka_partition", "kafka_offset"], cls
+            assert [f.type for f in schema][:-2] == [f.type for f in expected], cls

@@ -16,24 +16,22 @@ writes a ``broker_reset`` feed event and reloads that partition from its beginni
 from __future__ import annotations
 
 import hashlib
-import io
-from functools import cache
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pajson
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from ingest import records
 from pipelines.kafka import LOADER_GROUP, end_offsets, new_consumer, partitions_of
+from warehouse.schema import raw_table_ddl
 from warehouse.store import Warehouse
 
 log = logging.getLogger(__name__)
@@ -72,53 +70,6 @@ def record_type_of(message) -> str:
     if value.startswith(_TYPE_PREFIX):
         return value[len(_TYPE_PREFIX):value.index(b'"', len(_TYPE_PREFIX))].decode()
     return ""
-
-
-# --- JSON lines -> Arrow, shaped like the raw table -------------------------------------------
-
-def _levels_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    chunks = []
-    for outer in column.chunks:
-        inner = outer.flatten()
-        if len(inner) and pc.any(pc.not_equal(pc.list_value_length(inner), 2)).as_py():
-            raise ValueError("a book level is not a [price, qty] pair")
-        values = pc.cast(inner.flatten(), pa.float64())
-        pairs = pa.StructArray.from_arrays([values[0::2], values[1::2]], names=["price", "qty"]) \
-            if len(values) else pa.array([], records.LEVEL)
-        offsets = pc.subtract(outer.offsets, outer.offsets[0])
-        chunks.append(pa.ListArray.from_arrays(offsets, pairs, type=pa.list_(records.LEVEL)))
-    return pa.chunked_array(chunks, type=pa.list_(records.LEVEL))
-
-
-def _convert(spec: records.FieldSpec, column: pa.ChunkedArray) -> pa.ChunkedArray:
-    kind = spec.kind
-    if kind is records.NUM:
-        return pc.cast(column, pa.float64())
-    if kind is records.MS:
-        return pc.cast(pc.cast(column, pa.timestamp("ms")), pa.timestamp("us"))
-    if kind is records.NS:
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.timestamp("us"), safe=False)
-    if kind is records.LEVELS:
-        return _levels_column(column)
-    return column
-
-
-def to_arrow(cls, values: list[bytes]) -> pa.Table:
-    """Parse orjson record values into an Arrow table matching ``records.table_schema(cls)``."""
-    parsed = pajson.read_json(
-        io.BytesIO(b"\n".join(values)),
-        read_options=pajson.ReadOptions(block_size=32 << 20, use_threads=False),
-        parse_options=pajson.ParseOptions(explicit_schema=records.wire_schema(cls),
-                                          unexpected_field_behavior="ignore"),
-    )
-    if parsed.num_rows != len(values):
-        raise ValueError(f"{len(values)} values parsed into {parsed.num_rows} rows")
-    columns = [_convert(spec, parsed.column(spec.name)) for spec in records.field_specs(cls)]
-    table = pa.Table.from_arrays(columns, schema=records.table_schema(cls))
-    for spec in records.field_specs(cls):
-        if not spec.nullable and table.column(spec.name).null_count:
-            raise ValueError(f"required field {spec.name!r} is missing")
-    return table
 
 
 # --- the pass ---------------------------------------------------------------------------------
@@ -203,14 +154,22 @@ def _insert(con, cls, table: pa.Table) -> None:
 
 
 def _split_bad(cls, batch: _Batch, topic: str) -> tuple[pa.Table | None, list[tuple]]:
-    """Find the records of a failed insert that do not parse; the good ones still load."""
+    """Find the records of a failed insert that do not load; the good ones still do.
+
+    Each record is tried alone with the very same INSERT against an empty in-memory copy of the
+    table, so the verdict matches the real insert without aborting its transaction.
+    """
     keep, rejects = [], []
+    probe = duckdb.connect()
+    probe.execute("CREATE SCHEMA raw")
+    probe.execute(raw_table_ddl(cls))
     for i, value in enumerate(batch.values[cls]):
         try:
-            to_arrow(cls, [value])
+            _insert(probe, cls, _arrow_batch([value], [0], [0]))
             keep.append(i)
-        except (pa.ArrowInvalid, ValueError) as exc:
+        except _DATA_ERRORS as exc:
             rejects.append((_Rejected(topic, batch.partitions[cls][i], batch.offsets[cls][i], value), f"load: {exc}"))
+    probe.close()
     if not keep:
         return None, rejects
     pick = lambda column: [column[i] for i in keep]  # noqa: E731
