@@ -83,8 +83,9 @@ class SpillingSink:
     @property
     def spill_bytes(self) -> int:
         with self.lock:
-            self._spill.flush()
-            return self.spill_path.stat().st_size - self._read_offset
+            if not self._spill.closed:
+                self._spill.flush()
+            return self.spill_path.stat().st_size - (0 if self._spill.closed else self._read_offset)
 
     # --- draining -------------------------------------------------------------------------
 
