@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ingest.book_sync import BookSync
-from ingest.records import BookDelta, BookSnapshot, DeadLetter
+from ingest.records import BookDelta, BookSnapshot, DeadLetter, FeedEvent, Trade
 from ingest.venues import MalformedMessage, SkipMessage
 
 MAX_DEAD_LETTER_BYTES = 1 << 20
@@ -32,12 +32,24 @@ class FeedStats:
     def accounted(self) -> int:
         return self.mapped + sum(self.skipped.values()) + sum(self.dead_letters.values())
 
+@dataclass
+class TradeGap:
+    """Trade ids a venue published but perpflow did not receive (venues with consecutive ids)."""
+
+    symbol_native: str
+    first_id: int
+    last_id: int
+
+
 class FeedHandler:
     def __init__(self, venue, emit: Callable[[object], None]):
         self.venue = venue
         self.emit = emit
         self.book_sync = BookSync(venue.rules, venue.exchange)
         self.stats = FeedStats()
+        self._last_trade_id: dict[str, int] = {}
+        self._open_gaps: dict[str, list[list[int]]] = {}   # per symbol: [first, last] still missing
+        self.new_trade_gaps: list[TradeGap] = []           # for the caller to backfill, then clear
 
     def on_ws(self, raw: bytes | str, ts_recv: int, source: str = "ws") -> list[str]:
         """Handle one websocket frame; return native symbols whose book needs a REST snapshot."""
@@ -67,6 +79,8 @@ class FeedHandler:
     def _route(self, mapped: list) -> list[str]:
         resync = []
         for record in mapped:
+            if isinstance(record, Trade) and not self._trade_in_sequence(record):
+                continue
             if isinstance(record, BookDelta):
                 out = self.book_sync.on_delta(record)
             elif isinstance(record, BookSnapshot):
@@ -79,6 +93,38 @@ class FeedHandler:
             if out.need_snapshot:
                 resync.append(record.symbol_native)
         return resync
+
+    def _trade_in_sequence(self, trade: Trade) -> bool:
+        """Track the venue's trade-id sequence: report gaps, accept backfills, drop repeats."""
+        trade_id = self.venue.trade_sequence(trade)
+        if trade_id is None:
+            return True
+        symbol = trade.symbol
+        last = self._last_trade_id.get(symbol)
+        if last is None or trade_id == last + 1:
+            self._last_trade_id[symbol] = trade_id
+            return True
+        if trade_id > last + 1:
+            self._last_trade_id[symbol] = trade_id
+            self._open_gaps.setdefault(symbol, []).append([last + 1, trade_id - 1])
+            self.new_trade_gaps.append(TradeGap(trade.symbol_native, last + 1, trade_id - 1))
+            self.emit_record(FeedEvent(exchange=trade.exchange, symbol=symbol, kind="trade_gap",
+                                       detail=orjson.dumps({"first_id": last + 1, "last_id": trade_id - 1}).decode(),
+                                       ts_recv=trade.ts_recv, ts_exchange=trade.ts_exchange))
+            return True
+        for gap in self._open_gaps.get(symbol, ()):
+            if gap[0] <= trade_id <= gap[1]:
+                if trade_id == gap[0]:   # backfills arrive in order; keep the range tight
+                    gap[0] += 1
+                if gap[0] > gap[1]:
+                    self._open_gaps[symbol].remove(gap)
+                return True
+        self.stats.skipped["duplicate trade id (already received)"] += 1
+        return False
+
+    def missing_trades(self) -> int:
+        """Trade ids reported missing and not (yet) backfilled."""
+        return sum(g[1] - g[0] + 1 for gaps in self._open_gaps.values() for g in gaps)
 
     def emit_record(self, record) -> None:
         """Emit a record the caller made itself (e.g. a service's feed events), counted like the rest."""

@@ -70,7 +70,9 @@ class ConnectionState:
 
 
 class Stalled(Exception):
-    pass
+    def __init__(self, stream: str, silent_s: float):
+        super().__init__(f"{stream} silent for {silent_s:.1f}s while the connection stayed up")
+        self.stream, self.silent_s = stream, silent_s
 
 
 class RotationDue(Exception):
@@ -78,6 +80,8 @@ class RotationDue(Exception):
 
 
 class IngestService:
+    MAX_BACKFILL_CALLS = 50     # 50k trades; a longer outage is reported as a gap, not hammered
+
     def __init__(self, venue, config: IngestConfig, sink: SpillingSink | None = None):
         self.venue = venue
         self.config = config
@@ -89,6 +93,7 @@ class IngestService:
         self.started = time.time()
         self.rest_weight = 0
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._last_oi: dict[str, bytes] = {}
         self._session: aiohttp.ClientSession | None = None
         self._symbols_by_connection: dict[str, list[str]] = {}
@@ -113,9 +118,10 @@ class IngestService:
                       asyncio.create_task(self._drain_spill(), name="drain"),
                       asyncio.create_task(self._write_status(), name="status")]
             await self.stop.wait()
-            for task in tasks + list(self._snapshot_tasks.values()):
+            background = tasks + list(self._snapshot_tasks.values()) + list(self._tasks)
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*tasks, *self._snapshot_tasks.values(), return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
         finally:
             await self._session.close()
             await asyncio.to_thread(self.sink.close)
@@ -144,6 +150,8 @@ class IngestService:
         attempt = 0
         while not self.stop.is_set():
             reason = kind = None
+            detail: dict = {"connection": conn.name}
+            symbol = None
             try:
                 async with websockets.connect(conn.url, ping_interval=20, ping_timeout=20, open_timeout=10,
                                               close_timeout=2, max_size=1 << 24, max_queue=4096) as ws:
@@ -159,6 +167,8 @@ class IngestService:
                 raise
             except Stalled as exc:
                 reason, kind = str(exc), "stall"
+                detail.update(stream=exc.stream, silent_s=exc.silent_s)
+                symbol = exc.stream.split("@")[0].upper()
             except RotationDue:
                 reason, kind = "connection rotated before the venue's 24 h limit", "rotate"
             except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as exc:
@@ -167,7 +177,7 @@ class IngestService:
             self._reset_books(conn)
             if reason is not None and not self.stop.is_set():
                 self.events[kind + "s"] += 1
-                self._feed_event(kind, None, {"connection": conn.name, "reason": reason})
+                self._feed_event(kind, symbol, {**detail, "reason": reason})
                 log.warning("%s connection %s: %s", self.venue.exchange, conn.name, reason)
             if kind == "rotate":
                 continue
@@ -194,14 +204,16 @@ class IngestService:
                     conn.last_seen[stream] = now
                 for native in self.handler.on_ws(frame, time.time_ns(), conn.name):
                     self._want_snapshot(native)
+                if self.handler.new_trade_gaps:
+                    for gap in self.handler.new_trade_gaps:
+                        self._background(self._backfill_trades(gap))
+                    self.handler.new_trade_gaps.clear()
             if now >= next_check:
                 next_check = now + 1.0
                 for stream, seen in conn.last_seen.items():
                     limit = limits.get(self.venue.stream_kind(stream))
                     if limit is not None and now - seen > limit:
-                        self._feed_event("stall", stream.split("@")[0].upper(),
-                                         {"stream": stream, "silent_s": round(now - seen, 1)})
-                        raise Stalled(f"{stream} silent for {now - seen:.1f}s while the connection stayed up")
+                        raise Stalled(stream, round(now - seen, 1))
                 if now - conn.connected_at > max_age:
                     raise RotationDue
 
@@ -211,6 +223,38 @@ class IngestService:
                 self.handler.book_sync.reset(self.venue.normalize_symbol(native))
 
     # --- REST ----------------------------------------------------------------------------------
+
+    def _background(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.events["task_errors"] += 1
+            log.error("background task failed", exc_info=task.exception())
+
+    async def _backfill_trades(self, gap) -> None:
+        """Fetch the trades a dropped connection missed, so none is lost (weight 20 per call)."""
+        next_id, calls = gap.first_id, 0
+        while next_id <= gap.last_id and calls < self.MAX_BACKFILL_CALLS:
+            calls += 1
+            url = self.venue.agg_trades_url(self.config.rest_url, gap.symbol_native, next_id,
+                                            min(1000, gap.last_id - next_id + 1))
+            try:
+                body, ts = await self._get(url, attempts=5)
+            except IngestError as exc:
+                log.warning("trade backfill %s from %d failed: %s", gap.symbol_native, next_id, exc)
+                return
+            ids = [item.get("a") for item in orjson.loads(body) if isinstance(item, dict)]
+            self.handler.on_rest(url, body, ts)
+            if not ids:
+                break
+            next_id = max(ids) + 1
+        self.events["trade_backfills"] += 1
+        self._feed_event("trade_backfill", gap.symbol_native,
+                         {"first_id": gap.first_id, "last_id": gap.last_id, "filled_to": next_id - 1})
 
     def _want_snapshot(self, native: str) -> None:
         task = self._snapshot_tasks.get(native)
@@ -307,6 +351,7 @@ class IngestService:
             "messages_per_s": round(self._rate["per_s"], 1), "records": dict(stats.records),
             "skipped": sum(stats.skipped.values()), "dead_letters": sum(stats.dead_letters.values()),
             "gaps": self.handler.book_sync.counts["gaps"], "resyncs": self.handler.book_sync.counts["resyncs"],
+            "missing_trades": self.handler.missing_trades(),
             "events": dict(self.events), "rest_weight_1m": self.rest_weight,
             "spilling": self.sink.spilling, "spill_bytes": self.sink.spill_bytes,
             "spilled_total": self.sink.spilled_total, "kafka_outages": self.sink.outages,

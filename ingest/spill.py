@@ -28,13 +28,28 @@ from pipelines.kafka import BrokerUnavailable, new_producer, wait_for_metadata
 log = logging.getLogger(__name__)
 
 
+def _abandon(producer) -> None:
+    """Fail every record a dead-session producer still holds, so its error callbacks spill them.
+
+    kafka-python 3.0.12's ``close(timeout=0)`` raises from its internal ``flush`` before it gets
+    to its force-close path, which would leave those records in limbo; so force-close the
+    sender directly (it aborts incomplete batches) and wait for it to finish.
+    """
+    sender = producer._sender
+    if sender is not None:
+        sender.force_close()
+        sender.join(10)
+
+
 class SpillingSink:
     def __init__(self, bootstrap: str, spill_path: Path, *, delivery_timeout_ms: int = 10_000):
         self.bootstrap = bootstrap
         self.spill_path = spill_path
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        self.producer = new_producer(bootstrap, max_block_ms=200, request_timeout_ms=3000,
+        self._producer_config = dict(max_block_ms=200, request_timeout_ms=3000,
                                      delivery_timeout_ms=delivery_timeout_ms, retry_backoff_ms=100)
+        self.producer = new_producer(bootstrap, **self._producer_config)
+        self._stale_producer = False    # its idempotent session may be dead (e.g. broker restarted)
         self.lock = threading.Lock()
         self.sent: Counter = Counter()
         self.spilled_total = 0
@@ -70,6 +85,7 @@ class SpillingSink:
 
     def _start_spilling(self, exc) -> None:
         with self.lock:
+            self._stale_producer = True
             if not self.spilling:
                 self.spilling = True
                 self.outages += 1
@@ -100,6 +116,13 @@ class SpillingSink:
             wait_for_metadata(self.bootstrap, timeout=probe_timeout)
         except BrokerUnavailable:
             return False
+        if self._stale_producer:
+            # A producer whose broker went away keeps retrying with sequence numbers the new broker
+            # never saw. Start a new session; closing the old one at once fails what it still
+            # holds, and its error callbacks append those records to the spill.
+            self._stale_producer = False
+            stale, self.producer = self.producer, new_producer(self.bootstrap, **self._producer_config)
+            _abandon(stale)
         while True:
             with self.lock:
                 self._spill.flush()
@@ -126,6 +149,7 @@ class SpillingSink:
                     future.get(timeout=0)
             except KafkaError as exc:
                 log.warning("drain interrupted (%s); will retry", exc)
+                self._stale_producer = True
                 return False
             with self.lock:
                 self._read_offset += sum(len(line) for line in lines)
@@ -141,7 +165,10 @@ class SpillingSink:
         deadline = time.monotonic() + timeout
         while self.spilling and time.monotonic() < deadline and not self.drain(probe_timeout=1.0):
             time.sleep(0.5)
-        self.producer.close(timeout=2)
+        try:
+            self.producer.close(timeout=2)
+        except KafkaError as exc:    # undelivered records were spilled by their error callbacks
+            log.warning("producer close: %s", exc)
         with self.lock:
             self._spill.flush()
             os.fsync(self._spill.fileno())

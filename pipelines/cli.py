@@ -324,13 +324,16 @@ def sql(query: str, live: bool, as_csv: bool) -> None:
 
 @main.command()
 @click.option("--recording", "recordings", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Recording files to replay (default: the Binance USD-M capture in ../shared/data).")
+              help="Replay these recording files instead of simulating (e.g. ../shared/data/cryptofeed-captures/"
+                   "BINANCE_FUTURES.*).")
+@click.option("--speed", type=click.FloatRange(5, 200), default=60.0, show_default=True,
+              help="Simulated seconds per wall second.")
 @click.option("--keep-broker", is_flag=True, help="Leave the embedded broker running afterwards.")
-def demo(recordings: tuple[Path, ...], keep_broker: bool) -> None:
-    """Broker, replay, load, Dagster assets, replica, summary: the whole spine in one command."""
+def demo(recordings: tuple[Path, ...], speed: float, keep_broker: bool) -> None:
+    """A 2025-10-10-style cascade: simulator -> live ingest -> Kafka -> DuckDB -> Dagster analytics -> summary."""
     from pipelines.demo import run_demo
 
-    sys.exit(run_demo(_settings(), list(recordings), keep_broker=keep_broker, console=console))
+    sys.exit(run_demo(_settings(), list(recordings), keep_broker=keep_broker, console=console, speed=speed))
 
 
 @main.command()
@@ -346,6 +349,14 @@ def ui(port: int) -> None:
     console.print(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
     os.execvp("dagster", ["dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)])
 
+
+# Commands that live beside the code they drive.
+from ingest.simulator.cli import simulate  # noqa: E402
+from pipelines.backfill_cli import backfill  # noqa: E402
+from pipelines.quant_cli import export, import_candles  # noqa: E402
+
+for command in (simulate, backfill, import_candles, export):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

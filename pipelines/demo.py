@@ -1,30 +1,44 @@
-"""``perpflow demo``: the whole spine on one machine, with nothing but Python installed.
+"""``perpflow demo``: the whole product on one machine, with nothing but Python installed.
 
-Starts the embedded broker, replays the real Binance USD-M recording through the mapper and
-book sync into Kafka, runs the loader and ``ohlcv_1m`` as Dagster materializations on the
-local instance (so ``make ui`` shows them), publishes the read replica and prints what landed.
-Everything it started is stopped again, also on Ctrl-C or SIGTERM.
+Default: a 2025-10-10-style leverage cascade. The embedded broker, the exchange simulator
+(``perpflow simulate``) and the live ingest service (``perpflow ingest`` pointed at it) run as
+real processes; while the simulated market streams, the loader runs as Dagster micro-batches;
+then the daily analytics are materialized, the read replica published and the cascade
+summarized (price path, depth before and during, liquidations by side, open interest).
+
+``--recording`` replays recorded traffic instead (the real Binance capture in ../shared/data).
+Everything the demo started is stopped again, also on Ctrl-C or SIGTERM. All runs land on the
+local Dagster instance, so ``make ui`` shows them afterwards.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import warnings
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from ingest import records
-from pipelines.broker import EmbeddedBroker
+from pipelines.broker import EmbeddedBroker, free_port, port_in_use
 from pipelines.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
 from pipelines.replay import replay
 from pipelines.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDING = REPO.parent / "shared" / "data" / "cryptofeed-captures"
+
+# The demo window: 50 calm minutes, the trigger, the crash and a partial recovery, on 2025-10-10.
+SIM_START = "2025-10-10T19:50:00Z"
+SIM_HOURS = 2.5
+SIM_SEED = 7
+LOAD_EVERY_S = 20
 
 
 def default_recordings() -> list[Path]:
@@ -35,17 +49,15 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, console: Console) -> int:
-    recordings = recordings or default_recordings()
-    if not recordings:
-        console.print(f"[red]error:[/] no recording found in {DEFAULT_RECORDING}; pass one with --recording PATH")
-        return 2
+def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, console: Console,
+             speed: float = 60.0) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    broker = None
+    broker, children = None, []
     started = time.perf_counter()
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
-        for stale in (settings.warehouse_path, settings.replica_path, Path(f"{settings.warehouse_path}.wal")):
+        for stale in (settings.warehouse_path, settings.replica_path, Path(f"{settings.warehouse_path}.wal"),
+                      settings.run_dir / "ingest-binance-usdm.json"):
             stale.unlink(missing_ok=True)   # the demo starts from an empty warehouse
         if settings.uses_embedded_broker:
             broker = EmbeddedBroker(port=settings.broker_port, log_path=settings.run_dir / "demo-broker.log")
@@ -55,100 +67,280 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
             console.print(f"[bold]1/5[/] using Kafka at {settings.bootstrap}")
             wait_for_metadata(settings.bootstrap)
         ensure_topics(settings.bootstrap, settings.partitions)
-
-        console.print(f"[bold]2/5[/] replaying {len(recordings)} recording files into Kafka")
-        producer = RecordProducer(settings.bootstrap)
-        try:
-            report = replay("binance-usdm", recordings, producer.send)
-            producer.flush()
-        finally:
-            producer.close()
-
-        console.print("[bold]3/5[/] Dagster: loading Kafka into DuckDB, then analytics.ohlcv_1m per day")
-        days = _materialize(settings, console)
-
-        console.print("[bold]4/5[/] publishing the read replica")
+        pipeline = _Pipeline(settings, console)
+        if recordings:
+            report = _replay_recordings(settings, recordings, console)
+            pipeline.load()
+            truth = None
+        else:
+            truth = _stream_cascade(settings, console, speed, pipeline, children)
+            report = None
+        days = pipeline.daily_assets()
+        console.print("[bold]5/5[/] summary")
         from warehouse.store import Warehouse
 
         Warehouse.from_settings(settings).publish_replica()
-
-        console.print("[bold]5/5[/] summary")
-        _summary(settings, report, days, console, time.perf_counter() - started)
+        _summary(settings, report, truth, days, console, time.perf_counter() - started)
         return 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping what the demo started[/]")
         return 130
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, DemoError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
         if broker is not None and not keep_broker:
             broker.stop()
 
 
-def _materialize(settings: Settings, console: Console) -> list[str]:
-    from dagster_project.instance import prepare_dagster_home
+class DemoError(RuntimeError):
+    pass
 
-    os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
-    import dagster as dg
 
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    from dagster_project.assets.ohlcv import ohlcv_1m
-    from dagster_project.assets.raw import raw_tables
-    from dagster_project.resources import default_resources
-    from warehouse.store import Warehouse
+def _replay_recordings(settings: Settings, recordings: list[Path], console: Console):
+    console.print(f"[bold]2/5[/] replaying {len(recordings)} recording files into Kafka")
+    producer = RecordProducer(settings.bootstrap)
+    try:
+        report = replay("binance-usdm", recordings, producer.send)
+        producer.flush()
+    finally:
+        producer.close()
+    return report
 
-    resources = default_resources()
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}   # full logs stay in the instance
-    with dg.DagsterInstance.get() as instance:
-        result = dg.materialize([raw_tables], resources=resources, instance=instance, tags={"perpflow/demo": "true"},
-                            run_config=quiet)
+
+def _child_env(settings: Settings) -> dict:
+    return {**os.environ, "PERPFLOW_HOME": str(settings.home), "PERPFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
+            "PYTHONUNBUFFERED": "1"}
+
+
+def _stream_cascade(settings: Settings, console: Console, speed: float, pipeline, children: list) -> Path:
+    """Simulator -> live ingest service -> Kafka, with loader micro-batches while it streams."""
+    port = free_port()
+    truth = settings.home / "demo-truth.jsonl"
+    logs = settings.run_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    console.print(f"[bold]2/5[/] simulating {SIM_HOURS} h of Binance USD-M from {SIM_START} (cascade scenario, "
+                  f"seed {SIM_SEED}) at {speed:g}x on 127.0.0.1:{port}")
+    with open(logs / "demo-simulator.log", "wb") as out:
+        children.append(subprocess.Popen(
+            [*cli, "simulate", "--scenario", "cascade", "--seed", str(SIM_SEED), "--speed", str(speed),
+             "--hours", str(SIM_HOURS), "--start", SIM_START, "--port", str(port), "--truth", str(truth)],
+            stdout=out, stderr=subprocess.STDOUT, env=_child_env(settings)))
+    simulator = children[-1]
+    deadline = time.monotonic() + 60
+    while not port_in_use(port):
+        if simulator.poll() is not None or time.monotonic() > deadline:
+            raise DemoError(f"the simulator did not start; see {logs / 'demo-simulator.log'}")
+        time.sleep(0.2)
+    console.print("[bold]3/5[/] live ingest service (perpflow ingest) -> Kafka; Dagster loads micro-batches "
+                  f"every {LOAD_EVERY_S}s")
+    with open(logs / "demo-ingest.log", "wb") as out:
+        children.append(subprocess.Popen(
+            [*cli, "ingest", "--exchange", "binance-usdm", "--ws-url", f"ws://127.0.0.1:{port}",
+             "--rest-url", f"http://127.0.0.1:{port}", "--oi-interval", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env=_child_env(settings)))
+    ingest = children[-1]
+    status_file = settings.run_dir / "ingest-binance-usdm.json"
+    next_load = time.monotonic() + LOAD_EVERY_S
+    while simulator.poll() is None:
+        if ingest.poll() is not None:
+            raise DemoError(f"the ingest service stopped; see {logs / 'demo-ingest.log'}")
+        time.sleep(1)
+        if time.monotonic() >= next_load:
+            rows = pipeline.load()
+            st = json.loads(status_file.read_text()) if status_file.exists() else {}
+            rec = st.get("records", {})
+            console.print(f"    ingest {st.get('messages_per_s', 0):,.0f} msg/s, {st.get('messages', 0):,} messages, "
+                          f"{rec.get('trade', 0):,} trades, {rec.get('liquidation', 0):,} liquidations, "
+                          f"{st.get('resyncs', 0)} resyncs; warehouse +{rows:,} rows", highlight=False)
+            next_load = time.monotonic() + LOAD_EVERY_S
+    if simulator.returncode != 0:
+        raise DemoError(f"the simulator failed; see {logs / 'demo-simulator.log'}")
+    ingest.send_signal(signal.SIGTERM)      # flushes Kafka before it exits
+    ingest.wait(60)
+    console.print(f"    simulation over; ingest stopped (exit {ingest.returncode}); final load "
+                  f"+{pipeline.load():,} rows")
+    return truth
+
+
+class _Pipeline:
+    """Dagster materializations on the local instance (visible in ``make ui`` afterwards)."""
+
+    def __init__(self, settings: Settings, console: Console):
+        from dagster_project.instance import prepare_dagster_home
+
+        os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
+        import dagster as dg
+
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        from dagster_project.resources import default_resources
+
+        self.dg, self.settings, self.console = dg, settings, console
+        self.resources = default_resources()
+        self.instance = dg.DagsterInstance.get()
+        self.quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}   # full logs stay in the instance
+
+    def load(self) -> int:
+        from dagster_project.assets.raw import raw_tables
+
+        result = self.dg.materialize([raw_tables], resources=self.resources, instance=self.instance,
+                                     tags={"perpflow/demo": "true"}, run_config=self.quiet)
         if not result.success:
-            raise RuntimeError("the loader run failed; see `make ui` for its logs")
-        with Warehouse.from_settings(settings).writer() as con:
+            raise DemoError("a loader run failed; see `make ui` for its logs")
+        return sum(m.metadata["rows_loaded_this_run"].value for m in
+                   (e.event_specific_data.materialization for e in result.get_asset_materialization_events()))
+
+    def daily_assets(self) -> list[str]:
+        from dagster_project.assets.microstructure import MICROSTRUCTURE_ASSETS
+        from dagster_project.assets.ohlcv import ohlcv_1m
+        from dagster_project.assets.raw import raw_tables
+        from warehouse.store import Warehouse
+
+        with Warehouse.from_settings(self.settings).writer() as con:
             days = [str(d) for (d,) in con.execute(
                 "SELECT DISTINCT CAST(ts_exchange AS DATE) FROM raw.trades ORDER BY 1").fetchall()]
+        daily = [ohlcv_1m, *MICROSTRUCTURE_ASSETS]
+        self.console.print(f"[bold]4/5[/] Dagster: {len(daily)} daily assets for {', '.join(days)}")
         for day in days:
-            result = dg.materialize([raw_tables.to_source_assets()[0], ohlcv_1m], selection=[ohlcv_1m],
-                                    partition_key=day, resources=resources, instance=instance,
-                                    tags={"perpflow/demo": "true"}, run_config=quiet)
+            started = time.perf_counter()
+            result = self.dg.materialize([*raw_tables.to_source_assets(), *daily], selection=daily, partition_key=day,
+                                         resources=self.resources, instance=self.instance,
+                                         tags={"perpflow/demo": "true"}, run_config=self.quiet)
             if not result.success:
-                raise RuntimeError(f"ohlcv_1m for {day} failed; see `make ui` for its logs")
-            console.print(f"    ohlcv_1m {day}: done")
-    return days
+                raise DemoError(f"daily assets for {day} failed; see `make ui` for the run logs")
+            failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+            self.console.print(f"    {day}: {len(daily)} assets in {time.perf_counter() - started:.1f}s; "
+                               f"checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
+        return days
 
 
-def _summary(settings: Settings, report, days: list[str], console: Console, seconds: float) -> None:
+def _summary(settings: Settings, report, truth: Path | None, days: list[str], console: Console,
+             seconds: float) -> None:
     from warehouse.store import Warehouse
 
-    tables = [cls.table for cls in records.RECORD_TYPES]
     with Warehouse.from_settings(settings).reader() as con:
         table = Table(title="warehouse (read replica)")
         for column in ("table", "rows", "from", "to"):
             table.add_column(column, justify="right" if column == "rows" else "left")
-        for name in tables:
-            time_col = "ts_recv" if name in ("feed_events", "dead_letters") else "ts_exchange"
-            rows, first, last = con.execute(f"SELECT count(*), min({time_col}), max({time_col}) FROM raw.{name}").fetchone()
-            table.add_row(f"raw.{name}", f"{rows:,}", str(first or ""), str(last or ""))
-        rows, first, last = con.execute("SELECT count(*), min(minute), max(minute) FROM analytics.ohlcv_1m").fetchone()
-        table.add_row("analytics.ohlcv_1m", f"{rows:,}", str(first or ""), str(last or ""))
+        for cls in records.RECORD_TYPES:
+            time_col = "ts_recv" if cls.table in ("feed_events", "dead_letters") else "ts_exchange"
+            rows, first, last = con.execute(
+                f"SELECT count(*), min({time_col}), max({time_col}) FROM raw.{cls.table}").fetchone()
+            table.add_row(f"raw.{cls.table}", f"{rows:,}", str(first or ""), str(last or ""))
+        for name in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'analytics' "
+                                "ORDER BY 1").fetchall():
+            rows = con.execute(f"SELECT count(*) FROM analytics.{name[0]}").fetchone()[0]
+            if rows:
+                table.add_row(f"analytics.{name[0]}", f"{rows:,}", "", "")
         console.print(table)
-        bars = con.execute("""SELECT symbol, count(*) AS minutes, sum(trade_count) AS trades,
-                                     round(sum(quote_volume)) AS quote_volume, first(open ORDER BY minute) AS open,
-                                     last(close ORDER BY minute) AS close
-                              FROM analytics.ohlcv_1m GROUP BY symbol ORDER BY symbol""").fetchall()
+        if truth is not None:
+            _cascade_summary(con, truth, console)
+        else:
+            _bars_summary(con, console)
+    if report is not None:
+        console.print(f"replay: {report.stats.messages:,} messages, {report.stats.mapped:,} mapped, "
+                      f"{sum(report.stats.skipped.values()):,} skipped with a reason, "
+                      f"{sum(report.stats.dead_letters.values())} dead letters; {report.gaps} gaps, "
+                      f"{report.crossed} crossed books")
+    console.print(f"days: {', '.join(days)}; demo wall time {seconds:.0f}s")
+    console.print("\nQuery it (read-only replica, never blocks the pipeline):")
+    console.print('  .venv/bin/perpflow sql "select minute, symbol, depth_usd_2_mean, spread_bps_mean '
+                  'from analytics.book_depth order by minute limit 20"', highlight=False)
+    console.print('  .venv/bin/perpflow sql "select * from analytics.liquidation_cascades"', highlight=False)
+    console.print("Open the Dagster UI (assets, runs, row counts, charts):\n  make ui", highlight=False)
+
+
+def _bars_summary(con, console: Console) -> None:
+    bars = con.execute("""SELECT symbol, count(*) AS minutes, sum(trade_count) AS trades,
+                                 round(sum(quote_volume)) AS quote_volume, first(open ORDER BY minute) AS open,
+                                 last(close ORDER BY minute) AS close
+                          FROM analytics.ohlcv_1m GROUP BY symbol ORDER BY symbol""").fetchall()
     per_symbol = Table(title="ohlcv_1m by symbol")
     for column in ("symbol", "minutes", "trades", "quote volume", "open", "close"):
         per_symbol.add_column(column)
     for row in bars:
         per_symbol.add_row(*(str(v) for v in row))
     console.print(per_symbol)
-    console.print(f"replay: {report.stats.messages:,} messages, {report.stats.mapped:,} mapped, "
-                  f"{sum(report.stats.skipped.values()):,} skipped with a reason, "
-                  f"{sum(report.stats.dead_letters.values())} dead letters; {report.gaps} gaps, "
-                  f"{report.crossed} crossed books; days: {', '.join(days)}; {seconds:.1f}s")
-    console.print("\nQuery it (read-only replica, never blocks the pipeline):")
-    console.print('  .venv/bin/perpflow sql "select symbol, minute, open, high, low, close, volume '
-                  'from analytics.ohlcv_1m order by symbol, minute limit 20"', highlight=False)
-    console.print("Open the Dagster UI (assets, runs, row counts, charts):\n  make ui", highlight=False)
+
+
+def _cascade_summary(con, truth_path: Path, console: Console) -> None:
+    from ingest.simulator import load_truth
+
+    truth = load_truth(truth_path)
+    trigger = truth["meta"][0]["trigger_ms"]
+    window = {w["symbol"]: (w["start_ms"], w["end_ms"]) for w in truth["cascade_window"]}
+    table = Table(title=f"the cascade (trigger {_utc(trigger)})")
+    for column in ("symbol", "open", "low", "drawdown", "close", "2% depth hour before", "2% depth worst",
+                   "depth change", "OI change", "liquidated long (published)", "short", "long share"):
+        table.add_column(column, justify="right")
+    for symbol in sorted(window):
+        norm = f"{symbol[:-4]}-USDT-PERP"
+        start_ms, end_ms = window[symbol]
+        price = con.execute("""SELECT first(open ORDER BY minute), min(low), last(close ORDER BY minute)
+                               FROM analytics.ohlcv_1m WHERE symbol = ?""", [norm]).fetchone()
+        depth = con.execute("""SELECT avg(depth_usd_2_mean) FILTER (WHERE minute >= epoch_ms(?) - INTERVAL 1 HOUR
+                                                                  AND minute < epoch_ms(?)),
+                                      min(depth_usd_2_min) FILTER (WHERE minute >= epoch_ms(?) AND minute < epoch_ms(?))
+                               FROM analytics.book_depth WHERE symbol = ?""",
+                            [trigger, trigger, start_ms, end_ms, norm]).fetchone()
+        oi = con.execute("""SELECT arg_max(open_interest, ts_exchange) FILTER (WHERE ts_exchange < epoch_ms(?)),
+                                   min(open_interest) FILTER (WHERE ts_exchange >= epoch_ms(?))
+                            FROM raw.open_interest WHERE symbol = ?""", [trigger, trigger, norm]).fetchone()
+        long_usd, short_usd = con.execute("""SELECT coalesce(sum(long_usd), 0), coalesce(sum(short_usd), 0)
+                                             FROM analytics.liquidations_1m WHERE symbol = ?""", [norm]).fetchone()
+        if price[0] is None:
+            continue
+        share = long_usd / (long_usd + short_usd) if long_usd + short_usd else float("nan")
+        table.add_row(symbol, f"{price[0]:,.2f}", f"{price[1]:,.2f}", f"{price[1] / price[0] - 1:+.1%}",
+                      f"{price[2]:,.2f}", _usd(depth[0]), _usd(depth[1]),
+                      f"{depth[1] / depth[0] - 1:+.0%}" if depth[0] and depth[1] is not None else "",
+                      f"{oi[1] / oi[0] - 1:+.0%}" if oi[0] and oi[1] is not None else "",
+                      _usd(long_usd), _usd(short_usd), f"{share:.0%}")
+    console.print(table)
+    true_long = sum(r["notional"] for r in truth.get("liquidation", []) if r["position"] == "long")
+    true_all = sum(r["notional"] for r in truth.get("liquidation", []))
+    published = con.execute("SELECT coalesce(sum(long_usd + short_usd), 0) FROM analytics.liquidations_1m").fetchone()[0]
+    console.print(f"ground truth: {len(truth.get('liquidation', [])):,} liquidations worth {_usd(true_all)} "
+                  f"({true_long / true_all:.0%} longs); the sampled feed (1 per symbol per second, as Binance) "
+                  f"showed {_usd(published)} = {published / true_all:.0%}: published totals are lower bounds"
+                  if true_all else "no liquidations in the ground truth")
+    cascades = con.execute("""SELECT asset, side, cascade_start, cascade_end, n_orders, usd, price_move_bps,
+                                     depth_ratio_2pct, oi_change_pct, hawkes_n
+                              FROM analytics.liquidation_cascades ORDER BY cascade_start""").fetchall()
+    found = Table(title="analytics.liquidation_cascades (detected from the published feed)")
+    for column in ("asset", "side", "start", "end", "orders", "usd", "move bps", "depth ratio 2%", "OI chg",
+                   "Hawkes n"):
+        found.add_column(column)
+    for asset, side, start, end, n, usd, move, depth_ratio, oi_change, hawkes in cascades:
+        found.add_row(asset, side, f"{start:%H:%M:%S}", f"{end:%H:%M:%S}", str(n), _usd(usd), f"{move:,.0f}",
+                      f"{depth_ratio:.2f}" if depth_ratio is not None else "",
+                      f"{oi_change:+.1f}%" if oi_change is not None else "",
+                      f"{hawkes:.2f}" if hawkes is not None else "")
+    console.print(found)
+    stress = con.execute("""SELECT asset, max(stress_index), arg_max(minute, stress_index) FROM analytics.market_stress
+                            GROUP BY asset ORDER BY asset""").fetchall()
+    if stress:
+        console.print("market stress peak: " + ", ".join(
+            f"{asset} {peak:.0f} at {at:%H:%M}" for asset, peak, at in stress if peak is not None))
+
+
+def _usd(value) -> str:
+    if value is None:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"${value / size:,.1f}{unit}"
+    return f"${value:,.0f}"
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import duckdb
 
 from ingest import records
+from warehouse import ddl_microstructure
+from warehouse import ddl_quant
 
 KAFKA_COLUMNS = "kafka_partition INTEGER, kafka_offset BIGINT"
 
@@ -60,7 +62,7 @@ def _v1() -> list[str]:
     ]
 
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1())]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS)]
 LATEST = MIGRATIONS[-1][0]
 
 

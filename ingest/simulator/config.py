@@ -15,7 +15,7 @@ SCENARIOS = ("calm", "cascade")
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 DEFAULT_HOURS = {"calm": 6.0, "cascade": 12.0}
 DEFAULT_START = {"calm": "2025-10-06T00:00:00Z", "cascade": "2025-10-10T12:00:00Z"}
-MIN_CASCADE_HOURS = 1.5
+MIN_CASCADE_HOURS = 1.25   # 15 calm minutes + 60 minutes of crash and recovery
 
 
 class ConfigError(ValueError):
@@ -67,7 +67,7 @@ class SymbolSpec:
 SYMBOL_SPECS: dict[str, SymbolSpec] = {
     "BTCUSDT": SymbolSpec(
         symbol="BTCUSDT", base_asset="BTC", price=121_550.0, tick_size="0.10", step_size="0.001",
-        price_precision=2, quantity_precision=3, annual_vol=0.42, beta=1.0, crash_beta=1.0,
+        price_precision=2, quantity_precision=3, annual_vol=0.42, beta=1.0, crash_beta=1.2,
         depth2_usd=45e6, touch_usd=180e3, open_interest=70_000.0,
         levered_long_share=0.80, levered_short_share=0.45,
         leverage_weights=((2, 0.12), (3, 0.12), (5, 0.18), (10, 0.22), (20, 0.16), (25, 0.06),
@@ -77,7 +77,7 @@ SYMBOL_SPECS: dict[str, SymbolSpec] = {
     ),
     "ETHUSDT": SymbolSpec(
         symbol="ETHUSDT", base_asset="ETH", price=4_347.00, tick_size="0.01", step_size="0.001",
-        price_precision=2, quantity_precision=3, annual_vol=0.58, beta=1.25, crash_beta=1.45,
+        price_precision=2, quantity_precision=3, annual_vol=0.58, beta=1.25, crash_beta=1.9,
         depth2_usd=18e6, touch_usd=70e3, open_interest=2_000_000.0,
         levered_long_share=0.75, levered_short_share=0.40,
         leverage_weights=((2, 0.16), (3, 0.16), (5, 0.22), (10, 0.20), (20, 0.12), (25, 0.05),
@@ -89,7 +89,7 @@ SYMBOL_SPECS: dict[str, SymbolSpec] = {
         symbol="SOLUSDT", base_asset="SOL", price=221.660, tick_size="0.0010", step_size="1",
         price_precision=4, quantity_precision=0, annual_vol=0.78, beta=1.5, crash_beta=3.8,
         depth2_usd=5e6, touch_usd=20e3, open_interest=12_000_000.0,
-        levered_long_share=0.70, levered_short_share=0.35,
+        levered_long_share=0.62, levered_short_share=0.35,
         leverage_weights=((2, 0.22), (3, 0.22), (5, 0.22), (10, 0.16), (20, 0.09), (25, 0.04),
                           (50, 0.05)),
         maint_margin_rate=0.005, positions=10_000, taker_rate=4.0, taker_median_usd=2_000.0,
@@ -161,8 +161,7 @@ class FaultConfig:
         for name in ("drop_every_s", "gap_every_s", "malformed_every_s"):
             value = getattr(self, name)
             if value < 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 0 simulated seconds "
-                                  f"(0 disables it), got {value:g}")
+                raise ConfigError(f"{name} must be >= 0 simulated seconds (0 disables it), got {value:g}")
         if not 0.0 <= self.rest_error_rate < 1.0:
             raise ConfigError(f"rest-error-rate is a fraction of REST calls in [0, 1), "
                               f"got {self.rest_error_rate:g}; e.g. 0.05 fails 5% of calls")
@@ -243,7 +242,7 @@ class SimConfig:
         for symbol in self.symbols:
             if symbol not in SYMBOL_SPECS:
                 raise ConfigError(f"unsupported symbol {symbol!r}; supported symbols are "
-                                  f"{', '.join(SYMBOL_SPECS)} (uppercase, comma separated)")
+                                  f"{', '.join(SYMBOL_SPECS)} (comma separated)")
         if len(set(self.symbols)) != len(self.symbols):
             raise ConfigError(f"symbols must be unique, got {','.join(self.symbols)}")
         if self.hours is not None:
@@ -266,8 +265,8 @@ class SimConfig:
         if self.ws_ping_interval_s <= 0 or self.ws_pong_timeout_s <= 0 or self.ws_max_lifetime_s <= 0:
             raise ConfigError("websocket ping interval, pong timeout and max lifetime must be > 0")
         if self.trigger_offset_s is not None and self.hours is not None:
-            if not 0 < self.trigger_offset_s < self.hours * 3600:
-                raise ConfigError("trigger_offset_s must lie inside the simulated window")
+            if not 0 < self.trigger_offset_s <= self.hours * 3600 - 3600:
+                raise ConfigError("trigger_offset_s must leave at least one simulated hour after the trigger")
         self.faults.validate()
 
     def as_dict(self) -> dict:

@@ -76,6 +76,7 @@ POSITION_CLOSE_HAZARD = 1.0 / (8 * 3600.0)
 POSITION_FLOW_EVERY_S = 5       # voluntary opens/closes are batched over this many seconds
 INTEREST_RATE = 0.0001
 LIQUIDATION_DELAY_MS = 5
+SWEEP_WINDOW = 16               # ladder levels converted up front for a sweep
 NO_LIMIT = None
 
 
@@ -142,7 +143,7 @@ class MarketModel:
 
         self.tick = np.array([s.tick for s in specs])
         self.step = np.array([s.step for s in specs])
-        self._tick_list = self.tick.tolist()
+        self.tick_list = self.tick.tolist()
         p0 = np.array([s.price for s in specs])
         # Per-symbol scalar state is kept in plain lists: with a handful of symbols, Python float
         # arithmetic is several times faster than numpy operations on 3-element arrays.
@@ -183,7 +184,8 @@ class MarketModel:
         self._noise_table = np.exp(QUOTE_NOISE * self._rng_mm.standard_normal(RANDOM_TABLE_SIZE))
         self._uniform_table = self._rng_mm.random(RANDOM_TABLE_SIZE)
         self._refresh_targets()
-        self._draw_second_block(self.scenario.drivers(0.0))
+        self._drivers = self.scenario.drivers(0.0)
+        self._draw_second_block(self._drivers)
         self._place_initial_book()
 
     # ------------------------------------------------------------------ ladder geometry
@@ -232,6 +234,7 @@ class MarketModel:
         sizes = np.concatenate((hi - lo, hi - lo))
         offsets = np.concatenate(([0], np.cumsum(sizes)))
         self._row_offset = offsets[:-1]
+        self._row_ids = np.arange(2 * n)
         self._global_shift = self._row_offset - np.concatenate((lo, lo))   # global index = tick + shift[row]
         self.qty = np.zeros(int(offsets[-1]), dtype=np.int64)
         self._stamp = np.zeros(int(offsets[-1]), dtype=np.int32)
@@ -245,7 +248,7 @@ class MarketModel:
             raise RuntimeError("simulated price left the modelled range (0.29x..2.2x of the start price)")
 
     def _ladder(self) -> tuple[np.ndarray, np.ndarray]:
-        cx = [c / t for c, t in zip(self._centre(), self._tick_list)]
+        cx = [c / t for c, t in zip(self._centre(), self.tick_list)]
         rows = np.array(cx + cx)[:, None]
         ticks = ((np.floor((rows - self._signed_A) * self._signed_inv_SP) - self._kin) * self._signed_SP).astype(np.int64)
         return ticks, ticks + self._global_shift[:, None]
@@ -307,40 +310,25 @@ class MarketModel:
         for s in range(self.n):
             self._update_id += int(np.count_nonzero(lots[s]) + np.count_nonzero(lots[self.n + s]))
             self.last_update_id[s] = self._update_id
-        slot, has = self._best_slots(lots)
-        self.best = self._best_state(slot, has)
-        self.mid = self._mid_from_best()
+        row_best = self._row_best()
+        self.best = [row_best[s] + row_best[self.n + s] for s in range(self.n)]
+        self.mid = self._mids(row_best)
         self.last_price = list(self.mid)
         self.mark = list(self.mid)
         self._rv_last_mid = np.array(self.mid)
 
     # ------------------------------------------------------------------ book queries
-    @staticmethod
-    def _best_slots(ladder_qty: np.ndarray) -> tuple[list[int], list[bool]]:
-        present = ladder_qty > 0
-        return present.argmax(axis=1).tolist(), present.any(axis=1).tolist()
-
-    def _best_state(self, slot: list[int], has: list[bool]) -> list[tuple[int, int, int, int]]:
-        """Per symbol (best bid tick, lots, best ask tick, lots); 0s for an empty side."""
-        out = []
-        for s in range(self.n):
-            b, a = s, self.n + s
-            bid = (int(self._ticks[b, slot[b]]), int(self.ladder_qty[b, slot[b]])) if has[b] else (0, 0)
-            ask = (int(self._ticks[a, slot[a]]), int(self.ladder_qty[a, slot[a]])) if has[a] else (0, 0)
-            out.append(bid + ask)
-        return out
-
-    def _mid_from_best(self) -> list[float]:
-        centre = self._centre()
-        return [(bid + ask) / 2.0 * tick if bid and ask else c
-                for (bid, _, ask, _), tick, c in zip(self.best, self._tick_list, centre)]
-
     def book_levels(self, symbol_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Current book of one symbol: (bid ticks desc, bid lots, ask ticks asc, ask lots)."""
         b, a = symbol_index, self.n + symbol_index
         bq, aq = self.ladder_qty[b], self.ladder_qty[a]
         bm, am = bq > 0, aq > 0
         return self._ticks[b][bm], bq[bm], self._ticks[a][am], aq[am]
+
+    def lots_at(self, symbol_index: int, ticks: np.ndarray, ask: bool) -> np.ndarray:
+        """Current quantity (lots) at the given price ticks of one side."""
+        row = self.n + symbol_index if ask else symbol_index
+        return self.qty[ticks + self._global_shift[row]]
 
     def depth_within(self, fraction: float) -> np.ndarray:
         """Mid-based inclusive depth band, exact in integer ticks.
@@ -378,44 +366,51 @@ class MarketModel:
     def step_once(self) -> StepResult:
         t0 = self.now_ms
         t1 = t0 + STEP_MS
-        drv = self.scenario.drivers((t0 - self.start_ms) / 1000.0)
+        drv = self._drivers
         sub_step = (t0 - self.start_ms) // STEP_MS % STEPS_PER_SECOND
         self._move_prices(drv)
         before, gone = self._requote(sub_step)
-        slot, has = self._best_slots(self.ladder_qty)
-        mid_before = self._mid_from_slots(slot, has)
+        row_best = self._row_best()
+        mid_before = self._mids(row_best)
         liquidations: list[Liquidation] = []
         orders = self._taker_orders(drv, sub_step)
         self._add_liquidation_orders(orders, liquidations, t0)
-        fills = self._execute(orders, slot, has, t0)
-        best = self._best_state(slot, has)
+        fills = self._execute(orders, row_best, t0)
+        n = self.n
+        best = [row_best[s] + row_best[n + s] for s in range(n)]
         best_changed = [new != old for new, old in zip(best, self.best)]
         self.best = best
-        self.mid = self._mid_from_best()
+        self.mid = self._mids(row_best)
         for s, (buys, sells) in enumerate(orders):
             if buys or sells:
                 self.premium[s] += IMPACT_RETENTION * math.log(self.mid[s] / mid_before[s])
         for fill in fills:
-            self.last_price[fill.symbol_index] = fill.tick * self._tick_list[fill.symbol_index]
+            self.last_price[fill.symbol_index] = fill.tick * self.tick_list[fill.symbol_index]
         self._update_mark(t1)
         rows, ticks, update_ids = self._commit(before, gone, t1)
         self.now_ms = t1
         self.step_index += 1
         fundings = self._settle_funding(t1)
         if t1 % 1000 == 0:
-            self._per_second(self.scenario.drivers((t1 - self.start_ms) / 1000.0))
+            self._per_second()
         return StepResult(t0, t1, rows, ticks, update_ids, best_changed, fills, liquidations, fundings)
 
-    def _mid_from_slots(self, slot: list[int], has: list[bool]) -> list[float]:
-        centre = self._centre()
-        out = []
-        for s in range(self.n):
-            b, a = s, self.n + s
-            if has[b] and has[a]:
-                out.append((int(self._ticks[b, slot[b]]) + int(self._ticks[a, slot[a]])) / 2.0 * self._tick_list[s])
-            else:
-                out.append(centre[s])
-        return out
+    def _row_best(self) -> list[tuple[int, int]]:
+        """(tick, lots) of the best level of every ladder row; (0, 0) for an empty side."""
+        lq = self.ladder_qty
+        present = lq > 0
+        slot = present.argmax(axis=1)
+        rows = self._row_ids
+        ticks = np.where(present[rows, slot], self._ticks[rows, slot], 0).tolist()
+        lots = lq[rows, slot].tolist()
+        return list(zip(ticks, lots))
+
+    def _mids(self, row_best: list[tuple[int, int]]) -> list[float]:
+        """Book mid per symbol; the market makers' centre stands in while a side is empty."""
+        n = self.n
+        return [(row_best[s][0] + row_best[n + s][0]) / 2.0 * self.tick_list[s]
+                if row_best[s][0] and row_best[n + s][0] else self.index[s] * math.exp(self.premium[s])
+                for s in range(n)]
 
     def _move_prices(self, drv: Drivers) -> None:
         shocks = self._rng_price.standard_normal(2 * self.n + 1).tolist()
@@ -480,7 +475,7 @@ class MarketModel:
                 continue
             n = len(batch)
             mark = self.mark[s]
-            tick = self._tick_list[s]
+            tick = self.tick_list[s]
             for i, (is_long, lots, entry, lev, liq_px, bkr) in enumerate(zip(
                     batch.is_long.tolist(), batch.lots.tolist(), batch.entry.tolist(), batch.leverage.tolist(),
                     batch.liquidation_price.tolist(), batch.bankruptcy_price.tolist())):
@@ -494,18 +489,14 @@ class MarketModel:
             orders[s][0].sort(key=lambda o: o[0])
             orders[s][1].sort(key=lambda o: o[0])
 
-    def _execute(self, orders: list[tuple[list, list]], slot: list[int], has: list[bool], t0: int) -> list[Fill]:
-        """Sweep each side with its orders in time order; updates best slots; assigns trade ids."""
+    def _execute(self, orders: list[tuple[list, list]], row_best: list[tuple[int, int]], t0: int) -> list[Fill]:
+        """Sweep each side with its orders in time order; updates row_best; assigns trade ids."""
         fills: list[Fill] = []
         for s in range(self.n):
             raw: list[tuple[int, int, int, bool, Liquidation | None]] = []
             for side, row, buyer_is_maker in ((0, self.n + s, False), (1, s, True)):
-                side_orders = orders[s][side]
-                if not side_orders:
-                    continue
-                start = slot[row] if has[row] else self._k
-                level = self._sweep(row, side_orders, start, not buyer_is_maker, buyer_is_maker, raw)
-                slot[row], has[row] = level, level < self._k
+                if orders[s][side]:
+                    row_best[row] = self._sweep(row, orders[s][side], not buyer_is_maker, buyer_is_maker, raw)
             if not raw:
                 continue
             raw.sort(key=lambda f: f[0])
@@ -517,7 +508,7 @@ class MarketModel:
                 agg += 1
                 trade += n_trades
                 if liq is not None:
-                    price = tick * self._tick_list[s]
+                    price = tick * self.tick_list[s]
                     liq.avg_price = (liq.avg_price * liq.filled_lots + price * lots) / (liq.filled_lots + lots)
                     liq.filled_lots += lots
                     liq.last_fill_lots = lots
@@ -525,15 +516,25 @@ class MarketModel:
             self.next_agg_id[s], self.next_trade_id[s] = agg, trade
         return fills
 
-    def _sweep(self, row: int, side_orders: list, level: int, is_buy: bool, buyer_is_maker: bool,
-               out: list) -> int:
-        """Fill orders in sequence against one side, none beyond its limit; returns the new best slot."""
-        q = self.ladder_qty[row].tolist()
-        ticks = self._ticks[row].tolist()
+    def _sweep(self, row: int, side_orders: list, is_buy: bool, buyer_is_maker: bool,
+               out: list) -> tuple[int, int]:
+        """Fill orders in sequence against one side, none beyond its limit price.
+
+        Appends (ms offset, tick, lots, buyer is maker, liquidation) per fill to ``out`` and
+        returns the side's new best (tick, lots). Only the levels reached are converted to
+        Python lists: most sweeps touch the first few."""
         k = self._k
+        seen = SWEEP_WINDOW
+        q = self.ladder_qty[row, :seen].tolist()
+        ticks = self._ticks[row, :seen].tolist()
+        level = 0
         for offset, lots, limit, liq in side_orders:
             remaining = lots
             while remaining and level < k:
+                if level >= seen:
+                    q += self.ladder_qty[row, seen:].tolist()
+                    ticks += self._ticks[row, seen:].tolist()
+                    seen = k
                 avail = q[level]
                 if avail <= 0:
                     level += 1
@@ -547,16 +548,24 @@ class MarketModel:
                 remaining -= take
                 if take == avail:
                     level += 1
-        while level < k and q[level] <= 0:
+        while level < k:
+            if level >= seen:
+                q += self.ladder_qty[row, seen:].tolist()
+                ticks += self._ticks[row, seen:].tolist()
+                seen = k
+            if q[level] > 0:
+                break
             level += 1
-        self.ladder_qty[row] = q
-        return level
+        self.ladder_qty[row, :seen] = q
+        return (ticks[level], q[level]) if level < k else (0, 0)
 
     def _commit(self, before: np.ndarray, gone: np.ndarray, t1: int):
         """Write the step's ladder into the dense book; assign depth update ids per symbol."""
-        rows, cols = np.nonzero(self.ladder_qty != before)
-        self.qty[self._G[rows, cols]] = self.ladder_qty[rows, cols]
-        ticks = self._ticks[rows, cols]
+        lots = self.ladder_qty.ravel()
+        changed = np.flatnonzero(lots != before.ravel())
+        self.qty[self._G.ravel()[changed]] = lots[changed]
+        ticks = self._ticks.ravel()[changed]
+        rows = changed // self._k
         if len(gone):
             gone_rows = np.searchsorted(self._row_offset, gone, side="right") - 1
             rows = np.concatenate((rows, gone_rows))
@@ -614,7 +623,10 @@ class MarketModel:
             self._premium_count = 0
         return out
 
-    def _per_second(self, drv: Drivers) -> None:
+    def _per_second(self) -> None:
+        """Slow state, refreshed once per simulated second: scenario forces (smooth at this scale),
+        realised volatility, liquidity targets, funding estimate, position flows, random blocks."""
+        self._drivers = drv = self.scenario.drivers((self.now_ms - self.start_ms) / 1000.0)
         self._check_range()
         mid = np.array(self.mid)
         lam = math.exp(-math.log(2) / RV_HALF_LIFE_S)

@@ -94,8 +94,9 @@ class PositionBook:
         self._append(is_long, entry, leverage, liq, bankrupt, lots)
         self.long_lots = int(lots[is_long].sum())
         self.short_lots = int(lots[~is_long].sum())
+        self._count = {True: int(is_long.sum()), False: int((~is_long).sum())}   # live positions per side
         self.oi_lots = int(round(oi_lots))
-        self._refresh_thresholds()
+        self._reindex()
 
     def _prices(self, is_long: np.ndarray, entry: np.ndarray, leverage: np.ndarray):
         sign = np.where(is_long, -1.0, 1.0)
@@ -103,18 +104,34 @@ class PositionBook:
         liq = entry * (1.0 + sign * (1.0 / leverage - self.spec.maint_margin_rate))
         return liq, bankrupt
 
-    def _refresh_thresholds(self) -> None:
-        lots, is_long, liq = self.lots[:self.used], self.is_long[:self.used], self.liq[:self.used]
-        longs = (lots > 0) & is_long
-        shorts = (lots > 0) & ~is_long
-        self.max_long_liq = float(liq[longs].max()) if longs.any() else -np.inf
-        self.min_short_liq = float(liq[shorts].min()) if shorts.any() else np.inf
+    def _reindex(self) -> None:
+        """Sort live longs by liquidation price (highest first) and shorts (lowest first).
 
-    @property
-    def active_positions(self) -> int:
-        return int(np.count_nonzero(self.lots[:self.used]))
+        The liquidation check then only looks at the head of each order; positions closed
+        voluntarily stay in the order with zero size until the next reindex."""
+        u = self.used
+        live = self.lots[:u] > 0
+        for side in (True, False):
+            idx = np.flatnonzero(live & (self.is_long[:u] == side))
+            key = -self.liq[idx] if side else self.liq[idx]
+            order = idx[np.argsort(key, kind="stable")]
+            if side:
+                self._long_order, self._long_ptr = order, 0
+            else:
+                self._short_order, self._short_ptr = order, 0
+
+    def _sample_live(self, side: bool, k: int) -> np.ndarray:
+        """k distinct live positions of one side, uniformly, by rejection sampling over the used
+        slots (cheaper than listing the live ones every time; k is small)."""
+        chosen = np.empty(0, dtype=np.int64)
+        while len(chosen) < k:
+            draw = self._rng.integers(0, self.used, 4 * k + 16)
+            hits = draw[(self.lots[draw] > 0) & (self.is_long[draw] == side)]
+            chosen = np.unique(np.concatenate((chosen, hits)))
+        return self._rng.permutation(chosen)[:k]
 
     def _close(self, is_long: bool, lots: int) -> None:
+        self._count[is_long] -= 1
         if is_long:
             self.oi_lots -= min(lots, self.oi_lots - self.short_lots)
             self.long_lots -= lots
@@ -123,40 +140,45 @@ class PositionBook:
             self.short_lots -= lots
 
     def liquidate(self, mark: float) -> LiquidatedPositions | None:
-        """Take over every position whose liquidation price the mark price has crossed."""
-        if self.max_long_liq < mark < self.min_short_liq:
+        """Take over every position whose liquidation price the mark price has crossed,
+        most urgent (crossed by the widest margin) first."""
+        crossed = []
+        order, ptr = self._long_order, self._long_ptr
+        if ptr < len(order) and self.liq[order[ptr]] >= mark:
+            end = ptr + int(np.searchsorted(-self.liq[order[ptr:]], -mark, side="right"))
+            crossed.append(order[ptr:end])
+            self._long_ptr = end
+        order, ptr = self._short_order, self._short_ptr
+        if ptr < len(order) and self.liq[order[ptr]] <= mark:
+            end = ptr + int(np.searchsorted(self.liq[order[ptr:]], mark, side="right"))
+            crossed.append(order[ptr:end])
+            self._short_ptr = end
+        if not crossed:
             return None
-        u = self.used
-        lots, is_long, liq = self.lots[:u], self.is_long[:u], self.liq[:u]
-        idx = np.flatnonzero((lots > 0) & np.where(is_long, liq >= mark, liq <= mark))
+        idx = np.concatenate(crossed)
+        idx = idx[self.lots[idx] > 0]
         if len(idx) == 0:
-            self._refresh_thresholds()
             return None
-        # Most urgent first: the position whose liquidation price was crossed by the widest margin.
-        urgency = np.where(is_long[idx], liq[idx] - mark, mark - liq[idx])
+        urgency = np.where(self.is_long[idx], self.liq[idx] - mark, mark - self.liq[idx])
         idx = idx[np.argsort(-urgency, kind="stable")]
         batch = LiquidatedPositions(
-            is_long=is_long[idx].copy(), lots=lots[idx].copy(), entry=self.entry[idx].copy(),
-            leverage=self.leverage[idx].copy(), liquidation_price=liq[idx].copy(),
+            is_long=self.is_long[idx].copy(), lots=self.lots[idx].copy(), entry=self.entry[idx].copy(),
+            leverage=self.leverage[idx].copy(), liquidation_price=self.liq[idx].copy(),
             bankruptcy_price=self.bankrupt[idx].copy(),
         )
         for side, size in zip(batch.is_long.tolist(), batch.lots.tolist()):
             self._close(side, size)
         self.lots[idx] = 0
-        self._refresh_thresholds()
         return batch
 
     def trade_flows(self, price: float, hazard: float, long_close_mult: float, open_mult: float,
                     long_tilt: float, high_leverage_share: float, dt: float) -> None:
         """One interval of voluntary closing and opening of levered positions."""
         rng = self._rng
-        u = self.used
-        active = self.lots[:u] > 0
         for side, mult in ((True, long_close_mult), (False, 1.0)):
-            candidates = np.flatnonzero(active & (self.is_long[:u] == side))
-            k = int(rng.binomial(len(candidates), min(1.0, hazard * mult * dt))) if len(candidates) else 0
+            k = int(rng.binomial(self._count[side], min(1.0, hazard * mult * dt)))
             if k:
-                chosen = rng.choice(candidates, size=k, replace=False)
+                chosen = self._sample_live(side, k)
                 for size in self.lots[chosen].tolist():
                     self._close(side, size)
                 self.lots[chosen] = 0
@@ -175,14 +197,37 @@ class PositionBook:
             self.long_lots += int(lots[is_long].sum())
             self.short_lots += int(lots[~is_long].sum())
             self.oi_lots += int(lots.sum())
-            self._append(is_long, entry, leverage, liq, bankrupt, lots)
-            if is_long.any():
-                self.max_long_liq = max(self.max_long_liq, float(liq[is_long].max()))
-            if (~is_long).any():
-                self.min_short_liq = min(self.min_short_liq, float(liq[~is_long].min()))
+            self._count[True] += int(is_long.sum())
+            self._count[False] += n_open - int(is_long.sum())
+            first = self._append(is_long, entry, leverage, liq, bankrupt, lots)
+            if first is None:
+                self._reindex()
+            else:
+                self._insert_into_order(np.arange(first, first + n_open))
 
-    def _append(self, is_long, entry, leverage, liq, bankrupt, lots) -> None:
+    def _insert_into_order(self, new: np.ndarray) -> None:
+        """Merge freshly appended positions into the sorted liquidation orders (never ahead of
+        the already-processed head, so they are always checked)."""
+        for side in (True, False):
+            idx = new[self.is_long[new] == side]
+            if len(idx) == 0:
+                continue
+            order = self._long_order if side else self._short_order
+            ptr = self._long_ptr if side else self._short_ptr
+            sign = -1.0 if side else 1.0
+            idx = idx[np.argsort(sign * self.liq[idx], kind="stable")]
+            pos = np.searchsorted(sign * self.liq[order], sign * self.liq[idx], side="right")
+            order = np.insert(order, np.maximum(pos, ptr), idx)
+            if side:
+                self._long_order = order
+            else:
+                self._short_order = order
+
+    def _append(self, is_long, entry, leverage, liq, bankrupt, lots) -> int | None:
+        """Store new positions; returns their first slot, or None if storage was compacted
+        (slots moved, so the liquidation orders must be rebuilt)."""
         k = len(lots)
+        compacted = False
         if self.used + k > len(self.lots):
             keep = np.flatnonzero(self.lots[:self.used] > 0)
             capacity = max(len(self.lots), 2 * (len(keep) + k))
@@ -192,7 +237,10 @@ class PositionBook:
                 grown[:len(keep)] = old[keep]
                 setattr(self, name, grown)
             self.used = len(keep)
-        sl = slice(self.used, self.used + k)
+            compacted = True
+        first = self.used
+        sl = slice(first, first + k)
         self.is_long[sl], self.entry[sl], self.leverage[sl] = is_long, entry, leverage
         self.liq[sl], self.bankrupt[sl], self.lots[sl] = liq, bankrupt, lots
         self.used += k
+        return None if compacted else first

@@ -4,12 +4,13 @@ The model's microstructure (market makers, takers, leveraged positions, liquidat
 same in every scenario; a scenario only says how the outside world pushes on it over time: news
 drift of the spot index, volatility regime, disruption of the market makers' hedging venue,
 aggression of takers and position-opening behaviour. The cascade itself is *not* scripted: the
-liquidation feedback loop in the model turns the scripted shock into the crash.
+liquidation feedback loop in the model turns the scripted shock into the crash, which is why
+alts (thinner books, more leverage) fall further than their index beta alone implies.
 
 The cascade timeline follows 2025-10-10 (times relative to the trigger, 20:50 UTC on the day):
 a first news leg, market makers losing their hedging venue within minutes (books "appeared
-empty"), the main crash peaking ~25 min after the trigger, then liquidity returning and a
-partial recovery.
+empty"), the main crash peaking ~25 min after the trigger with a violent relief rally inside it,
+then liquidity returning and a partial recovery.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DISRUPTION_RELEASE = (34 * MINUTE, 50 * MINUTE)
 CRASH = (8 * MINUTE, 28 * MINUTE)
 RECOVERY_START = 30 * MINUTE
 CASCADE_WINDOW = (6 * MINUTE, 34 * MINUTE)
+MIN_CALM = 15 * MINUTE          # calm run-up needed before the trigger ...
+POST_TRIGGER = 60 * MINUTE      # ... and time needed after it for crash and partial recovery
 
 # Exogenous legs of the BTC index, (start, end, log move), each a smoothstep over its window;
 # alts scale them by SymbolSpec.crash_beta. The relief rally inside the crash is what squeezes
@@ -42,17 +45,22 @@ INDEX_LEGS = (
 
 @dataclass(frozen=True)
 class Drivers:
-    """Exogenous forces for one model step."""
+    """Exogenous forces, evaluated once per simulated second."""
 
-    drift: tuple[float, ...]   # per-symbol index drift, log-return per second
-    vol_mult: float            # multiplier on diffusive volatility
-    disruption: float          # 0..1, market makers' hedging venue disrupted
-    taker_mult: float          # multiplier on taker order arrival rate
-    buy_tilt: float            # added to the takers' buy probability
-    open_mult: float           # multiplier on position openings
-    long_tilt: float           # added to the long share of openings
-    long_close_mult: float     # multiplier on voluntary closing hazard of longs
+    drift: tuple[float, ...]    # per-symbol index drift, log-return per second
+    vol_mult: float             # multiplier on diffusive volatility
+    disruption: float           # 0..1, market makers' hedging venue disrupted
+    taker_mult: float           # multiplier on taker order arrival rate
+    buy_tilt: float             # added to the takers' buy probability
+    open_mult: float            # multiplier on position openings
+    long_tilt: float            # added to the long share of openings
+    long_close_mult: float      # multiplier on voluntary closing hazard of longs
     high_leverage_share: float  # share of new positions taken with >= 20x leverage
+
+
+def _quiet(n_symbols: int) -> Drivers:
+    return Drivers(drift=(0.0,) * n_symbols, vol_mult=1.0, disruption=0.0, taker_mult=1.0, buy_tilt=0.0,
+                   open_mult=1.0, long_tilt=0.0, long_close_mult=1.0, high_leverage_share=0.0)
 
 
 def _ramp(t: float, a: float, b: float) -> float:
@@ -75,22 +83,16 @@ class CalmScenario:
     """Hours of ordinary two-sided trading; no news, no disruption."""
 
     name = "calm"
+    trigger_s = None
 
     def __init__(self, config: SimConfig, specs: list[SymbolSpec]):
-        self._drivers = Drivers(
-            drift=(0.0,) * len(specs), vol_mult=1.0, disruption=0.0, taker_mult=1.0,
-            buy_tilt=0.0, open_mult=1.0, long_tilt=0.0, long_close_mult=1.0, high_leverage_share=0.0,
-        )
+        self._drivers = _quiet(len(specs))
 
     def drivers(self, t_s: float) -> Drivers:
         return self._drivers
 
     def cascade_windows(self) -> list[tuple[str, float, float]]:
         return []
-
-    @property
-    def trigger_s(self) -> float | None:
-        return None
 
 
 class CascadeScenario:
@@ -101,36 +103,28 @@ class CascadeScenario:
     def __init__(self, config: SimConfig, specs: list[SymbolSpec]):
         self._specs = specs
         self._crash_beta = tuple(s.crash_beta for s in specs)
-        duration = config.duration_s
         if config.trigger_offset_s is not None:
-            self._trigger = float(config.trigger_offset_s)
+            self.trigger_s = float(config.trigger_offset_s)
         else:
-            self._trigger = self.default_trigger_offset(duration)
-        self._before_trigger = Drivers(
-            drift=(0.0,) * len(specs), vol_mult=1.0, disruption=0.0, taker_mult=1.0, buy_tilt=0.0,
-            open_mult=1.0, long_tilt=0.0, long_close_mult=1.0, high_leverage_share=0.0,
-        )
+            self.trigger_s = self.default_trigger_offset(config.duration_s)
+        self._before_trigger = _quiet(len(specs))
 
     @staticmethod
     def default_trigger_offset(duration_s: float) -> float:
         """Put the trigger at 20:50 UTC for the default 12:00-24:00 window (190 min before the
-        end) when that leaves at least an hour of calm; otherwise a third of the way in, but
-        never less than 20 calm minutes."""
+        end) when that leaves at least an hour of calm; otherwise a third of the way in, keeping
+        at least MIN_CALM before it and POST_TRIGGER after it for the crash and the recovery."""
         real_like = duration_s - 190 * MINUTE
         if real_like >= 60 * MINUTE:
             return real_like
-        return max(20 * MINUTE, duration_s / 3.0)
-
-    @property
-    def trigger_s(self) -> float:
-        return self._trigger
+        return max(MIN_CALM, min(duration_s / 3.0, duration_s - POST_TRIGGER))
 
     def cascade_windows(self) -> list[tuple[str, float, float]]:
         start, end = CASCADE_WINDOW
-        return [(s.symbol, self._trigger + start, self._trigger + end) for s in self._specs]
+        return [(s.symbol, self.trigger_s + start, self.trigger_s + end) for s in self._specs]
 
     def drivers(self, t_s: float) -> Drivers:
-        t = t_s - self._trigger
+        t = t_s - self.trigger_s
         if t < 0:
             return self._before_trigger
         btc_drift = sum(move * _smoothstep_rate(t, start, end) for start, end, move in INDEX_LEGS)

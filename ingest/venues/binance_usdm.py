@@ -77,6 +77,18 @@ def _levels(obj: dict, key: str, what: str) -> list:
     levels = _field(obj, key, what)
     if not isinstance(levels, list):
         raise MalformedMessage(f"{what}: field {key!r} must be a list of [price, qty]")
+    # Hot path (depth updates carry hundreds of levels): NaN and infinities survive ``x * 0.0``,
+    # so one finiteness test per message replaces two per level; the slow path names the culprit.
+    poison = 0.0
+    try:
+        for price, qty in levels:
+            if type(price) is not str or type(qty) is not str:
+                raise TypeError
+            poison += float(price) * 0.0 + float(qty) * 0.0
+        if poison == 0.0:
+            return levels
+    except (TypeError, ValueError):
+        pass
     for level in levels:
         if not (isinstance(level, list) and len(level) == 2):
             raise MalformedMessage(f"{what}: field {key!r} has a level that is not [price, qty]: {level!r}")
@@ -86,7 +98,7 @@ def _levels(obj: dict, key: str, what: str) -> list:
                     raise ValueError
             except ValueError:
                 raise MalformedMessage(f"{what}: field {key!r} has a bad number {value!r}") from None
-    return levels
+    raise MalformedMessage(f"{what}: field {key!r} is malformed")
 
 
 def _symbol(obj: dict, key: str, what: str) -> tuple[str, str]:
@@ -148,6 +160,14 @@ class BinanceUsdm:
             end = frame.find('"', 11)
             return frame[11:end] if end > 0 else None
         return None
+
+    @staticmethod
+    def trade_sequence(trade: Trade) -> int | None:
+        """aggTrade ids are consecutive per symbol, so a jump is a trade the feed lost."""
+        return int(trade.trade_id) if trade.is_aggregated else None
+
+    def agg_trades_url(self, rest_url: str, native: str, from_id: int, limit: int = 1000) -> str:
+        return f"{rest_url.rstrip('/')}/fapi/v1/aggTrades?symbol={native}&fromId={from_id}&limit={limit}"
 
     def depth_url(self, rest_url: str, native: str) -> str:
         return f"{rest_url.rstrip('/')}/fapi/v1/depth?symbol={native}&limit=1000"
@@ -253,6 +273,8 @@ class BinanceUsdm:
             return [self.depth_snapshot(query.get("symbol", ""), body, ts_recv)]
         if path.endswith("/fapi/v1/openInterest"):
             return [self.open_interest(body, ts_recv)]
+        if path.endswith("/fapi/v1/aggTrades"):
+            return self.agg_trades(query.get("symbol", ""), body, ts_recv)
         if path.endswith("/fapi/v1/fundingInfo"):
             self.apply_funding_info(body)
             raise SkipMessage("fundingInfo: reference data (funding intervals updated)")
@@ -268,6 +290,15 @@ class BinanceUsdm:
                             ts_exchange=ts or ts_recv // 1_000_000, ts_recv=ts_recv,
                             bids=_levels(body, "bids", what), asks=_levels(body, "asks", what),
                             seq=_int(body, "lastUpdateId", what), reason="sync")
+
+    def agg_trades(self, native: str, body, ts_recv: int) -> list[Trade]:
+        """REST aggTrades (backfill after a gap): the stream's fields without ``e``/``s``/``E``."""
+        if not isinstance(body, list):
+            raise MalformedMessage("aggTrades: expected a list")
+        trades = []
+        for item in body:
+            trades += self._agg_trade({**item, "s": native} if isinstance(item, dict) else item, ts_recv)
+        return trades
 
     def open_interest(self, body, ts_recv: int) -> OpenInterest:
         what = "openInterest"

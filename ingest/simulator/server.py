@@ -1,0 +1,525 @@
+"""Local Binance USD-M endpoint: websocket streams and REST, paced in simulated time.
+
+One aiohttp application on one port serves what an ingestor talks to on fstream/fapi:
+
+* ``/public/stream?streams=`` and ``/market/stream?streams=`` (combined envelope), ``/public/ws/<s>``
+  and ``/market/ws/<s>`` (raw payloads), JSON SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS.
+  Routing is enforced like Binance after the 2026 URL split: a stream on the wrong path, and any
+  market stream on the legacy ``/stream`` / ``/ws`` paths, is acknowledged but never delivered;
+* server ping frames every ``ws_ping_interval_s`` wall seconds (pong required within
+  ``ws_pong_timeout_s``) and a maximum connection lifetime counted in *simulated* seconds, so
+  24 h rotation is exercised by a compressed day;
+* ``/fapi/v1/*`` REST with per-IP request weight per wall-clock minute (``x-mbx-used-weight-1m``),
+  HTTP 429 ``-1003`` plus ``Retry-After`` above the limit, Binance-style 400s for bad parameters;
+* fault injection: abrupt connection drops and REST 429/5xx (the feed injects the rest).
+
+The market advances in 100 ms steps paced at ``speed`` simulated seconds per wall second; when the
+model cannot keep up it runs flat out. Payloads are built only for streams with subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from .config import ALL_LIQUIDATIONS_STREAM, MARKET_STREAM_KINDS, PUBLIC_STREAM_KINDS, SimConfig
+from .feed import DEPTH_LIMITS, ExchangeFeed, Message, UnknownSymbol
+from .faults import MalformedFrame
+from .market import STEP_MS
+
+MAX_STEPS_PER_TICK = 25          # yield to the event loop (writers, REST) at least this often
+MAX_OUTBOX = 250_000             # frames queued for one connection before it is dropped as too slow
+DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TIMEOUT_S = 2.0
+
+
+class BinanceError(Exception):
+    def __init__(self, status: int, code: int, msg: str):
+        super().__init__(msg)
+        self.status, self.code, self.msg = status, code, msg
+
+
+class Connection:
+    """One websocket client: what it subscribed to and the frames waiting to be written."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, route: str, combined: bool,
+                 opened_sim_ms: int):
+        self.ws = ws
+        self.request = request
+        self.route = route
+        self.combined = combined
+        self.subscriptions: list[str] = []
+        self.outbox: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.opened_sim_ms = opened_sim_ms
+        self.last_pong = time.monotonic()
+        self.closing = False
+
+    def close_soon(self, code: int, reason: bytes) -> None:
+        """Close from synchronous code (the market loop) exactly once."""
+        if not self.closing and not self.ws.closed:
+            self.closing = True
+            asyncio.create_task(self.ws.close(code=code, message=reason))
+
+
+class Simulator:
+    """The simulated exchange as an async context manager::
+
+        async with Simulator(SimConfig(scenario="cascade", speed=120)) as sim:
+            print(sim.ws_url, sim.http_url)
+            await sim.finished()
+    """
+
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0):
+        self.config = config.resolved()
+        self.host = host
+        self._requested_port = port
+        self.port: int | None = None
+        self.feed: ExchangeFeed | None = None
+        self._subscribers: dict[str, set[Connection]] = {}
+        self._connections: set[Connection] = set()
+        self._weights: dict[str, tuple[int, int]] = {}
+        self._done = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._error: Exception | None = None
+        self.frames_sent = 0
+        self.lag_ms = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> "Simulator":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def start(self) -> None:
+        self.feed = ExchangeFeed(self.config)
+        app = web.Application()
+        for prefix, route in (("/public", "public"), ("/market", "market"), ("", "legacy")):
+            app.router.add_get(f"{prefix}/stream", self._combined_handler(route))
+            app.router.add_get(f"{prefix}/ws", self._raw_handler(route))
+            app.router.add_get(f"{prefix}/ws/{{streams:.+}}", self._raw_handler(route))
+        rest = {
+            "depth": self._rest_depth, "openInterest": self._rest_open_interest,
+            "exchangeInfo": self._rest_exchange_info, "premiumIndex": self._rest_premium_index,
+            "fundingInfo": self._rest_funding_info, "time": self._rest_time, "ping": self._rest_ping,
+            "aggTrades": self._rest_agg_trades,
+        }
+        for name, handler in rest.items():
+            app.router.add_get(f"/fapi/v1/{name}", self._rest_handler(handler))
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._requested_port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        self._tasks.append(asyncio.create_task(self._run_market(), name="simulator-market"))
+
+    async def finished(self) -> None:
+        """Wait until the scenario has been fully simulated and published; re-raises a failure
+        of the market loop instead of hiding it behind an early finish."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for conn in list(self._connections):
+            await conn.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.feed is not None:
+            self.feed.close()
+
+    # ------------------------------------------------------------------ market pacing
+    async def _run_market(self) -> None:
+        loop = asyncio.get_running_loop()
+        feed = self.feed
+        wall0 = loop.time()
+        sim0 = feed.now_ms
+        speed = self.config.speed
+        wanted = self._subscribers.__contains__
+        try:
+            while not feed.finished:
+                target = sim0 + (loop.time() - wall0) * speed * 1000.0
+                steps = 0
+                while feed.now_ms < target and not feed.finished and steps < MAX_STEPS_PER_TICK:
+                    self._dispatch(feed.step(wanted))
+                    if feed.pending_drops:
+                        self._drop_connections()
+                    steps += 1
+                self.lag_ms = max(0, int(target - feed.now_ms))
+                self._expire_connections()
+                next_wall = wall0 + (feed.now_ms + STEP_MS - sim0) / (speed * 1000.0)
+                await asyncio.sleep(max(0.0, min(next_wall - loop.time(), 0.05)))
+        except Exception as exc:
+            self._error = exc
+        finally:
+            feed.close()
+            self._done.set()
+
+    def _dispatch(self, messages: list[Message]) -> None:
+        touched: set[Connection] = set()
+        for _, stream, payload in messages:
+            conns = self._subscribers.get(stream)
+            if not conns:
+                continue
+            if isinstance(payload, MalformedFrame):
+                raw = payload.text.encode()
+                combined = b'{"stream":"' + stream.encode() + b'","data":' + raw
+            else:
+                raw = orjson.dumps(payload)
+                combined = b'{"stream":"' + stream.encode() + b'","data":' + raw + b"}"
+            for conn in conns:
+                conn.outbox.append(combined if conn.combined else raw)
+                touched.add(conn)
+            self.frames_sent += len(conns)
+        for conn in touched:
+            if len(conn.outbox) > MAX_OUTBOX:
+                conn.outbox.clear()
+                conn.close_soon(CLOSE_POLICY, b"too slow: outbound queue overflow")
+            conn.wake.set()
+
+    def _drop_connections(self) -> None:
+        feed = self.feed
+        count = len(self._connections)
+        while feed.pending_drops:
+            feed.pending_drops -= 1
+            feed.record_fault(feed.now_ms, "drop", connections=count)
+        for conn in list(self._connections):
+            transport = conn.request.transport
+            if transport is not None:
+                transport.abort()
+
+    def _expire_connections(self) -> None:
+        limit_ms = self.config.ws_max_lifetime_s * 1000
+        now = self.feed.now_ms
+        for conn in list(self._connections):
+            if now - conn.opened_sim_ms >= limit_ms:
+                conn.close_soon(CLOSE_GOING_AWAY, b"connection lifetime exceeded")
+
+    # ------------------------------------------------------------------ websocket
+    def _combined_handler(self, route: str):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            streams = [s for s in request.query.get("streams", "").split("/") if s]
+            return await self._serve_ws(request, route, True, streams)
+        return handler
+
+    def _raw_handler(self, route: str):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            streams = [s for s in request.match_info.get("streams", "").split("/") if s]
+            return await self._serve_ws(request, route, False, streams)
+        return handler
+
+    def _deliverable(self, route: str, stream: str) -> bool:
+        """Whether Binance would push this stream on this path (post-2026 routing)."""
+        if stream == ALL_LIQUIDATIONS_STREAM:
+            kind = "forceOrder"
+        else:
+            prefix, _, kind = stream.partition("@")
+            if prefix.upper() not in self.feed.symbols or prefix != prefix.lower():
+                return False
+        if kind in PUBLIC_STREAM_KINDS:
+            return route in ("public", "legacy")
+        if kind in MARKET_STREAM_KINDS:
+            return route == "market"
+        return False
+
+    def _subscribe(self, conn: Connection, streams: list[str]) -> None:
+        for stream in streams:
+            if stream in conn.subscriptions:
+                continue
+            conn.subscriptions.append(stream)
+            if self._deliverable(conn.route, stream):
+                self._subscribers.setdefault(stream, set()).add(conn)
+
+    def _unsubscribe(self, conn: Connection, streams: list[str]) -> None:
+        for stream in streams:
+            if stream in conn.subscriptions:
+                conn.subscriptions.remove(stream)
+            conns = self._subscribers.get(stream)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self._subscribers[stream]
+
+    async def _serve_ws(self, request: web.Request, route: str, combined: bool, streams: list[str]):
+        ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=1 << 16, timeout=CLOSE_TIMEOUT_S)
+        await ws.prepare(request)
+        conn = Connection(ws, request, route, combined, self.feed.now_ms)
+        self._connections.add(conn)
+        self._subscribe(conn, streams)
+        writer = asyncio.create_task(self._write_loop(conn))
+        pinger = asyncio.create_task(self._ping_loop(conn))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self._handle_command(conn, msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    conn.last_pong = time.monotonic()
+        finally:
+            self._connections.discard(conn)
+            self._unsubscribe(conn, list(conn.subscriptions))
+            writer.cancel()
+            pinger.cancel()
+        return ws
+
+    async def _write_loop(self, conn: Connection) -> None:
+        ws = conn.ws
+        try:
+            while not ws.closed:
+                await conn.wake.wait()
+                conn.wake.clear()
+                while conn.outbox and not ws.closed:
+                    await ws.send_frame(conn.outbox.popleft(), WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            return
+
+    async def _ping_loop(self, conn: Connection) -> None:
+        interval = self.config.ws_ping_interval_s
+        timeout = self.config.ws_pong_timeout_s
+        try:
+            while not conn.ws.closed:
+                await asyncio.sleep(interval)
+                if time.monotonic() - conn.last_pong > timeout + interval:
+                    await conn.ws.close(code=CLOSE_GOING_AWAY, message=b"pong timeout")
+                    return
+                await conn.ws.ping(b"")
+        except (ConnectionError, RuntimeError):
+            return
+
+    def _reply(self, conn: Connection, body: dict) -> None:
+        conn.outbox.append(orjson.dumps(body))
+        conn.wake.set()
+
+    def _handle_command(self, conn: Connection, text: str) -> None:
+        """Binance JSON control messages on a market-data connection."""
+        try:
+            request = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self._reply(conn, {"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
+            return
+        if not isinstance(request, dict):
+            self._reply(conn, {"error": {"code": 2, "msg": "Invalid request: expected an object"}, "id": None})
+            return
+        req_id = request.get("id")
+        if not isinstance(req_id, int) or isinstance(req_id, bool) or req_id < 0:
+            self._reply(conn, {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"},
+                               "id": None})
+            return
+        method = request.get("method")
+        params = request.get("params", [])
+        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+                self._reply(conn, {"error": {"code": 1, "msg": "Invalid value type: expected a list of stream names"},
+                                   "id": req_id})
+                return
+            (self._subscribe if method == "SUBSCRIBE" else self._unsubscribe)(conn, params)
+            self._reply(conn, {"result": None, "id": req_id})
+        elif method == "LIST_SUBSCRIPTIONS":
+            self._reply(conn, {"result": list(conn.subscriptions), "id": req_id})
+        else:
+            self._reply(conn, {"error": {"code": 2, "msg": f"Invalid request: unknown variant `{method}`, expected one "
+                                         "of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`"}, "id": req_id})
+
+    # ------------------------------------------------------------------ REST
+    def _use_weight(self, ip: str, weight: int) -> tuple[int, int]:
+        """Add request weight for this IP in the current wall-clock minute; (used, seconds left)."""
+        now = time.time()
+        minute = int(now // 60)
+        window, used = self._weights.get(ip, (minute, 0))
+        if window != minute:
+            used = 0
+        used += weight
+        self._weights[ip] = (minute, used)
+        return used, max(1, int(60 - now % 60) + 1)
+
+    def _rest_handler(self, handler):
+        async def wrapped(request: web.Request) -> web.Response:
+            params = request.query
+            try:
+                weight, compute = handler(params)
+            except BinanceError as exc:
+                weight, compute = 1, exc
+            used, retry_after = self._use_weight(request.remote or "?", weight)
+            headers = {"x-mbx-used-weight-1m": str(used), "x-mbx-used-weight": str(used)}
+            limit = self.config.rest_weight_limit
+            if used > limit:
+                headers["Retry-After"] = str(retry_after)
+                return self._json(429, {"code": -1003, "msg": f"Too much request weight used; current limit is {limit} "
+                                        "request weight per 1 MINUTE. Please use WebSocket Streams for live "
+                                        "updates to avoid polling the API."}, headers)
+            failure = self.feed.faults.rest_failure()
+            if failure is not None:
+                status, body = failure
+                self.feed.record_fault(self.feed.now_ms, "rest_error", path=request.path, status=status)
+                if status == 429:
+                    headers["Retry-After"] = str(retry_after)
+                return self._json(status, body, headers)
+            if isinstance(compute, BinanceError):
+                return self._json(compute.status, {"code": compute.code, "msg": compute.msg}, headers)
+            try:
+                return self._json(200, compute(), headers)
+            except BinanceError as exc:
+                return self._json(exc.status, {"code": exc.code, "msg": exc.msg}, headers)
+        return wrapped
+
+    @staticmethod
+    def _json(status: int, body, headers: dict) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+    def _symbol(self, params, required: bool = True) -> str | None:
+        symbol = params.get("symbol")
+        if not symbol:
+            if required:
+                raise BinanceError(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+            return None
+        try:
+            self.feed.symbol_index(symbol)
+        except UnknownSymbol:
+            raise BinanceError(400, -1121, "Invalid symbol.") from None
+        return symbol
+
+    def _rest_depth(self, params):
+        symbol = self._symbol(params)
+        raw_limit = params.get("limit", "500")
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise BinanceError(400, -1100, "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.") from None
+        if limit not in DEPTH_LIMITS:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        return DEPTH_WEIGHT[limit], lambda: self.feed.depth_snapshot(symbol, limit)
+
+    def _rest_agg_trades(self, params):
+        symbol = self._symbol(params)
+        try:
+            limit = int(params.get("limit", "500"))
+            from_id = int(params["fromId"]) if "fromId" in params else None
+        except ValueError:
+            raise BinanceError(400, -1100, "Illegal characters found in a parameter.") from None
+        if not 1 <= limit <= 1000:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        return 20, lambda: self.feed.agg_trades(symbol, from_id, limit)
+
+    def _rest_open_interest(self, params):
+        symbol = self._symbol(params)
+        return 1, lambda: self.feed.open_interest(symbol)
+
+    def _rest_premium_index(self, params):
+        symbol = self._symbol(params, required=False)
+        return (1 if symbol else 10), lambda: self.feed.premium_index(symbol)
+
+    def _rest_exchange_info(self, params):
+        return 1, lambda: self.feed.exchange_info(self.config.rest_weight_limit)
+
+    def _rest_funding_info(self, params):
+        return 1, self.feed.funding_info
+
+    def _rest_time(self, params):
+        return 1, self.feed.server_time
+
+    def _rest_ping(self, params):
+        return 1, dict
+
+
+class SimulatorThread:
+    """Runs a Simulator on its own event loop in a background thread (for synchronous callers)::
+
+        with SimulatorThread(SimConfig(speed=60, hours=0.5)) as sim:
+            connect_to(sim.ws_url, sim.http_url)
+            sim.wait()
+    """
+
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0):
+        self._sim = Simulator(config, host, port)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="perpflow-simulator", daemon=True)
+
+    @property
+    def simulator(self) -> Simulator:
+        return self._sim
+
+    @property
+    def ws_url(self) -> str:
+        return self._sim.ws_url
+
+    @property
+    def http_url(self) -> str:
+        return self._sim.http_url
+
+    def __enter__(self) -> "SimulatorThread":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self._sim.start()
+        except BaseException as exc:   # surfaced to the starting thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self._sim.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the scenario is finished; False on timeout."""
+        future = asyncio.run_coroutine_threadsafe(self._sim.finished(), self._loop)
+        try:
+            future.result(timeout)
+            return True
+        except TimeoutError:
+            future.cancel()
+            return False
+
+    def stop(self) -> None:
+        if self._thread.is_alive() and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join()

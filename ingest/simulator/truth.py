@@ -1,0 +1,68 @@
+"""Ground truth: what really happened inside the simulated venue, for tests to compare against.
+
+The published feed is deliberately lossy in the ways Binance's is (one forceOrder per symbol per
+second, faults), so the truth file records the unsampled facts: every liquidation, true 2% depth,
+open interest, mark price per second, full books at checkpoints with the update id they
+correspond to, the trade id ranges, funding settlements and each injected fault.
+
+Format: JSON Lines (one object per line, written with orjson), every record has ``type``:
+
+* ``meta``: ``version, scenario, seed, start_ms, end_ms, step_ms, checkpoint_every_s,
+  trigger_ms`` (cascade only), ``symbols`` (``symbol, tick_size, step_size, price_precision,
+  quantity_precision``), ``faults`` (the fault configuration).
+* ``cascade_window``: ``symbol, start_ms, end_ms`` as the scenario defines the cascade.
+* ``second`` (one per symbol per simulated second, state at ``ts``): ``ts, symbol, mark, index,
+  mid, best_bid, best_ask, last_price, funding_rate, oi`` (base units), ``oi_usd`` (at mark),
+  ``depth2_bid, depth2_bid_usd, depth2_ask, depth2_ask_usd`` (mid-based inclusive 2% bands,
+  base and USD), ``update_id`` (last depth update id), ``agg_first, agg_last, trade_first,
+  trade_last`` (aggTrade and trade ids generated during the second, contiguous; null if none),
+  ``liq_long_usd, liq_short_usd`` (liquidation notional in the second).
+* ``liquidation`` (every one): ``ts`` (last fill), ``symbol, side`` (order side, SELL = long
+  liquidated), ``position`` (long|short), ``qty`` (position size), ``filled_qty``,
+  ``insurance_fund_qty`` (not absorbed by the book), ``price`` (average fill, bankruptcy price if
+  nothing filled), ``notional`` (qty*price), ``bankruptcy_price, liquidation_price, entry_price,
+  leverage, mark_price, published`` (whether it was the forceOrder pushed for its second).
+* ``book`` (checkpoint every ``checkpoint_every_s``): ``ts, symbol, last_update_id, bids, asks``
+  with the full book as ``[price, qty]`` decimal strings exactly as on the wire (bids descending,
+  asks ascending); equal to any correctly synced local book after the event with ``u ==
+  last_update_id``.
+* ``funding``: ``ts, symbol, rate, mark`` at each funding settlement.
+* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | rest_error``), ``ts`` and
+  details (``stream, symbol, U, u, kind, end_ts, connections, path, status``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+
+TRUTH_VERSION = 1
+
+
+class TruthWriter:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "wb", buffering=1 << 20)
+
+    def write(self, record: dict) -> None:
+        self._fh.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def load_truth(path: str | Path) -> dict[str, list[dict]]:
+    """Read a truth file into lists of records keyed by ``type``."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    with open(path, "rb") as fh:
+        for line in fh:
+            record = orjson.loads(line)
+            out[record["type"]].append(record)
+    return dict(out)

@@ -1,0 +1,177 @@
+"""Tables of the microstructure assets (issue 4), migration 2 of ``warehouse.schema``.
+
+Every table carries ``day DATE``, the UTC partition its rows belong to, so a partition is
+rewritten with one ``DELETE ... WHERE day = ?`` and exported to Parquet with one ``WHERE day``.
+Cross-venue rows use ``exchange = 'all'`` and the base asset as ``symbol`` (CoinGlass's "All").
+The ``book_depth`` columns are generated from ``transforms.depth.BANDS`` so the table and the
+computation name bands the same way (``bid_usd_2_mean`` = USD bids within 2 % of mid, minute mean);
+changing the bands needs a new migration, like any column change.
+"""
+
+from __future__ import annotations
+
+from transforms.depth import BANDS, band_label
+
+STATS = ("mean", "min", "last")
+SIDE_FIELDS = ("bid_base", "ask_base", "bid_quote", "ask_quote", "bid_usd", "ask_usd", "imbalance", "depth_usd")
+OI_WINDOWS = ("5m", "1h", "4h", "24h")
+
+
+def book_depth_columns() -> list[str]:
+    """The per-minute statistics of ``analytics.book_depth`` (all DOUBLE), in table order."""
+    columns = [f"{name}_{stat}" for name in ("best_bid", "best_ask", "mid") for stat in STATS]
+    columns += [f"spread_bps_{stat}" for stat in (*STATS, "max")]
+    columns += [f"{name}_{band_label(band)}_{stat}" for band in BANDS for name in SIDE_FIELDS for stat in STATS]
+    return columns
+
+
+def _book_depth() -> str:
+    stats = ",\n    ".join(f"{column} DOUBLE" for column in book_depth_columns())
+    return f"""CREATE TABLE IF NOT EXISTS analytics.book_depth (
+    exchange VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL,
+    minute TIMESTAMP NOT NULL,
+    n_snapshots INTEGER NOT NULL,     -- periodic book snapshots in the minute
+    n_valid INTEGER NOT NULL,         -- of which valid (two-sided, not crossed or locked)
+    quote_usd_rate DOUBLE NOT NULL,   -- quote -> USD used for the *_usd columns
+    {stats},
+    day DATE NOT NULL
+)"""
+
+
+LIQUIDITY_WITHDRAWALS = """
+CREATE TABLE IF NOT EXISTS analytics.liquidity_withdrawals (
+    exchange VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL,
+    episode_start TIMESTAMP NOT NULL,
+    episode_end TIMESTAMP NOT NULL,        -- exclusive: last below-threshold minute + 1 minute
+    minutes DOUBLE NOT NULL,
+    n_below INTEGER NOT NULL,              -- minutes below the threshold (merged gaps excluded)
+    worst_ratio DOUBLE NOT NULL,           -- lowest 2 % depth / trailing 24 h median
+    worst_at TIMESTAMP NOT NULL,
+    depth_at_worst_usd DOUBLE,
+    baseline_depth_usd DOUBLE,             -- trailing median at the episode start
+    depth_before_usd DOUBLE,               -- last 2 % depth before the episode
+    threshold DOUBLE NOT NULL,
+    open_at_day_end BOOLEAN NOT NULL,      -- still below at the day's last minute
+    day DATE NOT NULL
+)"""
+
+_OI_CHANGES = ",\n    ".join(f"oi_change_pct_{w} DOUBLE, oi_usd_change_pct_{w} DOUBLE" for w in OI_WINDOWS)
+
+OPEN_INTEREST = f"""
+CREATE TABLE IF NOT EXISTS analytics.open_interest (
+    exchange VARCHAR NOT NULL,             -- 'all' = cross-venue total
+    symbol VARCHAR NOT NULL,               -- the base asset on 'all' rows
+    asset VARCHAR NOT NULL,
+    grain VARCHAR NOT NULL,                -- '5m' | '1h'
+    bucket_start TIMESTAMP NOT NULL,
+    open_interest DOUBLE,                  -- coins
+    open_interest_usd DOUBLE,              -- coins x mark price as of the observation
+    mark_price DOUBLE,                     -- NULL on 'all' rows
+    n_venues INTEGER NOT NULL,
+    {_OI_CHANGES},
+    day DATE NOT NULL
+)"""
+
+FUNDING = """
+CREATE TABLE IF NOT EXISTS analytics.funding (
+    exchange VARCHAR NOT NULL,             -- 'all' = open-interest-weighted across venues
+    symbol VARCHAR NOT NULL,
+    asset VARCHAR NOT NULL,
+    minute TIMESTAMP NOT NULL,
+    funding_rate DOUBLE,                   -- as quoted, per interval; NULL on 'all' rows
+    interval_hours DOUBLE NOT NULL,
+    rate_8h DOUBLE,
+    rate_annualized DOUBLE,                -- rate_8h x 3 x 365, a fraction
+    mark_price DOUBLE,
+    index_price DOUBLE,
+    is_realised BOOLEAN,                   -- settled rate rather than the running estimate
+    oi_usd DOUBLE,                         -- the weight: open interest in USD as of the minute
+    n_venues INTEGER NOT NULL,
+    day DATE NOT NULL
+)"""
+
+LIQUIDATIONS_1M = """
+CREATE TABLE IF NOT EXISTS analytics.liquidations_1m (
+    exchange VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL,
+    asset VARCHAR NOT NULL,
+    minute TIMESTAMP NOT NULL,
+    long_usd DOUBLE NOT NULL,              -- qty x coalesce(avg_price, price)
+    short_usd DOUBLE NOT NULL,
+    long_qty DOUBLE NOT NULL,
+    short_qty DOUBLE NOT NULL,
+    n_long INTEGER NOT NULL,
+    n_short INTEGER NOT NULL,
+    is_lower_bound BOOLEAN NOT NULL,       -- the venue samples its feed (Binance: 1/s/symbol)
+    day DATE NOT NULL
+)"""
+
+LIQUIDATION_CASCADES = """
+CREATE TABLE IF NOT EXISTS analytics.liquidation_cascades (
+    asset VARCHAR NOT NULL,
+    side VARCHAR NOT NULL,                 -- liquidated side: 'long' | 'short'
+    cascade_start TIMESTAMP NOT NULL,
+    cascade_end TIMESTAMP NOT NULL,
+    duration_s DOUBLE NOT NULL,
+    n_orders INTEGER NOT NULL,
+    usd DOUBLE NOT NULL,
+    usd_long DOUBLE NOT NULL,
+    usd_short DOUBLE NOT NULL,
+    long_share DOUBLE,
+    peak_1m_usd DOUBLE,
+    baseline_1m_usd DOUBLE,                -- median liquidated USD per minute, trailing 30 days
+    threshold_usd DOUBLE NOT NULL,
+    start_price DOUBLE,
+    extreme_price DOUBLE,
+    price_move_bps DOUBLE,
+    impact_bps_per_musd DOUBLE,
+    depth_ratio_2pct DOUBLE,               -- min 2 % depth during / median over the prior hour
+    depth_ratio_1pct DOUBLE,
+    depth_median_ratio_2pct DOUBLE,        -- median 2 % depth during / median over the prior hour
+    spread_peak_bps DOUBLE,
+    oi_start DOUBLE,                       -- coins, all venues: positions, not price, move it
+    oi_end DOUBLE,
+    oi_change_pct DOUBLE,
+    funding_before_8h DOUBLE,
+    funding_after_8h DOUBLE,
+    hawkes_n DOUBLE,                       -- branching ratio
+    hawkes_mu DOUBLE,
+    hawkes_beta DOUBLE,
+    hawkes_lambda_max DOUBLE,
+    hawkes_at_bound BOOLEAN,
+    hawkes_reason VARCHAR,
+    venues VARCHAR NOT NULL,               -- comma-separated exchanges with orders in the cascade
+    is_lower_bound BOOLEAN NOT NULL,
+    open_at_day_end BOOLEAN NOT NULL,      -- could have continued after midnight
+    day DATE NOT NULL
+)"""
+
+MARKET_STRESS = """
+CREATE TABLE IF NOT EXISTS analytics.market_stress (
+    asset VARCHAR NOT NULL,
+    minute TIMESTAMP NOT NULL,
+    stress_index DOUBLE,                   -- 0..100; NULL while too few components are warm
+    depth_component DOUBLE,
+    liquidation_component DOUBLE,
+    oi_component DOUBLE,
+    funding_component DOUBLE,
+    coverage DOUBLE NOT NULL,              -- weight share of the defined components
+    depth_2pct_usd DOUBLE,
+    liquidated_usd DOUBLE NOT NULL,
+    oi_usd DOUBLE,
+    funding_8h DOUBLE,
+    day DATE NOT NULL
+)"""
+
+STATEMENTS: list[str] = [
+    "CREATE SCHEMA IF NOT EXISTS analytics",
+    _book_depth(),
+    LIQUIDITY_WITHDRAWALS,
+    OPEN_INTEREST,
+    FUNDING,
+    LIQUIDATIONS_1M,
+    LIQUIDATION_CASCADES,
+    MARKET_STRESS,
+]
