@@ -168,11 +168,9 @@ class BookSync:
             self.counts["periodic_snapshots"] += 1
 
     def _periodic(self, st: SymbolState, delta: BookDelta) -> BookSnapshot:
-        mid = st.book.mid
-        # A hair wider than the band so levels exactly on a band edge survive float rounding.
-        low, high = mid * (1 - self.periodic_band - 1e-9), mid * (1 + self.periodic_band + 1e-9)
-        bids = [[repr(p), repr(st.book.bids[p])] for p in st.book.bids.irange(minimum=low, reverse=True)]
-        asks = [[repr(p), repr(st.book.asks[p])] for p in st.book.asks.irange(maximum=high)]
+        bid_levels, ask_levels = st.book.within(self.periodic_band)
+        bids = [[repr(p), repr(q)] for p, q in bid_levels]
+        asks = [[repr(p), repr(q)] for p, q in ask_levels]
         return BookSnapshot(exchange=delta.exchange, symbol=delta.symbol, symbol_native=delta.symbol_native,
                             ts_exchange=delta.ts_exchange, ts_recv=delta.ts_recv, bids=bids, asks=asks,
                             seq=delta.last_seq, reason="periodic")

@@ -192,7 +192,9 @@ class IngestService:
         max_age = self.config.max_connection_age_s or self.venue.MAX_CONNECTION_AGE_S
         limits = {**self.venue.SILENCE_LIMIT_S, **self.config.silence_limit_s}
         next_check = time.monotonic() + 1.0
-        while True:
+        # Checked on every frame: Python 3.11's wait_for can swallow a cancellation that lands
+        # just as recv() completes, and a busy stream would then never let the task go.
+        while not self.stop.is_set():
             try:
                 frame = await asyncio.wait_for(ws.recv(), timeout=1.0)
             except asyncio.TimeoutError:

@@ -326,7 +326,7 @@ def sql(query: str, live: bool, as_csv: bool) -> None:
 @click.option("--recording", "recordings", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Replay these recording files instead of simulating (e.g. ../shared/data/cryptofeed-captures/"
                    "BINANCE_FUTURES.*).")
-@click.option("--speed", type=click.FloatRange(5, 200), default=60.0, show_default=True,
+@click.option("--speed", type=click.FloatRange(5, 200), default=30.0, show_default=True,
               help="Simulated seconds per wall second.")
 @click.option("--keep-broker", is_flag=True, help="Leave the embedded broker running afterwards.")
 def demo(recordings: tuple[Path, ...], speed: float, keep_broker: bool) -> None:

@@ -1,23 +1,63 @@
-"""An L2 order book: price levels per side, kept sorted so the touch and bands are cheap.
+"""An L2 order book: price levels per side, with the touch always at hand.
 
-Used by ingest (integrity: crossed-book detection while syncing) and by analytics and tests
-(rebuilding books from snapshots and deltas). Prices are floats: every venue quotes at most
-~15 significant digits, which a double represents exactly enough to key levels.
+Used by ingest (integrity: crossed-book detection after every delta while syncing) and by
+analytics and tests (rebuilding books from snapshots and deltas). Levels live in plain dicts
+(a delta touches each level in well under a microsecond); the best bid and ask come from
+heaps whose stale entries are dropped lazily when they reach the top, so a fast-moving market
+never pays for keeping a whole ladder sorted. A sorted ladder is built only when asked for
+(``levels``, ``top``, ``within``), e.g. once a second for a periodic snapshot.
+
+Prices are floats: every venue quotes at most ~15 significant digits, which a double keys
+exactly.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
-from sortedcontainers import SortedDict
+
+class _Side:
+    __slots__ = ("levels", "heap", "sign")
+
+    def __init__(self, sign: float):
+        self.levels: dict[float, float] = {}
+        self.heap: list[float] = []      # sign * price; stale entries removed when they surface
+        self.sign = sign                 # -1 for bids (max-heap via negation), +1 for asks
+
+    def set(self, price: float, qty: float) -> None:
+        if qty > 0:
+            if price not in self.levels:
+                heapq.heappush(self.heap, self.sign * price)
+            self.levels[price] = qty
+        else:
+            self.levels.pop(price, None)   # deleting an unknown level is normal on every venue
+
+    def best(self) -> float | None:
+        heap, levels = self.heap, self.levels
+        while heap and self.sign * heap[0] not in levels:
+            heapq.heappop(heap)
+        if len(heap) > 4 * len(levels) + 64:   # churn left mostly stale entries: rebuild
+            self.heap = [self.sign * p for p in levels]
+            heapq.heapify(self.heap)
+        return self.sign * self.heap[0] if self.heap else None
+
+    def replace(self, levels: Iterable) -> None:
+        self.levels = {float(p): float(q) for p, q in levels if float(q) > 0}
+        self.heap = [self.sign * p for p in self.levels]
+        heapq.heapify(self.heap)
+
+    def sorted_best_first(self) -> list[tuple[float, float]]:
+        prices = sorted(self.levels, reverse=self.sign < 0)
+        return [(p, self.levels[p]) for p in prices]
 
 
 class OrderBook:
-    __slots__ = ("bids", "asks")
+    __slots__ = ("_bids", "_asks")
 
     def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()   # ascending; best bid is the last key
-        self.asks: SortedDict = SortedDict()   # ascending; best ask is the first key
+        self._bids = _Side(-1.0)
+        self._asks = _Side(1.0)
 
     @classmethod
     def from_levels(cls, bids: Iterable, asks: Iterable) -> "OrderBook":
@@ -25,30 +65,32 @@ class OrderBook:
         book.replace(bids, asks)
         return book
 
-    def replace(self, bids: Iterable, asks: Iterable) -> None:
-        self.bids = SortedDict({float(p): float(q) for p, q in bids if float(q) > 0})
-        self.asks = SortedDict({float(p): float(q) for p, q in asks if float(q) > 0})
+    @property
+    def bids(self) -> dict[float, float]:
+        return self._bids.levels
 
-    @staticmethod
-    def _apply(side: SortedDict, levels: Iterable) -> None:
-        for price, qty in levels:
-            price, qty = float(price), float(qty)
-            if qty > 0:
-                side[price] = qty
-            else:
-                side.pop(price, None)   # deleting an unknown level is normal on every venue
+    @property
+    def asks(self) -> dict[float, float]:
+        return self._asks.levels
+
+    def replace(self, bids: Iterable, asks: Iterable) -> None:
+        self._bids.replace(bids)
+        self._asks.replace(asks)
 
     def apply(self, bids: Iterable, asks: Iterable) -> None:
-        self._apply(self.bids, bids)
-        self._apply(self.asks, asks)
+        set_bid, set_ask = self._bids.set, self._asks.set
+        for price, qty in bids:
+            set_bid(float(price), float(qty))
+        for price, qty in asks:
+            set_ask(float(price), float(qty))
 
     @property
     def best_bid(self) -> float | None:
-        return self.bids.peekitem(-1)[0] if self.bids else None
+        return self._bids.best()
 
     @property
     def best_ask(self) -> float | None:
-        return self.asks.peekitem(0)[0] if self.asks else None
+        return self._asks.best()
 
     @property
     def mid(self) -> float | None:
@@ -59,14 +101,28 @@ class OrderBook:
         bid, ask = self.best_bid, self.best_ask
         return bid is not None and ask is not None and bid >= ask
 
+    def levels(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """All levels per side, best first."""
+        return self._bids.sorted_best_first(), self._asks.sorted_best_first()
+
     def top(self, n: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Best n levels per side, best first."""
-        bids = [(p, self.bids[p]) for p in self.bids.islice(max(0, len(self.bids) - n), reverse=True)]
-        asks = [(p, self.asks[p]) for p in self.asks.islice(0, n)]
-        return bids, asks
+        bids, asks = self.levels()
+        return bids[:n], asks[:n]
 
-    def levels(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        return self.top(max(len(self.bids), len(self.asks)))
+    def within(self, band: float) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """Levels within ``band`` (0.10 = 10 %) of mid per side, best first, bounds inclusive.
+
+        A hair wider than the band, so levels exactly on the edge survive float rounding;
+        consumers apply the exact inclusive bound themselves.
+        """
+        mid = self.mid
+        if mid is None:
+            return [], []
+        low, high = mid * (1 - band - 1e-9), mid * (1 + band + 1e-9)
+        bids = sorted((p for p in self._bids.levels if p >= low), reverse=True)
+        asks = sorted(p for p in self._asks.levels if p <= high)
+        return [(p, self.bids[p]) for p in bids], [(p, self.asks[p]) for p in asks]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OrderBook) and self.bids == other.bids and self.asks == other.asks

@@ -1,0 +1,128 @@
+"""Ingest throughput: venue frames -> mapper -> book sync -> Kafka, next to a bare producer.
+
+Two measurements of perpflow's path and one baseline, all in the same run:
+  * message path: the cascade scenario's frames for the streams the service subscribes to
+    (depth@100ms, aggTrade, markPrice@1s, forceOrder), pre-generated, fed through the
+    service's FeedHandler and SpillingSink into Kafka as fast as they go;
+  * end to end: the simulator's websocket server in its own process at high speed, the
+    IngestService reading it over real sockets for a fixed wall time (bounded by what the
+    simulator can generate on the other core, so it shows whether the service keeps up);
+  * baseline: a bare kafka-python producer sending the records the message path produced,
+    already serialized, to the same topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from ingest import records
+from ingest.feed import FeedHandler
+from ingest.service import IngestConfig, IngestService
+from ingest.simulator import ExchangeFeed, SimConfig
+from ingest.spill import SpillingSink
+from ingest.venues.binance_usdm import BinanceUsdm
+from pipelines.broker import EmbeddedBroker, free_port, port_in_use
+from pipelines.kafka import ensure_topics, new_producer
+
+SUBSCRIBED = ("depth@100ms", "aggTrade", "markPrice@1s", "forceOrder")
+
+
+def _frames(n: int) -> list[tuple[str, str, str]]:
+    """(kind, source, body) items as the service would see them, REST snapshots where it asks."""
+    feed = ExchangeFeed(SimConfig(scenario="cascade", seed=7, hours=1.5))
+    wanted = lambda stream: stream.split("@", 1)[1] in SUBSCRIBED  # noqa: E731
+    venue = BinanceUsdm()
+    dry_run = FeedHandler(venue, lambda record: None)
+    items: list[tuple[str, str, str]] = []
+    while len(items) < n and not feed.finished:
+        for message in feed.step(wanted):
+            if not isinstance(message.payload, dict):
+                continue
+            frame = orjson.dumps({"stream": message.stream, "data": message.payload}).decode()
+            items.append(("ws", "bench", frame))
+            for native in dry_run.on_ws(frame, 0):
+                url = venue.depth_url("http://sim", native)
+                body = orjson.dumps(feed.depth_snapshot(native, 1000)).decode()
+                dry_run.on_rest(url, body, 0)
+                items.append(("rest", url, body))
+    feed.close()
+    return items[:n]
+
+
+def run(tmp: Path, n: int, console) -> list[dict]:
+    console.print(f"generating {n:,} cascade-scenario frames ({', '.join(SUBSCRIBED)})")
+    frames = _frames(n)
+    with EmbeddedBroker(port=free_port()) as broker:
+        ensure_topics(broker.bootstrap, 3)
+        console.print("perpflow message path: FeedHandler + SpillingSink -> Kafka")
+        sink = SpillingSink(broker.bootstrap, tmp / "spill.jsonl")
+        produced: list = []
+
+        def emit(record):
+            produced.append(record)
+            sink.send(record)
+
+        handler = FeedHandler(BinanceUsdm(), emit)
+        started = time.perf_counter()
+        for kind, source, body in frames:
+            if kind == "ws":
+                handler.on_ws(body, time.time_ns(), source)
+            else:
+                handler.on_rest(source, body, time.time_ns())
+        sink.producer.flush()
+        path_s = time.perf_counter() - started
+        sink.close()
+
+        console.print("bare kafka-python producer, same records pre-serialized")
+        encoded = [(r.topic, records.kafka_key(r), records.encode(r), records.headers(r)) for r in produced]
+        producer = new_producer(broker.bootstrap)
+        started = time.perf_counter()
+        for topic, key, value, headers in encoded:
+            producer.send(topic, value=value, key=key, headers=headers)
+        producer.flush()
+        bare_s = time.perf_counter() - started
+        producer.close()
+
+        console.print("end to end: simulator process (speed 100) -> websockets -> IngestService -> Kafka, 30 s")
+        e2e = _end_to_end(tmp, broker.bootstrap, seconds=30)
+    bare_rate = len(encoded) / bare_s
+    return [
+        {"name": "bare kafka-python producer, pre-serialized records (baseline)", "records": len(encoded),
+         "messages": len(frames), "seconds": bare_s, "rate": bare_rate},
+        {"name": "ingest message path: frames -> records -> Kafka", "records": len(produced), "messages": len(frames),
+         "seconds": path_s, "rate": len(produced) / path_s, "messages_per_s": len(frames) / path_s,
+         "ratio": (len(produced) / path_s) / bare_rate},
+        {"name": "end to end from the simulator over websockets (speed 100)", "records": e2e["records"],
+         "messages": e2e["messages"], "seconds": e2e["seconds"], "rate": e2e["records"] / e2e["seconds"],
+         "messages_per_s": e2e["messages"] / e2e["seconds"], "ratio": (e2e["records"] / e2e["seconds"]) / bare_rate,
+         "reconnects": e2e["reconnects"]},
+    ]
+
+
+def _end_to_end(tmp: Path, bootstrap: str, seconds: float) -> dict:
+    """The simulator in its own process (as in production the venue is elsewhere), the service here."""
+    port = free_port()
+    simulator = subprocess.Popen([sys.executable, "-m", "ingest.simulator", "--scenario", "cascade", "--seed", "7",
+                                  "--hours", "2", "--speed", "100", "--port", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_in_use(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        service = IngestService(BinanceUsdm(), IngestConfig(
+            symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], ws_url=f"ws://127.0.0.1:{port}",
+            rest_url=f"http://127.0.0.1:{port}", bootstrap=bootstrap, run_dir=tmp / "e2e", duration_s=seconds))
+        started = time.perf_counter()
+        asyncio.run(service.run())
+        elapsed = time.perf_counter() - started
+    finally:
+        simulator.terminate()
+        simulator.wait(30)
+    return {"messages": service.handler.stats.messages, "records": sum(service.handler.stats.records.values()),
+            "seconds": elapsed, "reconnects": service.events["reconnects"]}
