@@ -177,3 +177,39 @@ def test_a_broker_outage_spills_to_disk_and_loses_nothing(tmp_path, fresh_broker
         loaded = set(con.execute("SELECT symbol, trade_id FROM raw.trades").fetchall())
     assert loaded == sent and len(sent) > 1000
     assert peak > 1000 and service.sink.drained_total >= peak
+
+
+def test_ingest_cli_reports_status_and_stops_cleanly_on_sigterm(tmp_path, fresh_broker):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPFLOW_")}
+    env.update(PERPFLOW_HOME=str(tmp_path), PERPFLOW_KAFKA_BOOTSTRAP=fresh_broker.bootstrap, PYTHONUNBUFFERED="1",
+               COLUMNS="250")
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    with SimulatorThread(SimConfig(scenario="calm", seed=2, hours=1, speed=10)) as sim:
+        bad = subprocess.run([*cli, "ingest", "--exchange", "binance-usdm", "--symbols", "DOGEUSDT",
+                              "--ws-url", sim.ws_url, "--rest-url", sim.http_url], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert bad.returncode == 1 and "DOGEUSDT not trading as perpetuals" in bad.stdout
+        service = subprocess.Popen([*cli, "ingest", "--exchange", "binance-usdm", "--ws-url", sim.ws_url,
+                                    "--rest-url", sim.http_url], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        status_file = tmp_path / "run" / "ingest-binance-usdm.json"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if status_file.exists() and json.loads(status_file.read_text())["records"].get("trade", 0) > 0:
+                break
+            time.sleep(0.5)
+        status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=30)
+        assert "ingest binance-usdm" in status.stdout and "running" in status.stdout, status.stdout
+        service.send_signal(signal.SIGTERM)
+        output, _ = service.communicate(timeout=60)
+    assert service.returncode == 0, output
+    assert "stopped; binance-usdm:" in output
+    final = json.loads(status_file.read_text())
+    assert final["state"] == "stopped" and final["spill_bytes"] == 0 and final["records"]["trade"] > 0
+    status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=30)
+    assert "stopped" in status.stdout

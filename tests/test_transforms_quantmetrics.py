@@ -323,3 +323,20 @@ def test_real_btc_history_since_2015_drawdowns():
     assert row_of(columns, "2022-12-31", "365d")["max_drawdown"] == pytest.approx(-0.669, abs=0.005)
     assert row_of(columns, "2022-12-31", "all")["max_drawdown"] == pytest.approx(-0.834, abs=0.005)
     assert row_of(columns, "2022-12-31", "365d")["total_return"] < -0.6
+
+
+def test_exactly_ninety_percent_coverage_counts_as_covered():
+    import numpy as np
+
+    from transforms.quantmetrics import windowed_metrics
+
+    days = np.array([np.datetime64("2025-01-01") + i for i in range(40)])
+    closes = 100 * np.cumprod(1 + np.where(np.arange(40) % 2, 0.01, -0.005))
+    keep = np.ones(40, bool)
+    keep[[33, 34]] = False              # two missing closes remove three returns: 27 of the last 30
+    table = windowed_metrics(days[keep], closes[keep], windows=(30,), as_of=[days[-1]])
+    assert int(table["n_returns"][0]) == 27
+    assert not np.isnan(table["sharpe"][0])
+    keep[32] = False                    # one more: 26 of 30, under 90 %
+    table = windowed_metrics(days[keep], closes[keep], windows=(30,), as_of=[days[-1]])
+    assert int(table["n_returns"][0]) == 26 and np.isnan(table["sharpe"][0])

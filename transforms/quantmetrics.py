@@ -197,7 +197,8 @@ def _window_rows(
     n_returns = metrics.pop("n").astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         coverage = np.where(window_days > 0, n_returns / window_days, 0.0)
-    insufficient = (window_days == 0) | (n_returns < min_coverage * window_days)
+    # "Under 90 % covered" is strict: 27 of 30 days counts, although 0.9 * 30 is 27.000000000000004.
+    insufficient = (window_days == 0) | (n_returns < np.ceil(min_coverage * window_days - 1e-9))
     for values in metrics.values():
         values[insufficient] = np.nan
     return {

@@ -97,8 +97,8 @@ TRADING_SIGNALS = _signals_spec(DAILY)
 HOURLY_TRADING_SIGNALS = _signals_spec(HOURLY)
 QUANTMETRICS = TableSpec("analytics.quantmetrics", "as_of", ("exchange", "symbol", "as_of", "lookback"), {
     "null_iff_under_covered": ("Metrics are NULL exactly where the window is under 90% covered.",
-                               # the transform's own test, float for float: n < 0.9 * days is NULL
-                               "CASE WHEN lookback_days > 0 AND n_returns >= 0.9 * lookback_days "
+                               # the transform's rule: at least ceil(90 % of the window) returns
+                               "CASE WHEN lookback_days > 0 AND n_returns >= ceil(0.9 * lookback_days - 1e-9) "
                                "THEN total_return IS NOT NULL AND max_drawdown IS NOT NULL AND best_month IS NOT NULL "
                                "AND (n_returns < 2 OR volatility IS NOT NULL) "
                                "ELSE sharpe IS NULL AND volatility IS NULL AND total_return IS NULL END"),
