@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import loader_bench, microstructure_bench
+from bench import ingest_bench, loader_bench, microstructure_bench
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -25,7 +25,8 @@ RESULTS = Path(__file__).with_name("results")
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--trades", type=int, default=300_000, help="trade records for the loader benchmark")
-    parser.add_argument("--only", choices=("loader", "microstructure", "detection"),
+    parser.add_argument("--frames", type=int, default=100_000, help="venue frames for the ingest benchmark")
+    parser.add_argument("--only", choices=("loader", "ingest", "microstructure", "detection"),
                         help="run one benchmark; detection (cascades and stress on the simulator's ground truth, "
                              "minutes of simulation) only runs when asked for")
     parser.add_argument("--detection-hours", type=float, default=19.0,
@@ -36,7 +37,7 @@ def main() -> None:
     console = Console()
     cores = sorted(os.sched_getaffinity(0))
     console.print(f"perpflow bench on {platform.processor() or platform.machine()}, {len(cores)} cores available")
-    rows, micro, detection = [], None, None
+    rows, ingest_rows, micro, detection = [], None, None, None
     if args.only == "detection":
         with tempfile.TemporaryDirectory() as tmp:
             detection = microstructure_bench.detection(Path(tmp), args.detection_hours, console)
@@ -51,13 +52,25 @@ def main() -> None:
             table.add_row(row["name"], f"{row['records']:,}", f"{row['seconds']:.2f}", f"{row['rate']:,.0f}",
                           f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
         console.print(table)
+    if args.only in (None, "ingest"):
+        with tempfile.TemporaryDirectory() as tmp:
+            ingest_rows = ingest_bench.run(Path(tmp), args.frames, console)
+        table = Table(title="ingest: venue frames -> normalized records -> Kafka (same run)")
+        for column in ("measurement", "frames", "records", "seconds", "frames/s", "records/s", "vs baseline"):
+            table.add_column(column, justify="left" if column == "measurement" else "right")
+        for row in ingest_rows:
+            table.add_row(row["name"], f"{row['messages']:,}", f"{row['records']:,}", f"{row['seconds']:.2f}",
+                          f"{row.get('messages_per_s', 0):,.0f}", f"{row['rate']:,.0f}",
+                          f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
+        console.print(table)
     if args.only in (None, "microstructure"):
         with tempfile.TemporaryDirectory() as tmp:
             micro = microstructure_bench.run(Path(tmp), args.day_trades, console)
         console.print(microstructure_table(micro))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"loader": rows, "microstructure": micro, "detection": detection}, indent=2))
+    out.write_text(json.dumps({"loader": rows, "ingest": ingest_rows, "microstructure": micro,
+                               "detection": detection}, indent=2))
     console.print(f"saved {out}")
 
 

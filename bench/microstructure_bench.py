@@ -344,11 +344,22 @@ def detection(tmp: Path, hours: float, console) -> dict:
             "asset": asset, "start": str(dt.datetime.fromtimestamp(start, dt.UTC)), "minutes": (end - start) / 60,
             "depth_ratio_2pct": min_ratio, "true_min_ratio": float(during.min() / before),
             "depth_median_ratio_2pct": median_ratio, "true_median_ratio": float(np.median(during) / before)})
-    for asset, (start, _) in windows.items():
+    trigger = truth["meta"][0]["trigger_ms"] / 1000
+    for asset, (start, end) in windows.items():
         ts, index = (np.array(v, dtype=np.float64) for v in zip(*stress[asset], strict=True))
-        report["stress"].append({"asset": asset, "truth_start": str(dt.datetime.fromtimestamp(start, dt.UTC)),
-                                 **{f"lead_minutes_at_{level}": lead_time_minutes(ts, index, start, threshold=level)
-                                    for level in (25, 50)},
-                                 "index_at_start": float(index[np.searchsorted(ts, start) - 1])})
+        first_detected = min((d[1] for d in detected if d[0] == asset), default=float("nan"))
+        calm = index[(ts < trigger - 3600) & np.isfinite(index)]
+        path = (ts >= trigger - 600) & (ts <= start + 900)
+        report["stress"].append({
+            "asset": asset, "truth_start": str(dt.datetime.fromtimestamp(start, dt.UTC)),
+            **{f"lead_minutes_at_{level}": lead_time_minutes(ts, index, start, threshold=level) for level in (25, 50)},
+            **{f"lead_vs_first_detected_at_{level}": lead_time_minutes(ts, index, first_detected, threshold=level)
+               for level in (25, 50)},
+            "calm_p99": float(np.percentile(calm, 99)) if calm.size else None,
+            "max_in_window": float(np.nanmax(index[(ts >= start) & (ts <= end)])),
+            # (minutes after the trigger the value was known, index)
+            "path": [[round((t - trigger) / 60), None if np.isnan(v) else round(v, 1)]
+                     for t, v in zip(ts[path], index[path], strict=True)],
+        })
     report["withdrawals"] = [[str(v) for v in w] for w in withdrawals]
     return report
