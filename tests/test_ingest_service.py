@@ -19,7 +19,7 @@ from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, StallSpec, load_truth
 from ingest.spill import SpillingSink
 from ingest.venues.binance_usdm import BinanceUsdm
-from pipelines.kafka import ensure_topics
+from pipelines.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
 from transforms.order_book import OrderBook
 from warehouse.loader import load_once
 from warehouse.store import Warehouse
@@ -100,9 +100,10 @@ def test_faults_reconnects_and_gaps_keep_books_exact_and_trades_complete(tmp_pat
     stalls = [orjson.loads(r.detail) for r in records if r.record_type == "feed_event" and r.kind == "stall"]
     assert stalls and all(s["stream"] == "btcusdt@markPrice@1s" for s in stalls)
 
-    # Malformed frames: dead-lettered with a reason, nothing crashed.
+    # Malformed frames: in md.dlq with the reason and the frame verbatim; nothing crashed.
     letters = [r for r in records if r.record_type == "dead_letter"]
     assert letters and all(r.reason for r in letters)
+    assert {(r.reason, r.raw) for r in letters} <= dlq_contents(broker.bootstrap)
 
     # Trades: never silently lost. A backfill that met an injected 429 (Retry-After up to a minute)
     # may still be pending at shutdown; its ids are then inside a reported, still-open gap.
@@ -116,6 +117,22 @@ def test_faults_reconnects_and_gaps_keep_books_exact_and_trades_complete(tmp_pat
         assert missing <= reported, f"{symbol}: ids lost without a reported gap"
     assert events["trade_gap"] >= 5 and events["trade_backfill"] >= events["trade_gap"] // 2
     assert {(sym, i) for sym, got in ids.items() for i in got} <= truth_trade_ids(truth)
+
+
+def dlq_contents(bootstrap: str) -> set[tuple[str, str]]:
+    consumer = new_consumer(bootstrap)
+    try:
+        tps = partitions_of(consumer, ["md.dlq"])
+        ends = end_offsets(consumer, tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        found, deadline = set(), time.monotonic() + 20
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for messages in consumer.poll(500).values():
+                found |= {(v["reason"], v["raw"]) for v in map(orjson.loads, (m.value for m in messages))}
+        return found
+    finally:
+        consumer.close()
 
 
 def trade_ids(records) -> dict[str, list[int]]:
