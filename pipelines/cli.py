@@ -347,7 +347,9 @@ def ui(port: int) -> None:
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ["PERPFLOW_HOME"] = str(settings.home)
     console.print(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
-    os.execvp("dagster", ["dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)])
+    # The interpreter running perpflow, so an un-activated venv works too.
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions",
+                              "-h", "127.0.0.1", "-p", str(port)])
 
 
 # Commands that live beside the code they drive.
