@@ -1,8 +1,14 @@
 """The microstructure assets of issue 4, in dependency order (registered in definitions.py)."""
 
-from dagster_project.assets.microstructure_depth import book_depth, liquidity_withdrawals_asset
+from dagster_project.assets.microstructure_depth import (
+                         book_depth,
+                         liquidity_withdrawals_asset,
+)
 from dagster_project.assets.microstructure_derivatives import funding, open_interest
-from dagster_project.assets.microstructure_liquidations import liquidation_cascades, liquidations_1m
+from dagster_project.assets.microstructure_liquidations import (
+                         liquidation_cascades,
+                         liquidations_1m,
+)
 from dagster_project.assets.microstructure_stress import market_stress
 
 MICROSTRUCTURE_ASSETS = [book_depth, liquidity_withdrawals_asset, open_interest, funding, liquidations_1m,

@@ -12,6 +12,8 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from dagster_project.partitions import daily_partitions
+
 DAY = dt.timedelta(days=1)
 GROUP = "microstructure"
 
@@ -97,6 +99,14 @@ def asset_of(symbol: str) -> str:
 
 def check_specs(key: list[str], checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=key, description=description) for name, description in checks.items()]
+
+
+def daily_asset(key: list[str], checks: dict[str, str], *, deps: list, description: str):
+    """What every microstructure asset shares: a UTC-day partition rewritten in the DuckDB writer pool,
+    its checks in the same step, and backfills of many days as one run (writes are serialized anyway)."""
+    return dg.asset(key=key, deps=deps, partitions_def=daily_partitions, pool="duckdb_writer", group_name=GROUP,
+                    kinds={"duckdb"}, check_specs=check_specs(key, checks),
+                    backfill_policy=dg.BackfillPolicy.single_run(), description=description)
 
 
 class PartitionChecks:

@@ -11,10 +11,9 @@ import pyarrow as pa
 
 from dagster_project.assets.microstructure_common import (
     DAY,
-    GROUP,
     PartitionChecks,
     arrow_rows,
-    check_specs,
+    daily_asset,
     days_of,
     epoch,
     fetch,
@@ -27,9 +26,15 @@ from dagster_project.assets.microstructure_common import (
     timestamps,
 )
 from dagster_project.charts import png_markdown, table_preview
-from dagster_project.partitions import daily_partitions
 from dagster_project.resources import WarehouseResource
-from transforms.depth import BANDS, DepthBands, aggregate_buckets, band_label, depth_bands_batch, depth_per_minute
+from transforms.depth import (
+    BANDS,
+    DepthBands,
+    aggregate_buckets,
+    band_label,
+    depth_bands_batch,
+    depth_per_minute,
+)
 from transforms.liquidity import DAY_S, liquidity_withdrawals
 from warehouse.ddl_microstructure import SIDE_FIELDS, STATS
 
@@ -146,15 +151,9 @@ DEPTH_CHECKS = {
 }
 
 
-@dg.asset(
-    key=BOOK_DEPTH,
+@daily_asset(
+    BOOK_DEPTH, DEPTH_CHECKS,
     deps=[dg.AssetKey(["raw", "book_snapshots"])],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(BOOK_DEPTH, DEPTH_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Order-book depth per exchange, symbol and minute (analytics.md §3). Source: the once-per-second "
                 "'periodic' snapshots the book sync publishes (levels within ±10 % of mid, so every band is exact). "
                 "Reference = mid of the snapshot; bid depth(x) = Σ bids with price >= mid·(1−x), ask depth(x) = Σ "
@@ -240,15 +239,9 @@ WITHDRAWAL_CHECKS = {
 }
 
 
-@dg.asset(
-    key=LIQUIDITY_WITHDRAWALS,
+@daily_asset(
+    LIQUIDITY_WITHDRAWALS, WITHDRAWAL_CHECKS,
     deps=[dg.AssetKey(BOOK_DEPTH)],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(LIQUIDITY_WITHDRAWALS, WITHDRAWAL_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Liquidity-withdrawal episodes per exchange and symbol: minutes where ±2 % depth (bid + ask USD, "
                 "minute mean from book_depth) is below `threshold` (config, default 0.1 = the 10x collapse) times its "
                 "trailing 24 h median (strictly earlier minutes; undefined until `min_baseline_minutes`, default "

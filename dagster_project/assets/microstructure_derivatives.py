@@ -9,11 +9,10 @@ import pyarrow as pa
 
 from dagster_project.assets.microstructure_common import (
     DAY,
-    GROUP,
     PartitionChecks,
     arrow_rows,
     asset_of,
-    check_specs,
+    daily_asset,
     days_of,
     epoch,
     fetch,
@@ -25,11 +24,15 @@ from dagster_project.assets.microstructure_common import (
     timestamps,
 )
 from dagster_project.charts import png_markdown, table_preview
-from dagster_project.partitions import daily_partitions
 from dagster_project.resources import WarehouseResource
 from transforms.depth import aggregate_buckets
 from transforms.funding import annualize_8h, oi_weighted_funding_8h, to_8h
-from transforms.open_interest import asof_values, cross_venue_total, oi_change_columns, open_interest_value
+from transforms.open_interest import (
+    asof_values,
+    cross_venue_total,
+    oi_change_columns,
+    open_interest_value,
+)
 
 OPEN_INTEREST = ["analytics", "open_interest"]
 FUNDING = ["analytics", "funding"]
@@ -119,15 +122,9 @@ OI_CHECKS = {
 }
 
 
-@dg.asset(
-    key=OPEN_INTEREST,
+@daily_asset(
+    OPEN_INTEREST, OI_CHECKS,
     deps=[dg.AssetKey(["raw", "open_interest"]), dg.AssetKey(["raw", "funding"])],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(OPEN_INTEREST, OI_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Open interest per exchange and symbol at 5-minute and hourly grain (analytics.md §7). Coins = the "
                 "venue's base-unit OI (linear contracts; venues quoting contracts need a contract-size table and are "
                 "skipped); USD = coins × mark price (raw.funding markPriceUpdate) as of the observation, at most 5 "
@@ -262,15 +259,9 @@ FUNDING_CHECKS = {
 }
 
 
-@dg.asset(
-    key=FUNDING,
+@daily_asset(
+    FUNDING, FUNDING_CHECKS,
     deps=[dg.AssetKey(["raw", "funding"]), dg.AssetKey(OPEN_INTEREST)],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(FUNDING, FUNDING_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Funding per exchange, symbol and minute (analytics.md §7): the minute's last published rate "
                 "(Binance: the running estimate of markPriceUpdate; `is_realised` marks settled rates), rate_8h = "
                 "rate × 8 / interval_hours, rate_annualized = rate_8h × 3 × 365 (simple, a fraction). Cross-venue "

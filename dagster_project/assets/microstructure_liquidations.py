@@ -8,10 +8,9 @@ import numpy as np
 import pyarrow as pa
 
 from dagster_project.assets.microstructure_common import (
-    GROUP,
     PartitionChecks,
     arrow_rows,
-    check_specs,
+    daily_asset,
     days_of,
     epoch,
     fetch,
@@ -25,9 +24,13 @@ from dagster_project.assets.microstructure_common import (
 from dagster_project.assets.microstructure_depth import BOOK_DEPTH, snapshot_depths
 from dagster_project.assets.microstructure_derivatives import FUNDING, OPEN_INTEREST
 from dagster_project.charts import png_markdown, table_preview
-from dagster_project.partitions import daily_partitions
 from dagster_project.resources import WarehouseResource
-from transforms.cascades import CascadeConfig, CascadeThresholds, detect_cascades, thresholds_for
+from transforms.cascades import (
+    CascadeConfig,
+    CascadeThresholds,
+    detect_cascades,
+    thresholds_for,
+)
 from transforms.depth import BANDS
 from transforms.open_interest import asof_values
 
@@ -68,15 +71,9 @@ LIQUIDATION_CHECKS = {
 }
 
 
-@dg.asset(
-    key=LIQUIDATIONS_1M,
+@daily_asset(
+    LIQUIDATIONS_1M, LIQUIDATION_CHECKS,
     deps=[dg.AssetKey(["raw", "liquidations"])],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(LIQUIDATIONS_1M, LIQUIDATION_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Liquidated notional per exchange, symbol and minute, split by the liquidated side (a forced SELL "
                 "closes a long). USD = qty × coalesce(avg_price, price) (linear contracts in base units). Only "
                 "minutes with at least one forced order have a row. `is_lower_bound` where the venue samples its "
@@ -255,16 +252,10 @@ CASCADE_CHECKS = {
 }
 
 
-@dg.asset(
-    key=LIQUIDATION_CASCADES,
+@daily_asset(
+    LIQUIDATION_CASCADES, CASCADE_CHECKS,
     deps=[dg.AssetKey(["raw", "liquidations"]), dg.AssetKey(["raw", "trades"]), dg.AssetKey(BOOK_DEPTH),
           dg.AssetKey(OPEN_INTEREST), dg.AssetKey(FUNDING)],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(LIQUIDATION_CASCADES, CASCADE_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Liquidation cascades per base asset across venues (analytics.md §6.3; transforms.cascades): forced "
                 "orders of one liquidated side clustered with gaps <= 60 s; a cluster is a cascade when its notional "
                 ">= max(U_min, 20 × median liquidated USD per minute over the previous 30 days, zero minutes included "

@@ -9,10 +9,9 @@ import pyarrow as pa
 
 from dagster_project.assets.microstructure_common import (
     DAY,
-    GROUP,
     PartitionChecks,
     arrow_rows,
-    check_specs,
+    daily_asset,
     days_of,
     epoch,
     fetch,
@@ -25,10 +24,16 @@ from dagster_project.assets.microstructure_common import (
     timestamps,
 )
 from dagster_project.assets.microstructure_depth import BOOK_DEPTH, TWO_PCT
-from dagster_project.assets.microstructure_derivatives import FUNDING, OPEN_INTEREST, WEIGHT_TOLERANCE_S
-from dagster_project.assets.microstructure_liquidations import LIQUIDATION_CASCADES, LIQUIDATIONS_1M
+from dagster_project.assets.microstructure_derivatives import (
+    FUNDING,
+    OPEN_INTEREST,
+    WEIGHT_TOLERANCE_S,
+)
+from dagster_project.assets.microstructure_liquidations import (
+    LIQUIDATION_CASCADES,
+    LIQUIDATIONS_1M,
+)
 from dagster_project.charts import png_markdown, table_preview
-from dagster_project.partitions import daily_partitions
 from dagster_project.resources import WarehouseResource
 from transforms.market_stress import lead_time_minutes, market_stress_index
 from transforms.open_interest import asof_values
@@ -129,16 +134,10 @@ STRESS_CHECKS = {
 }
 
 
-@dg.asset(
-    key=MARKET_STRESS,
+@daily_asset(
+    MARKET_STRESS, STRESS_CHECKS,
     deps=[dg.AssetKey(BOOK_DEPTH), dg.AssetKey(LIQUIDATIONS_1M), dg.AssetKey(OPEN_INTEREST), dg.AssetKey(FUNDING),
           dg.AssetKey(LIQUIDATION_CASCADES)],
-    partitions_def=daily_partitions,
-    pool="duckdb_writer",
-    group_name=GROUP,
-    kinds={"duckdb"},
-    check_specs=check_specs(MARKET_STRESS, STRESS_CHECKS),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Market-stress index per base asset and minute, 0-100 (transforms.market_stress): depth collapse "
                 "(Σ-venue ±2 % USD depth vs its trailing 24 h median, log scale, 10x = full), liquidation intensity "
                 "(5-min decayed liquidated USD vs the trailing 24 h mean, 10x = half, 100x = full), open-interest "
