@@ -145,8 +145,8 @@ STRESS_CHECKS = {
                 "24 h, 1..4). Weights 0.35/0.35/0.15/0.15 over the defined components; NULL below half coverage "
                 "(warm-up needs 12 h of history, so the previous 24 h are read). Rows for the minutes with depth, a "
                 "market stream (per-venue funding rows) or a forced order; liquidations count as zero only in those "
-                "minutes. Every value only uses data up to its minute's close. Metadata gives, per cascade of the day, how many minutes before its start the index "
-                "first reached `lead_threshold`.",
+                "minutes. Every value only uses data up to its minute's close. Metadata gives, per cascade of the "
+                "day, how many minutes before its start the index first reached `lead_threshold`.",
 )
 def market_stress(context: dg.AssetExecutionContext, config: MarketStressConfig, warehouse: WarehouseResource):
     days = partition_days(context)
