@@ -31,7 +31,7 @@ def _pin(pid: int, cores: set[int]) -> None:
 def produce(bootstrap: str, values: list[bytes]) -> float:
     producer = new_producer(bootstrap)
     started = time.perf_counter()
-    header = [("type", b"trade"), ("v", b"1")]
+    header = records.headers("trade")
     for i, value in enumerate(values):
         producer.send("md.trades", value=value, key=b"binance-usdm|S%d" % (i % 3), headers=header)
     producer.flush()

@@ -231,8 +231,10 @@ def encode(record) -> bytes:
     return b'{"type":"%s","v":%d,%s' % (record.record_type.encode(), SCHEMA_VERSION, body[1:])
 
 
-def headers(record) -> list[tuple[str, bytes]]:
-    return [("type", record.record_type.encode()), ("v", str(SCHEMA_VERSION).encode())]
+def headers(record_or_type) -> list[tuple[str, bytes]]:
+    """Kafka headers for a record (or a record type name, for values already encoded)."""
+    record_type = record_or_type if isinstance(record_or_type, str) else record_or_type.record_type
+    return [("type", record_type.encode()), ("v", str(SCHEMA_VERSION).encode())]
 
 
 def decode(value: bytes):

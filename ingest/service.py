@@ -111,7 +111,7 @@ class IngestService:
             routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
             for name, (url, streams) in routes.items():
                 self.connections[name] = ConnectionState(name, url, streams)
-                self._symbols_by_connection[name] = sorted({s.split("@")[0].upper() for s in streams})
+                self._symbols_by_connection[name] = sorted({self.venue.stream_symbol(s) for s in streams})
             tasks = [asyncio.create_task(self._connection_loop(c), name=f"ws-{c.name}")
                      for c in self.connections.values()]
             tasks += [asyncio.create_task(self._poll_open_interest(), name="open-interest"),
@@ -168,7 +168,7 @@ class IngestService:
             except Stalled as exc:
                 reason, kind = str(exc), "stall"
                 detail.update(stream=exc.stream, silent_s=exc.silent_s)
-                symbol = exc.stream.split("@")[0].upper()
+                symbol = self.venue.stream_symbol(exc.stream)
             except RotationDue:
                 reason, kind = "connection rotated before the venue's 24 h limit", "rotate"
             except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as exc:

@@ -142,8 +142,7 @@ class SpillingSink:
                 for line in lines:
                     topic, key, record_type, value = orjson.loads(line)
                     futures.append(self.producer.send(topic, value=value.encode(), key=key.encode(),
-                                                      headers=[("type", record_type.encode()),
-                                                               ("v", str(records.SCHEMA_VERSION).encode())]))
+                                                      headers=records.headers(record_type)))
                 self.producer.flush(timeout=30)
                 for future in futures:
                     future.get(timeout=0)

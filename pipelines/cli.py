@@ -218,13 +218,15 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
     from ingest.service import IngestConfig, IngestError, IngestService, run_service
     from ingest.venues import venue as venue_for
+    from kafka.errors import KafkaError
+
     from pipelines.kafka import BrokerUnavailable, ensure_topics
 
     settings = _settings()
     venue = venue_for(exchange)
     try:
         ensure_topics(settings.bootstrap, settings.partitions)
-    except (BrokerUnavailable, Exception) as exc:  # noqa: BLE001 - an outage at start is survivable
+    except (BrokerUnavailable, KafkaError, OSError) as exc:   # an outage at start is survivable: spill
         console.print(f"[yellow]Kafka at {settings.bootstrap} not reachable ({exc}); records will spill to disk "
                       "until it is[/]")
     config = IngestConfig(symbols=symbols, ws_url=ws_url or venue.default_ws_url,

@@ -8,7 +8,6 @@ import dagster as dg
 import yaml
 
 from conftest import REPO
-from dagster_project.assets.raw import raw_load_job
 from dagster_project.maintenance import purge_old_runs
 from pipelines.cli import main
 
@@ -84,4 +83,3 @@ def test_purge_deletes_only_old_finished_loader_runs(tmp_path):
         assert purge_old_runs(instance, job_name, keep_days=1) == 0
         assert purge_old_runs(instance, job_name, keep_days=-1) == 3
         assert instance.get_run_records() == []
-    assert raw_load_job.name == "raw_load_job"

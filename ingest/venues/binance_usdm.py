@@ -154,6 +154,11 @@ class BinanceUsdm:
         return stream.split("@", 1)[1] if "@" in stream else stream
 
     @staticmethod
+    def stream_symbol(stream: str) -> str:
+        """btcusdt@depth@100ms -> BTCUSDT"""
+        return stream.split("@", 1)[0].upper()
+
+    @staticmethod
     def stream_of(frame: str) -> str | None:
         """The stream name of a combined-stream frame without parsing the JSON."""
         if frame.startswith('{"stream":"'):
