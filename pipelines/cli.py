@@ -159,6 +159,9 @@ def print_replay_report(report) -> None:
               help="Rows per DuckDB transaction.")
 def load(batch_rows: int) -> None:
     """One loader pass, Kafka -> DuckDB, exactly once (same code and lock as Dagster)."""
+    import duckdb
+    from kafka.errors import KafkaError
+
     from warehouse.loader import load_once
     from warehouse.store import Warehouse
 
@@ -169,16 +172,32 @@ def load(batch_rows: int) -> None:
     def progress(report):
         console.print(f"  committed transaction {report.transactions}: {report.total:,} rows so far", highlight=False)
 
-    report = load_once(warehouse, bootstrap, batch_rows=batch_rows, progress=progress)
+    try:
+        report = load_once(warehouse, bootstrap, batch_rows=batch_rows, progress=progress)
+    except (duckdb.Error, KafkaError, OSError, RuntimeError) as exc:
+        notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+        _fail(f"the load stopped: {exc.__class__.__name__}: {exc}{notes}. Transactions committed before it are "
+              "kept; the next `perpflow load` reads the rest again.")
     for reset in report.broker_resets:
         console.print(f"[bold red]BROKER DATA LOSS[/] {reset['topic']}[{reset['partition']}]: {reset['reason']}; "
                       "reloaded from the beginning and recorded a broker_reset feed event")
+    for loss in report.retention_losses:
+        console.print(f"[bold red]RECORDS LOST TO KAFKA RETENTION[/] {loss['topic']}[{loss['partition']}]: "
+                      f"{loss['lost']:,} records from offset {loss['first_lost']} were deleted before they were "
+                      "loaded; recorded a retention_loss feed event and continued from the partition's beginning")
     rate = report.total / report.seconds if report.seconds else 0
     console.print(f"loaded {report.total:,} rows in {report.transactions} transactions, {report.seconds:.2f}s "
                   f"({rate:,.0f} rows/s): " + ", ".join(f"{t}={n}" for t, n in sorted(report.rows.items())))
     if report.rejected:
         console.print(f"[yellow]{report.rejected} records could not be loaded; see raw.dead_letters[/]")
-    warehouse.publish_replica()
+    if report.mirror_error:
+        console.print(f"[yellow]warning: offsets not mirrored to the Kafka group ({report.mirror_error}); the load "
+                      "is committed, only Kafka-side lag monitoring is stale until the next pass[/]")
+    try:
+        warehouse.publish_replica()
+    except OSError as exc:
+        _fail(f"the load is committed, but publishing the read replica {warehouse.replica_path} failed ({exc}); "
+              "the previous replica is unchanged")
 
 
 def _symbols(ctx, param, value: str) -> list[str]:
@@ -289,23 +308,30 @@ def status() -> None:
 
 @main.command()
 @click.argument("query")
-@click.option("--live", is_flag=True, help="Query the live file instead of the replica (takes the writer lock).")
+@click.option("--live", is_flag=True,
+              help="Query the live warehouse instead of the replica, read-only. Holds the writer lock while the "
+                   "query runs: loads and Dagster runs wait for it.")
+@click.option("--allow-file-access", is_flag=True,
+              help="Let the query read and write files (read_csv, read_parquet, COPY ... TO, ATTACH); off by default.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-def sql(query: str, live: bool, as_csv: bool) -> None:
-    """Run SQL on the read replica (data/warehouse_ro.duckdb), read-only."""
+def sql(query: str, live: bool, allow_file_access: bool, as_csv: bool) -> None:
+    """Run read-only SQL on the replica (data/warehouse_ro.duckdb), without file access unless allowed."""
     import duckdb
 
-    from warehouse.store import Warehouse
+    from warehouse.store import Warehouse, WarehouseBusy
 
     warehouse = Warehouse.from_settings(_settings())
     try:
-        with (warehouse.writer() if live else warehouse.reader()) as con:
+        with warehouse.reader(live=live, file_access=allow_file_access) as con:
             result = con.sql(query)
             if result is None:
                 return
             columns, rows = result.columns, result.fetchall()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, WarehouseBusy) as exc:
         _fail(str(exc))
+    except duckdb.PermissionException as exc:
+        _fail(f"{exc}\nperpflow sql runs without file access; add --allow-file-access to let this query "
+              "read or write files.")
     except duckdb.Error as exc:
         _fail(f"{exc}")
     if as_csv:

@@ -10,7 +10,11 @@ A broker that lost its data (the memory-only development broker after a restart)
 detected two ways: a stored offset beyond the end offset, or the record just before the
 stored offset no longer matching the fingerprint saved when it was loaded (the new broker
 may already hold more messages than the old one had). Either way the pass says so loudly,
-writes a ``broker_reset`` feed event and reloads that partition from its beginning.
+writes a ``broker_reset`` feed event and reloads that partition from its beginning. A stored
+offset below the partition's beginning means the broker deleted records (retention) before
+they were loaded: a ``retention_loss`` feed event with the number of records, then loading
+goes on from the beginning. Both store the new start offset with the event, so each is
+reported once, not on every pass.
 """
 
 from __future__ import annotations
@@ -27,17 +31,20 @@ import duckdb
 import orjson
 import pyarrow as pa
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from ingest import records
 from pipelines.kafka import LOADER_GROUP, end_offsets, new_consumer, partitions_of
 from warehouse.schema import raw_table_ddl
 from warehouse.store import Warehouse
+from warehouse.transaction import transaction
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_ROWS = 250_000
 STALL_SECONDS = 30
+MIRROR_TIMEOUT_MS = 10_000
 _TYPE_PREFIX = b'{"type":"'
 
 
@@ -46,6 +53,8 @@ class LoadReport:
     rows: Counter = field(default_factory=Counter)          # per raw table
     transactions: int = 0
     broker_resets: list[dict] = field(default_factory=list)
+    retention_losses: list[dict] = field(default_factory=list)   # records the broker deleted before loading
+    mirror_error: str | None = None                          # the lag-monitoring mirror to Kafka failed
     rejected: int = 0                                        # records sent to raw.dead_letters
     seconds: float = 0.0
     offsets: dict = field(default_factory=dict)             # (topic, partition) -> next offset
@@ -111,6 +120,8 @@ class _Batch:
         self.offsets: dict[type, list[int]] = defaultdict(list)
         self.rejects: list[tuple] = []       # (message-like, reason)
         self.last: dict[TopicPartition, object] = {}
+        self.events: list = []               # loader feed events (broker resets, retention losses)
+        self.restarts: dict[TopicPartition, int] = {}   # partitions moved to a new start offset
         self.size = 0
 
     def extend(self, tp: TopicPartition, messages: list) -> None:
@@ -184,23 +195,21 @@ def _dead_letter_rows(rejects: list[tuple]) -> pa.Table:
     return _arrow_batch(values, [None] * len(values), [None] * len(values))
 
 
-def _commit(con, batch: _Batch, extra_events: list, report: LoadReport) -> None:
+def _commit(con, batch: _Batch, report: LoadReport) -> None:
     rejects = list(batch.rejects)
     tables = {cls: _arrow_batch(values, batch.partitions[cls], batch.offsets[cls])
               for cls, values in batch.values.items()}
     split: set[type] = set()
     while True:
-        con.execute("BEGIN")
         failed = None
         try:
-            for cls, table in tables.items():
-                failed = cls
-                _insert(con, cls, table)
-            failed = None
-            _finish(con, tables, rejects, extra_events, batch, report)
-            return
+            with transaction(con):
+                for cls, table in tables.items():
+                    failed = cls
+                    _insert(con, cls, table)
+                failed = None
+                _write_bookkeeping(con, rejects, batch)
         except _DATA_ERRORS:
-            con.execute("ROLLBACK")
             if failed is None or failed in split:
                 raise
             # A record that does not parse aborts the transaction: set it aside and start over.
@@ -211,29 +220,37 @@ def _commit(con, batch: _Batch, extra_events: list, report: LoadReport) -> None:
                 del tables[failed]
             else:
                 tables[failed] = good
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+            continue
+        _account(report, tables, rejects, batch)
+        return
 
 
-def _finish(con, tables, rejects, extra_events, batch, report) -> None:
-    """Dead letters, loader events and offsets, then COMMIT (the transaction is open)."""
+def _write_bookkeeping(con, rejects, batch: _Batch) -> None:
+    """Dead letters, loader events and offsets, in the batch's open transaction."""
     if rejects:
         log.error("loader: %d records could not be loaded; kept in raw.dead_letters", len(rejects))
         _insert(con, records.DeadLetter, _dead_letter_rows(rejects))
-    if extra_events:
-        values = [records.encode(e) for e in extra_events]
+    if batch.events:
+        values = [records.encode(e) for e in batch.events]
         _insert(con, records.FeedEvent, _arrow_batch(values, [None] * len(values), [None] * len(values)))
+    for tp, offset in batch.restarts.items():
+        if tp not in batch.last:     # nothing loaded yet from the new start: remember the start itself
+            con.execute("INSERT OR REPLACE INTO meta.kafka_offsets VALUES (?, ?, ?, NULL, now())",
+                        [tp.topic, tp.partition, offset])
     for tp, message in batch.last.items():
         con.execute("INSERT OR REPLACE INTO meta.kafka_offsets VALUES (?, ?, ?, ?, now())",
                     [tp.topic, tp.partition, message.offset + 1, fingerprint(message)])
-    con.execute("COMMIT")
+
+
+def _account(report: LoadReport, tables, rejects, batch: _Batch) -> None:
     for cls, table in tables.items():
         report.rows[cls.table] += table.num_rows
-    report.rows["feed_events"] += len(extra_events)
+    report.rows["feed_events"] += len(batch.events)
     if rejects:
         report.rows["dead_letters"] += len(rejects)
         report.rejected += len(rejects)
+    for tp, offset in batch.restarts.items():
+        report.offsets[(tp.topic, tp.partition)] = offset
     for tp, message in batch.last.items():
         report.offsets[(tp.topic, tp.partition)] = message.offset + 1
     report.transactions += 1
@@ -270,22 +287,14 @@ def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT
             ends = end_offsets(consumer, tps)
             stored = {(t, p): (n, f) for t, p, n, f in con.execute(
                 "SELECT topic, part, next_offset, last_fingerprint FROM meta.kafka_offsets").fetchall()}
-            verify: dict[TopicPartition, tuple[int, str]] = {}
-            resets: list = []
-            for tp in tps:
-                next_offset, fp = stored.get((tp.topic, tp.partition), (None, None))
-                if next_offset is None:
-                    consumer.seek(tp, begins[tp])
-                elif next_offset > ends[tp]:
-                    resets.append(_reset(consumer, tp, begins[tp], report,
-                                         f"stored offset {next_offset} > end offset {ends[tp]}"))
-                elif next_offset > begins[tp] and fp:
-                    verify[tp] = (next_offset, fp)      # re-read the last loaded record first
-                    consumer.seek(tp, next_offset - 1)
-                else:
-                    consumer.seek(tp, max(next_offset, begins[tp]))
-            remaining = {tp for tp in tps if consumer.position(tp) < ends[tp] or tp in verify}
             batch = _Batch()
+            verify: dict[TopicPartition, tuple[int, str]] = {}
+            for tp in tps:
+                check = _seek_start(consumer, tp, stored.get((tp.topic, tp.partition), (None, None)),
+                                    begins[tp], ends[tp], batch, report)
+                if check:
+                    verify[tp] = check
+            remaining = {tp for tp in tps if consumer.position(tp) < ends[tp] or tp in verify}
             last_progress = time.monotonic()
             while remaining:
                 polled = consumer.poll(timeout_ms=1000, max_records=50_000)
@@ -302,8 +311,8 @@ def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT
                         expected_offset, expected_fp = verify.pop(tp)
                         first = messages[0]
                         if first.offset != expected_offset - 1 or fingerprint(first) != expected_fp:
-                            resets.append(_reset(consumer, tp, begins[tp], report,
-                                                 f"record at offset {expected_offset - 1} changed since it was loaded"))
+                            _broker_reset(consumer, tp, begins[tp], batch, report,
+                                          f"record at offset {expected_offset - 1} changed since it was loaded")
                             continue
                         messages = messages[1:]
                     if messages and messages[-1].offset >= ends[tp]:
@@ -311,33 +320,84 @@ def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT
                     batch.extend(tp, messages)
                     if tp not in verify and consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
-                if batch.size >= batch_rows or (not remaining and (batch.size or resets)):
-                    _commit(con, batch, resets, report)
-                    batch, resets = _Batch(), []
+                if batch.size >= batch_rows or (not remaining and (batch.size or batch.events)):
+                    _commit(con, batch, report)
+                    batch = _Batch()
                     if progress:
                         progress(report)
-            if resets:
-                _commit(con, batch, resets, report)
+            if batch.events:
+                _commit(con, batch, report)
             con.execute("INSERT INTO meta.loader_runs VALUES (to_timestamp(?), now(), ?, ?, ?, ?, ?)",
                         [started, report.total, report.transactions, orjson.dumps(dict(report.rows)).decode(),
                          len(report.broker_resets), bootstrap])
-        if report.offsets:
-            # Mirror for lag tools and the Dagster sensor; DuckDB stays the source of truth.
-            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                             for (t, p), o in report.offsets.items()})
+        _mirror_offsets(consumer, report)
     finally:
         consumer.close()
         report.seconds = time.time() - started
     return report
 
 
-def _reset(consumer, tp: TopicPartition, begin: int, report: LoadReport, why: str):
-    message = (f"BROKER DATA LOSS on {tp.topic}[{tp.partition}]: {why}. The broker restarted without its "
-               f"data (the embedded broker is memory-only); reloading this partition from offset {begin}.")
-    log.warning(message)
-    report.broker_resets.append({"topic": tp.topic, "partition": tp.partition, "reason": why})
+def _seek_start(consumer, tp: TopicPartition, stored: tuple, begin: int, end: int, batch: _Batch,
+                report: LoadReport) -> tuple[int, str] | None:
+    """Seek ``tp`` to where this pass starts reading it.
+
+    ``stored`` is (next offset, fingerprint) from meta.kafka_offsets, or (None, None). Returns
+    them when the record before the stored offset must be re-read and compared first.
+    """
+    next_offset, fp = stored
+    if next_offset is None:
+        consumer.seek(tp, begin)
+    elif next_offset > end:
+        _broker_reset(consumer, tp, begin, batch, report, f"stored offset {next_offset} > end offset {end}")
+    elif next_offset < begin:
+        _retention_loss(consumer, tp, next_offset, begin, batch, report)
+    elif next_offset > begin and fp:
+        consumer.seek(tp, next_offset - 1)
+        return next_offset, fp
+    else:
+        consumer.seek(tp, next_offset)
+    return None
+
+
+def _mirror_offsets(consumer, report: LoadReport) -> None:
+    """Copy the committed offsets to the Kafka group for lag tools and the Dagster sensor.
+
+    DuckDB is the source of truth and already holds rows and offsets, so a failed mirror is a
+    warning: the pass and the replica go on, and the next pass mirrors again.
+    """
+    if not report.offsets:
+        return
+    try:
+        consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in report.offsets.items()},
+                        timeout_ms=MIRROR_TIMEOUT_MS)
+    except (KafkaError, OSError) as exc:
+        report.mirror_error = f"{exc.__class__.__name__}: {exc}"
+        log.warning("loader: could not mirror the loaded offsets to Kafka group %s (%s); the rows and offsets are "
+                    "committed in DuckDB, only Kafka-side lag monitoring is stale until the next pass",
+                    LOADER_GROUP, report.mirror_error)
+
+
+def _restart_partition(consumer, tp: TopicPartition, begin: int, batch: _Batch, kind: str, detail: dict) -> None:
+    """Read ``tp`` from ``begin`` and record why with this batch, with ``begin`` as its stored offset."""
     consumer.seek(tp, begin)
-    return records.FeedEvent(exchange="perpflow-loader", symbol=None, kind="broker_reset",
-                             detail=orjson.dumps({"topic": tp.topic, "partition": tp.partition, "reason": why,
-                                                  "reload_from": begin}).decode(),
-                             ts_recv=time.time_ns())
+    batch.restarts[tp] = begin
+    batch.events.append(records.FeedEvent(
+        exchange="perpflow-loader", symbol=None, kind=kind, ts_recv=time.time_ns(),
+        detail=orjson.dumps({"topic": tp.topic, "partition": tp.partition, **detail, "reload_from": begin}).decode()))
+
+
+def _broker_reset(consumer, tp: TopicPartition, begin: int, batch: _Batch, report: LoadReport, why: str) -> None:
+    log.warning(f"BROKER DATA LOSS on {tp.topic}[{tp.partition}]: {why}. The broker restarted without its data "
+                f"(the embedded broker is memory-only); reloading this partition from offset {begin}.")
+    report.broker_resets.append({"topic": tp.topic, "partition": tp.partition, "reason": why})
+    _restart_partition(consumer, tp, begin, batch, "broker_reset", {"reason": why})
+
+
+def _retention_loss(consumer, tp: TopicPartition, stored: int, begin: int, batch: _Batch, report: LoadReport) -> None:
+    lost = begin - stored
+    log.warning(f"RECORDS LOST TO KAFKA RETENTION on {tp.topic}[{tp.partition}]: offsets {stored}..{begin - 1} "
+                f"({lost} records) were deleted by the broker before they were loaded; loading continues from "
+                f"offset {begin}. Load more often or raise the topic's retention.ms.")
+    loss = {"topic": tp.topic, "partition": tp.partition, "first_lost": stored, "lost": lost}
+    report.retention_losses.append(loss)
+    _restart_partition(consumer, tp, begin, batch, "retention_loss", {"first_lost": stored, "lost": lost})

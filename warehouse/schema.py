@@ -17,6 +17,7 @@ import duckdb
 from ingest import records
 from warehouse import ddl_microstructure
 from warehouse import ddl_quant
+from warehouse.transaction import transaction
 
 KAFKA_COLUMNS = "kafka_partition INTEGER, kafka_offset BIGINT"
 
@@ -75,13 +76,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     for version, statements in MIGRATIONS:
         if version in applied:
             continue
-        con.execute("BEGIN")
-        try:
+        with transaction(con):
             for statement in statements:
                 con.execute(statement)
             con.execute("INSERT INTO meta.schema_migrations VALUES (?, now())", [version])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
     return LATEST

@@ -39,8 +39,7 @@ class Warehouse:
         return cls(settings.warehouse_path, settings.replica_path)
 
     @contextmanager
-    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The only way to open the live file; holds the writer lock for the duration."""
+    def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.lock.acquire()
@@ -50,6 +49,14 @@ class Warehouse:
                 "wait for the running load/asset to finish or stop it"
             ) from None
         try:
+            yield
+        finally:
+            self.lock.release()
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The only way to write the live file; holds the writer lock for the duration."""
+        with self._locked():
             con = duckdb.connect(str(self.path))
             try:
                 if not self._migrated:
@@ -58,23 +65,36 @@ class Warehouse:
                 yield con
             finally:
                 con.close()
-        finally:
-            self.lock.release()
 
     @contextmanager
-    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Read-only connection to the replica (never blocks the writer)."""
-        if not self.replica_path.exists():
-            raise FileNotFoundError(
-                f"no read replica at {self.replica_path} yet; run `perpflow load` or `perpflow demo` first")
-        con = duckdb.connect(str(self.replica_path), read_only=True)
-        try:
-            yield con
-        finally:
-            con.close()
+    def reader(self, *, live: bool = False, file_access: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection for users' SQL: the replica, or with ``live`` the live file.
+
+        The replica never blocks the writer. The live file is opened read-only under the writer
+        lock, because in DuckDB 2.0 any connection to it, even a read-only one, blocks the
+        writer: loads and assets wait until the connection closes. Queries cannot touch the
+        file system (read_csv('/etc/passwd'), COPY TO, ATTACH) unless ``file_access`` is set.
+        """
+        config = {} if file_access else {"enable_external_access": False}
+        if not live:
+            if not self.replica_path.exists():
+                raise FileNotFoundError(
+                    f"no read replica at {self.replica_path} yet; run `perpflow load` or `perpflow demo` first")
+            with duckdb.connect(str(self.replica_path), read_only=True, config=config) as con:
+                yield con
+            return
+        with self._locked():
+            if not self.path.exists():
+                raise FileNotFoundError(f"no warehouse at {self.path} yet; run `perpflow load` or `perpflow demo` first")
+            with duckdb.connect(str(self.path), read_only=True, config=config) as con:
+                yield con
 
     def publish_replica(self) -> float:
-        """Atomically replace the replica with a copy of the live file; returns seconds taken."""
+        """Atomically replace the replica with a copy of the live file; returns seconds taken.
+
+        The copy goes to a temporary file beside the replica first; if it fails (a full disk),
+        the temporary file is removed and the old replica stays as it was.
+        """
         started = time.perf_counter()
         with self.lock:
             if not self.path.exists():
@@ -82,10 +102,13 @@ class Warehouse:
                     pass
             wal = Path(str(self.path) + ".wal")
             if wal.exists():   # a crashed writer left a WAL: fold it in before copying
-                con = duckdb.connect(str(self.path))
-                con.execute("CHECKPOINT")
-                con.close()
+                with duckdb.connect(str(self.path)) as con:
+                    con.execute("CHECKPOINT")
             tmp = self.replica_path.with_name(self.replica_path.name + f".tmp{os.getpid()}")
-            shutil.copyfile(self.path, tmp)
-            os.replace(tmp, self.replica_path)
+            try:
+                shutil.copyfile(self.path, tmp)
+                os.replace(tmp, self.replica_path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return time.perf_counter() - started
