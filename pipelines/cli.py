@@ -18,9 +18,12 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 def _settings():
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    for warning in settings.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return settings
 
 
 def _fail(message: str) -> None:
