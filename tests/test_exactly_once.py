@@ -15,13 +15,17 @@ from pipelines.kafka import RecordProducer, end_offsets, new_consumer, partition
 N = 120_000
 
 
+def trade(i: int) -> Trade:
+    return Trade(exchange="binance-usdm", symbol=f"S{i % 7}-USDT-PERP", symbol_native=f"S{i % 7}USDT",
+                 ts_exchange=1_700_000_000_000 + i, ts_recv=1_700_000_000_000_000_000 + i,
+                 trade_id=str(i), price=f"{100 + i % 50}.5", qty="0.25", qty_unit="base",
+                 side="buy" if i % 2 else "sell", is_aggregated=True, first_trade_id=i, last_trade_id=i)
+
+
 def produce_trades(bootstrap: str, n: int, start: int = 0) -> None:
     producer = RecordProducer(bootstrap)
     for i in range(start, start + n):
-        producer.send(Trade(exchange="binance-usdm", symbol=f"S{i % 7}-USDT-PERP", symbol_native=f"S{i % 7}USDT",
-                            ts_exchange=1_700_000_000_000 + i, ts_recv=1_700_000_000_000_000_000 + i,
-                            trade_id=str(i), price=f"{100 + i % 50}.5", qty="0.25", qty_unit="base",
-                            side="buy" if i % 2 else "sell", is_aggregated=True, first_trade_id=i, last_trade_id=i))
+        producer.send(trade(i))
     producer.flush()
     producer.close()
 
