@@ -26,7 +26,7 @@ def config(tmp_path, monkeypatch):
     return write
 
 
-def error_of(**_) -> str:
+def error_of() -> str:
     with pytest.raises(ConfigError) as caught:
         load_settings()
     return str(caught.value)
