@@ -131,7 +131,7 @@ def test_rest_open_interest_and_depth_snapshot():
 
 @pytest.mark.parametrize("message, reason", [
     ({"e": "aggTrade", "s": "BTCUSDT", "a": 1, "p": "1", "q": "1", "f": 1, "l": 1, "T": 1}, "missing field 'm'"),
-    ({"e": "aggTrade", "s": "BTCUSDT", "a": 1, "p": "abc", "q": "1", "f": 1, "l": 1, "T": 1, "m": True}, "not a number"),
+    ({"e": "aggTrade", "s": "BTCUSDT", "a": 1, "p": "abc", "q": "1", "f": 1, "l": 1, "T": 1, "m": True}, "positive decimal string, got .abc."),
     ({"e": "aggTrade", "s": "BTCUSDT", "a": "1", "p": "1", "q": "1", "f": 1, "l": 1, "T": 1, "m": True}, "integer"),
     ({"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "pu": 0, "T": 1, "b": [["1"]], "a": []}, "not \\[price, qty\\]"),
     ({"e": "forceOrder", "E": 1, "o": {"s": "BTCUSDT", "S": "HOLD", "p": "1", "q": "1", "T": 1}}, "BUY or SELL"),
