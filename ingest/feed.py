@@ -9,7 +9,7 @@ bad frame never stops a long-running stream.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -41,10 +41,19 @@ class TradeGap:
     last_id: int
 
 
+UNSUBSCRIBED = "symbol not subscribed"
+
+
 class FeedHandler:
-    def __init__(self, venue, emit: Callable[[object], None]):
+    """``symbols``: the native symbols subscribed to (None: all). Records of any other symbol are
+    dropped before book sync and trade sequencing, whose per-symbol state would otherwise grow
+    with whatever a venue (or a recording) sends; a message left with no record counts as
+    skipped for that reason."""
+
+    def __init__(self, venue, emit: Callable[[object], None], symbols: Iterable[str] | None = None):
         self.venue = venue
         self.emit = emit
+        self.symbols = None if symbols is None else frozenset(s.upper() for s in symbols)
         self.book_sync = BookSync(venue.rules, venue.exchange)
         self.stats = FeedStats()
         self._last_trade_id: dict[str, int] = {}
@@ -73,6 +82,11 @@ class FeedHandler:
         except MalformedMessage as exc:
             self._dead_letter(raw, ts_recv, source, str(exc))
             return []
+        if self.symbols is not None and mapped:
+            mapped = [r for r in mapped if r.symbol_native in self.symbols]
+            if not mapped:
+                self.stats.skipped[UNSUBSCRIBED] += 1
+                return []
         self.stats.mapped += 1
         return self._route(mapped)
 

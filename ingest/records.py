@@ -27,7 +27,7 @@ from typing import Annotated, ClassVar
 import orjson
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: Funding.rate and interval_hours nullable (delivery contracts)
 
 
 class _Kind:
@@ -119,8 +119,9 @@ class Funding(MarketRecord):
     topic: ClassVar[str] = "md.funding"
     table: ClassVar[str] = "funding"
 
-    rate: Num                 # per funding interval, as the venue quotes it
-    interval_hours: Int
+    rate: Num | None          # per funding interval, as the venue quotes it; None: the contract has
+                              # no funding (delivery futures), the record carries mark/index only
+    interval_hours: Int | None
     next_funding_time: Ms | None
     mark_price: Num | None
     index_price: Num | None

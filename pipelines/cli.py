@@ -110,20 +110,37 @@ def broker_status() -> None:
 
 # --- data in -----------------------------------------------------------------------------------
 
+def _symbols(ctx, param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+    bad = [s for s in symbols if not s.isalnum()]
+    if not symbols or bad:
+        raise click.BadParameter(f"expected comma-separated venue symbols like BTCUSDT,ETHUSDT; got {value!r}")
+    return symbols
+
+
 @main.command()
 @click.option("--exchange", required=True, type=click.Choice(["binance-usdm"]), help="Venue the recording is from.")
+@click.option("--symbols", default=None, callback=_symbols,
+              help="Comma-separated native symbols to keep (default: every symbol in the recording).")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def replay(exchange: str, paths: tuple[Path, ...]) -> None:
+def replay(exchange: str, symbols: list[str] | None, paths: tuple[Path, ...]) -> None:
     """Replay recorded venue traffic (cryptofeed captures or JSONL) into Kafka."""
     from pipelines.kafka import RecordProducer, ensure_topics
+    from pipelines.replay import NothingToReplay, check_replayable
     from pipelines.replay import replay as run_replay
 
+    try:
+        check_replayable(list(paths))
+    except NothingToReplay as exc:
+        _fail(str(exc))
     settings = _settings()
     bootstrap = _bootstrap(settings)
     ensure_topics(bootstrap, settings.partitions)
     producer = RecordProducer(bootstrap)
     try:
-        report = run_replay(exchange, list(paths), producer.send)
+        report = run_replay(exchange, list(paths), producer.send, symbols)
         producer.flush()
     finally:
         producer.close()
@@ -201,14 +218,6 @@ def load(batch_rows: int) -> None:
     except OSError as exc:
         _fail(f"the load is committed, but publishing the read replica {warehouse.replica_path} failed ({exc}); "
               "the previous replica is unchanged")
-
-
-def _symbols(ctx, param, value: str) -> list[str]:
-    symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
-    bad = [s for s in symbols if not s.isalnum()]
-    if not symbols or bad:
-        raise click.BadParameter(f"expected comma-separated venue symbols like BTCUSDT,ETHUSDT; got {value!r}")
-    return symbols
 
 
 def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | None]:

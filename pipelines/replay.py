@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +33,27 @@ class ReplayReport:
         return self.stats.accounted == self.stats.messages
 
 
-def replay(exchange: str, paths: list[Path], emit: Callable[[object], None]) -> ReplayReport:
-    """Map every recorded message with the venue's mapper and book sync; hand records to ``emit``."""
-    handler = FeedHandler(venue_for(exchange), emit)
+class NothingToReplay(ValueError):
+    """The files hold no venue message: empty, or nothing the recording reader recognises."""
+
+
+def check_replayable(paths: list[Path]) -> None:
+    """Raise ``NothingToReplay`` unless some file holds a venue message (reads up to the first one)."""
+    not_data: Counter = Counter()
+    for message in read_recordings(paths):
+        if message.kind != "meta":
+            return
+        not_data[message.source] += 1
+    found = "; ".join(f"{n} line(s) of {what}" for what, n in not_data.items()) or "the files are empty"
+    raise NothingToReplay(f"no venue message to replay in {', '.join(map(str, paths))} ({found})")
+
+
+def replay(exchange: str, paths: list[Path], emit: Callable[[object], None],
+           symbols: Iterable[str] | None = None) -> ReplayReport:
+    """Map every recorded message with the venue's mapper and book sync; hand records to ``emit``.
+
+    ``symbols`` keeps only those native symbols (default: everything in the recording)."""
+    handler = FeedHandler(venue_for(exchange), emit, symbols)
     meta: Counter = Counter()
     for message in read_recordings(paths):
         if message.kind == "ws":

@@ -118,6 +118,80 @@ def test_mark_price_is_funding_with_interval():
     assert eth.interval_hours == 4
 
 
+@pytest.mark.parametrize("rate", ["", "0.00000000"])
+def test_delivery_contract_mark_price_has_no_funding(rate):
+    raw = {"e": "markPriceUpdate", "E": 1700000001000, "s": "BTCUSDT_240329", "p": "38000.50", "i": "36990.00",
+           "P": "38001.00", "r": rate, "T": 0}
+    [mark] = BinanceUsdm().map_ws({"stream": "btcusdt_240329@markPrice", "data": raw}, TS)
+    assert (mark.symbol, mark.rate, mark.interval_hours, mark.next_funding_time) == ("BTC-USDT-240329", None, None,
+                                                                                     None)
+    assert (mark.mark_price, mark.index_price, mark.ts_exchange) == ("38000.50", "36990.00", 1700000001000)
+
+
+def test_perpetual_rate_of_zero_is_a_rate():
+    raw = {"e": "markPriceUpdate", "E": 1, "s": "BTCUSDT", "p": "1.5", "i": "1.5", "r": "0.00000000", "T": 28800000}
+    [funding] = BinanceUsdm().map_ws(raw, TS)
+    assert (funding.rate, funding.interval_hours, funding.next_funding_time) == ("0.00000000", 8, 28800000)
+
+
+def test_older_formats_map_what_they_carry():
+    # 2019 markPriceUpdate: no index price ``i``.
+    raw = {"e": "markPriceUpdate", "E": 1562305380000, "s": "BTCUSDT", "p": "11794.15000000", "r": "0.00038167",
+           "T": 1562306400000}
+    [funding] = BinanceUsdm().map_ws(raw, TS)
+    assert (funding.rate, funding.mark_price, funding.index_price) == ("0.00038167", "11794.15000000", None)
+    # openInterest without ``time``: stamped with the receive time in ms.
+    [oi] = BinanceUsdm().map_rest("https://fapi.binance.com/fapi/v1/openInterest?symbol=BTCUSDT",
+                                  {"openInterest": "0", "symbol": "BTCUSDT"}, TS + 999_999)
+    assert (oi.ts_exchange, oi.open_interest) == (TS // 1_000_000, "0")
+
+
+def test_every_real_recorded_number_passes_and_real_frames_with_bad_numbers_do_not():
+    mapper = BinanceUsdm()
+    frames = {}
+    for ts, message in ws_messages():
+        if message["data"]["e"] in ("aggTrade", "depthUpdate"):
+            mapper.map_ws(message, ts)   # raises if any real value were refused
+            frames.setdefault(message["data"]["e"], message)
+    snapshots = [line for line in (CAPTURES / "BINANCE_FUTURES.http.0.0").read_bytes().splitlines()
+                 if b"/fapi/v1/depth" in line]
+    for line in snapshots:
+        url, _, rest = line.decode().partition(" -> ")
+        [snap] = mapper.map_rest(url, orjson.loads(rest.partition(": ")[2]), TS)
+        assert len(snap.bids) > 100 and len(snap.asks) > 100
+    assert len(snapshots) == 4
+
+    trade = frames["aggTrade"]
+    for key, value, kind in (("p", "0", "positive"), ("p", "-7.6", "positive"), ("q", "-1", "positive"),
+                             ("q", "1_000", "positive"), ("q", " 7 ", "positive"), ("p", "7.6e1", "positive"),
+                             ("q", "0", "positive"), ("p", 7.6, "positive")):
+        bad = {**trade, "data": {**trade["data"], key: value}}
+        with pytest.raises(MalformedMessage) as err:
+            mapper.map_ws(bad, TS)
+        assert str(err.value) == f"aggTrade: field {key!r} must be a {kind} decimal string, got {value!r}"
+    depth = frames["depthUpdate"]
+    side = "b" if depth["data"]["b"] else "a"
+    levels = depth["data"][side]
+    for level, reason in (([levels[0][0], "-5"], "quantity must be a decimal string >= 0, got '-5'"),
+                          (["0.0000", levels[0][1]], "price must be a positive decimal string, got '0.0000'")):
+        bad = {**depth, "data": {**depth["data"], side: [*levels, level]}}
+        with pytest.raises(MalformedMessage, match=f"depthUpdate {side!r} level: {reason}"):
+            mapper.map_ws(bad, TS)
+    deleted = {**depth, "data": {**depth["data"], side: [[levels[0][0], "0"]]}}
+    assert getattr(mapper.map_ws(deleted, TS)[0], "bids" if side == "b" else "asks") == [[levels[0][0], "0"]]
+
+
+def test_signs_only_where_the_field_is_signed():
+    raw = {"e": "markPriceUpdate", "E": 1, "s": "BTCUSDT", "p": "1.5", "i": "1.4", "r": "-0.00010000", "T": 2}
+    assert BinanceUsdm().map_ws(raw, TS)[0].rate == "-0.00010000"
+    for key, value in (("p", "-1.5"), ("i", "-1.4"), ("r", "+0.0001"), ("r", "1e-4")):
+        with pytest.raises(MalformedMessage, match=f"markPriceUpdate: field {key!r} must be"):
+            BinanceUsdm().map_ws({**raw, key: value}, TS)
+    with pytest.raises(MalformedMessage, match="openInterest: field 'openInterest' must be a decimal string >= 0"):
+        BinanceUsdm().map_rest("/fapi/v1/openInterest?symbol=BTCUSDT",
+                               {"openInterest": "-3", "symbol": "BTCUSDT", "time": 1}, TS)
+
+
 def test_rest_open_interest_and_depth_snapshot():
     mapper = BinanceUsdm()
     [oi] = mapper.map_rest("https://fapi.binance.com/fapi/v1/openInterest?symbol=BTCUSDT",
@@ -131,7 +205,7 @@ def test_rest_open_interest_and_depth_snapshot():
 
 @pytest.mark.parametrize("message, reason", [
     ({"e": "aggTrade", "s": "BTCUSDT", "a": 1, "p": "1", "q": "1", "f": 1, "l": 1, "T": 1}, "missing field 'm'"),
-    ({"e": "aggTrade", "s": "BTCUSDT", "a": 1, "p": "abc", "q": "1", "f": 1, "l": 1, "T": 1, "m": True}, "not a number"),
+    ({"e": "aggTrade", "s": "BTCUSDT", "a": 1, "p": "abc", "q": "1", "f": 1, "l": 1, "T": 1, "m": True}, "positive decimal string, got .abc."),
     ({"e": "aggTrade", "s": "BTCUSDT", "a": "1", "p": "1", "q": "1", "f": 1, "l": 1, "T": 1, "m": True}, "integer"),
     ({"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "pu": 0, "T": 1, "b": [["1"]], "a": []}, "not \\[price, qty\\]"),
     ({"e": "forceOrder", "E": 1, "o": {"s": "BTCUSDT", "S": "HOLD", "p": "1", "q": "1", "T": 1}}, "BUY or SELL"),

@@ -105,18 +105,21 @@ def test_faults_reconnects_and_gaps_keep_books_exact_and_trades_complete(tmp_pat
     assert letters and all(r.reason for r in letters)
     assert {(r.reason, r.raw) for r in letters} <= dlq_contents(broker.bootstrap)
 
-    # Trades: never silently lost. A backfill that met an injected 429 (Retry-After up to a minute)
-    # may still be pending at shutdown; its ids are then inside a reported, still-open gap.
+    # Trades: never silently lost, never invented. A backfill that met an injected 429 (Retry-After
+    # up to a minute) may still be pending at shutdown; its ids are then inside a reported, still-open
+    # gap. Between the first and last id received, the truth is exactly what arrived plus those gaps.
     ids = trade_ids(records)
     open_gaps = service.handler._open_gaps
+    published = truth_trade_ids(truth)
     for symbol, got in ids.items():
         assert len(got) == len(set(got)), f"{symbol}: duplicated trade ids"
-        missing = set(range(min(got), max(got) + 1)) - set(got)
         reported = {i for first, last in open_gaps.get(BinanceUsdm.normalize_symbol(symbol), ()) for i in
                     range(first, last + 1)}
-        assert missing <= reported, f"{symbol}: ids lost without a reported gap"
+        in_range = {i for sym, i in published if sym == symbol and min(got) <= i <= max(got)}
+        assert set(got) - in_range == set(), f"{symbol}: ids received that the venue never published"
+        assert in_range - set(got) - reported == set(), f"{symbol}: ids lost without a reported gap"
+        assert reported <= in_range, f"{symbol}: a reported gap covers ids the venue never published"
     assert events["trade_gap"] >= 5 and events["trade_backfill"] >= events["trade_gap"] // 2
-    assert {(sym, i) for sym, got in ids.items() for i in got} <= truth_trade_ids(truth)
 
 
 def dlq_contents(bootstrap: str) -> set[tuple[str, str]]:

@@ -73,3 +73,8 @@ def test_runs_serves_and_stops_cleanly_on_sigterm(tmp_path):
     assert "stopped at" in output
     records = load_truth(truth)
     assert records["meta"][0]["seed"] == 4 and records["second"]
+    # Whatever was published before SIGTERM is in the truth, even from the last, partial second.
+    truth_ids = {(r["symbol"], i) for r in records["second"] if r["agg_first"] is not None
+                 for i in range(r["agg_first"], r["agg_last"] + 1)}
+    sent = {(f["data"]["s"], f["data"]["a"]) for f in received if f["stream"].endswith("@aggTrade")}
+    assert sent and sent <= truth_ids

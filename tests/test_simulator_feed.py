@@ -166,6 +166,42 @@ def test_trade_ids_contiguous_and_recorded_in_truth(tmp_path):
         assert recorded == sorted(by_agg)
 
 
+def published_agg_ids(messages) -> dict[str, list[int]]:
+    ids = defaultdict(list)
+    for msg in messages:
+        if msg.stream.endswith("@aggTrade"):
+            ids[msg.payload["s"]].append(msg.payload["a"])
+    return ids
+
+
+def truth_agg_ids(truth: dict) -> dict[str, list[int]]:
+    ids = defaultdict(list)
+    for r in truth["second"]:
+        if r["agg_first"] is not None:
+            ids[r["symbol"]] += range(r["agg_first"], r["agg_last"] + 1)
+    return ids
+
+
+def test_truth_ends_with_the_partial_second_of_a_stop(tmp_path):
+    """A run stopped between two seconds (server close, SIGTERM) still has every published trade
+    and liquidation in its truth: the last ``second`` record covers the partial second."""
+    config = SimConfig(scenario="cascade", seed=3, hours=1.25, trigger_offset_s=30)
+    feed = ExchangeFeed(config, tmp_path / "truth.jsonl")
+    trigger = feed.start_ms + int(feed.model.scenario.trigger_s * 1000)
+    messages = []
+    while feed.now_ms < trigger or not any(feed._liq_window) or feed.now_ms % 1000 == 0:
+        messages += feed.step()
+    stopped_at, pending_liquidations = feed.now_ms, sum(map(len, feed._liq_window))
+    feed.close()
+    truth = load_truth(tmp_path / "truth.jsonl")
+    assert truth["second"][-1]["ts"] == stopped_at and stopped_at % 1000 != 0
+    assert {r["symbol"] for r in truth["second"] if r["ts"] == stopped_at} == set(SYMBOLS)
+    assert truth_agg_ids(truth) == published_agg_ids(messages)
+    assert pending_liquidations > 0 and len(truth["liquidation"]) == feed.liquidation_count
+    assert sum(not r["published"] for r in truth["liquidation"] if r["ts"] > stopped_at // 1000 * 1000) \
+        >= pending_liquidations
+
+
 def test_payload_shapes_match_binance():
     seen = {}
     for msg in iter_messages(config=SimConfig(scenario="calm", seed=2, hours=1 / 60)):

@@ -63,7 +63,12 @@ def _v1() -> list[str]:
     ]
 
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS)]
+# Delivery contracts publish mark prices without funding (ingest.records.Funding).
+FUNDING_RATE_NULLABLE = ["ALTER TABLE raw.funding ALTER COLUMN rate DROP NOT NULL",
+                         "ALTER TABLE raw.funding ALTER COLUMN interval_hours DROP NOT NULL"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
+                                           (4, FUNDING_RATE_NULLABLE)]
 LATEST = MIGRATIONS[-1][0]
 
 

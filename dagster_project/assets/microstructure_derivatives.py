@@ -195,6 +195,7 @@ SELECT exchange, symbol, epoch(time_bucket(INTERVAL 1 MINUTE, ts_exchange)) AS m
        arg_max(mark_price, ts_exchange) AS mark_price, arg_max(index_price, ts_exchange) AS index_price,
        arg_max(is_realised, ts_exchange) AS is_realised
 FROM raw.funding WHERE ts_exchange >= $start AND ts_exchange < $end
+  AND rate IS NOT NULL   -- delivery contracts: mark price only, no funding to average
 GROUP BY ALL ORDER BY exchange, symbol, minute
 """
 
@@ -278,7 +279,8 @@ def funding(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         checks = PartitionChecks(con, "funding", days)
         results = [
             checks.covers_feed("SELECT DISTINCT exchange, symbol, time_bucket(INTERVAL 1 MINUTE, ts_exchange) "
-                               "AS minute FROM raw.funding WHERE ts_exchange >= $start AND ts_exchange < $end",
+                               "AS minute FROM raw.funding WHERE ts_exchange >= $start AND ts_exchange < $end "
+                               "AND rate IS NOT NULL",
                                "SELECT exchange, symbol, minute FROM analytics.funding WHERE day BETWEEN $first AND "
                                "$last", "exchange, symbol, minute"),
             checks.violations("values_in_range", "abs(rate_8h) > 0.05 OR interval_hours <= 0 OR oi_usd < 0 "

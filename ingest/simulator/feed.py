@@ -149,10 +149,24 @@ class ExchangeFeed:
         self.close()
 
     def close(self) -> None:
-        """Finish the ground-truth file; later faults (e.g. REST errors after the end) are not recorded."""
+        """Finish the ground-truth file; later faults (e.g. REST errors after the end) are not recorded.
+
+        Every shutdown (scenario end, server stop, SIGTERM) comes here, so a run stopped inside a
+        second still ends its truth with that partial second: whatever was published is in it."""
         if self.truth:
+            if self.now_ms % 1000:
+                self._write_partial_second()
             self.truth.close()
             self.truth = None
+
+    def _write_partial_second(self) -> None:
+        """The last ``second`` record at ``now_ms``; the window's liquidations happened but no
+        forceOrder was pushed for them (that happens on the second), so they are unpublished."""
+        for s, window in enumerate(self._liq_window):
+            self._liq_window[s] = []
+            self.liquidation_count += len(window)
+            self._record_liquidations(s, window, published=None)
+        self._write_second(self.now_ms)
 
     def record_fault(self, ts_ms: int, fault: str, **details) -> None:
         if self.truth:
@@ -311,11 +325,14 @@ class ExchangeFeed:
                             "FILLED" if liq.filled_lots == liq.lots else "EXPIRED",
                             liq.last_fill_lots, liq.filled_lots, liq.last_fill_ms), gate)
             self.liquidation_count += len(window)
-            for liq in window:
-                notional = self._liquidation_notional(liq)
-                self._second_liq[s][0 if liq.is_long else 1] += notional
-                if self.truth:
-                    self._write_liquidation(liq, notional, liq is published)
+            self._record_liquidations(s, window, published)
+
+    def _record_liquidations(self, s: int, window: list[Liquidation], published: Liquidation | None) -> None:
+        for liq in window:
+            notional = self._liquidation_notional(liq)
+            self._second_liq[s][0 if liq.is_long else 1] += notional
+            if self.truth:
+                self._write_liquidation(liq, notional, liq is published)
 
     def _liquidation_notional(self, liq: Liquidation) -> float:
         step = self.model.step[liq.symbol_index]

@@ -11,7 +11,9 @@ Format: JSON Lines (one object per line, written with orjson), every record has 
   trigger_ms`` (cascade only), ``symbols`` (``symbol, tick_size, step_size, price_precision,
   quantity_precision``), ``faults`` (the fault configuration).
 * ``cascade_window``: ``symbol, start_ms, end_ms`` as the scenario defines the cascade.
-* ``second`` (one per symbol per simulated second, state at ``ts``): ``ts, symbol, mark, index,
+* ``second`` (one per symbol per simulated second, state at ``ts``; a run stopped between
+  seconds ends with a partial one, ``ts`` not a multiple of 1000, covering what was published
+  after the last whole second): ``ts, symbol, mark, index,
   mid, best_bid, best_ask, last_price, funding_rate, oi`` (base units), ``oi_usd`` (at mark),
   ``depth2_bid, depth2_bid_usd, depth2_ask, depth2_ask_usd`` (mid-based inclusive 2% bands,
   base and USD), ``update_id`` (last depth update id), ``agg_first, agg_last, trade_first,

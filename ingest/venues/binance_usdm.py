@@ -9,17 +9,24 @@ Every Binance quirk lives here and nowhere else:
     ``U <= lastUpdateId <= u`` (live streams may also continue with ``pu == lastUpdateId``);
     afterwards ``pu`` must equal the previous ``u``;
   * markPriceUpdate carries no funding interval: it comes from ``/fapi/v1/fundingInfo``
-    (symbols absent there use 8 h).
+    (symbols absent there use 8 h);
+  * delivery (quarterly) contracts send markPriceUpdate with ``T: 0`` and ``r`` of ``""`` or
+    ``"0.00000000"``: they have no funding, so the record keeps mark and index price with rate,
+    interval and next funding time NULL (a placeholder 0 would drag funding averages to zero);
+  * older recordings lack markPriceUpdate ``i`` (index price NULL) and openInterest ``time``:
+    the REST answer is current as of the response, so its receive time stands in, as it
+    already does for a depth snapshot without ``T``/``E``;
+  * numbers are plain decimal strings without exponent; only the funding rate has a sign.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from urllib.parse import parse_qs, urlsplit
 
 from ingest.records import BookDelta, BookSnapshot, Funding, Liquidation, OpenInterest, Trade
 from ingest.venues import MalformedMessage, SkipMessage
+from ingest.venues.fields import DecimalSyntax, field, integer
 
 EXCHANGE = "binance-usdm"
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
@@ -44,65 +51,11 @@ def normalize_symbol(native: str) -> str:
     raise MalformedMessage(f"symbol {native!r} has no known quote asset ({', '.join(QUOTE_ASSETS)})")
 
 
-def _field(obj: dict, key: str, what: str):
-    try:
-        return obj[key]
-    except KeyError:
-        raise MalformedMessage(f"{what}: missing field {key!r}") from None
-    except TypeError:
-        raise MalformedMessage(f"{what}: payload is {type(obj).__name__}, expected an object") from None
-
-
-def _num(obj: dict, key: str, what: str) -> str:
-    value = _field(obj, key, what)
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise MalformedMessage(f"{what}: field {key!r} must be a decimal string, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise MalformedMessage(f"{what}: field {key!r} is not a number: {value!r}") from None
-    if not math.isfinite(number):
-        raise MalformedMessage(f"{what}: field {key!r} is not finite: {value!r}")
-    return str(value)
-
-
-def _int(obj: dict, key: str, what: str) -> int:
-    value = _field(obj, key, what)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MalformedMessage(f"{what}: field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _levels(obj: dict, key: str, what: str) -> list:
-    levels = _field(obj, key, what)
-    if not isinstance(levels, list):
-        raise MalformedMessage(f"{what}: field {key!r} must be a list of [price, qty]")
-    # Hot path (depth updates carry hundreds of levels): NaN and infinities survive ``x * 0.0``,
-    # so one finiteness test per message replaces two per level; the slow path names the culprit.
-    poison = 0.0
-    try:
-        for price, qty in levels:
-            if type(price) is not str or type(qty) is not str:
-                raise TypeError
-            poison += float(price) * 0.0 + float(qty) * 0.0
-        if poison == 0.0:
-            return levels
-    except (TypeError, ValueError):
-        pass
-    for level in levels:
-        if not (isinstance(level, list) and len(level) == 2):
-            raise MalformedMessage(f"{what}: field {key!r} has a level that is not [price, qty]: {level!r}")
-        for value in level:
-            try:
-                if not isinstance(value, str) or not math.isfinite(float(value)):
-                    raise ValueError
-            except ValueError:
-                raise MalformedMessage(f"{what}: field {key!r} has a bad number {value!r}") from None
-    raise MalformedMessage(f"{what}: field {key!r} is malformed")
+NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
 
 
 def _symbol(obj: dict, key: str, what: str) -> tuple[str, str]:
-    native = _field(obj, key, what)
+    native = field(obj, key, what)
     if not isinstance(native, str) or not native:
         raise MalformedMessage(f"{what}: field {key!r} must be a symbol string, got {native!r}")
     return normalize_symbol(native), native.upper()
@@ -211,58 +164,62 @@ class BinanceUsdm:
     def _agg_trade(self, d: dict, ts_recv: int) -> list:
         what = "aggTrade"
         symbol, native = _symbol(d, "s", what)
-        maker = _field(d, "m", what)
+        maker = field(d, "m", what)
         if not isinstance(maker, bool):
             raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
-        return [Trade(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=_int(d, "T", what),
-                      ts_recv=ts_recv, trade_id=str(_int(d, "a", what)), price=_num(d, "p", what),
-                      qty=_num(d, "q", what), qty_unit="base", side="sell" if maker else "buy",
-                      is_aggregated=True, first_trade_id=_int(d, "f", what), last_trade_id=_int(d, "l", what))]
+        return [Trade(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "T", what),
+                      ts_recv=ts_recv, trade_id=str(integer(d, "a", what)), price=NUMBERS.price(d, "p", what),
+                      qty=NUMBERS.quantity(d, "q", what), qty_unit="base", side="sell" if maker else "buy",
+                      is_aggregated=True, first_trade_id=integer(d, "f", what), last_trade_id=integer(d, "l", what))]
 
     def _trade(self, d: dict, ts_recv: int) -> list:
         what = "trade"
         symbol, native = _symbol(d, "s", what)
-        maker = _field(d, "m", what)
+        maker = field(d, "m", what)
         if not isinstance(maker, bool):
             raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
-        trade_id = _int(d, "t", what)
-        return [Trade(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=_int(d, "T", what),
-                      ts_recv=ts_recv, trade_id=str(trade_id), price=_num(d, "p", what), qty=_num(d, "q", what),
-                      qty_unit="base", side="sell" if maker else "buy", is_aggregated=False,
+        trade_id = integer(d, "t", what)
+        return [Trade(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "T", what),
+                      ts_recv=ts_recv, trade_id=str(trade_id), price=NUMBERS.price(d, "p", what),
+                      qty=NUMBERS.quantity(d, "q", what), qty_unit="base", side="sell" if maker else "buy",
+                      is_aggregated=False,
                       first_trade_id=trade_id, last_trade_id=trade_id, trade_type=d.get("X", "MARKET"))]
 
     def _depth_update(self, d: dict, ts_recv: int) -> list:
         what = "depthUpdate"
         symbol, native = _symbol(d, "s", what)
         return [BookDelta(exchange=EXCHANGE, symbol=symbol, symbol_native=native,
-                          ts_exchange=_int(d, "T", what) if "T" in d else _int(d, "E", what), ts_recv=ts_recv,
-                          bids=_levels(d, "b", what), asks=_levels(d, "a", what), first_seq=_int(d, "U", what),
-                          last_seq=_int(d, "u", what), prev_seq=_int(d, "pu", what))]
+                          ts_exchange=integer(d, "T", what) if "T" in d else integer(d, "E", what), ts_recv=ts_recv,
+                          bids=NUMBERS.levels(d, "b", what), asks=NUMBERS.levels(d, "a", what),
+                          first_seq=integer(d, "U", what), last_seq=integer(d, "u", what),
+                          prev_seq=integer(d, "pu", what))]
 
     def _mark_price(self, d: dict, ts_recv: int) -> list:
         what = "markPriceUpdate"
         symbol, native = _symbol(d, "s", what)
-        if d.get("r") in ("", None):
-            raise SkipMessage("markPriceUpdate: no funding rate (not a perpetual)")
-        next_time = _int(d, "T", what)
-        return [Funding(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=_int(d, "E", what),
-                        ts_recv=ts_recv, rate=_num(d, "r", what),
-                        interval_hours=self.funding_intervals.get(native, DEFAULT_FUNDING_INTERVAL_HOURS),
-                        next_funding_time=next_time or None, mark_price=_num(d, "p", what),
-                        index_price=_num(d, "i", what), is_realised=False)]
+        next_time = integer(d, "T", what)
+        if next_time and d.get("r") != "":
+            rate = NUMBERS.signed(d, "r", what)
+            interval = self.funding_intervals.get(native, DEFAULT_FUNDING_INTERVAL_HOURS)
+        else:   # a delivery contract: no funding (see the module docstring)
+            rate = interval = next_time = None
+        return [Funding(exchange=EXCHANGE, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "E", what),
+                        ts_recv=ts_recv, rate=rate, interval_hours=interval, next_funding_time=next_time,
+                        mark_price=NUMBERS.price(d, "p", what),
+                        index_price=NUMBERS.price(d, "i", what) if "i" in d else None, is_realised=False)]
 
     def _force_order(self, d: dict, ts_recv: int) -> list:
         what = "forceOrder"
-        order = _field(d, "o", what)
+        order = field(d, "o", what)
         symbol, native = _symbol(order, "s", what)
-        side = _field(order, "S", what)
+        side = field(order, "S", what)
         if side not in ("BUY", "SELL"):
             raise MalformedMessage(f"{what}: field 'S' must be BUY or SELL, got {side!r}")
-        filled = _num(order, "z", what) if "z" in order else _num(order, "q", what)
+        filled = NUMBERS.quantity(order, "z" if "z" in order else "q", what)
         return [Liquidation(exchange=EXCHANGE, symbol=symbol, symbol_native=native,
-                            ts_exchange=_int(order, "T", what), ts_recv=ts_recv, order_side=side.lower(),
-                            liquidated_position="long" if side == "SELL" else "short", price=_num(order, "p", what),
-                            avg_price=_num(order, "ap", what) if "ap" in order else None, qty=filled,
+                            ts_exchange=integer(order, "T", what), ts_recv=ts_recv, order_side=side.lower(),
+                            liquidated_position="long" if side == "SELL" else "short", price=NUMBERS.price(order, "p", what),
+                            avg_price=NUMBERS.price(order, "ap", what) if "ap" in order else None, qty=filled,
                             qty_unit="base", order_status=order.get("X"), is_sampled=True)]
 
     _handlers = {"aggTrade": _agg_trade, "trade": _trade, "depthUpdate": _depth_update,
@@ -293,8 +250,8 @@ class BinanceUsdm:
         ts = body.get("T") or body.get("E") if isinstance(body, dict) else None
         return BookSnapshot(exchange=EXCHANGE, symbol=symbol, symbol_native=native.upper(),
                             ts_exchange=ts or ts_recv // 1_000_000, ts_recv=ts_recv,
-                            bids=_levels(body, "bids", what), asks=_levels(body, "asks", what),
-                            seq=_int(body, "lastUpdateId", what), reason="sync")
+                            bids=NUMBERS.levels(body, "bids", what), asks=NUMBERS.levels(body, "asks", what),
+                            seq=integer(body, "lastUpdateId", what), reason="sync")
 
     def agg_trades(self, native: str, body, ts_recv: int) -> list[Trade]:
         """REST aggTrades (backfill after a gap): the stream's fields without ``e``/``s``/``E``."""
@@ -309,8 +266,8 @@ class BinanceUsdm:
         what = "openInterest"
         symbol, native = _symbol(body, "symbol", what)
         return OpenInterest(exchange=EXCHANGE, symbol=symbol, symbol_native=native,
-                            ts_exchange=_int(body, "time", what), ts_recv=ts_recv,
-                            open_interest=_num(body, "openInterest", what), qty_unit="base")
+                            ts_exchange=integer(body, "time", what) if "time" in body else ts_recv // 1_000_000,
+                            ts_recv=ts_recv, open_interest=NUMBERS.amount(body, "openInterest", what), qty_unit="base")
 
     def apply_funding_info(self, body) -> None:
         if not isinstance(body, list):
