@@ -15,6 +15,9 @@ Config file: ``$PERPFLOW_CONFIG`` or ``./perpflow.toml`` if present::
 
     [warehouse]
     home = "./data"
+
+    [ingest]
+    spill_max_bytes = 2147483648   # cap on the Kafka-outage spill file (PERPFLOW_SPILL_MAX_BYTES)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class ConfigError(ValueError):
 
 DEFAULT_BROKER_PORT = 19092
 DEFAULT_PARTITIONS = 3
+DEFAULT_SPILL_MAX_BYTES = 2 << 30
 
 
 def _config_file() -> Path | None:
@@ -83,6 +87,7 @@ class Settings:
     kafka_bootstrap: str | None  # None = use the embedded broker
     broker_port: int = DEFAULT_BROKER_PORT
     partitions: int = DEFAULT_PARTITIONS
+    spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
     config_file: Path | None = field(default=None, compare=False)
 
     @property
@@ -122,6 +127,7 @@ def load_settings() -> Settings:
     kafka = data.get("kafka", {})
     broker = data.get("broker", {})
     warehouse = data.get("warehouse", {})
+    ingest = data.get("ingest", {})
 
     home = Path(os.environ.get("PERPFLOW_HOME") or warehouse.get("home") or "data").expanduser().resolve()
 
@@ -144,5 +150,11 @@ def load_settings() -> Settings:
         1,
         256,
     )
+    spill_max_bytes = _int_setting(
+        os.environ.get("PERPFLOW_SPILL_MAX_BYTES") or ingest.get("spill_max_bytes", DEFAULT_SPILL_MAX_BYTES),
+        "PERPFLOW_SPILL_MAX_BYTES / [ingest] spill_max_bytes",
+        1 << 20,
+        1 << 50,
+    )
     return Settings(home=home, kafka_bootstrap=bootstrap or None, broker_port=port,
-                    partitions=partitions, config_file=path)
+                    partitions=partitions, spill_max_bytes=spill_max_bytes, config_file=path)
