@@ -225,7 +225,7 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
     # The sink creates the topics once Kafka answers; an outage at start is survivable: it spills.
     sink = SpillingSink(settings.bootstrap, settings.run_dir / f"spill-{venue.exchange}.jsonl",
                         max_bytes=settings.spill_max_bytes, partitions=settings.partitions)
-    if sink.spilling:
+    if sink.status()["kafka"] == "unreachable":
         console.print(f"[yellow]Kafka at {settings.bootstrap} not reachable; records will spill to disk "
                       "until it is[/]")
     config = IngestConfig(symbols=symbols, ws_url=ws_url or venue.default_ws_url,
