@@ -6,9 +6,12 @@ in-flight batches only after ``delivery_timeout_ms``; both are kept short so an 
 into spilling within seconds instead of stalling the websocket loop. Once spilling, every
 new record goes to the file (behind the ones already there) until the drain has caught up,
 so per-key order is kept except for batches that were in flight when the broker went away.
-Records that failed in flight are re-sent from the spill; the warehouse's natural-key
-de-duplication absorbs the rare double delivery that can cause (a request the broker read
-just before it froze and answered only after the client had given up on it).
+Records that failed in flight are re-sent from the spill. Their fate is unknown: a frozen
+broker may still read a request the client gave up on and append it when it wakes up. So
+before re-sending, the drain reads what the broker appended after the last acknowledged
+offset of each partition of those topics and skips spilled records already there: every
+record lands exactly once. (Across a restart of the process that knowledge is gone; the
+warehouse's natural-key de-duplication absorbs such a double delivery.)
 
 The sink starts without a broker (it spills from the first record; the drain connects, creates
 the topics and starts a producer once Kafka answers). Spill lines are
@@ -56,7 +59,8 @@ from kafka.errors import (AuthorizationError, BrokerResponseError, InvalidProduc
 
 from ingest import records
 from ingest.records import DeadLetter
-from pipelines.kafka import BrokerUnavailable, ensure_topics, new_producer, wait_for_metadata
+from pipelines.kafka import (BrokerUnavailable, end_offsets, ensure_topics, new_consumer, new_producer,
+                             partitions_of, wait_for_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +165,10 @@ class SpillingSink:
         self._pending_since = 0.0
         self._last_ok = float("-inf")               # broker acknowledged a send or answered a probe
         self._last_failure = float("-inf")
+        self._acked: dict[tuple[str, int], int] = {}   # (topic, partition) -> last acknowledged offset
+        self._unsure_topics: set[str] = set()           # sends failed in flight: maybe appended after all
+        self._already_in_kafka: Counter = Counter()     # values the broker holds that the spill repeats
+        self.duplicates_skipped = 0
         self._read_offset = 0       # bytes of the spill file already re-sent
         self._acked_offsets: set[int] = set()   # lines past _read_offset already delivered
         self._spill = open(self.spill_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the sink
@@ -201,15 +209,21 @@ class SpillingSink:
         future.add_callback(self._delivered)
         future.add_errback(self._failed_in_flight, record)
 
-    def _delivered(self, _metadata) -> None:
+    def _delivered(self, metadata) -> None:
         with self.lock:
             self._pending -= 1
             self._last_ok = time.monotonic()
+            self._note_acked(metadata)
+
+    def _note_acked(self, metadata) -> None:
+        key = (metadata.topic, metadata.partition)
+        self._acked[key] = max(metadata.offset, self._acked.get(key, -1))
 
     def _failed_in_flight(self, record, exc) -> None:
         with self.lock:
             self._pending -= 1
             self.sent[record.record_type] -= 1
+            self._unsure_topics.add(record.topic)
         self._send_failed(record, exc)
         self._dispatch()
 
@@ -357,7 +371,7 @@ class SpillingSink:
         try:
             if not self.spilling:
                 return True
-            if not self._connect(probe_timeout):
+            if not self._connect(probe_timeout) or not self._find_already_delivered():
                 return False
             while True:
                 with self.lock:
@@ -402,6 +416,36 @@ class SpillingSink:
             _abandon(stale)
         return True
 
+    def _find_already_delivered(self) -> bool:
+        """Read what the broker appended after our last acknowledgement, where sends failed in flight."""
+        with self.lock:
+            topics, self._unsure_topics = self._unsure_topics, set()
+            since = {key: offset + 1 for key, offset in self._acked.items() if key[0] in topics}
+        if not since:
+            return True
+        try:
+            consumer = new_consumer(self.bootstrap, client_id="perpflow-spill-check")
+            try:
+                tps = [tp for tp in partitions_of(consumer, topics) if (tp.topic, tp.partition) in since]
+                ends = end_offsets(consumer, tps)
+                for tp in tps:
+                    consumer.seek(tp, since[(tp.topic, tp.partition)])
+                deadline = time.monotonic() + 30
+                while any(consumer.position(tp) < ends[tp] for tp in tps):
+                    if time.monotonic() > deadline:
+                        raise KafkaTimeoutError("reading the partitions' tails took over 30 s")
+                    for tp, messages in consumer.poll(200).items():
+                        self._already_in_kafka.update(m.value for m in messages if m.offset < ends[tp])
+            finally:
+                consumer.close()
+        except (BrokerUnavailable, KafkaError, OSError) as exc:
+            log.warning("could not check what Kafka holds before draining (%s); will retry", exc)
+            with self.lock:
+                self._unsure_topics |= topics
+                self._last_failure = time.monotonic()
+            return False
+        return True
+
     def _resend(self, start: int, lines: list[bytes]) -> bool:
         """Send one chunk of spill lines; advance past what is settled. False if Kafka failed."""
         settled: set[int] = set()       # offsets delivered, dead-lettered or quarantined
@@ -421,6 +465,11 @@ class SpillingSink:
                 settled.add(at)
                 continue
             topic, key, record_type, value = parts
+            if self._already_in_kafka[value.encode()] > 0:    # the broker took it after all
+                self._already_in_kafka[value.encode()] -= 1
+                self.duplicates_skipped += 1
+                settled.add(at)
+                continue
             try:
                 future = self.producer.send(topic, value=value.encode(), key=key.encode(),
                                             headers=records.headers(record_type))
@@ -435,11 +484,11 @@ class SpillingSink:
             self.producer.flush(timeout=30)
         except KafkaError as exc:
             interrupted = interrupted or exc
-        delivered = 0
+        delivered = []
         for at, parts, future in in_flight:
             if future.succeeded():
                 settled.add(at)
-                delivered += 1
+                delivered.append(future.value)
             elif future.failed() and _rejected_for_good(future.exception):
                 rejected.append((at, parts, future.exception))
             else:
@@ -450,7 +499,9 @@ class SpillingSink:
         with self.lock:
             if delivered:
                 self._last_ok = time.monotonic()
-            self.drained_total += delivered
+            for metadata in delivered:
+                self._note_acked(metadata)
+            self.drained_total += len(delivered)
             offset = start
             for line in lines:
                 if offset not in settled:
@@ -488,6 +539,7 @@ class SpillingSink:
         self._spill.truncate(0)
         self._spill_size = self._read_offset = 0
         self._acked_offsets = set()
+        self._already_in_kafka = Counter()
         self.spilling = False
         if self._dropping:
             self._stop_dropping("resumed")
@@ -513,6 +565,7 @@ class SpillingSink:
                 "quarantined_lines": self.quarantined_lines,
                 "rejected_to_dlq": self.rejected_to_dlq,
                 "outages": self.outages,
+                "duplicates_skipped": self.duplicates_skipped,
                 "pending_sends": self._pending,
                 "failure": str(self._failure) if self._failure else None,
             }
