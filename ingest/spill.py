@@ -143,9 +143,9 @@ class SpillingSink:
         self.max_bytes = max_bytes
         self.on_event = on_event
         self._partitions = partitions
-        self._producer_config = dict(max_block_ms=200, request_timeout_ms=3000,
-                                     delivery_timeout_ms=delivery_timeout_ms, retry_backoff_ms=100,
-                                     **(producer_config or {}))
+        self._producer_config = {"max_block_ms": 200, "request_timeout_ms": 3000,
+                                 "delivery_timeout_ms": delivery_timeout_ms, "retry_backoff_ms": 100,
+                                 **(producer_config or {})}
         self.producer = None
         self._stale_producer = False    # its idempotent session may be dead (e.g. broker restarted)
         self.lock = threading.Lock()
