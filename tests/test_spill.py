@@ -94,20 +94,23 @@ def test_failed_probes_and_outage_cycles_leak_no_thread_and_no_fd(tmp_path, capl
     for _ in range(50):
         with pytest.raises(BrokerUnavailable):
             wait_for_metadata(closed, timeout=0.2)
-    assert resources()[0] == threads and resources()[1] <= fds + 2, (threads, fds, resources())
+    after = resources()
+    print(f"50 failed probes: threads {threads} -> {after[0]}, fds {fds} -> {after[1]}")
+    assert after[0] == threads and after[1] <= fds + 2, (threads, fds, after)
 
     # 100 outages of the sink: the broker is killed, a send fails into the spill, a probe fails,
     # the broker comes back on the same port, the drain starts a new producer session.
     port = free_port()
     broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
-    sink = SpillingSink(broker.bootstrap, tmp_path / "spill.jsonl", partitions=1, delivery_timeout_ms=400,
-                        producer_config={"request_timeout_ms": 300})
+    sink = SpillingSink(broker.bootstrap, tmp_path / "spill.jsonl", partitions=1, delivery_timeout_ms=250,
+                        producer_config={"request_timeout_ms": 200})
     try:
         sink.send(trade(0))
         sink.producer.flush(10)
         before = None
         for cycle in range(1, 101):
-            broker.stop()
+            broker.process.kill()       # Tansu takes seconds to stop on SIGTERM
+            broker.process.wait()
             sink.send(trade(cycle))
             wait_until(lambda: sink.spilling, 30, "the failed send to spill")
             assert not sink.drain(probe_timeout=0.2)
@@ -116,6 +119,7 @@ def test_failed_probes_and_outage_cycles_leak_no_thread_and_no_fd(tmp_path, capl
             if cycle == 5:      # after the first sessions have settled
                 before = resources()
         after = resources()
+        print(f"outage cycles 5 -> 100: threads {before[0]} -> {after[0]}, fds {before[1]} -> {after[1]}")
         assert after[0] == before[0] and after[1] <= before[1] + 2, (before, after)
         assert sink.outages == 100 and sink.spilled_total == sink.drained_total >= 100
     finally:
