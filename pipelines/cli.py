@@ -248,23 +248,22 @@ def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | No
 def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
     from ingest.service import IngestConfig, IngestError, IngestService, run_service
+    from ingest.spill import SpillingSink
     from ingest.venues import venue as venue_for
-    from kafka.errors import KafkaError
-
-    from pipelines.kafka import BrokerUnavailable, ensure_topics
 
     settings = _settings()
     venue = venue_for(exchange)
-    try:
-        ensure_topics(settings.bootstrap, settings.partitions)
-    except (BrokerUnavailable, KafkaError, OSError) as exc:   # an outage at start is survivable: spill
-        console.print(f"[yellow]Kafka at {settings.bootstrap} not reachable ({exc}); records will spill to disk "
+    # The sink creates the topics once Kafka answers; an outage at start is survivable: it spills.
+    sink = SpillingSink(settings.bootstrap, settings.run_dir / f"spill-{venue.exchange}.jsonl",
+                        max_bytes=settings.spill_max_bytes, partitions=settings.partitions)
+    if sink.status()["kafka"] == "unreachable":
+        console.print(f"[yellow]Kafka at {settings.bootstrap} not reachable; records will spill to disk "
                       "until it is[/]")
     config = IngestConfig(symbols=symbols, ws_url=ws_url or venue.default_ws_url,
                           rest_url=rest_url or venue.default_rest_url, bootstrap=settings.bootstrap,
                           run_dir=settings.run_dir, oi_interval_s=oi_interval, silence_limit_s=silence_limit,
                           max_connection_age_s=max_connection_age, duration_s=duration)
-    service = IngestService(venue, config)
+    service = IngestService(venue, config, sink=sink)
     console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url} into Kafka at {settings.bootstrap}")
     try:
         run_service(service, report=lambda st: console.print(_status_line(st), highlight=False))

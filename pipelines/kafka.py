@@ -14,8 +14,9 @@ from collections import Counter
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.partitioner.default import DefaultPartitioner
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.net.compat import KafkaNetClient
+from kafka.partitioner.default import DefaultPartitioner
 
 from ingest import records
 
@@ -38,6 +39,29 @@ def _unavailable(bootstrap: str, exc: Exception) -> BrokerUnavailable:
     )
 
 
+def _construct(client_class, **config):
+    """Build a kafka-python client (producer, consumer, admin) that leaks nothing when it fails.
+
+    kafka-python 3.0.12 opens its network client (selector, wake-up socket pair, the bootstrap
+    connection and, for the admin client, an IO thread) before it bootstraps, and a constructor
+    that fails to bootstrap leaves all of it behind: a thread and ~4 file descriptors per failed
+    probe, until the process runs out of descriptors. The network client is built through the
+    documented ``kafka_client`` factory so it can be closed here when the constructor raises.
+    """
+    built: list[KafkaNetClient] = []
+
+    def network_client(**kwargs) -> KafkaNetClient:
+        built.append(KafkaNetClient(**kwargs))
+        return built[-1]
+
+    try:
+        return client_class(kafka_client=network_client, **config)
+    except BaseException:
+        for client in built:
+            client.close()      # also stops the IO thread, if one was started
+        raise
+
+
 def wait_for_metadata(bootstrap: str, timeout: float = 10.0) -> None:
     """Return once the broker answers a metadata request, else raise BrokerUnavailable."""
     deadline = time.monotonic() + timeout
@@ -45,8 +69,9 @@ def wait_for_metadata(bootstrap: str, timeout: float = 10.0) -> None:
     while time.monotonic() < deadline:
         budget_ms = max(100, int((deadline - time.monotonic()) * 1000))
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
-                                     bootstrap_timeout_ms=min(2000, budget_ms), client_id="perpflow-probe")
+            admin = _construct(KafkaAdminClient, bootstrap_servers=bootstrap,
+                               request_timeout_ms=min(2000, budget_ms),
+                               bootstrap_timeout_ms=min(2000, budget_ms), client_id="perpflow-probe")
             try:
                 admin.list_topics()
                 return
@@ -58,9 +83,11 @@ def wait_for_metadata(bootstrap: str, timeout: float = 10.0) -> None:
     raise _unavailable(bootstrap, last or TimeoutError("timed out"))
 
 
-def ensure_topics(bootstrap: str, partitions: int, topics=records.TOPICS) -> None:
+def ensure_topics(bootstrap: str, partitions: int, topics=records.TOPICS, timeout: float = 30.0) -> None:
     """Create the market-data topics if missing (idempotent)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="perpflow-admin")
+    timeout_ms = int(timeout * 1000)
+    admin = _construct(KafkaAdminClient, bootstrap_servers=bootstrap, client_id="perpflow-admin",
+                       bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(t, num_partitions=partitions, replication_factor=1)
@@ -109,7 +136,7 @@ def new_producer(bootstrap: str, **overrides) -> KafkaProducer:
         partitioner=KeyPartitioner(),
     )
     config.update(overrides)
-    return KafkaProducer(**config)
+    return _construct(KafkaProducer, **config)
 
 
 def new_consumer(bootstrap: str, group_id: str | None = None, **overrides) -> KafkaConsumer:
@@ -129,7 +156,7 @@ def new_consumer(bootstrap: str, group_id: str | None = None, **overrides) -> Ka
         fetch_max_wait_ms=100,
     )
     config.update(overrides)
-    return KafkaConsumer(**config)
+    return _construct(KafkaConsumer, **config)
 
 
 def partitions_of(consumer: KafkaConsumer, topics) -> list[TopicPartition]:

@@ -16,6 +16,9 @@ Config file: ``$PERPFLOW_CONFIG`` or ``./perpflow.toml`` if present::
     [warehouse]
     home = "./data"
 
+    [ingest]
+    spill_max_bytes = 2147483648   # cap on the Kafka-outage spill file (PERPFLOW_SPILL_MAX_BYTES)
+
 Every setting is declared once in ``OPTIONS`` (section, key, environment variable, kind,
 default). A misspelt section or key, or a value of the wrong type, is an error that names the
 file, the key, what is expected and how to fix it; an unknown ``PERPFLOW_*`` variable is a
@@ -37,6 +40,7 @@ class ConfigError(ValueError):
 
 DEFAULT_BROKER_PORT = 19092
 DEFAULT_PARTITIONS = 3
+DEFAULT_SPILL_MAX_BYTES = 2 << 30
 
 
 class _Invalid(ValueError):
@@ -108,6 +112,8 @@ OPTIONS = (
     Option("partitions", "kafka", "partitions", "PERPFLOW_PARTITIONS", Integer(1, 256), DEFAULT_PARTITIONS, "3"),
     Option("broker_port", "broker", "port", "PERPFLOW_BROKER_PORT", Integer(1, 65535), DEFAULT_BROKER_PORT,
            "19092"),
+    Option("spill_max_bytes", "ingest", "spill_max_bytes", "PERPFLOW_SPILL_MAX_BYTES", Integer(1 << 20, 1 << 50),
+           DEFAULT_SPILL_MAX_BYTES, "2147483648"),
 )
 # Variables read elsewhere, not through OPTIONS.
 OTHER_ENV = ("PERPFLOW_CONFIG", "PERPFLOW_PARTITION_START")
@@ -194,6 +200,7 @@ class Settings:
     kafka_bootstrap: str | None  # None = use the embedded broker
     broker_port: int = DEFAULT_BROKER_PORT
     partitions: int = DEFAULT_PARTITIONS
+    spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
     config_file: Path | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
