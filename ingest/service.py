@@ -338,6 +338,12 @@ class IngestService:
 
     async def _resume_trades(self) -> None:
         """Continue each symbol's trade sequence after what is durable; resume unfinished backfills."""
+        if not self._state:
+            # No earlier run from this run dir: whatever Kafka holds was published by someone else
+            # (another home, another venue instance), so this run starts its own sequences. The
+            # state is written at once, so even a run killed within a second is continued.
+            self._status()
+            return
         natives = {self.venue.normalize_symbol(s): s for s in self.config.symbols}
         spill_path = getattr(self.sink, "spill_path", None)
         spilled = await asyncio.to_thread(spill_trade_ids, self.venue, spill_path, set(natives)) if spill_path else {}
