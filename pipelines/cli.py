@@ -251,7 +251,7 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
 def _status_line(st: dict) -> str:
     ev = st.get("events", {})
     records = st.get("records", {})
-    return (f"{st['exchange']} {st['state']}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
+    return (f"{st['exchange']} [{st['state']}]: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
             f"{records.get('trade', 0):,} trades, {records.get('book_delta', 0):,} book deltas, "
             f"{records.get('liquidation', 0):,} liquidations; reconnects {ev.get('reconnects', 0)}, "
             f"stalls {ev.get('stalls', 0)}, gaps {st['gaps']}, resyncs {st['resyncs']}, "
@@ -285,7 +285,7 @@ def _ingest_status_lines(st: dict, pid_alive: bool, now: float) -> list[str]:
     lines.append(f"  kafka {kafka}; spill {st.get('spill_bytes', 0):,} B"
                  + (" (SPILLING)" if st.get("spilling") else "")
                  + (f"; dropped {sink['dropped']:,}" if sink.get("dropped") else ""))
-    lines.append("  trades     last id        missing  gaps  lost")
+    lines.append(f"  {'trades':<20} {'last id':>14} {'missing':>8} {'gaps':>5} {'lost':>5}")
     for symbol, seq in st.get("trades", {}).items():
         last = "-" if seq.get("last_id") is None else str(seq["last_id"])
         lines.append(f"  {symbol[:20]:<20} {last:>14} {seq['missing']:>8,} {seq['gaps']:>5,} {seq['lost']:>5,}")
