@@ -58,6 +58,8 @@ class FeedHandler:
         self.stats = FeedStats()
         self._last_trade_id: dict[str, int] = {}
         self._open_gaps: dict[str, list[list[int]]] = {}   # per symbol: [first, last] still missing
+        self.lost_trades: Counter = Counter()              # per symbol: ids declared unrecoverable
+        self.trade_gaps: Counter = Counter()               # per symbol: gaps seen in the live sequence
         self.new_trade_gaps: list[TradeGap] = []           # for the caller to backfill, then clear
 
     def on_ws(self, raw: bytes | str, ts_recv: int, source: str = "ws") -> list[str]:
@@ -121,20 +123,67 @@ class FeedHandler:
         if trade_id > last + 1:
             self._last_trade_id[symbol] = trade_id
             self._open_gaps.setdefault(symbol, []).append([last + 1, trade_id - 1])
+            self.trade_gaps[symbol] += 1
             self.new_trade_gaps.append(TradeGap(trade.symbol_native, last + 1, trade_id - 1))
             self.emit_record(FeedEvent(exchange=trade.exchange, symbol=symbol, kind="trade_gap",
                                        detail=orjson.dumps({"first_id": last + 1, "last_id": trade_id - 1}).decode(),
                                        ts_recv=trade.ts_recv, ts_exchange=trade.ts_exchange))
             return True
-        for gap in self._open_gaps.get(symbol, ()):
-            if gap[0] <= trade_id <= gap[1]:
-                if trade_id == gap[0]:   # backfills arrive in order; keep the range tight
-                    gap[0] += 1
-                if gap[0] > gap[1]:
-                    self._open_gaps[symbol].remove(gap)
-                return True
+        if self._take_from_gaps(symbol, trade_id, trade_id):
+            return True
         self.stats.skipped["duplicate trade id (already received)"] += 1
         return False
+
+    def _take_from_gaps(self, symbol: str, first: int, last: int) -> int:
+        """Remove ids ``first..last`` from the symbol's open gaps; the count that was open."""
+        kept, taken = [], 0
+        for lo, hi in self._open_gaps.get(symbol, ()):
+            if hi < first or lo > last:
+                kept.append([lo, hi])
+                continue
+            taken += min(hi, last) - max(lo, first) + 1
+            if lo < first:
+                kept.append([lo, first - 1])
+            if hi > last:
+                kept.append([last + 1, hi])
+        if symbol in self._open_gaps:
+            self._open_gaps[symbol] = kept
+        return taken
+
+    def seed_trade_sequence(self, symbol_native: str, last_id: int, missing: list[tuple[int, int]]) -> list[TradeGap]:
+        """Continue a previous run's sequence: ``last_id`` was published, ``missing`` ranges were not.
+
+        The first live trade after ``last_id`` then opens a gap for the restart window; the
+        returned gaps (the previous run's unfinished ones) are for the caller to backfill.
+        """
+        symbol = self.venue.normalize_symbol(symbol_native)
+        self._last_trade_id[symbol] = last_id
+        gaps = sorted([lo, hi] for lo, hi in missing if lo <= hi <= last_id)
+        self._open_gaps[symbol] = gaps
+        return [TradeGap(symbol_native, lo, hi) for lo, hi in gaps]
+
+    def give_up_trades(self, symbol_native: str, first: int, last: int, reason: str, ts_recv: int) -> int:
+        """Declare ids ``first..last`` unrecoverable: a ``trade_lost`` event with the count still open."""
+        symbol = self.venue.normalize_symbol(symbol_native)
+        count = self._take_from_gaps(symbol, first, last)
+        if count:
+            self.lost_trades[symbol] += count
+            self.emit_record(FeedEvent(exchange=self.venue.exchange, symbol=symbol, kind="trade_lost",
+                                       detail=orjson.dumps({"first_id": first, "last_id": last, "count": count,
+                                                            "reason": reason}).decode(), ts_recv=ts_recv))
+        return count
+
+    def open_trade_gaps(self, symbol_native: str, first: int | None = None, last: int | None = None) -> list[list[int]]:
+        """The symbol's still-missing ranges, optionally only those overlapping ``first..last``."""
+        gaps = self._open_gaps.get(self.venue.normalize_symbol(symbol_native), ())
+        return [list(g) for g in gaps if (first is None or g[1] >= first) and (last is None or g[0] <= last)]
+
+    def trade_sequences(self) -> dict[str, dict]:
+        """Per normalized symbol: the last trade id seen, open (missing) ranges and ids given up."""
+        symbols = set(self._last_trade_id) | set(self.lost_trades)
+        return {s: {"last_id": self._last_trade_id.get(s), "open": [list(g) for g in self._open_gaps.get(s, ())],
+                    "missing": sum(hi - lo + 1 for lo, hi in self._open_gaps.get(s, ())),
+                    "gaps": self.trade_gaps[s], "lost": self.lost_trades[s]} for s in sorted(symbols)}
 
     def missing_trades(self) -> int:
         """Trade ids reported missing and not (yet) backfilled."""

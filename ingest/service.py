@@ -9,8 +9,19 @@ connections are rotated before the venue's 24-hour limit. REST depth snapshots a
 whenever the book sync asks for one; open interest is polled within the REST weight budget.
 Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order.
 
-The service writes its counters to ``<home>/run/ingest-<venue>.json`` every second, which
-``perpflow status`` reads.
+Trade continuity (``ingest/continuity.py``): on start the service continues each symbol's trade
+sequence after the last id that is durable (Kafka's tail, the spill; the state file if Kafka does
+not answer), so the restart window becomes a gap that REST backfills; backfills retry through 429s
+and failures until done, and ranges still owed at shutdown are saved and resumed by the next start.
+Ranges that cannot be recovered are ``trade_lost`` feed events with their size.
+
+Every background task runs under a supervisor: a crash is a ``task_error`` feed event and a
+restart with backoff; a sink failure or a task crashing over and over stops the whole service with
+a non-zero exit, never leaving it half alive.
+
+The service writes its status to ``<home>/run/ingest-<venue>.json`` every second, which
+``perpflow status`` reads, and its state (trade sequences, unfinished backfills, cumulative
+counters) to ``ingest-<venue>.state.json`` beside it.
 """
 
 from __future__ import annotations
@@ -31,15 +42,30 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ingest.feed import FeedHandler
+
+from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trade_ids, load_state,
+                               plan_resume, save_state, spill_trade_ids)
+from ingest.feed import FeedHandler, TradeGap
 from ingest.records import FeedEvent
-from ingest.spill import SpillingSink
+from ingest.spill import SinkFailure, SpillingSink
+from ingest.venues import MalformedMessage, SkipMessage
+from pipelines.kafka import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class IngestError(RuntimeError):
     """A problem the service cannot work around (bad symbols, unreachable venue at start-up)."""
+
+
+class IngestFailed(RuntimeError):
+    """The running service hit a failure it cannot recover from and stopped."""
+
+    exit_code = 2
+
+
+TASK_CRASH_WINDOW_S = 300.0
+RECENT_TASK_ERROR_S = 60.0
 
 
 @dataclass
@@ -56,6 +82,9 @@ class IngestConfig:
     silence_limit_s: dict[str, float | None] = field(default_factory=dict)   # overrides per stream kind
     status_interval_s: float = 1.0
     duration_s: float | None = None                   # stop by itself after this long
+    max_backfill_ids: int = 100_000                   # per gap; older ids beyond it are reported lost
+    trade_tail_scan: int = TAIL_SCAN_RECORDS          # md.trades records read back per partition on start
+    task_crash_limit: int = 5                         # crashes of one task within 5 min before giving up
 
 
 @dataclass
@@ -80,13 +109,16 @@ class RotationDue(Exception):
 
 
 class IngestService:
-    MAX_BACKFILL_CALLS = 50     # 50k trades; a longer outage is reported as a gap, not hammered
+    EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
 
     def __init__(self, venue, config: IngestConfig, sink: SpillingSink | None = None):
         self.venue = venue
         self.config = config
         self.sink = sink or SpillingSink(config.bootstrap, config.run_dir / f"spill-{venue.exchange}.jsonl")
-        self.handler = FeedHandler(venue, self.sink.send)
+        # Spill events (disk full, dropped records, quarantined lines) may come from kafka-python's
+        # thread; emitting a record is thread-safe, so they go straight to the sink like the rest.
+        self.sink.on_event = lambda kind, detail: self._feed_event_safely(kind, None, detail)
+        self.handler = FeedHandler(venue, self.sink.send, symbols=config.symbols)
         self.events: Counter = Counter()        # disconnects, reconnects, stalls, rotations, rest errors
         self.connections: dict[str, ConnectionState] = {}
         self.stop = asyncio.Event()
@@ -99,6 +131,15 @@ class IngestService:
         self._symbols_by_connection: dict[str, list[str]] = {}
         self._rate = {"t": time.monotonic(), "messages": 0, "per_s": 0.0}
         self.status_path = config.run_dir / f"ingest-{venue.exchange}.json"
+        self.state_path = config.run_dir / f"ingest-{venue.exchange}.state.json"
+        self._state = load_state(self.state_path)
+        self._totals_base = Counter(self._state.get("totals", {}))
+        self._lost_ranges: dict[str, list[list[int]]] = {
+            symbol: seq.get("lost", []) for symbol, seq in self._state.get("trades", {}).items()}
+        self._waits: dict[int, dict] = {}        # REST calls sleeping before a retry: what, until, why
+        self._task_errors: list[tuple[float, str, str]] = []   # (monotonic time, task, reason)
+        self.failure: str | None = None
+        self._status_error: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -108,15 +149,17 @@ class IngestService:
             asyncio.get_running_loop().call_later(self.config.duration_s, self.request_stop)
         try:
             await self._check_symbols()
+            await self._resume_trades()
             routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
             for name, (url, streams) in routes.items():
                 self.connections[name] = ConnectionState(name, url, streams)
                 self._symbols_by_connection[name] = sorted({self.venue.stream_symbol(s) for s in streams})
-            tasks = [asyncio.create_task(self._connection_loop(c), name=f"ws-{c.name}")
+            tasks = [self._supervised(f"ws-{c.name}", lambda c=c: self._connection_loop(c),
+                                      on_crash=lambda c=c: self._connection_crashed(c))
                      for c in self.connections.values()]
-            tasks += [asyncio.create_task(self._poll_open_interest(), name="open-interest"),
-                      asyncio.create_task(self._drain_spill(), name="drain"),
-                      asyncio.create_task(self._write_status(), name="status")]
+            tasks += [self._supervised("open-interest", self._poll_open_interest),
+                      self._supervised("drain", self._drain_spill),
+                      self._supervised("status", self._write_status)]
             await self.stop.wait()
             background = tasks + list(self._snapshot_tasks.values()) + list(self._tasks)
             for task in background:
@@ -124,11 +167,74 @@ class IngestService:
             await asyncio.gather(*background, return_exceptions=True)
         finally:
             await self._session.close()
-            await asyncio.to_thread(self.sink.close)
+            try:
+                await asyncio.to_thread(self.sink.close)
+            except Exception as exc:   # noqa: BLE001 - whatever it is, it is the reason we stop
+                self.failure = self.failure or f"closing the Kafka sink failed: {exc.__class__.__name__}: {exc}"
             self._status(final=True)
+        if self.failure:
+            raise IngestFailed(self.failure)
 
     def request_stop(self) -> None:
         self.stop.set()
+
+    # --- supervision ---------------------------------------------------------------------------
+
+    def _supervised(self, name: str, factory, on_crash=None) -> asyncio.Task:
+        """Run ``factory()`` as a task that is restarted when it crashes, or fails the service."""
+        return asyncio.create_task(self._supervise(name, factory, on_crash), name=name)
+
+    async def _supervise(self, name: str, factory, on_crash) -> None:
+        restarts = 0
+        while not self.stop.is_set():
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # noqa: BLE001 - a supervisor's job is to see every failure
+                reason = f"{exc.__class__.__name__}: {exc}"
+                if isinstance(exc, SinkFailure):
+                    self._fail(f"the Kafka sink failed in {name}: {reason}")
+                    return
+                now = time.monotonic()
+                self._task_errors = [e for e in self._task_errors if now - e[0] < TASK_CRASH_WINDOW_S]
+                self._task_errors.append((now, name, reason))
+                self.events["task_errors"] += 1
+                log.error("%s task %s crashed: %s", self.venue.exchange, name, reason, exc_info=exc)
+                crashes = sum(1 for e in self._task_errors if e[1] == name)
+                if crashes > self.config.task_crash_limit:
+                    self._fail(f"task {name} crashed {crashes} times within {TASK_CRASH_WINDOW_S:.0f}s; "
+                               f"last: {reason}")
+                    return
+                if on_crash is not None:
+                    on_crash()
+                self._feed_event_safely("task_error", None, {"task": name, "reason": reason[:500],
+                                                             "crashes": crashes})
+            restarts += 1
+            delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** min(restarts, 10))
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _fail(self, message: str) -> None:
+        """Stop everything: one dead part must not leave the rest running as if all were well."""
+        if self.failure is None:
+            self.failure = message
+            log.critical("%s ingest stopping: %s", self.venue.exchange, message)
+            self._feed_event_safely("service_failed", None, {"reason": message[:1000]})
+        self.request_stop()
+
+    def _feed_event_safely(self, kind: str, symbol: str | None, detail: dict) -> None:
+        try:
+            self._feed_event(kind, symbol, detail)
+        except Exception as exc:   # noqa: BLE001 - reporting a failure must not raise another
+            log.error("could not record the %s feed event: %s", kind, exc)
+
+    def _connection_crashed(self, conn: ConnectionState) -> None:
+        conn.state = "restarting"
+        self._reset_books(conn)
 
     async def _check_symbols(self) -> None:
         urls = self.venue.reference_urls(self.config.rest_url)
@@ -229,43 +335,104 @@ class IngestService:
     def _background(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._background_done)
+        task.add_done_callback(self._tasks.discard)
 
-    def _background_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.events["task_errors"] += 1
-            log.error("background task failed", exc_info=task.exception())
+    async def _resume_trades(self) -> None:
+        """Continue each symbol's trade sequence after what is durable; resume unfinished backfills."""
+        if not self._state:
+            # No earlier run from this run dir: whatever Kafka holds was published by someone else
+            # (another home, another venue instance), so this run starts its own sequences. The
+            # state is written at once, so even a run killed within a second is continued.
+            self._status()
+            return
+        natives = {self.venue.normalize_symbol(s): s for s in self.config.symbols}
+        spill_path = getattr(self.sink, "spill_path", None)
+        spilled = await asyncio.to_thread(spill_trade_ids, self.venue, spill_path, set(natives)) if spill_path else {}
+        try:
+            in_kafka = await asyncio.to_thread(kafka_trade_ids, self.venue, self.config.bootstrap, set(natives),
+                                               self.config.trade_tail_scan)
+        except BrokerUnavailable as exc:
+            log.warning("cannot read the trade tail from Kafka (%s); continuing from the state file", exc)
+            in_kafka = None
+        for plan in plan_resume(set(natives), self._state, spilled, in_kafka):
+            native = natives[plan.symbol]
+            gaps = self.handler.seed_trade_sequence(native, plan.last_id, plan.missing)
+            self._feed_event("trade_resume", native, {
+                "last_id": plan.last_id, "source": plan.source, "missing": sum(hi - lo + 1 for lo, hi in plan.missing),
+                "ranges": plan.missing[:100]})
+            for gap in gaps:
+                self._background(self._backfill_trades(gap))
 
-    async def _backfill_trades(self, gap) -> None:
-        """Fetch the trades a dropped connection missed, so none is lost (weight 20 per call)."""
-        next_id, calls = gap.first_id, 0
-        while next_id <= gap.last_id and calls < self.MAX_BACKFILL_CALLS:
-            calls += 1
-            url = self.venue.agg_trades_url(self.config.rest_url, gap.symbol_native, next_id,
-                                            min(1000, gap.last_id - next_id + 1))
+    async def _backfill_trades(self, gap: TradeGap) -> None:
+        await self._supervise(f"backfill {gap.symbol_native} {gap.first_id}-{gap.last_id}",
+                              lambda: self._fill_gap(gap), None)
+
+    async def _fill_gap(self, gap: TradeGap) -> None:
+        """Fetch the ids a gap misses until none is missing or the rest is proven gone.
+
+        429/418 wait out Retry-After, other failures back off; neither gives up. A stop leaves
+        the unfinished range open, and the state file carries it to the next start. A restart
+        after a crash picks up from what is still open.
+        """
+        native, first, last = gap.symbol_native, gap.first_id, gap.last_id
+        cap, lost = self.config.max_backfill_ids, 0
+        if last - first + 1 > cap:   # the oldest ids are the least likely to still be on the venue
+            lost += self._give_up(native, first, last - cap, f"gap larger than the backfill cap of {cap} ids")
+        empty_pages = 0
+        while remaining := self.handler.open_trade_gaps(native, first, last):
+            lo, hi = max(remaining[0][0], first), min(remaining[0][1], last)
+            url = self.venue.agg_trades_url(self.config.rest_url, native, lo, min(1000, hi - lo + 1))
             try:
-                body, ts = await self._get(url, attempts=5)
-            except IngestError as exc:
-                log.warning("trade backfill %s from %d failed: %s", gap.symbol_native, next_id, exc)
-                return
-            ids = [item.get("a") for item in orjson.loads(body) if isinstance(item, dict)]
+                body, ts = await self._get(url, attempts=None, what=f"trade backfill {native} from id {lo}")
+            except IngestError as exc:    # the venue refuses the request itself: retrying cannot help
+                lost += self._give_up(native, lo, hi, str(exc))
+                continue
+            ids = self._trade_ids(url, body, ts)
             self.handler.on_rest(url, body, ts)
-            if not ids:
-                break
-            next_id = max(ids) + 1
+            if ids and ids[0] <= hi:
+                empty_pages = 0
+                if ids[0] > lo:
+                    lost += self._give_up(native, lo, ids[0] - 1, "no longer in the venue's REST history")
+                continue
+            if ids:       # the venue's oldest id is past the whole range
+                lost += self._give_up(native, lo, hi, "no longer in the venue's REST history")
+                continue
+            empty_pages += 1
+            if empty_pages >= self.EMPTY_BACKFILL_PAGES:
+                lost += self._give_up(native, lo, hi, f"the venue returned no trades from id {lo} {empty_pages} times")
+                continue
+            await asyncio.sleep(min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** empty_pages))
         self.events["trade_backfills"] += 1
-        self._feed_event("trade_backfill", gap.symbol_native,
-                         {"first_id": gap.first_id, "last_id": gap.last_id, "filled_to": next_id - 1})
+        self.events["trades_backfilled"] += last - first + 1 - lost
+        self._feed_event("trade_backfill", native, {"first_id": first, "last_id": last,
+                                                    "filled": last - first + 1 - lost, "lost": lost})
+
+    def _trade_ids(self, url: str, body: bytes, ts: int) -> list[int]:
+        """Sorted sequence ids of the trades in a REST page (empty when it holds none or is unreadable)."""
+        try:
+            trades = self.venue.map_rest(url, orjson.loads(body), ts)
+        except (orjson.JSONDecodeError, MalformedMessage, SkipMessage):
+            return []
+        return sorted(i for i in map(self.venue.trade_sequence, trades) if i is not None)
+
+    def _give_up(self, native: str, first: int, last: int, reason: str) -> int:
+        count = self.handler.give_up_trades(native, first, last, reason, time.time_ns())
+        if count:
+            log.error("%s %s trade ids %d-%d (%d) lost: %s", self.venue.exchange, native, first, last, count, reason)
+            lost = self._lost_ranges.setdefault(self.venue.normalize_symbol(native), [])
+            lost.append([first, last])
+            del lost[:-LOST_RANGES_KEPT]
+        return count
 
     def _want_snapshot(self, native: str) -> None:
         task = self._snapshot_tasks.get(native)
         if task is None or task.done():
-            self._snapshot_tasks[native] = asyncio.create_task(self._fetch_snapshot(native))
+            self._snapshot_tasks[native] = asyncio.create_task(
+                self._supervise(f"depth snapshot {native}", lambda: self._fetch_snapshot(native), None))
 
     async def _fetch_snapshot(self, native: str) -> None:
         url = self.venue.depth_url(self.config.rest_url, native)
-        body, ts = await self._get(url, attempts=None)
+        body, ts = await self._get(url, attempts=None, what=f"depth snapshot {native}")
         for again in self.handler.on_rest(url, body, ts):
             if again != native:
                 self._want_snapshot(again)
@@ -278,7 +445,7 @@ class IngestService:
             for native in self.config.symbols:
                 url = self.venue.open_interest_url(self.config.rest_url, native)
                 try:
-                    body, ts = await self._get(url, attempts=3)
+                    body, ts = await self._get(url, attempts=3, what=f"open interest {native}")
                 except IngestError as exc:
                     log.warning("open interest %s: %s", native, exc)
                     continue
@@ -293,8 +460,12 @@ class IngestService:
         body, _ = await self._get(url, **kwargs)
         return orjson.loads(body)
 
-    async def _get(self, url: str, attempts: int | None = 5, weight_ok: bool = False) -> tuple[bytes, int]:
-        """GET with backoff; honours Retry-After on 429/418; raises IngestError after ``attempts``."""
+    async def _get(self, url: str, attempts: int | None = 5, weight_ok: bool = False,
+                   what: str | None = None) -> tuple[bytes, int]:
+        """GET with backoff; honours Retry-After on 429/418; raises IngestError after ``attempts``.
+
+        While it waits before a retry, ``what`` (default: the URL) is listed in the status.
+        """
         attempt = 0
         while True:
             attempt += 1
@@ -321,7 +492,12 @@ class IngestService:
             if attempts is not None and attempt >= attempts:
                 raise IngestError(f"{url}: {problem} (after {attempt} attempts)")
             delay = delay if delay is not None else min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
-            await asyncio.sleep(delay)
+            token = object()
+            self._waits[id(token)] = {"what": what or url, "until": time.time() + delay, "reason": problem[:120]}
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                del self._waits[id(token)]
 
     # --- Kafka outage handling and status --------------------------------------------------------
 
@@ -341,34 +517,104 @@ class IngestService:
             self._status()
             await asyncio.sleep(self.config.status_interval_s)
 
+    def _sink_status(self) -> dict:
+        return self.sink.status()
+
+    def _run_counters(self) -> Counter:
+        """This run's counters, flat, as added to the totals of earlier runs."""
+        stats = self.handler.stats
+        counters = Counter(self.events)
+        counters.update(messages=stats.messages, dead_letters=sum(stats.dead_letters.values()),
+                        book_gaps=self.handler.book_sync.counts["gaps"],
+                        trades_lost=sum(self.handler.lost_trades.values()),
+                        trade_gaps=sum(self.handler.trade_gaps.values()))
+        counters.update({f"records_{kind}": n for kind, n in stats.records.items()})
+        return counters
+
+    def _health(self, sink: dict, trades: dict) -> str:
+        """"running" only when nothing is wrong; otherwise "degraded: <what is wrong>"."""
+        if self.failure:
+            return "failed"
+        problems = []
+        if sink.get("kafka") != "reachable":
+            problems.append(f"Kafka {sink.get('kafka')}")
+        if sink.get("spilling"):
+            problems.append("spilling to disk")
+        problems += [f"{c.name} connection {c.state}" for c in self.connections.values() if c.state != "connected"]
+        missing = sum(t["missing"] for t in trades.values())
+        if missing:
+            problems.append(f"{missing:,} trades missing")
+        if self._waits:
+            problems.append(f"{len(self._waits)} REST calls backing off")
+        now = time.monotonic()
+        recent = {name for t, name, _ in self._task_errors if now - t < RECENT_TASK_ERROR_S}
+        if recent:
+            problems.append(f"task restarted: {', '.join(sorted(recent))}")
+        if self._status_error:
+            problems.append(f"state not saved: {self._status_error}")
+        return "degraded: " + "; ".join(problems) if problems else "running"
+
     def status(self) -> dict:
         stats, now = self.handler.stats, time.monotonic()
         elapsed = now - self._rate["t"]
         if elapsed >= 1.0:
             self._rate.update(per_s=(stats.messages - self._rate["messages"]) / elapsed, t=now,
                               messages=stats.messages)
+        sink = self._sink_status()
+        trades = self.handler.trade_sequences()
+        run = self._run_counters()
         return {
             "service": "ingest", "exchange": self.venue.exchange, "pid": os.getpid(), "symbols": self.config.symbols,
-            "started_at": self.started, "updated_at": time.time(), "messages": stats.messages,
+            "state": self._health(sink, trades), "started_at": self.started, "updated_at": time.time(),
+            "messages": stats.messages,
             "messages_per_s": round(self._rate["per_s"], 1), "records": dict(stats.records),
             "skipped": sum(stats.skipped.values()), "dead_letters": sum(stats.dead_letters.values()),
             "gaps": self.handler.book_sync.counts["gaps"], "resyncs": self.handler.book_sync.counts["resyncs"],
-            "missing_trades": self.handler.missing_trades(),
+            "missing_trades": self.handler.missing_trades(), "trades": trades,
             "events": dict(self.events), "rest_weight_1m": self.rest_weight,
-            "spilling": self.sink.spilling, "spill_bytes": self.sink.spill_bytes,
-            "spilled_total": self.sink.spilled_total, "kafka_outages": self.sink.outages,
+            "backoffs": sorted(self._waits.values(), key=lambda w: w["until"]),
+            "task_errors": [{"task": name, "reason": reason, "age_s": round(now - t)}
+                            for t, name, reason in self._task_errors[-5:]],
+            "kafka": sink.get("kafka"), "sink": sink,
+            "spilling": sink.get("spilling", False), "spill_bytes": sink.get("spill_bytes", 0),
+            "spilled_total": sink.get("spilled_total", 0), "kafka_outages": sink.get("outages", 0),
+            "counters_run": dict(run), "counters_total": dict(self._totals_base + run),
             "connections": {c.name: {"state": c.state, "connects": c.connects,
                                      "silent_s": {s: round(now - t, 1) for s, t in c.last_seen.items()}}
                             for c in self.connections.values()},
         }
 
+    def _state_record(self) -> dict:
+        trades = {}
+        for symbol, seq in self.handler.trade_sequences().items():
+            if seq["last_id"] is not None:
+                trades[symbol] = {"last_id": seq["last_id"], "open": seq["open"],
+                                  "lost": self._lost_ranges.get(symbol, [])}
+        return {"version": STATE_VERSION, "exchange": self.venue.exchange, "saved_at": time.time(),
+                "trades": trades, "totals": dict(self._totals_base + self._run_counters())}
+
     def _status(self, final: bool = False) -> None:
+        """Write the state file and the status file; a full disk is reported, not fatal."""
         status = self.status()
-        status["state"] = "stopped" if final else "running"
-        self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.status_path)
+        if final:
+            status["state"] = "failed" if self.failure else "stopped"
+            status["exit_code"] = IngestFailed.exit_code if self.failure else 0
+        if self.failure:
+            status["failure"] = self.failure
+        try:
+            self.config.run_dir.mkdir(parents=True, exist_ok=True)
+            save_state(self.state_path, self._state_record())
+            tmp = self.status_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            if self._status_error is None:
+                log.error("cannot write %s: %s (pending backfills survive a restart only once it can)",
+                          self.config.run_dir, exc)
+            self._status_error = f"{exc.__class__.__name__}: {exc.strerror or exc}"
+            self.events["state_write_errors"] += 1
+        else:
+            self._status_error = None
 
 
 def run_service(service: IngestService, report=None, report_every_s: float = 10.0) -> None:

@@ -102,7 +102,7 @@ def _abandon(producer) -> None:
         log.debug("closing an abandoned producer: %s", exc)
 
 
-def _parse_line(line: bytes) -> tuple[str, str, str, str]:
+def parse_spill_line(line: bytes) -> tuple[str, str, str, str]:
     """A spill line as (topic, key, record_type, value); ValueError says why it is unreadable."""
     if not line.endswith(b"\n"):
         raise ValueError("torn line (no line end)")
@@ -459,7 +459,7 @@ class SpillingSink:
                 settled.add(at)
                 continue
             try:
-                parts = _parse_line(line)
+                parts = parse_spill_line(line)
             except ValueError as exc:
                 self._quarantine(at, line, str(exc))
                 settled.add(at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -247,7 +248,7 @@ def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | No
 @click.option("--duration", type=click.FloatRange(1), help="Stop after N seconds (default: run until SIGTERM/Ctrl-C).")
 def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
-    from ingest.service import IngestConfig, IngestError, IngestService, run_service
+    from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service
     from ingest.spill import SpillingSink
     from ingest.venues import venue as venue_for
 
@@ -266,11 +267,19 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
     service = IngestService(venue, config, sink=sink)
     console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url} into Kafka at {settings.bootstrap}")
     try:
-        run_service(service, report=lambda st: console.print(_status_line(st), highlight=False))
+        run_service(service, report=lambda st: console.print(f"{_status_line(st)} [{st['state']}]", highlight=False,
+                                                             markup=False))
     except IngestError as exc:
         _fail(str(exc))
+    except IngestFailed as exc:
+        Console(stderr=True).print(f"[bold red]perpflow ingest failed:[/] {exc}", highlight=False)
+        console.print("failed; " + _status_line(service.status()), highlight=False)
+        sys.exit(exc.exit_code)
     final = service.status()
     console.print("stopped; " + _status_line(final), highlight=False)
+    if final["missing_trades"]:
+        console.print(f"{final['missing_trades']:,} trade ids still to backfill; saved in {service.state_path}, "
+                      "the next start fetches them", highlight=False)
 
 
 def _status_line(st: dict) -> str:
@@ -280,39 +289,97 @@ def _status_line(st: dict) -> str:
             f"{records.get('trade', 0):,} trades, {records.get('book_delta', 0):,} book deltas, "
             f"{records.get('liquidation', 0):,} liquidations; reconnects {ev.get('reconnects', 0)}, "
             f"stalls {ev.get('stalls', 0)}, gaps {st['gaps']}, resyncs {st['resyncs']}, "
-            f"dead letters {st['dead_letters']}, spill {st['spill_bytes']:,} B"
-            + (" [SPILLING: Kafka unreachable]" if st.get("spilling") else ""))
+            f"missing trades {st['missing_trades']:,}, dead letters {st['dead_letters']}, "
+            f"spill {st['spill_bytes']:,} B" + (" [SPILLING: Kafka unreachable]" if st.get("spilling") else ""))
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _ingest_status_lines(st: dict, pid_alive: bool, now: float) -> list[str]:
+    """One ingest service's status as lines of at most 80 characters."""
+    state = st.get("state", "?")
+    if state not in ("stopped", "failed") and not pid_alive:
+        state = "dead: killed without a clean stop"
+    elif state not in ("stopped", "failed") and now - st["updated_at"] > 10:
+        state = f"not responding: status {_ago(now - st['updated_at'])} old"
+    if "exit_code" in st:
+        state += f" (exit {st['exit_code']})"
+    lines = [f"ingest {st['exchange']}  pid {st['pid']}  {state}"[:80]]
+    if st.get("failure"):
+        lines += [f"  failure: {chunk}" for chunk in _wrap(st["failure"], 69)]
+    lines.append(f"  updated {_ago(now - st['updated_at'])} ago, up {_ago(st['updated_at'] - st['started_at'])}, "
+                 f"{st['messages_per_s']:,.0f} msg/s")
+    sink = st.get("sink", {})
+    kafka = st.get("kafka") or ("unreachable" if st.get("spilling") else "reachable")
+    lines.append(f"  kafka {kafka}; spill {st.get('spill_bytes', 0):,} B"
+                 + (" (SPILLING)" if st.get("spilling") else "")
+                 + (f"; dropped {sink['dropped']:,}" if sink.get("dropped") else ""))
+    lines.append(f"  {'trades':<20} {'last id':>14} {'missing':>8} {'gaps':>5} {'lost':>5}")
+    for symbol, seq in st.get("trades", {}).items():
+        last = "-" if seq.get("last_id") is None else str(seq["last_id"])
+        lines.append(f"  {symbol[:20]:<20} {last:>14} {seq['missing']:>8,} {seq['gaps']:>5,} {seq['lost']:>5,}")
+    ev = st.get("events", {})
+    rest = ", ".join(f"{k[5:]}: {v:,}" for k, v in sorted(ev.items()) if k.startswith("rest_")) or "no errors"
+    lines.append(f"  REST {rest}; weight {st.get('rest_weight_1m', 0):,}/min"[:80])
+    for wait in st.get("backoffs", [])[:8]:
+        until = time.strftime("%H:%M:%S", time.localtime(wait["until"]))
+        lines.append(f"    waiting until {until}: {wait['what']}"[:80])
+        lines.append(f"      after {wait['reason']}"[:80])
+    if len(st.get("backoffs", [])) > 8:
+        lines.append(f"    ... and {len(st['backoffs']) - 8} more")
+    for err in st.get("task_errors", []):
+        lines.append(f"  task error {_ago(err['age_s'])} ago in {err['task']}: {err['reason']}"[:80])
+    run, total = st.get("counters_run", {}), st.get("counters_total", {})
+    lines.append(f"  {'counters':<26} {'this run':>16} {'all runs':>16}")
+    for label, key in (("messages", "messages"), ("trades", "records_trade"), ("liquidations", "records_liquidation"),
+                       ("trade gaps", "trade_gaps"), ("trades backfilled", "trades_backfilled"),
+                       ("trades lost (with event)", "trades_lost"), ("disconnects", "disconnects"),
+                       ("stalls", "stalls"), ("book gaps", "book_gaps"), ("REST 429", "rest_429"),
+                       ("task errors", "task_errors"), ("dead letters", "dead_letters")):
+        lines.append(f"  {label:<26} {run.get(key, 0):>16,} {total.get(key, 0):>16,}")
+    return lines
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
 
 
 @main.command()
 def status() -> None:
-    """Show running perpflow services: rates, reconnects, gaps, spill size."""
+    """Show perpflow services: health, Kafka, spill, trade gaps, REST backoffs, counters."""
     import json
-    import time
 
     from pipelines.broker import _pid_alive, read_state
 
     settings = _settings()
-    table = Table(title=f"perpflow services ({settings.run_dir})")
-    for column in ("service", "pid", "state", "msg/s", "messages", "reconnects", "stalls", "gaps", "resyncs",
-                   "dead letters", "spill bytes", "updated"):
-        table.add_column(column)
+    now = time.time()
+    out = Console(width=80, highlight=False)
+    lines = []
     broker = read_state(settings.run_dir)
     if broker:
-        table.add_row("broker", str(broker["pid"]), "running", *[""] * 8, broker["bootstrap"])
+        alive = "running" if _pid_alive(broker["pid"]) else "not running (stale state)"
+        lines.append(f"broker  pid {broker['pid']}  {broker['bootstrap']}  {alive}")
     for path in sorted(settings.run_dir.glob("ingest-*.json")):
-        st = json.loads(path.read_text())
-        state = st["state"] if st["state"] == "stopped" or _pid_alive(st["pid"]) else "dead (stale status)"
-        ev = st.get("events", {})
-        table.add_row(f"ingest {st['exchange']}", str(st["pid"]), state, f"{st['messages_per_s']:,.0f}",
-                      f"{st['messages']:,}", str(ev.get("reconnects", 0)), str(ev.get("stalls", 0)), str(st["gaps"]),
-                      str(st["resyncs"]), str(st["dead_letters"]),
-                      f"{st['spill_bytes']:,}" + (" SPILLING" if st["spilling"] else ""),
-                      f"{time.time() - st['updated_at']:.0f}s ago")
-    if not table.row_count:
-        console.print(f"no perpflow services have run with PERPFLOW_HOME={settings.home}")
+        if path.name.endswith(".state.json"):
+            continue
+        try:
+            st = json.loads(path.read_text())
+            lines += _ingest_status_lines(st, _pid_alive(st["pid"]), now)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            lines.append(f"{path.name}: unreadable status ({exc.__class__.__name__}: {exc})"[:80])
+    if not lines:
+        out.print(f"no perpflow services have run with PERPFLOW_HOME={settings.home}")
         return
-    console.print(table)
+    out.print(f"perpflow services ({settings.run_dir})"[:80], markup=False)
+    for line in lines:
+        out.print(line, markup=False, soft_wrap=True)
 
 
 # --- data out ----------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
         for stale in (settings.warehouse_path, settings.replica_path, Path(f"{settings.warehouse_path}.wal"),
-                      settings.run_dir / "ingest-binance-usdm.json"):
+                      settings.run_dir / "ingest-binance-usdm.json",
+                      settings.run_dir / "ingest-binance-usdm.state.json"):   # a new venue: new sequences
             stale.unlink(missing_ok=True)   # the demo starts from an empty warehouse
         if settings.uses_embedded_broker:
             broker = EmbeddedBroker(port=settings.broker_port, log_path=settings.run_dir / "demo-broker.log")

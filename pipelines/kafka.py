@@ -16,7 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.net.compat import KafkaNetClient
-from kafka.partitioner.default import DefaultPartitioner
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from ingest import records
 
@@ -165,6 +165,12 @@ def partitions_of(consumer: KafkaConsumer, topics) -> list[TopicPartition]:
         parts = consumer.partitions_for_topic(topic) or set()
         tps.extend(TopicPartition(topic, p) for p in sorted(parts))
     return tps
+
+
+def key_partition(key: bytes, partitions) -> int:
+    """The partition kafka-python's default partitioner (and so ``KeyPartitioner``) picks for ``key``."""
+    ordered = sorted(partitions)
+    return ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
 
 
 def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], timeout: float = 10.0) -> dict:
