@@ -6,7 +6,7 @@ and on any failure record a feed event and reconnect with exponential backoff an
 Faults that leave the TCP connection up are caught by a per-stream liveness watchdog (since
 Binance's 2026 URL split, a misrouted stream is acknowledged and then silent forever), and
 connections are rotated before the venue's 24-hour limit. Optionally each route is opened
-``connections_per_stream`` times and frames are de-duplicated (``ingest/frames.py``), so one
+``connections_per_stream`` times and merged into one de-duplicated stream (``ingest/frames.py``), so one
 dropped connection loses nothing, not even streams that cannot be backfilled; frames that are
 not UTF-8 or exceed ``max_frame_bytes`` are dead-lettered without dropping the connection. REST depth snapshots are fetched
 whenever the book sync asks for one; open interest is polled within the REST weight budget.
@@ -35,7 +35,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ingest.feed import FeedHandler
-from ingest.frames import FrameDeduplicator, RejectedFrame, check_frame
+from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import FeedEvent
 from ingest.spill import SpillingSink
 
@@ -112,7 +112,7 @@ class IngestService:
         self._tasks: set[asyncio.Task] = set()
         self._last_oi: dict[str, bytes] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._dedupers: dict[str, FrameDeduplicator] = {}   # per route, with redundant connections only
+        self._mergers: dict[str, ReplicaMerger] = {}   # per route, with redundant connections only
         self._rate = {"t": time.monotonic(), "messages": 0, "per_s": 0.0}
         self.status_path = config.run_dir / f"ingest-{venue.exchange}.json"
 
@@ -147,7 +147,7 @@ class IngestService:
         routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
         for route, (url, streams) in routes.items():
             if replicas > 1:
-                self._dedupers[route] = FrameDeduplicator()
+                self._mergers[route] = ReplicaMerger()
             for replica in range(1, replicas + 1):
                 name = route if replicas == 1 else f"{route}#{replica}"
                 self.connections[name] = ConnectionState(name, route, replica, url, streams)
@@ -188,6 +188,8 @@ class IngestService:
                     conn.state, conn.connected_at = "connected", time.monotonic()
                     conn.last_seen = {s: time.monotonic() for s in conn.streams}
                     conn.received = set()
+                    if conn.route in self._mergers:
+                        self._mergers[conn.route].connected(conn.name)
                     attempt = 0
                     await self._read(ws, conn)
             except asyncio.CancelledError:
@@ -201,6 +203,9 @@ class IngestService:
             except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as exc:
                 reason, kind = f"{exc.__class__.__name__}: {exc}", "disconnect"
             conn.state = "reconnecting"
+            if conn.route in self._mergers:
+                for item in self._mergers[conn.route].disconnected(conn.name):
+                    self._handle_frame(*item)
             self._reset_books(conn)
             if reason is not None and not self.stop.is_set():
                 self.events[kind + "s"] += 1
@@ -247,14 +252,19 @@ class IngestService:
             if stream is not None:    # every replica's liveness counts, duplicate or not
                 conn.last_seen[stream] = now
                 conn.received.add(stream)
-        deduper = self._dedupers.get(conn.route)
-        if deduper is not None and not deduper.first_copy(raw, now):
+        merger = self._mergers.get(conn.route)
+        if merger is None:
+            self._handle_frame(conn.name, raw, frame)
             return
+        for item in merger.on_frame(conn.name, raw, (conn.name, raw, frame), now):
+            self._handle_frame(*item)
+
+    def _handle_frame(self, source: str, raw: bytes, frame: str | RejectedFrame) -> None:
         if isinstance(frame, RejectedFrame):
             self.events["rejected_frames"] += 1
-            self.handler.on_rejected_frame(raw, time.time_ns(), conn.name, frame.reason)
+            self.handler.on_rejected_frame(raw, time.time_ns(), source, frame.reason)
             return
-        for native in self.handler.on_ws(frame, time.time_ns(), conn.name):
+        for native in self.handler.on_ws(frame, time.time_ns(), source):
             self._want_snapshot(native)
         if self.handler.new_trade_gaps:
             for gap in self.handler.new_trade_gaps:
@@ -262,10 +272,11 @@ class IngestService:
             self.handler.new_trade_gaps.clear()
 
     def _reset_books(self, conn: ConnectionState) -> None:
-        """Forget the books a lost connection fed, except those a connected replica still delivers
+        """Forget the books a lost connection fed, except those a live replica still delivers
         (it carries on the same sequence, so the book stays exact)."""
+        merger = self._mergers.get(conn.route)
         covered = set().union(*(c.received for c in self.connections.values()
-                                if c.route == conn.route and c is not conn and c.state == "connected"))
+                                if c.route == conn.route and c is not conn and merger.is_live(c.name)))
         for native in sorted({self.venue.stream_symbol(s) for s in conn.streams
                               if "depth" in s and s not in covered}):
             self.handler.book_sync.reset(self.venue.normalize_symbol(native))
