@@ -6,10 +6,11 @@ and on any failure record a feed event and reconnect with exponential backoff an
 Faults that leave the TCP connection up are caught by a per-stream liveness watchdog (since
 Binance's 2026 URL split, a misrouted stream is acknowledged and then silent forever), and
 connections are rotated before the venue's 24-hour limit. Optionally each route is opened
-``connections_per_stream`` times and merged into one de-duplicated stream (``ingest/frames.py``), so one
-dropped connection loses nothing, not even streams that cannot be backfilled; frames that are
-not UTF-8 or exceed ``max_frame_bytes`` are dead-lettered without dropping the connection. REST depth snapshots are fetched
-whenever the book sync asks for one; open interest is polled within the REST weight budget.
+``connections_per_stream`` times and merged into one de-duplicated stream (``ingest/frames.py``),
+so one dropped connection loses nothing, not even streams that cannot be backfilled; frames that
+are not UTF-8 or exceed ``max_frame_bytes`` are dead-lettered without dropping the connection.
+REST depth snapshots are fetched whenever the book sync asks for one; open interest is polled
+within the REST weight budget.
 Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order.
 
 The service writes its counters to ``<home>/run/ingest-<venue>.json`` every second, which
@@ -276,7 +277,8 @@ class IngestService:
         (it carries on the same sequence, so the book stays exact)."""
         merger = self._mergers.get(conn.route)
         covered = set().union(*(c.received for c in self.connections.values()
-                                if c.route == conn.route and c is not conn and merger.is_live(c.name)))
+                                if c.route == conn.route and c is not conn and merger is not None
+                                and merger.is_live(c.name)))
         for native in sorted({self.venue.stream_symbol(s) for s in conn.streams
                               if "depth" in s and s not in covered}):
             self.handler.book_sync.reset(self.venue.normalize_symbol(native))

@@ -33,7 +33,8 @@ def published_liquidations(truth) -> list[tuple]:
     for liq in truth["liquidation"]:
         if liq["published"]:
             pp, qp = precision[liq["symbol"]]
-            keys.append((liq["symbol"], liq["side"], liq["ts"], f"{liq['price']:.{pp}f}", f"{liq['filled_qty']:.{qp}f}"))
+            keys.append((liq["symbol"], liq["side"], liq["ts"], f"{liq['price']:.{pp}f}",
+                         f"{liq['filled_qty']:.{qp}f}"))
     return keys
 
 
