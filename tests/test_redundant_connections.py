@@ -17,6 +17,7 @@ from test_ingest_service import check_books_against_truth, run_service, trade_id
 
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
+from ingest.simulator.config import ConfigError
 from pipelines.kafka import ensure_topics
 
 MARGIN_MS = 2000     # liquidations this close to the ends of what the service saw are not compared
@@ -53,28 +54,29 @@ def run_with_single_drops(tmp_path, bootstrap, redundancy: int):
     received = [liquidation_key_from_record(r) for r in records if r.record_type == "liquidation"]
     expected = [k for k in published_liquidations(truth) if lo <= k[2] <= hi]
     drops = [f for f in truth["fault"] if f["fault"] == "drop" and lo <= f["ts"] <= hi]
-    return service, truth, records, received, expected, drops
+    received_in_window = [k for k in received if lo <= k[2] <= hi]
+    return service, truth, records, received, received_in_window, expected, drops
 
 
 def test_two_connections_per_stream_lose_no_liquidation_when_one_drops(tmp_path, broker):
     ensure_topics(broker.bootstrap, 3)
-    service, truth, records, received, expected, drops = run_with_single_drops(tmp_path, broker.bootstrap, 2)
+    service, truth, records, received, in_window, expected, drops = run_with_single_drops(tmp_path, broker.bootstrap, 2)
     print(f"redundancy 2: {len(drops)} single-connection drops, liquidations published "
-          f"{len(expected)}, received {len([k for k in received if k in set(expected)])}")
+          f"{len(expected)}, received {len(set(expected) & set(in_window))}")
 
-    # The schedule really dropped connections of both routes, each while its sibling replica was up.
-    assert len(drops) >= 8 and {d["route"] for d in drops} == {"public", "market"}
+    # The schedule really dropped every replica (the longest-open goes first, so they take turns),
+    # each while its sibling replica was up.
+    assert len(drops) >= 6 and {d["route"] for d in drops} == {"public", "market"}
     assert all(d["siblings"] == 1 for d in drops), drops
-    assert service.events["disconnects"] >= 8 and service.events["reconnects"] >= 8
+    assert service.events["disconnects"] >= 6 and service.events["reconnects"] >= 6
     disconnects = [orjson.loads(r.detail) for r in records if r.record_type == "feed_event" and r.kind == "disconnect"]
     assert {(d["route"], d["replica"]) for d in disconnects} == {(route, replica) for route in ("public", "market")
                                                                 for replica in (1, 2)}
 
     # Liquidations: exactly what was published, by content, each once.
-    assert len(expected) >= 100
-    assert len(received) == len(set(received))
-    assert set(expected) <= set(received)
-    assert set(received) <= set(published_liquidations(truth))
+    assert len(expected) >= 50
+    assert sorted(in_window) == sorted(expected)
+    assert len(received) == len(set(received)) and set(received) <= set(published_liquidations(truth))
 
     # Trades: complete and never duplicated, without a single gap to backfill.
     events = Counter(r.kind for r in records if r.record_type == "feed_event")
@@ -95,7 +97,7 @@ def test_two_connections_per_stream_lose_no_liquidation_when_one_drops(tmp_path,
     for symbol, seqs in deltas.items():
         assert seqs == sorted(set(seqs)), f"{symbol}: a depth update applied twice or out of order"
     assert check_books_against_truth(records, truth) >= 20
-    assert sum(m.duplicates for m in service._mergers.values()) > 10_000
+    assert sum(m.duplicates for m in service._mergers.values()) > 1000
 
 
 def test_one_connection_per_stream_under_the_same_drops_reports_what_it_loses(tmp_path, broker):
@@ -103,11 +105,11 @@ def test_one_connection_per_stream_under_the_same_drops_reports_what_it_loses(tm
     are lost (Binance has no public endpoint to backfill them). Whether a liquidation falls into a
     reconnect depends on wall-clock timing, so the loss is reported, not asserted."""
     ensure_topics(broker.bootstrap, 3)
-    service, truth, records, received, expected, drops = run_with_single_drops(tmp_path, broker.bootstrap, 1)
-    kept = len(set(expected) & set(received))
+    service, truth, records, received, in_window, expected, drops = run_with_single_drops(tmp_path, broker.bootstrap, 1)
+    kept = len(set(expected) & set(in_window))
     print(f"redundancy 1: {len(drops)} single-connection drops, liquidations published {len(expected)}, "
           f"received {kept}, lost {len(expected) - kept}")
-    assert len(drops) >= 8 and service.events["disconnects"] >= 8
+    assert len(drops) >= 6 and service.events["disconnects"] >= 6
     assert len(received) == len(set(received)) and set(received) <= set(published_liquidations(truth))
 
 
@@ -164,3 +166,10 @@ def test_the_identity_window_is_bounded_in_time_and_entries():
 def test_check_frame_names_what_is_wrong(raw, reason):
     assert check_frame(raw, 100) == RejectedFrame(reason)
     assert check_frame('{"a":"é"}'.encode(), 100) == '{"a":"é"}'
+
+
+def test_simulator_drop_mode_and_hostile_size_are_validated():
+    with pytest.raises(ConfigError, match="drop mode 'some' is not one of all, one"):
+        FaultConfig(drop_mode="some").validate()
+    with pytest.raises(ConfigError, match="hostile frame size must be >= 1024 bytes"):
+        FaultConfig(hostile_frame_bytes=10).validate()
