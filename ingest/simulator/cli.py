@@ -82,7 +82,8 @@ _SECONDS = click.FloatRange(min=0.0)
 @click.option("--drop-every", type=_SECONDS, default=0.0, metavar="SECONDS",
               help="Abruptly drop websocket connections every SECONDS of simulated time.")
 @click.option("--drop-mode", type=click.Choice(DROP_MODES), default="all", show_default=True,
-              help="all: drop every connection at once; one: drop only the longest-open connection.")
+              help="all: drop every connection at once; one: drop only the longest-open connection, "
+                   "never a second one before the first is replaced.")
 @click.option("--gap-every", type=_SECONDS, default=0.0, metavar="SECONDS",
               help="Skip one depthUpdate (breaking pu chaining) every SECONDS.")
 @click.option("--malformed-every", type=_SECONDS, default=0.0, metavar="SECONDS",

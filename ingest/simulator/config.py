@@ -153,7 +153,8 @@ class FaultConfig:
     """Deterministic fault schedule. Periods are simulated seconds; 0 disables a fault.
 
     ``drop_mode``: ``all`` drops every connection at once; ``one`` drops only the longest-open
-    connection (what redundant connections must survive). ``hostile_every_s`` alternates a text
+    connection, and the next drop waits until a connection with the victim's streams has been
+    opened again (one connection down at a time: what redundant connections must survive). ``hostile_every_s`` alternates a text
     frame that is not UTF-8 and a valid frame of ``hostile_frame_bytes`` to every connection."""
 
     drop_every_s: float = 0.0

@@ -95,6 +95,7 @@ class Simulator:
         self.frames_sent = 0
         self.lag_ms = 0
         self._opened = 0
+        self._awaiting_replacement: set[tuple] = set()    # drop mode one: streams of a dropped connection
         self._hostile_sent = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -218,19 +219,28 @@ class Simulator:
                 feed.pending_drops -= 1
                 feed.record_fault(feed.now_ms, "drop", mode="all", connections=len(victims))
         else:
-            victims = sorted(self._connections, key=lambda c: c.serial)[:feed.pending_drops]
-            feed.pending_drops = 0
-            for conn in victims:
-                # Siblings: other open connections serving the same streams (a client's replicas).
-                siblings = sum(1 for c in self._connections if c is not conn and c.route == conn.route
-                               and c.combined == conn.combined and set(c.subscriptions) == set(conn.subscriptions))
-                feed.record_fault(feed.now_ms, "drop", mode="one", connections=1, route=conn.route,
-                                  siblings=siblings)
+            # One connection down at a time: a drop falls due only once the client has replaced the
+            # previous victim (under load the market loop catches up in bursts, and back-to-back
+            # drops would take down every replica of a stream at once: an outage, not a single drop).
+            if self._awaiting_replacement or not self._connections:
+                return
+            feed.pending_drops -= 1
+            conn = min(self._connections, key=lambda c: c.serial)
+            victims = [conn]
+            # Siblings: other open connections serving the same streams (a client's replicas).
+            key = self._streams_key(conn)
+            siblings = sum(1 for c in self._connections if c is not conn and self._streams_key(c) == key)
+            feed.record_fault(feed.now_ms, "drop", mode="one", connections=1, route=conn.route, siblings=siblings)
+            self._awaiting_replacement.add(key)
         for conn in victims:
             self._connections.discard(conn)    # its handler's cleanup may run later; never drop it twice
             transport = conn.request.transport
             if transport is not None:
                 transport.abort()
+
+    @staticmethod
+    def _streams_key(conn: Connection) -> tuple:
+        return conn.route, conn.combined, frozenset(conn.subscriptions)
 
     def _send_hostile_frames(self) -> None:
         feed = self.feed
@@ -304,6 +314,7 @@ class Simulator:
         conn = Connection(ws, request, route, combined, self.feed.now_ms, self._opened)
         self._connections.add(conn)
         self._subscribe(conn, streams)
+        self._awaiting_replacement.discard(self._streams_key(conn))
         writer = asyncio.create_task(self._write_loop(conn))
         pinger = asyncio.create_task(self._ping_loop(conn))
         try:
