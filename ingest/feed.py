@@ -19,6 +19,8 @@ from ingest.records import BookDelta, BookSnapshot, DeadLetter, FeedEvent, Trade
 from ingest.venues import MalformedMessage, SkipMessage
 
 MAX_DEAD_LETTER_BYTES = 1 << 20
+# Enough of a refused frame to identify it, well under a broker's ~1 MiB message limit.
+REJECTED_FRAME_KEEP_BYTES = 64 << 10
 
 @dataclass
 class FeedStats:
@@ -68,6 +70,11 @@ class FeedHandler:
 
     def on_rest(self, url: str, raw: bytes | str, ts_recv: int) -> list[str]:
         return self._handle(raw, ts_recv, url, lambda body: self.venue.map_rest(url, body, ts_recv))
+
+    def on_rejected_frame(self, raw: bytes, ts_recv: int, source: str, reason: str) -> None:
+        """A frame refused before parsing (not UTF-8, too large): counted and dead-lettered."""
+        self.stats.messages += 1
+        self._dead_letter(raw[:REJECTED_FRAME_KEEP_BYTES], ts_recv, source, reason)
 
     def _handle(self, raw, ts_recv: int, source: str, mapper) -> list[str]:
         self.stats.messages += 1
@@ -195,8 +202,10 @@ class FeedHandler:
         self.emit(record)
 
     def _dead_letter(self, raw, ts_recv: int, source: str, reason: str) -> None:
+        # Truncated before decoding: a hostile frame may be tens of megabytes.
+        raw = raw[:MAX_DEAD_LETTER_BYTES]
         text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
         # Reason categories stay few (the detail after ':' varies per message).
         self.stats.dead_letters[reason.split(":")[0]] += 1
         self.emit_record(DeadLetter(exchange=self.venue.exchange, source=source, reason=reason,
-                              raw=text[:MAX_DEAD_LETTER_BYTES], ts_recv=ts_recv))
+                              raw=text, ts_recv=ts_recv))

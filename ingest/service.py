@@ -5,8 +5,12 @@ read frames into the shared ``FeedHandler`` (mapper + book sync, exactly as repl
 and on any failure record a feed event and reconnect with exponential backoff and jitter.
 Faults that leave the TCP connection up are caught by a per-stream liveness watchdog (since
 Binance's 2026 URL split, a misrouted stream is acknowledged and then silent forever), and
-connections are rotated before the venue's 24-hour limit. REST depth snapshots are fetched
-whenever the book sync asks for one; open interest is polled within the REST weight budget.
+connections are rotated before the venue's 24-hour limit. Optionally each route is opened
+``connections_per_stream`` times and merged into one de-duplicated stream (``ingest/frames.py``),
+so one dropped connection loses nothing, not even streams that cannot be backfilled; frames that
+are not UTF-8 or exceed ``max_frame_bytes`` are dead-lettered without dropping the connection.
+REST depth snapshots are fetched whenever the book sync asks for one; open interest is polled
+within the REST weight budget.
 Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order.
 
 Trade continuity (``ingest/continuity.py``): on start the service continues each symbol's trade
@@ -42,10 +46,10 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-
 from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trade_ids, load_state,
                                plan_resume, save_state, spill_trade_ids)
 from ingest.feed import FeedHandler, TradeGap
+from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import FeedEvent
 from ingest.spill import SinkFailure, SpillingSink
 from ingest.venues import MalformedMessage, SkipMessage
@@ -85,17 +89,26 @@ class IngestConfig:
     max_backfill_ids: int = 100_000                   # per gap; older ids beyond it are reported lost
     trade_tail_scan: int = TAIL_SCAN_RECORDS          # md.trades records read back per partition on start
     task_crash_limit: int = 5                         # crashes of one task within 5 min before giving up
+    connections_per_stream: int = 1                   # >1: redundant replicas of each route, de-duplicated
+    max_frame_bytes: int = 8 << 20                    # larger frames are dead-lettered
 
 
 @dataclass
 class ConnectionState:
     name: str
+    route: str
+    replica: int                                      # 1..connections_per_stream
     url: str
     streams: list[str]
     state: str = "starting"
     connected_at: float | None = None
     connects: int = 0
     last_seen: dict[str, float] = field(default_factory=dict)
+    received: set[str] = field(default_factory=set)  # streams that delivered a frame since connecting
+
+    @property
+    def detail(self) -> dict:
+        return {"connection": self.name, "route": self.route, "replica": self.replica}
 
 
 class Stalled(Exception):
@@ -110,6 +123,9 @@ class RotationDue(Exception):
 
 class IngestService:
     EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
+    # The websockets library closes the connection (1009) above this; perpflow's own, much lower
+    # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
+    PROTOCOL_MAX_FRAME_BYTES = 1 << 28
 
     def __init__(self, venue, config: IngestConfig, sink: SpillingSink | None = None):
         self.venue = venue
@@ -128,7 +144,7 @@ class IngestService:
         self._tasks: set[asyncio.Task] = set()
         self._last_oi: dict[str, bytes] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._symbols_by_connection: dict[str, list[str]] = {}
+        self._mergers: dict[str, ReplicaMerger] = {}   # per route, with redundant connections only
         self._rate = {"t": time.monotonic(), "messages": 0, "per_s": 0.0}
         self.status_path = config.run_dir / f"ingest-{venue.exchange}.json"
         self.state_path = config.run_dir / f"ingest-{venue.exchange}.state.json"
@@ -150,10 +166,7 @@ class IngestService:
         try:
             await self._check_symbols()
             await self._resume_trades()
-            routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
-            for name, (url, streams) in routes.items():
-                self.connections[name] = ConnectionState(name, url, streams)
-                self._symbols_by_connection[name] = sorted({self.venue.stream_symbol(s) for s in streams})
+            self._open_routes()
             tasks = [self._supervised(f"ws-{c.name}", lambda c=c: self._connection_loop(c),
                                       on_crash=lambda c=c: self._connection_crashed(c))
                      for c in self.connections.values()]
@@ -174,6 +187,18 @@ class IngestService:
             self._status(final=True)
         if self.failure:
             raise IngestFailed(self.failure)
+
+    def _open_routes(self) -> None:
+        replicas = self.config.connections_per_stream
+        if replicas < 1:
+            raise IngestError(f"connections_per_stream must be >= 1, got {replicas}")
+        routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
+        for route, (url, streams) in routes.items():
+            if replicas > 1:
+                self._mergers[route] = ReplicaMerger()
+            for replica in range(1, replicas + 1):
+                name = route if replicas == 1 else f"{route}#{replica}"
+                self.connections[name] = ConnectionState(name, route, replica, url, streams)
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -256,17 +281,21 @@ class IngestService:
         attempt = 0
         while not self.stop.is_set():
             reason = kind = None
-            detail: dict = {"connection": conn.name}
+            detail = conn.detail
             symbol = None
             try:
                 async with websockets.connect(conn.url, ping_interval=20, ping_timeout=20, open_timeout=10,
-                                              close_timeout=2, max_size=1 << 24, max_queue=4096) as ws:
+                                              close_timeout=2, max_size=self.PROTOCOL_MAX_FRAME_BYTES,
+                                              max_queue=4096) as ws:
                     if conn.connects:
-                        self._feed_event("reconnect", None, {"connection": conn.name, "attempt": attempt})
+                        self._feed_event("reconnect", None, {**conn.detail, "attempt": attempt})
                         self.events["reconnects"] += 1
                     conn.connects += 1
                     conn.state, conn.connected_at = "connected", time.monotonic()
                     conn.last_seen = {s: time.monotonic() for s in conn.streams}
+                    conn.received = set()
+                    if conn.route in self._mergers:
+                        self._mergers[conn.route].connected(conn.name)
                     attempt = 0
                     await self._read(ws, conn)
             except asyncio.CancelledError:
@@ -280,6 +309,9 @@ class IngestService:
             except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as exc:
                 reason, kind = f"{exc.__class__.__name__}: {exc}", "disconnect"
             conn.state = "reconnecting"
+            if conn.route in self._mergers:
+                for item in self._mergers[conn.route].disconnected(conn.name):
+                    self._handle_frame(*item)
             self._reset_books(conn)
             if reason is not None and not self.stop.is_set():
                 self.events[kind + "s"] += 1
@@ -296,26 +328,20 @@ class IngestService:
 
     async def _read(self, ws, conn: ConnectionState) -> None:
         max_age = self.config.max_connection_age_s or self.venue.MAX_CONNECTION_AGE_S
+        # Replicas rotate at staggered ages so they are never all reconnecting at once.
+        max_age *= 1 - 0.1 * (conn.replica - 1) / self.config.connections_per_stream
         limits = {**self.venue.SILENCE_LIMIT_S, **self.config.silence_limit_s}
         next_check = time.monotonic() + 1.0
         # Checked on every frame: Python 3.11's wait_for can swallow a cancellation that lands
         # just as recv() completes, and a busy stream would then never let the task go.
         while not self.stop.is_set():
-            try:
-                frame = await asyncio.wait_for(ws.recv(), timeout=1.0)
+            try:   # bytes: the library must not close the connection over a frame that is not UTF-8
+                frame = await asyncio.wait_for(ws.recv(decode=False), timeout=1.0)
             except asyncio.TimeoutError:
                 frame = None
             now = time.monotonic()
             if frame is not None:
-                stream = self.venue.stream_of(frame) if isinstance(frame, str) else None
-                if stream is not None:
-                    conn.last_seen[stream] = now
-                for native in self.handler.on_ws(frame, time.time_ns(), conn.name):
-                    self._want_snapshot(native)
-                if self.handler.new_trade_gaps:
-                    for gap in self.handler.new_trade_gaps:
-                        self._background(self._backfill_trades(gap))
-                    self.handler.new_trade_gaps.clear()
+                self._on_frame(frame, conn, now)
             if now >= next_check:
                 next_check = now + 1.0
                 for stream, seen in conn.last_seen.items():
@@ -325,10 +351,42 @@ class IngestService:
                 if now - conn.connected_at > max_age:
                     raise RotationDue
 
+    def _on_frame(self, raw: bytes, conn: ConnectionState, now: float) -> None:
+        frame = check_frame(raw, self.config.max_frame_bytes)
+        if isinstance(frame, str):
+            stream = self.venue.stream_of(frame)
+            if stream is not None:    # every replica's liveness counts, duplicate or not
+                conn.last_seen[stream] = now
+                conn.received.add(stream)
+        merger = self._mergers.get(conn.route)
+        if merger is None:
+            self._handle_frame(conn.name, raw, frame)
+            return
+        for item in merger.on_frame(conn.name, raw, (conn.name, raw, frame), now):
+            self._handle_frame(*item)
+
+    def _handle_frame(self, source: str, raw: bytes, frame: str | RejectedFrame) -> None:
+        if isinstance(frame, RejectedFrame):
+            self.events["rejected_frames"] += 1
+            self.handler.on_rejected_frame(raw, time.time_ns(), source, frame.reason)
+            return
+        for native in self.handler.on_ws(frame, time.time_ns(), source):
+            self._want_snapshot(native)
+        if self.handler.new_trade_gaps:
+            for gap in self.handler.new_trade_gaps:
+                self._background(self._backfill_trades(gap))
+            self.handler.new_trade_gaps.clear()
+
     def _reset_books(self, conn: ConnectionState) -> None:
-        if any("depth" in s for s in conn.streams):
-            for native in self._symbols_by_connection[conn.name]:
-                self.handler.book_sync.reset(self.venue.normalize_symbol(native))
+        """Forget the books a lost connection fed, except those a live replica still delivers
+        (it carries on the same sequence, so the book stays exact)."""
+        merger = self._mergers.get(conn.route)
+        covered = set().union(*(c.received for c in self.connections.values()
+                                if c.route == conn.route and c is not conn and merger is not None
+                                and merger.is_live(c.name)))
+        for native in sorted({self.venue.stream_symbol(s) for s in conn.streams
+                              if "depth" in s and s not in covered}):
+            self.handler.book_sync.reset(self.venue.normalize_symbol(native))
 
     # --- REST ----------------------------------------------------------------------------------
 

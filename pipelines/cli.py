@@ -246,7 +246,13 @@ def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | No
               help="Override a stream's liveness limit, e.g. markPrice@1s=10 (repeatable).")
 @click.option("--max-connection-age", type=click.FloatRange(10, 86400), help="Rotate connections after N seconds.")
 @click.option("--duration", type=click.FloatRange(1), help="Stop after N seconds (default: run until SIGTERM/Ctrl-C).")
-def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration) -> None:
+@click.option("--redundancy", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Connections per stream, de-duplicated: with 2+, one dropped connection loses nothing "
+                   "(not even liquidations, which cannot be backfilled).")
+@click.option("--max-frame-mib", type=click.FloatRange(0.01, 200), default=8.0, show_default=True,
+              help="Frames larger than this are dead-lettered (the connection stays up).")
+def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration,
+           redundancy, max_frame_mib) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
     from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service
     from ingest.spill import SpillingSink
@@ -263,7 +269,8 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
     config = IngestConfig(symbols=symbols, ws_url=ws_url or venue.default_ws_url,
                           rest_url=rest_url or venue.default_rest_url, bootstrap=settings.bootstrap,
                           run_dir=settings.run_dir, oi_interval_s=oi_interval, silence_limit_s=silence_limit,
-                          max_connection_age_s=max_connection_age, duration_s=duration)
+                          max_connection_age_s=max_connection_age, duration_s=duration,
+                          connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)))
     service = IngestService(venue, config, sink=sink)
     console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url} into Kafka at {settings.bootstrap}")
     try:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .config import (DEFAULT_SYMBOLS, SCENARIOS, ConfigError, FaultConfig, SimConfig, StallSpec,
+from .config import (DEFAULT_SYMBOLS, DROP_MODES, SCENARIOS, ConfigError, FaultConfig, SimConfig, StallSpec,
                      format_time_ms, parse_time_ms)
 from .server import Simulator
 
@@ -80,11 +80,19 @@ _SECONDS = click.FloatRange(min=0.0)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=60, show_default=True,
               help="Simulated seconds between full-book checkpoints in the ground truth.")
 @click.option("--drop-every", type=_SECONDS, default=0.0, metavar="SECONDS",
-              help="Abruptly drop every websocket connection every SECONDS of simulated time.")
+              help="Abruptly drop websocket connections every SECONDS of simulated time.")
+@click.option("--drop-mode", type=click.Choice(DROP_MODES), default="all", show_default=True,
+              help="all: drop every connection at once; one: drop only the longest-open connection, "
+                   "never a second one before the first is replaced.")
 @click.option("--gap-every", type=_SECONDS, default=0.0, metavar="SECONDS",
               help="Skip one depthUpdate (breaking pu chaining) every SECONDS.")
 @click.option("--malformed-every", type=_SECONDS, default=0.0, metavar="SECONDS",
               help="Send one malformed frame (bad JSON / missing field / wrong type) every SECONDS.")
+@click.option("--hostile-every", type=_SECONDS, default=0.0, metavar="SECONDS",
+              help="Send every connection a hostile frame every SECONDS, alternating a text frame that is "
+                   "not UTF-8 and an oversized one (see --hostile-size).")
+@click.option("--hostile-size", type=click.IntRange(min=1024), default=50_000_000, show_default=True,
+              metavar="BYTES", help="Size of the oversized hostile frames.")
 @click.option("--stall", "stalls", type=_StallType(), multiple=True,
               help="Silence a stream for a while, e.g. markPrice@1s:600:120 (repeatable).")
 @click.option("--rest-error-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
@@ -94,14 +102,16 @@ _SECONDS = click.FloatRange(min=0.0)
 @click.option("--max-lifetime", type=click.FloatRange(min=0.0, min_open=True), default=86_400.0, show_default=True,
               metavar="SECONDS", help="Simulated seconds before the server closes a connection (Binance: 24 h).")
 def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_path, checkpoint_every,
-             drop_every, gap_every, malformed_every, stalls, rest_error_rate, ping_interval, max_lifetime):
+             drop_every, drop_mode, gap_every, malformed_every, hostile_every, hostile_size, stalls, rest_error_rate,
+             ping_interval, max_lifetime):
     """Serve a simulated Binance USD-M futures venue (websocket streams + /fapi REST) locally."""
     config = SimConfig(
         scenario=scenario, seed=seed, hours=hours, start_ms=start_ms, symbols=symbols, speed=speed,
         truth_path=truth_path, checkpoint_every_s=checkpoint_every,
         ws_ping_interval_s=ping_interval, ws_max_lifetime_s=max_lifetime,
         faults=FaultConfig(drop_every_s=drop_every, gap_every_s=gap_every, malformed_every_s=malformed_every,
-                           stalls=tuple(stalls), rest_error_rate=rest_error_rate),
+                           stalls=tuple(stalls), rest_error_rate=rest_error_rate, drop_mode=drop_mode,
+                           hostile_every_s=hostile_every, hostile_frame_bytes=hostile_size),
     )
     try:
         config = config.resolved()

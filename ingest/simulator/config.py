@@ -101,6 +101,7 @@ PUBLIC_STREAM_KINDS = ("depth", "depth@100ms", "depth@500ms", "bookTicker", "tra
 MARKET_STREAM_KINDS = ("aggTrade", "markPrice", "markPrice@1s", "forceOrder")
 ALL_LIQUIDATIONS_STREAM = "!forceOrder@arr"
 STREAM_KINDS = PUBLIC_STREAM_KINDS + MARKET_STREAM_KINDS
+DROP_MODES = ("all", "one")
 
 
 @dataclass(frozen=True)
@@ -149,19 +150,31 @@ class StallSpec:
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """Deterministic fault schedule. Periods are simulated seconds; 0 disables a fault."""
+    """Deterministic fault schedule. Periods are simulated seconds; 0 disables a fault.
+
+    ``drop_mode``: ``all`` drops every connection at once; ``one`` drops only the longest-open
+    connection, and the next drop waits until a connection with the victim's streams has been
+    opened again (one connection down at a time: what redundant connections must survive). ``hostile_every_s`` alternates a text
+    frame that is not UTF-8 and a valid frame of ``hostile_frame_bytes`` to every connection."""
 
     drop_every_s: float = 0.0
     gap_every_s: float = 0.0
     malformed_every_s: float = 0.0
     stalls: tuple[StallSpec, ...] = ()
     rest_error_rate: float = 0.0
+    drop_mode: str = "all"
+    hostile_every_s: float = 0.0
+    hostile_frame_bytes: int = 50_000_000
 
     def validate(self) -> None:
-        for name in ("drop_every_s", "gap_every_s", "malformed_every_s"):
+        for name in ("drop_every_s", "gap_every_s", "malformed_every_s", "hostile_every_s"):
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0 simulated seconds (0 disables it), got {value:g}")
+        if self.drop_mode not in DROP_MODES:
+            raise ConfigError(f"drop mode {self.drop_mode!r} is not one of {', '.join(DROP_MODES)}")
+        if self.hostile_frame_bytes < 1024:
+            raise ConfigError(f"hostile frame size must be >= 1024 bytes, got {self.hostile_frame_bytes}")
         if not 0.0 <= self.rest_error_rate < 1.0:
             raise ConfigError(f"rest-error-rate is a fraction of REST calls in [0, 1), "
                               f"got {self.rest_error_rate:g}; e.g. 0.05 fails 5% of calls")
@@ -176,6 +189,9 @@ class FaultConfig:
             "stalls": [{"stream": s.stream, "start_s": s.start_s, "duration_s": s.duration_s}
                        for s in self.stalls],
             "rest_error_rate": self.rest_error_rate,
+            "drop_mode": self.drop_mode,
+            "hostile_every_s": self.hostile_every_s,
+            "hostile_frame_bytes": self.hostile_frame_bytes,
         }
 
 

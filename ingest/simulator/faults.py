@@ -24,6 +24,8 @@ MALFORMED_STREAM_KINDS = ("aggTrade", "depth@100ms", "markPrice@1s", "bookTicker
 REQUIRED_FIELD = {"aggTrade": "p", "trade": "t", "depthUpdate": "u", "markPriceUpdate": "p",
                   "bookTicker": "b", "forceOrder": "o"}
 
+HOSTILE_KINDS = ("invalid_utf8", "oversized")
+
 REST_FAILURES = (
     (429, {"code": -1003, "msg": "Too many requests; current limit of IP(127.0.0.1) is 2400 requests per minute. "
                                  "Please use the websocket for live updates to avoid polling the API."}),
@@ -45,6 +47,17 @@ class MalformedFrame:
     @staticmethod
     def truncate(frame: bytes) -> bytes:
         return frame[: max(1, len(frame) * 3 // 5)]
+
+
+def hostile_frame(kind: str, marker: str, size: int) -> bytes:
+    """A frame a client must survive: ``invalid_utf8`` is a small text frame with bytes that are
+    not UTF-8; ``oversized`` is valid JSON of ``size`` bytes. Both carry ``marker`` in ASCII so a
+    dead letter can be matched to the fault."""
+    head = b'{"stream":"hostile","data":{"marker":"' + marker.encode() + b'",'
+    if kind == "invalid_utf8":
+        return head + b'"text":"\xff\xfe\xc3\x28"}}'
+    open_pad, close = b'"pad":"', b'"}}'
+    return head + open_pad + b"x" * max(0, size - len(head) - len(open_pad) - len(close)) + close
 
 
 def corrupt(payload: dict, kind: str) -> dict | MalformedFrame:
@@ -72,6 +85,7 @@ class FaultSchedule:
         self._gap_k = 0
         self._malformed_k = 0
         self._drop_k = 0
+        self._hostile_k = 0
         self._rest_rng = np.random.Generator(np.random.PCG64([seed, 0xFA17]))
         self.stalls = [(s, start_ms + int(round(s.start_s * 1000)),
                         start_ms + int(round((s.start_s + s.duration_s) * 1000)))
@@ -102,6 +116,14 @@ class FaultSchedule:
             return False
         self._drop_k += 1
         return True
+
+    def hostile_due(self, now_ms: int) -> str | None:
+        """Kind of hostile frame to send to every connection, if one is due."""
+        if not self._due(self.config.hostile_every_s, self._start, self._hostile_k, now_ms):
+            return None
+        kind = HOSTILE_KINDS[self._hostile_k % len(HOSTILE_KINDS)]
+        self._hostile_k += 1
+        return kind
 
     def stalled(self, stream: str, ts_ms: int) -> bool:
         for spec, start, end in self.stalls:

@@ -88,6 +88,7 @@ class ExchangeFeed:
         # Recent aggTrades per symbol for REST /fapi/v1/aggTrades (what clients backfill gaps from).
         self._recent_agg: list[deque] = [deque(maxlen=RECENT_AGG_TRADES) for _ in range(n)]
         self.pending_drops = 0
+        self.pending_hostile: list[str] = []    # kinds of hostile frames the server sends next
         self.liquidation_count = 0
         self.published_liquidations = 0
         self._write_header()
@@ -206,6 +207,8 @@ class ExchangeFeed:
             self._malformed_pending[stream] = kind
         while self.faults.drop_due(t1):
             self.pending_drops += 1
+        while (kind := self.faults.hostile_due(t1)) is not None:
+            self.pending_hostile.append(kind)
         for i, (spec, start, end) in enumerate(self.faults.stalls):
             if i not in self._stalls_recorded and t1 >= start:
                 self._stalls_recorded.add(i)

@@ -11,7 +11,8 @@ One aiohttp application on one port serves what an ingestor talks to on fstream/
   24 h rotation is exercised by a compressed day;
 * ``/fapi/v1/*`` REST with per-IP request weight per wall-clock minute (``x-mbx-used-weight-1m``),
   HTTP 429 ``-1003`` plus ``Retry-After`` above the limit, Binance-style 400s for bad parameters;
-* fault injection: abrupt connection drops and REST 429/5xx (the feed injects the rest).
+* fault injection: abrupt connection drops (all at once, or the longest-open one), hostile frames
+  (text that is not UTF-8, frames of tens of megabytes) and REST 429/5xx (the feed injects the rest).
 
 The market advances in 100 ms steps paced at ``speed`` simulated seconds per wall second; when the
 model cannot keep up it runs flat out. Payloads are built only for streams with subscribers.
@@ -29,7 +30,7 @@ from aiohttp import WSMsgType, web
 
 from .config import ALL_LIQUIDATIONS_STREAM, MARKET_STREAM_KINDS, PUBLIC_STREAM_KINDS, SimConfig
 from .feed import DEPTH_LIMITS, ExchangeFeed, Message, UnknownSymbol
-from .faults import MalformedFrame
+from .faults import MalformedFrame, hostile_frame
 from .market import STEP_MS
 
 MAX_STEPS_PER_TICK = 25          # yield to the event loop (writers, REST) at least this often
@@ -50,8 +51,9 @@ class Connection:
     """One websocket client: what it subscribed to and the frames waiting to be written."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, route: str, combined: bool,
-                 opened_sim_ms: int):
+                 opened_sim_ms: int, serial: int):
         self.ws = ws
+        self.serial = serial            # opening order: the longest-open connection has the lowest
         self.request = request
         self.route = route
         self.combined = combined
@@ -92,6 +94,9 @@ class Simulator:
         self._error: Exception | None = None
         self.frames_sent = 0
         self.lag_ms = 0
+        self._opened = 0
+        self._awaiting_replacement: set[tuple] = set()    # drop mode one: streams of a dropped connection
+        self._hostile_sent = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> "Simulator":
@@ -171,6 +176,8 @@ class Simulator:
                     self._dispatch(feed.step(wanted))
                     if feed.pending_drops:
                         self._drop_connections()
+                    if feed.pending_hostile:
+                        self._send_hostile_frames()
                     steps += 1
                 self.lag_ms = max(0, int(target - feed.now_ms))
                 self._expire_connections()
@@ -206,14 +213,47 @@ class Simulator:
 
     def _drop_connections(self) -> None:
         feed = self.feed
-        count = len(self._connections)
-        while feed.pending_drops:
+        if feed.config.faults.drop_mode == "all":
+            victims = list(self._connections)
+            while feed.pending_drops:
+                feed.pending_drops -= 1
+                feed.record_fault(feed.now_ms, "drop", mode="all", connections=len(victims))
+        else:
+            # One connection down at a time: a drop falls due only once the client has replaced the
+            # previous victim (under load the market loop catches up in bursts, and back-to-back
+            # drops would take down every replica of a stream at once: an outage, not a single drop).
+            if self._awaiting_replacement or not self._connections:
+                return
             feed.pending_drops -= 1
-            feed.record_fault(feed.now_ms, "drop", connections=count)
-        for conn in list(self._connections):
+            conn = min(self._connections, key=lambda c: c.serial)
+            victims = [conn]
+            # Siblings: other open connections serving the same streams (a client's replicas).
+            key = self._streams_key(conn)
+            siblings = sum(1 for c in self._connections if c is not conn and self._streams_key(c) == key)
+            feed.record_fault(feed.now_ms, "drop", mode="one", connections=1, route=conn.route, siblings=siblings)
+            self._awaiting_replacement.add(key)
+        for conn in victims:
+            self._connections.discard(conn)    # its handler's cleanup may run later; never drop it twice
             transport = conn.request.transport
             if transport is not None:
                 transport.abort()
+
+    @staticmethod
+    def _streams_key(conn: Connection) -> tuple:
+        return conn.route, conn.combined, frozenset(conn.subscriptions)
+
+    def _send_hostile_frames(self) -> None:
+        feed = self.feed
+        for kind in feed.pending_hostile:
+            marker = f"hostile-{self._hostile_sent}"
+            self._hostile_sent += 1
+            frame = hostile_frame(kind, marker, feed.config.faults.hostile_frame_bytes)
+            for conn in self._connections:
+                conn.outbox.append(frame)
+                conn.wake.set()
+            feed.record_fault(feed.now_ms, "hostile", kind=kind, marker=marker, bytes=len(frame),
+                              connections=len(self._connections))
+        feed.pending_hostile.clear()
 
     def _expire_connections(self) -> None:
         limit_ms = self.config.ws_max_lifetime_s * 1000
@@ -270,9 +310,11 @@ class Simulator:
     async def _serve_ws(self, request: web.Request, route: str, combined: bool, streams: list[str]):
         ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=1 << 16, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
-        conn = Connection(ws, request, route, combined, self.feed.now_ms)
+        self._opened += 1
+        conn = Connection(ws, request, route, combined, self.feed.now_ms, self._opened)
         self._connections.add(conn)
         self._subscribe(conn, streams)
+        self._awaiting_replacement.discard(self._streams_key(conn))
         writer = asyncio.create_task(self._write_loop(conn))
         pinger = asyncio.create_task(self._ping_loop(conn))
         try:

@@ -29,8 +29,11 @@ Format: JSON Lines (one object per line, written with orjson), every record has 
   asks ascending); equal to any correctly synced local book after the event with ``u ==
   last_update_id``.
 * ``funding``: ``ts, symbol, rate, mark`` at each funding settlement.
-* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | rest_error``), ``ts`` and
-  details (``stream, symbol, U, u, kind, end_ts, connections, path, status``).
+* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error``), ``ts`` and
+  details (``stream, symbol, U, u, kind, end_ts, connections, path, status``; a drop also has
+  ``mode`` and, in mode ``one``, ``route`` and ``siblings`` (other open connections with the same
+  streams); a hostile frame has ``kind`` (``invalid_utf8 | oversized``), ``marker`` (an ASCII tag
+  inside the frame), ``bytes`` and ``connections`` it was sent to).
 """
 
 from __future__ import annotations
