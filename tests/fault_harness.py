@@ -423,8 +423,9 @@ def record_figures(acc: Account) -> None:
     """Append this case's account to the file `python -m bench --only faults` collects (when it runs us)."""
     target = os.environ.get(FIGURES_ENV)
     if target:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
         with open(target, "a") as fh:
-            fh.write(json.dumps(asdict(acc), default=str) + "\n")
+            fh.write(json.dumps({**asdict(acc), "test": test}, default=str) + "\n")
 
 
 def assert_nothing_lost_silently(acc: Account, *, recoverable: bool = True) -> None:
