@@ -257,10 +257,9 @@ def account(fault: str, db_path: Path, truth: dict, symbols: list[str]) -> Accou
         dead_letters = con.execute("SELECT count(*) FROM raw.dead_letters").fetchone()[0]
         first_trade_ms = con.execute("SELECT epoch_ms(min(ts_exchange)) FROM raw.trades").fetchone()[0] or 0
         book_rows = con.execute(
-            "SELECT symbol_native, 'snapshot', seq, NULL, NULL, reason, bids, asks, kafka_partition, kafka_offset "
-            "FROM raw.book_snapshots UNION ALL "
-            "SELECT symbol_native, 'delta', NULL, first_seq, last_seq, prev_seq, bids, asks, kafka_partition, "
-            "kafka_offset FROM raw.book_deltas ORDER BY 9, 10").fetchall()
+            "SELECT symbol_native, 'snapshot', seq, NULL, NULL, reason, bids, asks FROM raw.book_snapshots "
+            "UNION ALL SELECT symbol_native, 'delta', NULL, first_seq, last_seq, CAST(prev_seq AS VARCHAR), bids, "
+            "asks FROM raw.book_deltas").fetchall()
     finally:
         con.close()
     acc = Account(fault, duplicated=total - distinct, dead_letters=dead_letters, first_trade_ms=first_trade_ms,
@@ -307,11 +306,13 @@ def account(fault: str, db_path: Path, truth: dict, symbols: list[str]) -> Accou
 
 
 def compare_books(book_rows, truth) -> tuple[int, list]:
-    """Rebuild each book from the loaded snapshots and deltas, in Kafka order, following the venue's own
-    sequencing rules; compare with the true book at every checkpoint the chain reaches unbroken.
+    """Rebuild each book from the loaded snapshots and deltas and compare it with the true book at every
+    checkpoint the venue's own sequencing rules can reach.
 
-    A reordered, repeated or missing delta breaks the chain and the book is not trusted again until the
-    next sync snapshot, so spill reordering can cost comparisons but never produce a false mismatch.
+    Deltas are taken in sequence order with repeats removed (as the analytics de-duplicate on natural
+    keys), so a spill that re-sent or reordered records costs nothing; a missing delta breaks the chain,
+    and the book is trusted again only from a sync snapshot the next delta bridges. A wrong level, a
+    crossed book or a delta the chain cannot explain is never hidden: it is a mismatch.
     """
     from types import SimpleNamespace
 
@@ -322,31 +323,32 @@ def compare_books(book_rows, truth) -> tuple[int, list]:
     checkpoints = defaultdict(dict)
     for cp in truth.get("book", ()):
         checkpoints[cp["symbol"]][cp["last_update_id"]] = cp
-    books: dict[str, OrderBook | None] = {}
-    anchors: dict[str, tuple] = {}   # symbol -> (snapshot seq, previous delta or None)
-    compared, mismatches = 0, []
+    snapshots, deltas = defaultdict(list), defaultdict(dict)
     levels = lambda side: [(level["price"], level["qty"]) for level in side]   # noqa: E731
-    for native, kind, seq, first_seq, last_seq, extra, bids, asks, _, _ in book_rows:
-        if kind == "snapshot":
-            if extra in ("sync", "resync"):
-                books[native] = OrderBook.from_levels(levels(bids), levels(asks))
-                anchors[native] = (seq, None)
-            continue
-        book = books.get(native)
-        if book is None:
-            continue
-        delta = SimpleNamespace(first_seq=first_seq, last_seq=last_seq, prev_seq=int(extra) if extra else None)
-        snapshot_seq, previous = anchors[native]
-        if not (rules.continues(delta, previous) if previous else rules.bridges(delta, snapshot_seq)):
-            books[native] = None
-            continue
-        anchors[native] = (snapshot_seq, delta)
-        book.apply(levels(bids), levels(asks))
-        cp = checkpoints[native].get(last_seq)
-        if cp is not None:
-            compared += 1
-            if book.is_crossed() or book != OrderBook.from_levels(cp["bids"], cp["asks"]):
-                mismatches.append((native, last_seq))
+    for native, kind, seq, first_seq, last_seq, extra, bids, asks in book_rows:
+        if kind == "snapshot" and extra in ("sync", "resync"):
+            snapshots[native].append((seq, bids, asks))
+        elif kind == "delta":
+            deltas[native][last_seq] = SimpleNamespace(first_seq=first_seq, last_seq=last_seq,
+                                                       prev_seq=int(extra) if extra else None, bids=bids, asks=asks)
+    compared, mismatches = 0, []
+    for native, chain in deltas.items():
+        book, previous = None, None
+        for delta in (chain[u] for u in sorted(chain)):
+            if book is None or not rules.continues(delta, previous):
+                bridging = [s for s in snapshots[native] if rules.bridges(delta, s[0])]
+                if not bridging:
+                    book = None
+                    continue
+                _, bids, asks = max(bridging, key=lambda s: s[0])
+                book = OrderBook.from_levels(levels(bids), levels(asks))
+            book.apply(levels(delta.bids), levels(delta.asks))
+            previous = delta
+            cp = checkpoints[native].get(delta.last_seq)
+            if cp is not None:
+                compared += 1
+                if book.is_crossed() or book != OrderBook.from_levels(cp["bids"], cp["asks"]):
+                    mismatches.append((native, delta.last_seq))
     return compared, mismatches
 
 

@@ -77,7 +77,7 @@ def test_ingest_sigkill_and_restart(cases, tmp_path, fresh_broker):
 
 def test_broker_frozen_two_minutes(cases, tmp_path, fresh_broker):
     case = cases("broker frozen 120 s", tmp_path, fresh_broker.bootstrap,
-                 ["--speed", "10", "--checkpoint-every", "20", "--hours", "0.42", "--seed", "22"], SYMBOLS).start()
+                 ["--speed", "10", "--checkpoint-every", "20", "--hours", "0.38", "--seed", "22"], SYMBOLS).start()
     case.ingest.wait_trades(more_than=100)
     with frozen(fresh_broker):
         wait_for(lambda: spilling(case), "ingest to spill while Kafka is frozen", 60)
