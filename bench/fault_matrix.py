@@ -14,12 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = (("fault", "fault"), ("expected", "expected"), ("in DuckDB", "in_duckdb"),
-           ("lost, event", "lost_with_event"), ("lost silent", "lost_silently"), ("dup", "duplicated"),
+           ("lost+event", "lost_with_event"), ("silently", "lost_silently"), ("dup", "duplicated"),
            ("test", "outcome"))
 
 
@@ -54,10 +55,12 @@ def pytest_outcomes(pytest_output: str) -> dict[str, str]:
 
 
 def table(rows: list[dict]) -> Table:
-    grid = Table(title="fault matrix: trades against the simulator's truth", width=80, padding=(0, 1))
+    grid = Table(title="fault matrix: trades against the simulator's truth", width=80, box=box.SIMPLE_HEAD)
     for header, _ in COLUMNS:
-        grid.add_column(header, justify="left" if header in ("fault", "test") else "right",
-                        ratio=3 if header == "fault" else 1, overflow="fold")
+        if header == "fault":
+            grid.add_column(header, overflow="fold")
+        else:
+            grid.add_column(header, justify="left" if header == "test" else "right", no_wrap=True)
     for row in rows:
         grid.add_row(*(f"{row[key]:,}" if isinstance(row.get(key), int) else str(row.get(key, "-"))
                        for _, key in COLUMNS))
