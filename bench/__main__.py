@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import ingest_bench, loader_bench, microstructure_bench
+from bench import fault_matrix, ingest_bench, loader_bench, microstructure_bench
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -26,9 +26,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--trades", type=int, default=300_000, help="trade records for the loader benchmark")
     parser.add_argument("--frames", type=int, default=100_000, help="venue frames for the ingest benchmark")
-    parser.add_argument("--only", choices=("loader", "ingest", "microstructure", "detection"),
+    parser.add_argument("--only", choices=("loader", "ingest", "microstructure", "detection", "faults"),
                         help="run one benchmark; detection (cascades and stress on the simulator's ground truth, "
-                             "minutes of simulation) only runs when asked for")
+                             "minutes of simulation) and faults (the fault matrix, ~10 minutes) only run when "
+                             "asked for")
+    parser.add_argument("--faults", metavar="EXPR", help="with --only faults: the cases matching this pytest -k "
+                                                         "expression")
     parser.add_argument("--detection-hours", type=float, default=19.0,
                         help="simulated hours before the end of the cascade scenario (>= 16 warms the 12 h baselines)")
     parser.add_argument("--day-trades", type=int, default=2_000_000,
@@ -37,7 +40,11 @@ def main() -> None:
     console = Console()
     cores = sorted(os.sched_getaffinity(0))
     console.print(f"perpflow bench on {platform.processor() or platform.machine()}, {len(cores)} cores available")
-    rows, ingest_rows, micro, detection = [], None, None, None
+    rows, ingest_rows, micro, detection, faults = [], None, None, None, None
+    if args.only == "faults":
+        with tempfile.TemporaryDirectory() as tmp:
+            faults = fault_matrix.run(Path(tmp), console, args.faults)
+        console.print(fault_matrix.table(faults))
     if args.only == "detection":
         with tempfile.TemporaryDirectory() as tmp:
             detection = microstructure_bench.detection(Path(tmp), args.detection_hours, console)
@@ -70,7 +77,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({"loader": rows, "ingest": ingest_rows, "microstructure": micro,
-                               "detection": detection}, indent=2))
+                               "detection": detection, "faults": faults}, indent=2))
     console.print(f"saved {out}")
 
 

@@ -51,9 +51,14 @@ def warehouse(tmp_path) -> Warehouse:
     return Warehouse(tmp_path / "warehouse.duckdb")
 
 
+def perpflow_env(home: Path, bootstrap: str) -> dict:
+    """Environment for running the perpflow CLI as a subprocess: this home, this Kafka, nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPFLOW_")}
+    env.update(PERPFLOW_HOME=str(home), PERPFLOW_KAFKA_BOOTSTRAP=bootstrap)
+    return env
+
+
 @pytest.fixture
 def cli_env(tmp_path, fresh_broker):
     """Environment for running the perpflow CLI as a subprocess against the fresh broker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPFLOW_")}
-    env.update(PERPFLOW_HOME=str(tmp_path / "home"), PERPFLOW_KAFKA_BOOTSTRAP=fresh_broker.bootstrap)
-    return env
+    return perpflow_env(tmp_path / "home", fresh_broker.bootstrap)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import duckdb
 
-from conftest import PERPFLOW
+from fault_harness import run_loader
 from ingest.records import Trade
 from pipelines.kafka import RecordProducer, end_offsets, new_consumer, partitions_of
 
@@ -37,19 +36,6 @@ def kafka_ends(bootstrap: str) -> dict:
         return {(tp.topic, tp.partition): offset for tp, offset in end_offsets(consumer, tps).items()}
     finally:
         consumer.close()
-
-
-def run_loader(env, kill_after_commits: int | None = None) -> tuple[int, str]:
-    proc = subprocess.Popen([*PERPFLOW, "load", "--batch-rows", "10000"], env={**env, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if kill_after_commits and line.strip().startswith(f"committed transaction {kill_after_commits}:"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(60)
-    return proc.returncode, "".join(output)
 
 
 def test_sigkill_mid_load_then_rerun_loads_each_record_exactly_once(cli_env, fresh_broker, tmp_path):

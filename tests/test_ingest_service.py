@@ -19,6 +19,7 @@ from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, StallSpec, load_truth
 from ingest.spill import SpillingSink
 from ingest.venues.binance_usdm import BinanceUsdm
+from fault_harness import truth_trade_ids
 from pipelines.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
 from transforms.order_book import OrderBook
 from warehouse.loader import load_once
@@ -144,11 +145,6 @@ def trade_ids(records) -> dict[str, list[int]]:
         if r.record_type == "trade":
             ids[r.symbol_native].append(int(r.trade_id))
     return ids
-
-
-def truth_trade_ids(truth) -> set:
-    return {(s["symbol"], i) for s in truth["second"] if s["agg_first"] is not None
-            for i in range(s["agg_first"], s["agg_last"] + 1)}
 
 
 def test_dropped_connections_and_malformed_trades_lose_no_trade(tmp_path, broker):
