@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,40 @@ def perpflow_env(home: Path, bootstrap: str) -> dict:
 def cli_env(tmp_path, fresh_broker):
     """Environment for running the perpflow CLI as a subprocess against the fresh broker."""
     return perpflow_env(tmp_path / "home", fresh_broker.bootstrap)
+
+
+def free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+class TinyDisk:
+    """A real tmpfs of its own, so a test can fill a disk and give space back."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def resize(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@contextmanager
+def tiny_disk_at(path: Path, size: str):
+    """Mount a tmpfs of ``size`` at ``path`` (skipping the test where mounting is not permitted)."""
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill a disk here ({out.stderr.strip() or out.returncode}); "
+                    "needs root or CAP_SYS_ADMIN")
+    try:
+        yield TinyDisk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path) -> TinyDisk:
+    """A 1 MiB file system that fills up."""
+    with tiny_disk_at(tmp_path / "disk", "1m") as disk:
+        yield disk

@@ -10,13 +10,12 @@ file and prints the per-fault figures.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
+from conftest import free_bytes, tiny_disk_at
 from fault_harness import FaultCase, assert_nothing_lost_silently, load_truth_file, wait_for
 from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.kafka import ensure_topics
@@ -109,12 +108,9 @@ def test_disk_full_during_a_spill(cases, tmp_path, fresh_broker):
     case = cases("disk full during a spill", tmp_path, fresh_broker.bootstrap,
                  [*FAST, "--hours", "0.25", "--seed", "24"], SYMBOLS)
     run_dir = case.home / "run"
-    run_dir.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(run_dir)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a 1 MB tmpfs for the run directory: {mounted.stderr.strip() or 'not permitted'}")
-    case.cleanups.append(lambda: subprocess.run(["umount", "-l", str(run_dir)], check=True))
+    mounted = ExitStack()
+    mounted.enter_context(tiny_disk_at(run_dir, "1m"))
+    case.cleanups.append(mounted.close)
     case.start()
     case.ingest.wait_trades(more_than=100)
     with frozen(fresh_broker):
@@ -128,10 +124,6 @@ def test_disk_full_during_a_spill(cases, tmp_path, fresh_broker):
     # Records dropped while the disk was full cannot come back; each must be counted in an event.
     assert_nothing_lost_silently(acc, recoverable=False)
 
-
-def free_bytes(path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
 
 
 def test_torn_spill_line(cases, tmp_path, fresh_broker):

@@ -19,7 +19,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
+from ingest.simulator import SimConfig, SimulatorThread, load_truth
 from conftest import PERPFLOW
 from pipelines.kafka import end_offsets, new_consumer, partitions_of
 from warehouse.loader import load_once

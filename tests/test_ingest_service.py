@@ -13,7 +13,6 @@ import time
 from collections import Counter, defaultdict
 
 import orjson
-import pytest
 
 from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, StallSpec, load_truth

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 from pathlib import Path
 
@@ -11,42 +10,12 @@ import duckdb
 import orjson
 import pytest
 
-from conftest import PERPFLOW
+from conftest import PERPFLOW, free_bytes
 from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
 from test_exactly_once import produce_trades, trade
 from warehouse.loader import LoadReport, _Batch, _commit, _seek_start, insert_records, load_once
 from warehouse.store import Warehouse
-
-
-class TinyDisk:
-    """A directory on a tmpfs of its own, so a test can fill the disk and give space back."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def resize(self, size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill a disk here ({out.stderr.strip() or out.returncode}); "
-                    "needs root or CAP_SYS_ADMIN")
-    try:
-        yield TinyDisk(mount_point)
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def free_bytes(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
 
 
 def trades_and_offsets(db: Path) -> tuple[int, int, int]:

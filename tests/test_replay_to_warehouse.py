@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import duckdb
 import orjson
-import pytest
 
 from conftest import PERPFLOW, binance_recording
-from ingest.records import DeadLetter, FeedEvent
 from pipelines.broker import EmbeddedBroker
 from pipelines.kafka import RecordProducer, ensure_topics, new_consumer, partitions_of
 from pipelines.replay import replay

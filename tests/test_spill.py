@@ -16,6 +16,8 @@ import time
 import orjson
 import pytest
 
+from conftest import tiny_disk_at
+
 from ingest import records
 from ingest.records import Trade
 from ingest.simulator import SimConfig, SimulatorThread
@@ -193,24 +195,18 @@ def test_perpflow_ingest_starts_with_kafka_down_and_delivers_everything_once_it_
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
+def small_disk(tmp_path):
     """A real 512 KiB file system that fills up."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    with tiny_disk_at(tmp_path / "tiny", "512k") as disk:
+        yield disk.path
 
 
-def test_a_full_disk_drops_and_counts_then_spilling_resumes_when_space_returns(tmp_path, tiny_disk):
-    filler = tiny_disk / "filler"
+def test_a_full_disk_drops_and_counts_then_spilling_resumes_when_space_returns(tmp_path, small_disk):
+    filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (384 * 1024))
     port = free_port()
     events = Events()
-    sink = SpillingSink(f"127.0.0.1:{port}", tiny_disk / "spill.jsonl", connect_timeout_s=0.3, on_event=events)
+    sink = SpillingSink(f"127.0.0.1:{port}", small_disk / "spill.jsonl", connect_timeout_s=0.3, on_event=events)
     broker = None
     try:
         sent = 0
@@ -241,7 +237,7 @@ def test_a_full_disk_drops_and_counts_then_spilling_resumes_when_space_returns(t
         assert dropped["count"] == sink.status()["dropped"]["disk_full"] == sent - sink.spilled_total
         assert dropped["last_ts_exchange"] == trade(first_dropped + dropped["count"] - 1).ts_exchange
         assert not sink.status()["disk_full"]
-        for line in (tiny_disk / "spill.jsonl").read_bytes().splitlines(keepends=True):
+        for line in (small_disk / "spill.jsonl").read_bytes().splitlines(keepends=True):
             assert line.endswith(b"\n") and len(orjson.loads(line)) == 4    # no torn line left behind
 
         broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
