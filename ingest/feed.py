@@ -169,6 +169,18 @@ class FeedHandler:
         self._open_gaps[symbol] = gaps
         return [TradeGap(symbol_native, lo, hi) for lo, hi in gaps]
 
+    def reopen_trades(self, symbol_native: str, first: int, last: int, reason: str, ts_recv: int,
+                      *, report: bool = True) -> None:
+        """Ids ``first..last`` were received but never stored (the sink dropped them): open them as a
+        gap again, for a backfill to fetch; ``report``: also emit the ``trade_gap`` feed event."""
+        symbol = self.venue.normalize_symbol(symbol_native)
+        self._open_gaps[symbol] = sorted([*self._open_gaps.get(symbol, []), [first, last]])
+        self.trade_gaps[symbol] += 1
+        if report:
+            self.emit_record(FeedEvent(exchange=self.venue.exchange, symbol=symbol, kind="trade_gap",
+                                       detail=orjson.dumps({"first_id": first, "last_id": last,
+                                                            "reason": reason}).decode(), ts_recv=ts_recv))
+
     def give_up_trades(self, symbol_native: str, first: int, last: int, reason: str, ts_recv: int) -> int:
         """Declare ids ``first..last`` unrecoverable: a ``trade_lost`` event with the count still open."""
         symbol = self.venue.normalize_symbol(symbol_native)

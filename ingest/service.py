@@ -11,7 +11,10 @@ so one dropped connection loses nothing, not even streams that cannot be backfil
 are not UTF-8 or exceed ``max_frame_bytes`` are dead-lettered without dropping the connection.
 REST depth snapshots are fetched whenever the book sync asks for one; open interest is polled
 within the REST weight budget.
-Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order.
+Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order. Records
+the sink has to drop (the spill's disk full or at its cap) are recovered where the venue allows:
+dropped trades are reopened as gaps and backfilled once the spill takes records again (or by the
+next start, through the state file), and books that lost records are resynced from a snapshot.
 
 Trade continuity (``ingest/continuity.py``): on start the service continues each symbol's trade
 sequence after the last id that is durable (Kafka's tail, the spill; the state file if Kafka does
@@ -36,6 +39,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,7 +54,7 @@ from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORD
                                plan_resume, save_state, spill_trade_ids)
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
-from ingest.records import FeedEvent
+from ingest.records import BookDelta, BookSnapshot, FeedEvent, Trade
 from ingest.spill import SinkFailure, SpillingSink
 from ingest.venues import MalformedMessage, SkipMessage
 from pipelines.kafka import BrokerUnavailable
@@ -133,7 +137,12 @@ class IngestService:
         self.sink = sink or SpillingSink(config.bootstrap, config.run_dir / f"spill-{venue.exchange}.jsonl")
         # Spill events (disk full, dropped records, quarantined lines) may come from kafka-python's
         # thread; emitting a record is thread-safe, so they go straight to the sink like the rest.
-        self.sink.on_event = lambda kind, detail: self._feed_event_safely(kind, None, detail)
+        self.sink.on_event = self._sink_event
+        self.sink.on_drop = self._record_dropped
+        self._dropped_lock = threading.Lock()
+        self._dropped_trades: dict[str, list[list[int]]] = {}   # native symbol -> id ranges the sink dropped
+        self._dropped_books: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.handler = FeedHandler(venue, self.sink.send, symbols=config.symbols)
         self.events: Counter = Counter()        # disconnects, reconnects, stalls, rotations, rest errors
         self.connections: dict[str, ConnectionState] = {}
@@ -160,6 +169,7 @@ class IngestService:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         if self.config.duration_s:
             asyncio.get_running_loop().call_later(self.config.duration_s, self.request_stop)
@@ -184,6 +194,7 @@ class IngestService:
                 await asyncio.to_thread(self.sink.close)
             except Exception as exc:   # noqa: BLE001 - whatever it is, it is the reason we stop
                 self.failure = self.failure or f"closing the Kafka sink failed: {exc.__class__.__name__}: {exc}"
+            self._recover_dropped(report=False)     # into the state file: the next start backfills them
             self._status(final=True)
         if self.failure:
             raise IngestFailed(self.failure)
@@ -256,6 +267,44 @@ class IngestService:
             self._feed_event(kind, symbol, detail)
         except Exception as exc:   # noqa: BLE001 - reporting a failure must not raise another
             log.error("could not record the %s feed event: %s", kind, exc)
+
+    # --- records the sink dropped -----------------------------------------------------------------
+
+    def _sink_event(self, kind: str, detail: dict) -> None:
+        """From any thread. ``spill_dropped`` means the spill takes records again."""
+        self._feed_event_safely(kind, None, detail)
+        if kind == "spill_dropped" and self._loop is not None and not self.stop.is_set():
+            self._loop.call_soon_threadsafe(self._recover_dropped)
+
+    def _record_dropped(self, record) -> None:
+        """From any thread, with the sink's lock held: only note what to recover."""
+        if isinstance(record, Trade):
+            trade_id = self.venue.trade_sequence(record)
+            if trade_id is None:
+                return
+            with self._dropped_lock:
+                ranges = self._dropped_trades.setdefault(record.symbol_native, [])
+                if ranges and ranges[-1][1] + 1 == trade_id:
+                    ranges[-1][1] = trade_id
+                else:
+                    ranges.append([trade_id, trade_id])
+        elif isinstance(record, BookDelta | BookSnapshot):
+            with self._dropped_lock:
+                self._dropped_books.add(record.symbol)
+
+    def _recover_dropped(self, report: bool = True) -> None:
+        """Reopen dropped trades as gaps (backfilled now, or by the next start) and resync the books."""
+        with self._dropped_lock:
+            trades, self._dropped_trades = self._dropped_trades, {}
+            books, self._dropped_books = self._dropped_books, set()
+        for symbol in sorted(books):
+            self.handler.book_sync.reset(symbol)
+        for native, ranges in trades.items():
+            for first, last in ranges:
+                self.handler.reopen_trades(native, first, last, "dropped: the spill could not be written",
+                                           time.time_ns(), report=report)
+                if report:
+                    self._background(self._backfill_trades(TradeGap(native, first, last)))
 
     def _connection_crashed(self, conn: ConnectionState) -> None:
         conn.state = "restarting"

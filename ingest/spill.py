@@ -10,8 +10,12 @@ Records that failed in flight are re-sent from the spill. Their fate is unknown:
 broker may still read a request the client gave up on and append it when it wakes up. So
 before re-sending, the drain reads what the broker appended after the last acknowledged
 offset of each partition of those topics and skips spilled records already there: every
-record lands exactly once. (Across a restart of the process that knowledge is gone; the
-warehouse's natural-key de-duplication absorbs such a double delivery.)
+record lands exactly once. The same holds for a drain interrupted mid-way, by a failure or by a
+SIGKILL. That knowledge (which topics are in doubt, and from which offset) is kept beside the
+spill in ``<spill>.unsure.json`` from the moment spilling starts until the drain catches up, so
+a restarted process checks the same range; where it has no offset for a partition (no send was
+acknowledged there, or the file is gone) it checks that partition's last records, as many as the
+spill holds lines.
 
 The sink starts without a broker (it spills from the first record; the drain connects, creates
 the topics and starts a producer once Kafka answers). Spill lines are
@@ -28,6 +32,12 @@ thread, never while the sink holds its lock) and a log line:
   - Disk full (ENOSPC/EDQUOT) or the spill at its size cap: stop writing the spill, count what
     is dropped per record type with its exchange-time range, retry; event ``spill_full`` when
     dropping starts, ``spill_dropped`` (counts and ranges) when writing resumes or at shutdown.
+    Each dropped record is also handed to ``on_drop(record)`` (called with the sink's lock held:
+    keep it short), so the caller can fetch again what its venue still serves. Two kinds are held
+    in memory instead (up to ``HELD_RECORDS``) and spilled once writing resumes: feed events (the
+    events that explain a loss must not be lost with it) and records that failed in flight (the
+    broker may hold them after all, so fetching them again could store them twice; spilled, the
+    drain's check settles it).
   - A torn or unreadable spill line: moved aside to ``<spill>.quarantine``, counted, event
     ``spill_quarantined``; the rest drains.
   - A record Kafka refuses for good (too large, invalid): a ``DeadLetter`` on md.dlq with the
@@ -68,6 +78,7 @@ DEFAULT_MAX_BYTES = 2 << 30
 ACK_STALL_S = 10.0              # sends pending this long without any acknowledgement: Kafka is not answering
 DISK_FULL_RETRY_S = 1.0         # how often a full disk is tried again (not on every record)
 DEAD_LETTER_RAW_BYTES = 64 * 1024   # the refused value may be what was too large; keep its start
+HELD_RECORDS = 50_000           # feed events and in-flight failures kept in memory while the spill is full
 _FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 # Non-retriable broker errors about the producer session rather than the record: a new session fixes them.
 _SESSION_ERRORS = (OutOfOrderSequenceNumberError, UnknownProducerIdError, InvalidProducerEpochError,
@@ -131,7 +142,8 @@ def _dead_letter(topic: str, key: str, value: str, exc: Exception) -> DeadLetter
 class SpillingSink:
     def __init__(self, bootstrap: str, spill_path: Path, *, delivery_timeout_ms: int = 10_000,
                  max_bytes: int = DEFAULT_MAX_BYTES, partitions: int | None = None,
-                 on_event: Callable[[str, dict], None] | None = None, connect_timeout_s: float = 2.0,
+                 on_event: Callable[[str, dict], None] | None = None,
+                 on_drop: Callable[[object], None] | None = None, connect_timeout_s: float = 2.0,
                  producer_config: dict | None = None):
         """``partitions``: create the market-data topics with that many partitions before the first
         producer session (at start, or once Kafka first answers). ``producer_config`` overrides
@@ -139,9 +151,11 @@ class SpillingSink:
         self.bootstrap = bootstrap
         self.spill_path = spill_path
         self.quarantine_path = spill_path.with_name(spill_path.name + ".quarantine")
+        self.unsure_path = spill_path.with_name(spill_path.name + ".unsure.json")
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.on_event = on_event
+        self.on_drop = on_drop
         self._partitions = partitions
         self._producer_config = {"max_block_ms": 200, "request_timeout_ms": 3000,
                                  "delivery_timeout_ms": delivery_timeout_ms, "retry_backoff_ms": 100,
@@ -161,12 +175,14 @@ class SpillingSink:
         self._retry_write_at = 0.0
         self._failure: SinkFailure | None = None
         self._events: list[tuple[str, dict]] = []   # queued under the lock, delivered outside it
+        self._held: list = []                       # records that met a full spill, spilled once it takes them
         self._pending = 0                           # sends not yet acknowledged or failed
         self._pending_since = 0.0
         self._last_ok = float("-inf")               # broker acknowledged a send or answered a probe
         self._last_failure = float("-inf")
         self._acked: dict[tuple[str, int], int] = {}   # (topic, partition) -> last acknowledged offset
         self._unsure_topics: set[str] = set()           # sends failed in flight: maybe appended after all
+        self._check_from: dict[tuple[str, int], int] = {}   # where a doubt begins, per (topic, partition)
         self._already_in_kafka: Counter = Counter()     # values the broker holds that the spill repeats
         self.duplicates_skipped = 0
         self._read_offset = 0       # bytes of the spill file already re-sent
@@ -178,6 +194,7 @@ class SpillingSink:
             # instead of gluing it to the next record.
             self._write(b"\n")
         self.spilling = self._spill_size > 0   # a previous run left records behind
+        self._load_unsure()
         if not self._connect(connect_timeout_s):
             self._start_spilling("no Kafka broker answered at start")
         self._dispatch()
@@ -223,11 +240,11 @@ class SpillingSink:
         with self.lock:
             self._pending -= 1
             self.sent[record.record_type] -= 1
-            self._unsure_topics.add(record.topic)
-        self._send_failed(record, exc)
+            self._mark_unsure({record.topic})
+        self._send_failed(record, exc, in_flight=True)
         self._dispatch()
 
-    def _send_failed(self, record, exc: Exception) -> None:
+    def _send_failed(self, record, exc: Exception, in_flight: bool = False) -> None:
         if _rejected_for_good(exc):
             self._reject(record.topic, records.kafka_key(record).decode(), record.record_type,
                          records.encode(record).decode(), exc)
@@ -236,7 +253,7 @@ class SpillingSink:
             self._fail(f"Kafka at {self.bootstrap} refuses writes to {record.topic}: {exc}")
         self._start_spilling(exc)
         with self.lock:
-            self._append(record)
+            self._append(record, hold=in_flight)
 
     def _reject(self, topic: str, key: str, record_type: str, value: str, exc: Exception) -> None:
         """A record Kafka will never take goes to the dead-letter topic with the reason."""
@@ -258,6 +275,7 @@ class SpillingSink:
             if not self.spilling:
                 self.spilling = True
                 self.outages += 1
+                self._save_unsure()
                 log.warning("Kafka unreachable (%s); spilling records to %s", reason, self.spill_path)
 
     def _fail(self, message: str) -> SinkFailure:
@@ -274,6 +292,10 @@ class SpillingSink:
     def _dispatch(self) -> None:
         with self.lock:
             events, self._events = self._events, []
+            if self._held and self.spilling and not self._dropping:
+                held, self._held = self._held, []
+                for record in held:
+                    self._append(record, hold=True)
         for kind, detail in events:
             log.warning("sink event %s: %s", kind, detail)
             if self.on_event is not None:
@@ -286,20 +308,20 @@ class SpillingSink:
             fh.seek(-1, os.SEEK_END)
             return fh.read(1)
 
-    def _append(self, record) -> None:
+    def _append(self, record, hold: bool = False) -> None:
         line = orjson.dumps([record.topic, records.kafka_key(record).decode(), record.record_type,
                              records.encode(record).decode()]) + b"\n"
         if self._dropping == "disk_full" and time.monotonic() < self._retry_write_at:
-            self._drop(record)
+            self._drop(record, hold)
         elif self._spill_size + len(line) > self.max_bytes:
             self._start_dropping("spill_cap", f"the spill reached its cap of {self.max_bytes:,} bytes")
-            self._drop(record)
+            self._drop(record, hold)
         elif self._write(line):
             self.spilled_total += 1
             if self._dropping:
                 self._stop_dropping("resumed")
         else:
-            self._drop(record)
+            self._drop(record, hold)
 
     def _write(self, data: bytes) -> bool:
         """Append whole or not at all; False when the disk is full."""
@@ -336,7 +358,12 @@ class SpillingSink:
         self._events.append(("spill_full", {"reason": reason, "message": message, "spill_bytes": self._spill_size,
                                             "spill_cap_bytes": self.max_bytes}))
 
-    def _drop(self, record) -> None:
+    def _drop(self, record, hold: bool = False) -> None:
+        if (hold or record.record_type == records.FeedEvent.record_type) and len(self._held) < HELD_RECORDS:
+            self._held.append(record)
+            return
+        if self.on_drop is not None:
+            self.on_drop(record)
         self.dropped[self._dropping] += 1
         episode = self._drop_episode.setdefault(record.record_type, {"count": 0, "first_ts_exchange": None,
                                                                      "last_ts_exchange": None})
@@ -382,6 +409,18 @@ class SpillingSink:
                             lines = fh.readlines(chunk * 400)
                     except OSError as exc:
                         raise self._fail_locked(f"cannot read the spill {self.spill_path}: {exc}") from exc
+                    if not lines and self._held:
+                        # All of the file is sent: free its space for what waited in memory.
+                        self._spill.truncate(0)
+                        self._spill_size = self._read_offset = 0
+                        self._acked_offsets = set()
+                        self._retry_write_at = 0.0
+                        held, self._held = self._held, []
+                        for record in held:
+                            self._append(record, hold=True)
+                        if self._held:
+                            return False    # the disk is still full
+                        continue
                     if not lines:
                         self._caught_up()
                         return True
@@ -417,34 +456,87 @@ class SpillingSink:
         return True
 
     def _find_already_delivered(self) -> bool:
-        """Read what the broker appended after our last acknowledgement, where sends failed in flight."""
+        """Count what the broker holds of what may repeat the spill: the partitions' records since
+        the doubt began (see the module docstring). Read afresh on every drain attempt."""
         with self.lock:
-            topics, self._unsure_topics = self._unsure_topics, set()
-            since = {key: offset + 1 for key, offset in self._acked.items() if key[0] in topics}
-        if not since:
+            topics, check_from = set(self._unsure_topics), dict(self._check_from)
+        if not topics:
             return True
         try:
             consumer = new_consumer(self.bootstrap, client_id="perpflow-spill-check")
             try:
-                tps = [tp for tp in partitions_of(consumer, topics) if (tp.topic, tp.partition) in since]
+                tps = partitions_of(consumer, topics)
                 ends = end_offsets(consumer, tps)
+                starts = {tp: check_from.get((tp.topic, tp.partition)) for tp in tps}
+                unknown = [tp for tp, start in starts.items() if start is None]
+                if unknown:
+                    window = self._spill_lines()
+                    firsts = consumer.beginning_offsets(unknown)
+                    starts.update({tp: max(firsts[tp], ends[tp] - window) for tp in unknown})
+                tps = [tp for tp in tps if starts[tp] < ends[tp]]
+                found: Counter = Counter()
+                consumer.assign(tps)
                 for tp in tps:
-                    consumer.seek(tp, since[(tp.topic, tp.partition)])
-                deadline = time.monotonic() + 30
+                    consumer.seek(tp, starts[tp])
+                deadline = time.monotonic() + 60
                 while any(consumer.position(tp) < ends[tp] for tp in tps):
                     if time.monotonic() > deadline:
-                        raise KafkaTimeoutError("reading the partitions' tails took over 30 s")
+                        raise KafkaTimeoutError("reading the partitions' tails took over 60 s")
                     for tp, messages in consumer.poll(200).items():
-                        self._already_in_kafka.update(m.value for m in messages if m.offset < ends[tp])
+                        found.update(m.value for m in messages if m.offset < ends[tp])
             finally:
                 consumer.close()
         except (BrokerUnavailable, KafkaError, OSError) as exc:
             log.warning("could not check what Kafka holds before draining (%s); will retry", exc)
             with self.lock:
-                self._unsure_topics |= topics
                 self._last_failure = time.monotonic()
             return False
+        with self.lock:
+            self._already_in_kafka = found
         return True
+
+    def _spill_lines(self) -> int:
+        with open(self.spill_path, "rb") as fh:
+            return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+
+    # --- what may already be in Kafka (lock held) ---------------------------------------------
+
+    def _mark_unsure(self, topics: set[str]) -> None:
+        """Records of ``topics`` may have reached Kafka without an acknowledgement."""
+        new = topics - self._unsure_topics
+        if not new:
+            return
+        self._unsure_topics |= new
+        for (topic, partition), offset in self._acked.items():
+            if topic in new:
+                self._check_from.setdefault((topic, partition), offset + 1)
+        self._save_unsure()
+
+    def _save_unsure(self) -> None:
+        state = {"topics": sorted(self._unsure_topics),
+                 "check_from": [[t, p, o] for (t, p), o in sorted(self._check_from.items())]}
+        tmp = self.unsure_path.with_name(self.unsure_path.name + ".tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(state))
+            os.replace(tmp, self.unsure_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("cannot write %s (%s); after a restart the drain checks the partitions' last records "
+                        "instead", self.unsure_path, exc)
+
+    def _load_unsure(self) -> None:
+        if not self.spilling:
+            self.unsure_path.unlink(missing_ok=True)
+            return
+        try:
+            state = orjson.loads(self.unsure_path.read_bytes())
+            self._unsure_topics = set(state["topics"])
+            self._check_from = {(t, p): o for t, p, o in state["check_from"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Unknown history: whatever the spill holds may be in Kafka already.
+            log.warning("no usable %s (%s); the drain checks every topic's last records for spilled ones "
+                        "Kafka already holds", self.unsure_path, exc)
+            self._unsure_topics = set(records.TOPICS)
 
     def _resend(self, start: int, lines: list[bytes]) -> bool:
         """Send one chunk of spill lines; advance past what is settled. False if Kafka failed."""
@@ -465,6 +557,9 @@ class SpillingSink:
                 settled.add(at)
                 continue
             topic, key, record_type, value = parts
+            if topic not in self._unsure_topics:
+                with self.lock:
+                    self._mark_unsure({topic})      # a kill from here on leaves it in doubt
             if self._already_in_kafka[value.encode()] > 0:    # the broker took it after all
                 self._already_in_kafka[value.encode()] -= 1
                 self.duplicates_skipped += 1
@@ -540,6 +635,8 @@ class SpillingSink:
         self._spill_size = self._read_offset = 0
         self._acked_offsets = set()
         self._already_in_kafka = Counter()
+        self._unsure_topics, self._check_from = set(), {}
+        self.unsure_path.unlink(missing_ok=True)
         self.spilling = False
         if self._dropping:
             self._stop_dropping("resumed")
@@ -593,6 +690,17 @@ class SpillingSink:
             except KafkaError as exc:    # undelivered records were spilled by their error callbacks
                 log.warning("producer close: %s", exc)
         with self.lock:
+            held, self._held = self._held, []
+            for record in held:
+                self._append(record)
+            lost, self._held = self._held, []
+            if lost:
+                log.error("%d held records could not be spilled at shutdown (disk full); they are dropped",
+                          len(lost))
+                self.dropped["held_at_shutdown"] += len(lost)
+                for record in lost:
+                    if self.on_drop is not None:
+                        self.on_drop(record)
             os.fsync(self._spill.fileno())
             self._spill.close()
             if self._read_offset or self._acked_offsets:

@@ -47,7 +47,7 @@ def test_a_misspelt_section_names_the_file_and_the_right_section(config):
     path = config('[kafak]\nbootstrap = "broker:9092"\n')
     message = error_of()
     assert message.startswith(f"{path}: unknown section [kafak]; did you mean 'kafka'?")
-    assert "Known sections: [broker], [kafka], [warehouse]." in message
+    assert "Known sections: [broker], [ingest], [kafka], [warehouse]." in message
 
 
 def test_an_unknown_key_in_a_known_section_is_an_error(config):
