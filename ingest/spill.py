@@ -63,7 +63,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from kafka.errors import (AuthorizationError, BrokerResponseError, InvalidProducerEpochError, KafkaError,
+from kafka.errors import (AuthorizationError, BrokerResponseError, InvalidProducerEpochError,
+                          KafkaConfigurationError, KafkaError,
                           KafkaTimeoutError, OutOfOrderSequenceNumberError, ProducerFencedError,
                           UnknownProducerIdError)
 
@@ -441,6 +442,8 @@ class SpillingSink:
                 ensure_topics(self.bootstrap, self._partitions, timeout=max(timeout, 5.0))
             fresh = new_producer(self.bootstrap, bootstrap_timeout_ms=int(max(timeout, 5.0) * 1000),
                                  **self._producer_config)
+        except KafkaConfigurationError as exc:     # no outage: retrying can never help
+            raise self._fail(f"invalid Kafka producer settings {self._producer_config}: {exc}") from exc
         except (BrokerUnavailable, KafkaError, OSError) as exc:
             log.info("Kafka not ready: %s", exc)
             with self.lock:

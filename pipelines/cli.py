@@ -255,14 +255,17 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
            redundancy, max_frame_mib) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
     from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service
-    from ingest.spill import SpillingSink
+    from ingest.spill import SinkFailure, SpillingSink
     from ingest.venues import venue as venue_for
 
     settings = _settings()
     venue = venue_for(exchange)
     # The sink creates the topics once Kafka answers; an outage at start is survivable: it spills.
-    sink = SpillingSink(settings.bootstrap, settings.run_dir / f"spill-{venue.exchange}.jsonl",
-                        max_bytes=settings.spill_max_bytes, partitions=settings.partitions)
+    try:
+        sink = SpillingSink(settings.bootstrap, settings.run_dir / f"spill-{venue.exchange}.jsonl",
+                            max_bytes=settings.spill_max_bytes, partitions=settings.partitions)
+    except SinkFailure as exc:
+        _fail(str(exc))
     if sink.status()["kafka"] == "unreachable":
         console.print(f"[yellow]Kafka at {settings.bootstrap} not reachable; records will spill to disk "
                       "until it is[/]")

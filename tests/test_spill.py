@@ -394,3 +394,36 @@ def test_the_spill_cap_setting_is_validated(tmp_path, monkeypatch):
         load_settings()
     config.write_text("")
     assert load_settings().spill_max_bytes == 2 << 30
+
+
+def test_a_restart_after_a_frozen_broker_took_in_flight_records_stores_each_once(tmp_path, fresh_broker):
+    """The first sink gives up on sends a frozen broker appends later; the next sink must not repeat them."""
+    spill = tmp_path / "spill.jsonl"
+    sink = SpillingSink(fresh_broker.bootstrap, spill, delivery_timeout_ms=4_000)
+    wait_until(lambda: sink.drain(), 60, "the sink to reach the broker")
+    for sent in range(200):
+        sink.send(trade(sent))
+    sent += 1
+    wait_until(lambda: not sink.status()["pending_sends"] and not sink.spilling, 60, "200 acknowledged sends")
+    fresh_broker.process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(300):        # in flight to a broker that reads nothing: their fate is unknown
+            sink.send(trade(sent))
+            sent += 1
+        wait_until(lambda: sink.status()["spilling"] and not sink.status()["pending_sends"], 60,
+                   "the in-flight sends to fail")
+        sink.close(timeout=1.0)
+    finally:
+        fresh_broker.process.send_signal(signal.SIGCONT)
+    doubt = orjson.loads(sink.unsure_path.read_bytes())
+    assert doubt["topics"] == ["md.trades"] and doubt["check_from"], doubt
+
+    again = SpillingSink(fresh_broker.bootstrap, spill)
+    try:
+        wait_until(lambda: again.drain(), 60, "the drain after the restart")
+    finally:
+        again.close()
+    ids = trade_ids(fresh_broker.bootstrap)
+    print(f"restart after a freeze: {again.status()['duplicates_skipped']} spilled records were already in Kafka")
+    assert sorted(ids) == list(range(sent)) and len(ids) == sent
+    assert not again.unsure_path.exists()
