@@ -28,7 +28,7 @@ from ingest.simulator import ExchangeFeed, SimConfig
 from ingest.spill import SpillingSink
 from ingest.venues.binance_usdm import BinanceUsdm
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
-from pipelines.kafka import ensure_topics, new_producer
+from ingest.kafka import ensure_topics, new_producer
 
 SUBSCRIBED = ("depth@100ms", "aggTrade", "markPrice@1s", "forceOrder")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ingest import records
 from ingest.records import Trade
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.kafka import ensure_topics, new_consumer, new_producer, partitions_of
+from ingest.kafka import ensure_topics, new_consumer, new_producer, partitions_of
 from warehouse.loader import load_once
 from warehouse.store import Warehouse
 

@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from pipelines.settings import load_settings
+from warehouse.settings import load_settings
 from warehouse.store import Warehouse
 
 

@@ -4,7 +4,7 @@ import dagster as dg
 
 from dagster_project.assets.raw import raw_load_job
 from dagster_project.resources import KafkaResource
-from pipelines.kafka import BrokerUnavailable, group_lag
+from ingest.kafka import BrokerUnavailable, group_lag
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]

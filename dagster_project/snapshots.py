@@ -19,7 +19,7 @@ from dagster_project.assets.microstructure_liquidations import LIQUIDATION_CASCA
 from dagster_project.assets.microstructure_stress import MARKET_STRESS
 from dagster_project.partitions import daily_partitions
 from dagster_project.resources import WarehouseResource
-from pipelines.settings import load_settings
+from warehouse.settings import load_settings
 
 OHLCV_1M = ["analytics", "ohlcv_1m"]
 DAILY_ASSETS = [OHLCV_1M, BOOK_DEPTH, LIQUIDITY_WITHDRAWALS, OPEN_INTEREST, FUNDING, LIQUIDATIONS_1M,

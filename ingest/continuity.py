@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 from ingest import records
 from ingest.records import Trade
 from ingest.spill import parse_spill_line
-from pipelines.kafka import BrokerUnavailable, end_offsets, key_partition, new_consumer, wait_for_metadata
+from ingest.kafka import BrokerUnavailable, end_offsets, key_partition, new_consumer, wait_for_metadata
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import BookDelta, BookSnapshot, FeedEvent, Trade
 from ingest.spill import SinkFailure, SpillingSink
 from ingest.venues import MalformedMessage, SkipMessage
-from pipelines.kafka import BrokerUnavailable
+from ingest.kafka import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ from kafka.errors import (AuthorizationError, BrokerResponseError, InvalidProduc
 
 from ingest import records
 from ingest.records import DeadLetter
-from pipelines.kafka import (BrokerUnavailable, end_offsets, ensure_topics, new_consumer, new_producer,
+from ingest.kafka import (BrokerUnavailable, end_offsets, ensure_topics, new_consumer, new_producer,
                              partitions_of, wait_for_metadata)
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import warnings
 import click
 from rich.console import Console
 
-from pipelines.settings import ConfigError, load_settings
+from warehouse.settings import ConfigError, load_settings
 
 console = Console()
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.kafka import BrokerUnavailable, wait_for_metadata
+from ingest.kafka import BrokerUnavailable, wait_for_metadata
 
 
 def tansu_binary() -> Path:

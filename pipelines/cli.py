@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.settings import ConfigError, load_settings
+from warehouse.settings import ConfigError, load_settings
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -33,7 +33,7 @@ def _fail(message: str) -> None:
 
 
 def _bootstrap(settings) -> str:
-    from pipelines.kafka import BrokerUnavailable, wait_for_metadata
+    from ingest.kafka import BrokerUnavailable, wait_for_metadata
 
     try:
         wait_for_metadata(settings.bootstrap, timeout=5)
@@ -65,7 +65,7 @@ def broker() -> None:
 def broker_start(port: int | None) -> None:
     """Start the broker in the background and wait until it answers."""
     from pipelines.broker import start_detached
-    from pipelines.kafka import BrokerUnavailable, ensure_topics
+    from ingest.kafka import BrokerUnavailable, ensure_topics
 
     settings = _settings()
     if not settings.uses_embedded_broker:
@@ -93,7 +93,7 @@ def broker_stop() -> None:
 def broker_status() -> None:
     """Say whether the broker runs and answers metadata requests."""
     from pipelines.broker import read_state
-    from pipelines.kafka import BrokerUnavailable, wait_for_metadata
+    from ingest.kafka import BrokerUnavailable, wait_for_metadata
 
     settings = _settings()
     state = read_state(settings.run_dir) if settings.uses_embedded_broker else None
@@ -128,7 +128,7 @@ def _symbols(ctx, param, value: str | None) -> list[str] | None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def replay(exchange: str, symbols: list[str] | None, paths: tuple[Path, ...]) -> None:
     """Replay recorded venue traffic (cryptofeed captures or JSONL) into Kafka."""
-    from pipelines.kafka import RecordProducer, ensure_topics
+    from ingest.kafka import RecordProducer, ensure_topics
     from pipelines.replay import NothingToReplay, check_replayable
     from pipelines.replay import replay as run_replay
 

@@ -27,9 +27,9 @@ from rich.table import Table
 
 from ingest import records
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
-from pipelines.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
+from ingest.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
 from pipelines.replay import replay
-from pipelines.settings import Settings
+from warehouse.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDING = REPO.parent / "shared" / "data" / "cryptofeed-captures"

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from ingest.venues import MalformedMessage
 from ingest.venues.binance_usdm import normalize_symbol
-from pipelines.settings import ConfigError, load_settings
+from warehouse.settings import ConfigError, load_settings
 from transforms.candles import MS_PER_UNIT, Candles, infer_interval_ms, parse_candles_csv, parse_interval
 from transforms.levels import Level, SupportResistance
 from transforms.quantmetrics import METRIC_KEYS

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.kafka import ensure_topics
+from ingest.kafka import ensure_topics
 from warehouse.store import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]

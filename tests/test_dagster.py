@@ -9,9 +9,9 @@ import dagster as dg
 import pytest
 
 from conftest import binance_recording
-from pipelines.kafka import RecordProducer
+from ingest.kafka import RecordProducer
 from pipelines.replay import replay
-from pipelines.settings import Settings
+from warehouse.settings import Settings
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 

@@ -9,7 +9,7 @@ import duckdb
 
 from fault_harness import run_loader
 from ingest.records import Trade
-from pipelines.kafka import RecordProducer, end_offsets, new_consumer, partitions_of
+from ingest.kafka import RecordProducer, end_offsets, new_consumer, partitions_of
 
 N = 120_000
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import free_bytes, tiny_disk_at
 from fault_harness import FaultCase, assert_nothing_lost_silently, load_truth_file, wait_for
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.kafka import ensure_topics
+from ingest.kafka import ensure_topics
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

@@ -14,7 +14,7 @@ from test_ingest_service import dlq_contents, run_service, trade_ids, truth_trad
 
 from ingest.feed import REJECTED_FRAME_KEEP_BYTES
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
-from pipelines.kafka import ensure_topics
+from ingest.kafka import ensure_topics
 
 REASONS = {"invalid_utf8": "frame not valid UTF-8: invalid start byte", "oversized": "frame too large: "}
 

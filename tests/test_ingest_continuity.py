@@ -21,7 +21,7 @@ import pytest
 
 from ingest.simulator import SimConfig, SimulatorThread, load_truth
 from conftest import PERPFLOW
-from pipelines.kafka import end_offsets, new_consumer, partitions_of
+from ingest.kafka import end_offsets, new_consumer, partitions_of
 from warehouse.loader import load_once
 from warehouse.store import Warehouse
 

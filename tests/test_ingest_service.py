@@ -19,7 +19,7 @@ from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, StallSpec,
 from ingest.spill import SpillingSink
 from ingest.venues.binance_usdm import BinanceUsdm
 from fault_harness import truth_trade_ids
-from pipelines.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
+from ingest.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
 from transforms.order_book import OrderBook
 from warehouse.loader import load_once
 from warehouse.store import Warehouse

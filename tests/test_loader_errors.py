@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PERPFLOW, free_bytes
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
+from ingest.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
 from test_exactly_once import produce_trades, trade
 from warehouse.loader import LoadReport, _Batch, _commit, _seek_start, insert_records, load_once
 from warehouse.store import Warehouse

@@ -18,7 +18,7 @@ from test_ingest_service import check_books_against_truth, run_service, trade_id
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
 from ingest.simulator.config import ConfigError
-from pipelines.kafka import ensure_topics
+from ingest.kafka import ensure_topics
 
 MARGIN_MS = 2000     # liquidations this close to the ends of what the service saw are not compared
 

@@ -10,7 +10,7 @@ from conftest import binance_recording
 from ingest.feed import UNSUBSCRIBED, FeedHandler
 from ingest.recordings import read_recordings
 from ingest.venues.binance_usdm import BinanceUsdm
-from pipelines.kafka import RecordProducer
+from ingest.kafka import RecordProducer
 from pipelines.replay import replay
 from test_cli import base_env, run
 from warehouse.loader import load_once

@@ -10,7 +10,7 @@ import orjson
 
 from conftest import PERPFLOW, binance_recording
 from pipelines.broker import EmbeddedBroker
-from pipelines.kafka import RecordProducer, ensure_topics, new_consumer, partitions_of
+from ingest.kafka import RecordProducer, ensure_topics, new_consumer, partitions_of
 from pipelines.replay import replay
 from warehouse.loader import load_once
 

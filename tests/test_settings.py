@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PERPFLOW
-from pipelines.settings import ConfigError, load_settings
+from warehouse.settings import ConfigError, load_settings
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from ingest.records import Trade
 from ingest.simulator import SimConfig, SimulatorThread
 from ingest.spill import DEAD_LETTER_RAW_BYTES, SpillingSink
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.kafka import BrokerUnavailable, end_offsets, new_consumer, partitions_of, wait_for_metadata
-from pipelines.settings import ConfigError, load_settings
+from ingest.kafka import BrokerUnavailable, end_offsets, new_consumer, partitions_of, wait_for_metadata
+from warehouse.settings import ConfigError, load_settings
 
 PERPFLOW = [sys.executable, "-m", "pipelines.cli"]
 

@@ -35,7 +35,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from ingest import records
-from pipelines.kafka import LOADER_GROUP, end_offsets, new_consumer, partitions_of
+from ingest.kafka import LOADER_GROUP, end_offsets, new_consumer, partitions_of
 from warehouse.schema import raw_table_ddl
 from warehouse.store import Warehouse
 from warehouse.transaction import transaction
