@@ -294,9 +294,7 @@ class SpillingSink:
         with self.lock:
             events, self._events = self._events, []
             if self._held and self.spilling and not self._dropping:
-                held, self._held = self._held, []
-                for record in held:
-                    self._append(record, hold=True)
+                self._spill_held()
         for kind, detail in events:
             log.warning("sink event %s: %s", kind, detail)
             if self.on_event is not None:
@@ -359,6 +357,13 @@ class SpillingSink:
         self._events.append(("spill_full", {"reason": reason, "message": message, "spill_bytes": self._spill_size,
                                             "spill_cap_bytes": self.max_bytes}))
 
+    def _spill_held(self) -> bool:
+        """Append the records held in memory; True when the spill took them all."""
+        held, self._held = self._held, []
+        for record in held:
+            self._append(record, hold=True)
+        return not self._held
+
     def _drop(self, record, hold: bool = False) -> None:
         if (hold or record.record_type == records.FeedEvent.record_type) and len(self._held) < HELD_RECORDS:
             self._held.append(record)
@@ -416,10 +421,7 @@ class SpillingSink:
                         self._spill_size = self._read_offset = 0
                         self._acked_offsets = set()
                         self._retry_write_at = 0.0
-                        held, self._held = self._held, []
-                        for record in held:
-                            self._append(record, hold=True)
-                        if self._held:
+                        if not self._spill_held():
                             return False    # the disk is still full
                         continue
                     if not lines:
@@ -693,9 +695,7 @@ class SpillingSink:
             except KafkaError as exc:    # undelivered records were spilled by their error callbacks
                 log.warning("producer close: %s", exc)
         with self.lock:
-            held, self._held = self._held, []
-            for record in held:
-                self._append(record)
+            self._spill_held()
             lost, self._held = self._held, []
             if lost:
                 log.error("%d held records could not be spilled at shutdown (disk full); they are dropped",
