@@ -150,6 +150,8 @@ class IngestService:
         self.started = time.time()
         self.rest_weight = 0
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
+        self._catch_ups: dict[str, asyncio.Task] = {}   # per native symbol: the REST call after a reconnect
+        self._uncovered_routes: set[str] = set()    # left with no live connection since their last catch-up
         self._tasks: set[asyncio.Task] = set()
         self._last_oi: dict[str, bytes] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -339,6 +341,11 @@ class IngestService:
                     if conn.connects:
                         self._feed_event("reconnect", None, {**conn.detail, "attempt": attempt})
                         self.events["reconnects"] += 1
+                        if conn.route in self._uncovered_routes:
+                            self._uncovered_routes.discard(conn.route)
+                            for native in sorted({self.venue.stream_symbol(s) for s in conn.streams
+                                                  if self.venue.stream_kind(s) == self.venue.TRADE_STREAM}):
+                                self._catch_up_trades(native)
                     conn.connects += 1
                     conn.state, conn.connected_at = "connected", time.monotonic()
                     conn.last_seen = {s: time.monotonic() for s in conn.streams}
@@ -358,9 +365,13 @@ class IngestService:
             except (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError) as exc:
                 reason, kind = f"{exc.__class__.__name__}: {exc}", "disconnect"
             conn.state = "reconnecting"
-            if conn.route in self._mergers:
-                for item in self._mergers[conn.route].disconnected(conn.name):
+            merger = self._mergers.get(conn.route)
+            if merger is not None:
+                for item in merger.disconnected(conn.name):
                     self._handle_frame(*item)
+            if merger is None or not any(merger.is_live(c.name) for c in self.connections.values()
+                                         if c.route == conn.route and c is not conn):
+                self._uncovered_routes.add(conn.route)
             self._reset_books(conn)
             if reason is not None and not self.stop.is_set():
                 self.events[kind + "s"] += 1
@@ -439,10 +450,11 @@ class IngestService:
 
     # --- REST ----------------------------------------------------------------------------------
 
-    def _background(self, coroutine) -> None:
+    def _background(self, coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _resume_trades(self) -> None:
         """Continue each symbol's trade sequence after what is durable; resume unfinished backfills."""
@@ -469,6 +481,27 @@ class IngestService:
                 "ranges": plan.missing[:100]})
             for gap in gaps:
                 self._background(self._backfill_trades(gap))
+
+    def _catch_up_trades(self, native: str) -> None:
+        """Trades published while a connection was down show as a gap only once a later trade arrives,
+        which may be never (a quiet market, the end of a session); ask REST what follows the last id."""
+        last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
+        task = self._catch_ups.get(native)
+        if last is None or (task is not None and not task.done()):
+            return
+
+        async def fetch() -> None:
+            url = self.venue.agg_trades_url(self.config.rest_url, native, last + 1)
+            body, ts = await self._get(url, attempts=None, what=f"trade catch-up {native} from id {last + 1}")
+            ids = self._trade_ids(url, body, ts)
+            live_last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
+            if ids and ids[0] == last + 1 and live_last == last:    # no live trade has shown the gap yet
+                self.handler.trade_gaps[self.venue.normalize_symbol(native)] += 1
+                self._feed_event("trade_gap", native, {"first_id": last + 1, "last_id": ids[-1],
+                                                       "found_by": "REST after a reconnect"})
+            self.handler.on_rest(url, body, ts)
+
+        self._catch_ups[native] = self._background(self._supervise(f"trade catch-up {native}", fetch, None))
 
     async def _backfill_trades(self, gap: TradeGap) -> None:
         await self._supervise(f"backfill {gap.symbol_native} {gap.first_id}-{gap.last_id}",

@@ -85,6 +85,7 @@ class BinanceUsdm:
     #: Longest normal silence per stream before the connection counts as stalled (None: may be
     #: silent for hours, e.g. no liquidations in a calm market).
     SILENCE_LIMIT_S = {"depth@100ms": 30.0, "aggTrade": 120.0, "markPrice@1s": 5.0, "forceOrder": None}
+    TRADE_STREAM = "aggTrade"    # the stream whose ids ``agg_trades_url`` continues
     MAX_CONNECTION_AGE_S = 24 * 3600 - 300   # Binance closes connections at 24 h; rotate before
     REST_WEIGHT_LIMIT = 2400
     WEIGHT_HEADER = "x-mbx-used-weight-1m"
