@@ -47,7 +47,7 @@ def _frames(n: int) -> list[tuple[str, str, str]]:
             frame = orjson.dumps({"stream": message.stream, "data": message.payload}).decode()
             items.append(("ws", "bench", frame))
             for native in dry_run.on_ws(frame, 0):
-                url = venue.depth_url("http://sim", native)
+                url = venue.book_snapshot_url("http://sim", native)
                 body = orjson.dumps(feed.depth_snapshot(native, 1000)).decode()
                 dry_run.on_rest(url, body, 0)
                 items.append(("rest", url, body))

@@ -40,6 +40,11 @@ class SyncRules(Protocol):
     def continues(self, delta: BookDelta, previous: BookDelta) -> bool:
         """The delta directly follows the previously applied one."""
 
+    # Optional, for venues that checksum their books (OKX before 2026-06):
+    # def checksum(self, bids: list, asks: list) -> int
+    #     the venue's checksum of a book given best-first [price, qty] levels as the venue's own
+    #     strings; compared with a record's non-zero ``checksum``, a mismatch is a gap.
+
 
 AWAITING_SNAPSHOT = "awaiting_snapshot"
 SYNCED = "synced"
@@ -56,6 +61,9 @@ class SymbolState:
     snapshot_requested: bool = False
     snapshots: int = 0
     next_periodic_ms: int = 0
+    # price -> [price, qty] as the venue wrote them, kept only for venues with checksums
+    text_bids: dict = field(default_factory=dict)
+    text_asks: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +81,7 @@ class BookSync:
         self.periodic_ms = periodic_ms          # 0 disables periodic snapshots
         self.periodic_band = periodic_band
         self.symbols: dict[str, SymbolState] = {}
+        self._checksum = getattr(rules, "checksum", None)
         # Every delta ends up applied, dropped (with a reason) or still buffered, so callers
         # can account for each message.
         self.counts: Counter = Counter()
@@ -102,21 +111,29 @@ class BookSync:
         out = SyncOutput()
         st.snapshots += 1
         st.snapshot_requested = False
+        # A pushed snapshot keeps its "venue" reason, but one that ends a gap is a resync all the same.
+        resync = st.snapshots > 1 and (snapshot.reason != "venue" or st.phase == AWAITING_SNAPSHOT)
         if snapshot.reason != "venue":
             snapshot.reason = "sync" if st.snapshots == 1 else "resync"
         st.book.replace(snapshot.bids, snapshot.asks)
+        if self._checksum is not None:
+            st.text_bids, st.text_asks = {}, {}
+            self._apply_text(st, snapshot.bids, snapshot.asks)
         st.snapshot_seq = snapshot.seq
         st.previous = None
         st.phase = SYNCED
         out.records.append(snapshot)
         self.counts["snapshots"] += 1
-        if snapshot.reason == "resync":
+        if resync:
             out.records.append(FeedEvent(exchange=self.exchange, symbol=st.symbol, kind="resync",
                                          detail=orjson.dumps({"snapshot_seq": snapshot.seq}).decode(),
                                          ts_recv=snapshot.ts_recv, ts_exchange=snapshot.ts_exchange))
             self.counts["resyncs"] += 1
         if st.book.is_crossed():
             self._gap(st, None, out, "crossed snapshot", anchor=snapshot)
+            return out
+        if not self._checksum_matches(st, snapshot):
+            self._gap(st, None, out, "checksum mismatch", anchor=snapshot)
             return out
         while st.buffer and self.rules.is_stale(st.buffer[0], st.snapshot_seq):
             st.buffer.popleft()
@@ -157,15 +174,40 @@ class BookSync:
 
     def _apply(self, st: SymbolState, delta: BookDelta, out: SyncOutput) -> None:
         st.book.apply(delta.bids, delta.asks)
+        if self._checksum is not None:
+            self._apply_text(st, delta.bids, delta.asks)
         st.previous = delta
         out.records.append(delta)
         self.counts["applied"] += 1
         if st.book.is_crossed():
             self._gap(st, None, out, "crossed book")
+        elif not self._checksum_matches(st, delta):
+            self._gap(st, None, out, "checksum mismatch")
         elif self.periodic_ms and delta.ts_exchange >= st.next_periodic_ms:
             st.next_periodic_ms = (delta.ts_exchange // self.periodic_ms + 1) * self.periodic_ms
             out.records.append(self._periodic(st, delta))
             self.counts["periodic_snapshots"] += 1
+
+    @staticmethod
+    def _apply_text(st: SymbolState, bids: list, asks: list) -> None:
+        for side, levels in ((st.text_bids, bids), (st.text_asks, asks)):
+            for price, qty in levels:
+                if float(qty) > 0:
+                    side[float(price)] = [price, qty]
+                else:
+                    side.pop(float(price), None)
+
+    def _checksum_matches(self, st: SymbolState, record) -> bool:
+        """True unless the venue sent a checksum (0 means none: OKX deprecated it) that differs."""
+        if self._checksum is None or not record.checksum:
+            return True
+        bids = [st.text_bids[p] for p in sorted(st.text_bids, reverse=True)]
+        asks = [st.text_asks[p] for p in sorted(st.text_asks)]
+        if self._checksum(bids, asks) == record.checksum:
+            self.counts["checksums_verified"] += 1
+            return True
+        self.counts["checksum_mismatches"] += 1
+        return False
 
     def _periodic(self, st: SymbolState, delta: BookDelta) -> BookSnapshot:
         bid_levels, ask_levels = st.book.within(self.periodic_band)

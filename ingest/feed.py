@@ -16,7 +16,7 @@ import orjson
 
 from ingest.book_sync import BookSync
 from ingest.records import BookDelta, BookSnapshot, DeadLetter, FeedEvent, Trade
-from ingest.venues import MalformedMessage, SkipMessage
+from ingest.venue import MalformedMessage, SkipMessage
 
 MAX_DEAD_LETTER_BYTES = 1 << 20
 # Enough of a refused frame to identify it, well under a broker's ~1 MiB message limit.

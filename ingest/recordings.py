@@ -5,9 +5,10 @@ Formats:
       ``<recv_ts>: <json>``              a websocket message received
       ``<url> -> <recv_ts>: <json>``     a REST response
       ``<url> <- <ts>: <json>`` / ``<url> <-> <ts>``   sent frames / connects (not data)
-  * JSONL, one message per line: a raw venue message (its event time ``E`` stands in for the
-    receive time), ``{"recv_ns": ..., "msg": {...}}`` (perpflow's own recorder), or a tardis-style
-    generated REST snapshot ``{"stream": "<sym>@depthSnapshot", "generated": true, "data": {...}}``.
+  * JSONL, one message per line: a raw venue message (the venue's event time stands in for the
+    receive time: ``Venue.message_time_ms``), ``{"recv_ns": ..., "msg": {...}}`` (perpflow's own
+    recorder), or a REST response the venue's format embeds (``Venue.recorded_rest``, e.g.
+    tardis-style generated depth snapshots).
 
 Files are merged by receive time, so the REST snapshots fall between the websocket messages
 exactly where they arrived, as the book-sync procedure expects.
@@ -26,8 +27,6 @@ import orjson
 _RECEIVED = re.compile(rb"^(\d+(?:\.\d+)?): (.*)$", re.S)
 _REST = re.compile(rb"^(\S+) -> (\d+(?:\.\d+)?): (.*)$", re.S)
 _META = re.compile(rb"^\S+ (?:<-|<->) \d")
-
-REST_STREAMS = {"depthSnapshot": "/fapi/v1/depth", "openInterest": "/fapi/v1/openInterest"}
 
 
 @dataclass(frozen=True, order=True)
@@ -60,7 +59,7 @@ def _cryptofeed_lines(path: Path) -> Iterator[RecordedMessage]:
                 yield RecordedMessage(0, seq, "meta", "capture metadata: feed configuration", line)
 
 
-def _jsonl_lines(path: Path) -> Iterator[RecordedMessage]:
+def _jsonl_lines(path: Path, venue) -> Iterator[RecordedMessage]:
     last_ts = 0
     with path.open("rb") as fh:
         for seq, line in enumerate(fh):
@@ -78,17 +77,13 @@ def _jsonl_lines(path: Path) -> Iterator[RecordedMessage]:
                 kind = obj.get("kind", "ws")
                 source = obj.get("source", source)
                 payload = orjson.dumps(obj["msg"])
-            elif isinstance(obj, dict):
-                stream = obj.get("stream", "")
-                data = obj.get("data", obj)
-                event_ms = data.get("E") or data.get("T") if isinstance(data, dict) else None
+            else:
+                event_ms = venue.message_time_ms(obj)
                 if isinstance(event_ms, int):
                     last_ts = event_ms * 1_000_000
-                name, _, suffix = stream.partition("@")
-                if obj.get("generated") and suffix in REST_STREAMS:
-                    kind = "rest"
-                    source = f"{REST_STREAMS[suffix]}?symbol={name.upper()}"
-                    payload = orjson.dumps(data)
+                rest = venue.recorded_rest(obj)
+                if rest is not None:
+                    kind, source, payload = "rest", rest[0], orjson.dumps(rest[1])
             yield RecordedMessage(last_ts, seq, kind, source, payload)
 
 
@@ -98,11 +93,11 @@ def _is_cryptofeed(path: Path) -> bool:
     return not head.lstrip().startswith(b"{")
 
 
-def read_recordings(paths: list[Path]) -> Iterator[RecordedMessage]:
-    """All messages of all files, merged by receive time."""
+def read_recordings(paths: list[Path], venue) -> Iterator[RecordedMessage]:
+    """All messages of all files, merged by receive time (``venue``: whose recordings they are)."""
     streams = []
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"recording {path} does not exist or is not a file")
-        streams.append(_cryptofeed_lines(path) if _is_cryptofeed(path) else _jsonl_lines(path))
+        streams.append(_cryptofeed_lines(path) if _is_cryptofeed(path) else _jsonl_lines(path, venue))
     return heapq.merge(*streams, key=lambda m: (m.ts_recv, m.seq))

@@ -27,7 +27,8 @@ from typing import Annotated, ClassVar
 import orjson
 import pyarrow as pa
 
-SCHEMA_VERSION = 2   # 2: Funding.rate and interval_hours nullable (delivery contracts)
+SCHEMA_VERSION = 3   # 2: Funding.rate and interval_hours nullable (delivery contracts)
+                     # 3: book checksums; instruments
 
 
 class _Kind:
@@ -98,6 +99,7 @@ class BookSnapshot(MarketRecord):
     seq: Int | None           # Binance lastUpdateId, Bybit u, OKX seqId
     reason: Text              # "sync" (first), "resync" (after a gap), "venue" (pushed by the venue),
                               # "periodic" (perpflow's once-a-second copy of the synced book, +-10% of mid)
+    checksum: Int | None = None   # the venue's checksum of the book after this message (OKX CRC32)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,6 +113,7 @@ class BookDelta(MarketRecord):
     first_seq: Int | None     # Binance U
     last_seq: Int | None      # Binance u
     prev_seq: Int | None      # Binance pu
+    checksum: Int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -156,6 +159,33 @@ class Liquidation(MarketRecord):
 
 
 @dataclass(slots=True, kw_only=True)
+class Instrument(MarketRecord):
+    """Reference data that says what a symbol's numbers mean, published at start and on change.
+
+    A quantity ``q`` in ``qty_unit`` is, in base units: ``q`` ("base"); ``q * contract_size``
+    ("contracts" with ``contract_size_unit`` "base"); ``q * contract_size / price`` ("contracts"
+    with ``contract_size_unit`` "usd", inverse contracts). Book levels are in ``qty_unit`` too."""
+
+    record_type: ClassVar[str] = "instrument"
+    topic: ClassVar[str] = "md.instruments"
+    table: ClassVar[str] = "instruments"
+
+    market_type: Text         # "perpetual" | "future"
+    margin: Text              # "linear" (quote/USD-margined) | "inverse" (coin-margined)
+    base_asset: Text
+    quote_asset: Text
+    settle_asset: Text
+    qty_unit: Text            # unit of trade, book, liquidation and open-interest sizes
+    contract_size: Num | None # per contract, in contract_size_unit; None for qty_unit "base"
+    contract_size_unit: Text | None   # "base" | "usd"
+    tick_size: Num
+    lot_size: Num
+    funding_interval_hours: Int | None
+    expiry: Ms | None
+    status: Text              # the venue's word, e.g. TRADING, live, PENDING_TRADING
+
+
+@dataclass(slots=True, kw_only=True)
 class FeedEvent:
     """Something happened to the feed rather than the market: gaps, resyncs, outages."""
 
@@ -188,10 +218,10 @@ class DeadLetter:
 
 
 RECORD_TYPES: tuple[type, ...] = (Trade, BookSnapshot, BookDelta, Funding, OpenInterest,
-                                  Liquidation, FeedEvent, DeadLetter)
+                                  Liquidation, Instrument, FeedEvent, DeadLetter)
 BY_NAME: dict[str, type] = {cls.record_type: cls for cls in RECORD_TYPES}
 TOPICS: tuple[str, ...] = tuple(dict.fromkeys(cls.topic for cls in RECORD_TYPES))
-Record = Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | FeedEvent | DeadLetter
+Record = Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | Instrument | FeedEvent | DeadLetter
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import BookDelta, BookSnapshot, FeedEvent, Trade
 from ingest.spill import SinkFailure, SpillingSink
-from ingest.venues import MalformedMessage, SkipMessage
+from ingest.venue import BookResync, MalformedMessage, SkipMessage
 from ingest.kafka import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ class ConnectionState:
     route: str
     replica: int                                      # 1..connections_per_stream
     url: str
-    streams: list[str]
+    streams: tuple[str, ...]
+    subscribe: tuple[str, ...] = ()                   # frames sent once connected
     state: str = "starting"
     connected_at: float | None = None
     connects: int = 0
@@ -151,6 +152,8 @@ class IngestService:
         self.rest_weight = 0
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
         self._catch_ups: dict[str, asyncio.Task] = {}   # per native symbol: the REST call after a reconnect
+        self._sockets: dict[str, object] = {}             # per connection name, while connected
+        self._pong = self.venue.PONG_FRAME.encode() if self.venue.PONG_FRAME else None
         self._uncovered_routes: set[str] = set()    # left with no live connection since their last catch-up
         self._tasks: set[asyncio.Task] = set()
         self._last_oi: dict[str, bytes] = {}
@@ -182,9 +185,9 @@ class IngestService:
             tasks = [self._supervised(f"ws-{c.name}", lambda c=c: self._connection_loop(c),
                                       on_crash=lambda c=c: self._connection_crashed(c))
                      for c in self.connections.values()]
-            tasks += [self._supervised("open-interest", self._poll_open_interest),
-                      self._supervised("drain", self._drain_spill),
-                      self._supervised("status", self._write_status)]
+            if any(self.venue.open_interest_url(self.config.rest_url, s) for s in self.config.symbols):
+                tasks.append(self._supervised("open-interest", self._poll_open_interest))
+            tasks += [self._supervised("drain", self._drain_spill), self._supervised("status", self._write_status)]
             await self.stop.wait()
             background = tasks + list(self._snapshot_tasks.values()) + list(self._tasks)
             for task in background:
@@ -205,13 +208,13 @@ class IngestService:
         replicas = self.config.connections_per_stream
         if replicas < 1:
             raise IngestError(f"connections_per_stream must be >= 1, got {replicas}")
-        routes = self.venue.ws_connections(self.config.ws_url, self.config.symbols)
-        for route, (url, streams) in routes.items():
+        for spec in self.venue.ws_connections(self.config.ws_url, self.config.symbols):
             if replicas > 1:
-                self._mergers[route] = ReplicaMerger()
+                self._mergers[spec.route] = ReplicaMerger()
             for replica in range(1, replicas + 1):
-                name = route if replicas == 1 else f"{route}#{replica}"
-                self.connections[name] = ConnectionState(name, route, replica, url, streams)
+                name = spec.route if replicas == 1 else f"{spec.route}#{replica}"
+                self.connections[name] = ConnectionState(name, spec.route, replica, spec.url, spec.streams,
+                                                         spec.subscribe)
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -313,18 +316,26 @@ class IngestService:
         self._reset_books(conn)
 
     async def _check_symbols(self) -> None:
-        urls = self.venue.reference_urls(self.config.rest_url)
-        info = await self._get_json(urls["exchange_info"], weight_ok=True, attempts=5)
-        known = self.venue.perpetual_symbols(info)
+        """Reference data first: which symbols exist, and the instrument records that give every
+        later size its unit. Only the instrument list is required; the rest refines it."""
+        for name, url in self.venue.reference_urls(self.config.rest_url).items():
+            try:
+                body = await self._get_json(url, weight_ok=True, attempts=5 if name == "instruments" else 3)
+                self.venue.apply_reference(name, body)
+            except (IngestError, MalformedMessage) as exc:
+                if name == "instruments":
+                    raise IngestError(f"{self.venue.exchange} instrument list unusable: {exc}") from None
+                log.warning("%s reference data %s unavailable (%s); using defaults", self.venue.exchange, name, exc)
+        known = self.venue.tradable_symbols()
         unknown = [s for s in self.config.symbols if s not in known]
         if unknown:
             raise IngestError(f"{', '.join(unknown)} not trading as perpetuals on {self.venue.exchange}; "
                               f"examples of valid symbols: {', '.join(sorted(known)[:8])}")
-        try:
-            funding_info = await self._get_json(urls["funding_info"], weight_ok=True, attempts=3)
-            self.venue.apply_funding_info(funding_info)
-        except IngestError as exc:
-            log.warning("funding intervals unavailable (%s); assuming 8 h", exc)
+        ts = time.time_ns()
+        wanted = set(self.config.symbols)
+        for instrument in self.venue.instruments(ts):
+            if instrument.symbol_native in wanted:
+                self.handler.emit_record(instrument)
 
     # --- websockets --------------------------------------------------------------------------
 
@@ -353,7 +364,13 @@ class IngestService:
                     if conn.route in self._mergers:
                         self._mergers[conn.route].connected(conn.name)
                     attempt = 0
-                    await self._read(ws, conn)
+                    for frame in conn.subscribe:
+                        await ws.send(frame)
+                    self._sockets[conn.name] = ws
+                    try:
+                        await self._read(ws, conn)
+                    finally:
+                        self._sockets.pop(conn.name, None)
             except asyncio.CancelledError:
                 raise
             except Stalled as exc:
@@ -392,6 +409,8 @@ class IngestService:
         max_age *= 1 - 0.1 * (conn.replica - 1) / self.config.connections_per_stream
         limits = {**self.venue.SILENCE_LIMIT_S, **self.config.silence_limit_s}
         next_check = time.monotonic() + 1.0
+        ping = self.venue.PING_FRAME
+        next_ping = time.monotonic() + self.venue.PING_INTERVAL_S
         # Checked on every frame: Python 3.11's wait_for can swallow a cancellation that lands
         # just as recv() completes, and a busy stream would then never let the task go.
         while not self.stop.is_set():
@@ -400,8 +419,11 @@ class IngestService:
             except asyncio.TimeoutError:
                 frame = None
             now = time.monotonic()
-            if frame is not None:
+            if frame is not None and frame != self._pong:
                 self._on_frame(frame, conn, now)
+            if ping is not None and now >= next_ping:
+                next_ping = now + self.venue.PING_INTERVAL_S
+                await ws.send(ping)
             if now >= next_check:
                 next_check = now + 1.0
                 for stream, seen in conn.last_seen.items():
@@ -445,7 +467,7 @@ class IngestService:
                                 if c.route == conn.route and c is not conn and merger is not None
                                 and merger.is_live(c.name)))
         for native in sorted({self.venue.stream_symbol(s) for s in conn.streams
-                              if "depth" in s and s not in covered}):
+                              if self.venue.stream_kind(s) == self.venue.BOOK_STREAM and s not in covered}):
             self.handler.book_sync.reset(self.venue.normalize_symbol(native))
 
     # --- REST ----------------------------------------------------------------------------------
@@ -487,11 +509,11 @@ class IngestService:
         which may be never (a quiet market, the end of a session); ask REST what follows the last id."""
         last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
         task = self._catch_ups.get(native)
-        if last is None or (task is not None and not task.done()):
+        url = None if last is None else self.venue.trades_url(self.config.rest_url, native, last + 1)
+        if url is None or (task is not None and not task.done()):
             return
 
         async def fetch() -> None:
-            url = self.venue.agg_trades_url(self.config.rest_url, native, last + 1)
             body, ts = await self._get(url, attempts=None, what=f"trade catch-up {native} from id {last + 1}")
             ids = self._trade_ids(url, body, ts)
             live_last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
@@ -521,7 +543,7 @@ class IngestService:
         empty_pages = 0
         while remaining := self.handler.open_trade_gaps(native, first, last):
             lo, hi = max(remaining[0][0], first), min(remaining[0][1], last)
-            url = self.venue.agg_trades_url(self.config.rest_url, native, lo, min(1000, hi - lo + 1))
+            url = self.venue.trades_url(self.config.rest_url, native, lo, min(1000, hi - lo + 1))
             try:
                 body, ts = await self._get(url, attempts=None, what=f"trade backfill {native} from id {lo}")
             except IngestError as exc:    # the venue refuses the request itself: retrying cannot help
@@ -571,7 +593,10 @@ class IngestService:
                 self._supervise(f"depth snapshot {native}", lambda: self._fetch_snapshot(native), None))
 
     async def _fetch_snapshot(self, native: str) -> None:
-        url = self.venue.depth_url(self.config.rest_url, native)
+        if self.venue.BOOK_RESYNC is BookResync.RESUBSCRIBE:
+            await self._resubscribe_book(native)
+            return
+        url = self.venue.book_snapshot_url(self.config.rest_url, native)
         body, ts = await self._get(url, attempts=None, what=f"depth snapshot {native}")
         for again in self.handler.on_rest(url, body, ts):
             if again != native:
@@ -579,11 +604,26 @@ class IngestService:
             else:   # the snapshot did not bridge: ask again once this task is done
                 asyncio.get_running_loop().call_soon(self._want_snapshot, native)
 
+    async def _resubscribe_book(self, native: str) -> None:
+        """Venues without a REST bridge push a fresh snapshot when the book stream is subscribed
+        again; a connection that is down does so anyway when it reconnects."""
+        for conn in self.connections.values():
+            ws = self._sockets.get(conn.name)
+            if ws is None:
+                continue
+            for stream in conn.streams:
+                if self.venue.stream_kind(stream) == self.venue.BOOK_STREAM and self.venue.stream_symbol(stream) == native:
+                    for frame in self.venue.resubscribe_frames(stream):
+                        await ws.send(frame)
+                    self.events["resubscribes"] += 1
+
     async def _poll_open_interest(self) -> None:
         interval = self.config.oi_interval_s
         while True:
             for native in self.config.symbols:
                 url = self.venue.open_interest_url(self.config.rest_url, native)
+                if url is None:     # this venue pushes open interest
+                    continue
                 try:
                     body, ts = await self._get(url, attempts=3, what=f"open interest {native}")
                 except IngestError as exc:
@@ -613,7 +653,7 @@ class IngestService:
                 async with self._session.get(url) as response:
                     body = await response.read()
                     ts = time.time_ns()
-                    weight = response.headers.get(self.venue.WEIGHT_HEADER)
+                    weight = response.headers.get(self.venue.WEIGHT_HEADER) if self.venue.WEIGHT_HEADER else None
                     if weight and weight.isdigit():
                         self.rest_weight = int(weight)
                     if response.status == 200:

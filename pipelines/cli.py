@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ingest.venues import venue_names
 from warehouse.settings import ConfigError, load_settings
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -112,29 +114,34 @@ def broker_status() -> None:
 # --- data in -----------------------------------------------------------------------------------
 
 def _symbols(ctx, param, value: str | None) -> list[str] | None:
+    """Native symbols as the venue spells them (``--exchange`` is eager, so it is known here)."""
+    from ingest.venues import REGISTRY
+
     if value is None:
         return None
+    venue = REGISTRY[ctx.params["exchange"]]
     symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
-    bad = [s for s in symbols if not s.isalnum()]
+    bad = [s for s in symbols if not re.fullmatch(venue.SYMBOL_PATTERN, s)]
     if not symbols or bad:
-        raise click.BadParameter(f"expected comma-separated venue symbols like BTCUSDT,ETHUSDT; got {value!r}")
+        raise click.BadParameter(f"expected comma-separated venue symbols like {venue.SYMBOL_EXAMPLES} "
+                                 f"for {venue.exchange}; got {value!r}")
     return symbols
 
 
 @main.command()
-@click.option("--exchange", required=True, type=click.Choice(["binance-usdm"]), help="Venue the recording is from.")
+@click.option("--exchange", required=True, type=click.Choice(venue_names()), is_eager=True, help="Venue the recording is from.")
 @click.option("--symbols", default=None, callback=_symbols,
               help="Comma-separated native symbols to keep (default: every symbol in the recording).")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def replay(exchange: str, symbols: list[str] | None, paths: tuple[Path, ...]) -> None:
     """Replay recorded venue traffic (cryptofeed captures or JSONL) into Kafka."""
     from ingest.kafka import RecordProducer, ensure_topics
-    from pipelines.replay import NothingToReplay, check_replayable
+    from pipelines.replay import NothingToReplay, WrongVenue, check_replayable
     from pipelines.replay import replay as run_replay
 
     try:
-        check_replayable(list(paths))
-    except NothingToReplay as exc:
+        check_replayable(exchange, list(paths))
+    except (NothingToReplay, WrongVenue) as exc:
         _fail(str(exc))
     settings = _settings()
     bootstrap = _bootstrap(settings)
@@ -163,6 +170,9 @@ def print_replay_report(report) -> None:
         table.add_row(f"  dead letter: {reason}", f"[red]{n}[/]")
     for record_type, n in sorted(stats.records.items()):
         table.add_row(f"records {record_type}", str(n))
+        for (kind, symbol), m in sorted(report.by_symbol.items()):
+            if kind == record_type and symbol != "*":
+                table.add_row(f"  {symbol}", str(m))
     table.add_row("book deltas applied", str(report.book["applied"]))
     table.add_row("book deltas dropped (older than snapshot)", str(report.book["dropped_stale"]))
     table.add_row("book deltas never bridged by a snapshot", str(report.pending_deltas))
@@ -235,9 +245,9 @@ def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | No
 
 
 @main.command()
-@click.option("--exchange", required=True, type=click.Choice(["binance-usdm"]), help="Venue to ingest.")
-@click.option("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT", show_default=True, callback=_symbols,
-              help="Comma-separated native symbols.")
+@click.option("--exchange", required=True, type=click.Choice(venue_names()), is_eager=True, help="Venue to ingest.")
+@click.option("--symbols", default=None, callback=_symbols,
+              help="Comma-separated native symbols (default: the venue's examples, e.g. BTCUSDT,ETHUSDT,SOLUSDT).")
 @click.option("--ws-url", help="Websocket base URL (default: the venue's). Point it at `perpflow simulate` offline.")
 @click.option("--rest-url", help="REST base URL (default: the venue's).")
 @click.option("--oi-interval", type=click.FloatRange(1, 3600), default=5.0, show_default=True,
@@ -260,6 +270,7 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
 
     settings = _settings()
     venue = venue_for(exchange)
+    symbols = symbols or venue.SYMBOL_EXAMPLES.split(",")
     # The sink creates the topics once Kafka answers; an outage at start is survivable: it spills.
     try:
         sink = SpillingSink(settings.bootstrap, settings.run_dir / f"spill-{venue.exchange}.jsonl",

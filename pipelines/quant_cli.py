@@ -23,8 +23,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from ingest.venues import MalformedMessage
-from ingest.venues.binance_usdm import normalize_symbol
+from ingest.venue import MalformedMessage
+from ingest.venues.binance_usdm import BinanceUsdm
 from warehouse.settings import ConfigError, load_settings
 from transforms.candles import MS_PER_UNIT, Candles, infer_interval_ms, parse_candles_csv, parse_interval
 from transforms.levels import Level, SupportResistance
@@ -80,7 +80,7 @@ def market_symbol(value: str) -> str:
     if MARKET.fullmatch(text):
         return text
     try:
-        return normalize_symbol(text)
+        return BinanceUsdm().normalize_symbol(text)   # the usual spelling of a pair: BTCUSDT
     except MalformedMessage:
         raise ValueError(f"{value!r} is neither a venue symbol like BTCUSDT nor a market like BTC-USDT-PERP") from None
 

@@ -7,9 +7,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from ingest.feed import FeedHandler, FeedStats
 from ingest.recordings import read_recordings
+from ingest.venues import likely_venues
 from ingest.venues import venue as venue_for
+
+PROBE_MESSAGES = 500    # how many messages decide whether a recording is the named venue's
 
 
 @dataclass
@@ -19,6 +24,7 @@ class ReplayReport:
     book: Counter                        # book-sync outcomes: applied, dropped_stale, gaps, crossed, ...
     pending_deltas: int                  # buffered deltas no snapshot ever bridged
     meta_lines: Counter = field(default_factory=Counter)
+    by_symbol: Counter = field(default_factory=Counter)     # (record type, symbol) -> records
 
     @property
     def gaps(self) -> int:
@@ -37,15 +43,41 @@ class NothingToReplay(ValueError):
     """The files hold no venue message: empty, or nothing the recording reader recognises."""
 
 
-def check_replayable(paths: list[Path]) -> None:
-    """Raise ``NothingToReplay`` unless some file holds a venue message (reads up to the first one)."""
+class WrongVenue(ValueError):
+    """The files hold another venue's traffic than the one named."""
+
+
+def check_replayable(exchange: str, paths: list[Path]) -> None:
+    """Raise ``NothingToReplay`` unless some file holds a venue message, and ``WrongVenue`` when the
+    first messages are not ``exchange``'s (naming the venue they look like)."""
+    venue = venue_for(exchange)
     not_data: Counter = Counter()
-    for message in read_recordings(paths):
-        if message.kind != "meta":
-            return
-        not_data[message.source] += 1
-    found = "; ".join(f"{n} line(s) of {what}" for what, n in not_data.items()) or "the files are empty"
-    raise NothingToReplay(f"no venue message to replay in {', '.join(map(str, paths))} ({found})")
+    probe, data_seen = [], False
+    for message in read_recordings(paths, venue):
+        if message.kind == "meta":
+            not_data[message.source] += 1
+            continue
+        data_seen = True
+        if message.kind == "ws":
+            try:
+                probe.append(orjson.loads(message.payload))
+            except orjson.JSONDecodeError:
+                pass
+        if len(probe) >= PROBE_MESSAGES:
+            break
+    if not data_seen:
+        found = "; ".join(f"{n} line(s) of {what}" for what, n in not_data.items()) or "the files are empty"
+        raise NothingToReplay(f"no venue message to replay in {', '.join(map(str, paths))} ({found})")
+    ours = sum(1 for m in probe if venue.recognizes(m))
+    if probe and not ours:
+        others = [(name, n) for name, n in likely_venues(probe) if name != exchange]
+        files = ", ".join(map(str, paths))
+        if others:
+            name, n = others[0]
+            raise WrongVenue(f"{files} does not look like {exchange} traffic: 0 of the first {len(probe)} messages "
+                             f"are {exchange}'s, {n} look like {name}'s; run with --exchange {name}")
+        raise WrongVenue(f"{files} does not look like {exchange} traffic: none of the first {len(probe)} messages "
+                         f"is recognised by any venue perpflow knows")
 
 
 def replay(exchange: str, paths: list[Path], emit: Callable[[object], None],
@@ -53,9 +85,16 @@ def replay(exchange: str, paths: list[Path], emit: Callable[[object], None],
     """Map every recorded message with the venue's mapper and book sync; hand records to ``emit``.
 
     ``symbols`` keeps only those native symbols (default: everything in the recording)."""
-    handler = FeedHandler(venue_for(exchange), emit, symbols)
+    venue = venue_for(exchange)
+    by_symbol: Counter = Counter()
+
+    def count_and_emit(record) -> None:
+        by_symbol[record.record_type, getattr(record, "symbol", None) or "*"] += 1
+        emit(record)
+
+    handler = FeedHandler(venue, count_and_emit, symbols)
     meta: Counter = Counter()
-    for message in read_recordings(paths):
+    for message in read_recordings(paths, venue):
         if message.kind == "ws":
             handler.on_ws(message.payload, message.ts_recv, message.source)
         elif message.kind == "rest":
@@ -65,4 +104,4 @@ def replay(exchange: str, paths: list[Path], emit: Callable[[object], None],
     # Snapshot requests cannot be served from a recording: deltas still buffered at the end
     # were never bridged and are reported, not silently lost.
     return ReplayReport(exchange, handler.stats, handler.book_sync.counts.copy(),
-                        handler.book_sync.pending(), meta)
+                        handler.book_sync.pending(), meta, by_symbol)

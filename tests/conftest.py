@@ -20,6 +20,19 @@ CAPTURES = SHARED_DATA / "cryptofeed-captures"
 PERPFLOW = [sys.executable, "-m", "pipelines.cli"]
 
 
+# Real recordings of the other venues come from public repositories (tests/fixtures/README.md says
+# which); they are not redistributed here, so tests that need them look where the operator put them.
+VENUE_RECORDINGS = Path(os.environ.get("PERPFLOW_VENUE_RECORDINGS", SHARED_DATA / "venue-recordings"))
+
+
+def venue_recording(*parts: str) -> Path:
+    """A real recording under ``$PERPFLOW_VENUE_RECORDINGS`` (default ../shared/data/venue-recordings)."""
+    path = VENUE_RECORDINGS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real recording {'/'.join(parts)} not on this machine (see tests/fixtures/README.md)")
+    return path
+
+
 def binance_recording() -> list[Path]:
     files = sorted(CAPTURES.glob("BINANCE_FUTURES.*"))
     if not files:

@@ -246,7 +246,9 @@ class Account:
 
 
 def account(fault: str, db_path: Path, truth: dict, symbols: list[str]) -> Account:
-    from ingest.venues.binance_usdm import normalize_symbol
+    from ingest.venues.binance_usdm import BinanceUsdm
+
+    normalize_symbol = BinanceUsdm().normalize_symbol
 
     con = duckdb.connect(str(db_path), read_only=True)
     try:

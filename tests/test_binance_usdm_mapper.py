@@ -9,8 +9,10 @@ import pytest
 
 from conftest import CAPTURES, SHARED_DATA, binance_recording
 from ingest.records import BookDelta, Funding, Liquidation, Trade
-from ingest.venues import MalformedMessage, SkipMessage
-from ingest.venues.binance_usdm import BinanceUsdm, normalize_symbol
+from ingest.venue import MalformedMessage, SkipMessage
+from ingest.venues.binance_usdm import BinanceUsdm
+
+normalize_symbol = BinanceUsdm().normalize_symbol
 
 TS = 1_700_000_000_000_000_000
 

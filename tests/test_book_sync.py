@@ -11,7 +11,8 @@ from ingest.book_sync import AWAITING_SNAPSHOT, SYNCED, BookSync
 from ingest.feed import FeedHandler
 from ingest.recordings import read_recordings
 from ingest.records import BookDelta, BookSnapshot
-from ingest.venues.binance_usdm import BinanceSyncRules, BinanceUsdm
+from ingest.venues.binance import BinanceSyncRules
+from ingest.venues.binance_usdm import BinanceUsdm
 from transforms.order_book import OrderBook
 
 
@@ -58,7 +59,7 @@ def brute_force_books(messages) -> dict[str, OrderBook]:
 
 
 def test_real_recording_syncs_without_gaps_and_matches_brute_force():
-    messages = list(read_recordings(binance_recording()))
+    messages = list(read_recordings(binance_recording(), BinanceUsdm()))
     handler, emitted = replay_books(messages)
     counts = handler.book_sync.counts
     assert counts["gaps"] == 0 and counts["crossed"] == 0
@@ -84,7 +85,7 @@ def test_real_recording_syncs_without_gaps_and_matches_brute_force():
 
 
 def test_a_gap_resyncs_only_that_symbol():
-    messages = list(read_recordings(binance_recording()))
+    messages = list(read_recordings(binance_recording(), BinanceUsdm()))
     # Drop one SUSHI diff well after its book synced.
     sushi = [i for i, m in enumerate(messages) if m.kind == "ws" and b'"SUSHIUSDT","U"' in m.payload]
     dropped = sushi[len(sushi) // 2]
@@ -142,7 +143,7 @@ def test_crossed_book_is_a_gap():
 
 
 def test_periodic_snapshots_equal_the_rebuilt_book_within_ten_percent():
-    _, emitted = replay_books(read_recordings(binance_recording()))
+    _, emitted = replay_books(read_recordings(binance_recording(), BinanceUsdm()))
     books: dict[str, OrderBook] = {}
     checked = 0
     last_second: dict[str, int] = {}

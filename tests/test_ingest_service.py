@@ -113,7 +113,7 @@ def test_faults_reconnects_and_gaps_keep_books_exact_and_trades_complete(tmp_pat
     published = truth_trade_ids(truth)
     for symbol, got in ids.items():
         assert len(got) == len(set(got)), f"{symbol}: duplicated trade ids"
-        reported = {i for first, last in open_gaps.get(BinanceUsdm.normalize_symbol(symbol), ()) for i in
+        reported = {i for first, last in open_gaps.get(BinanceUsdm().normalize_symbol(symbol), ()) for i in
                     range(first, last + 1)}
         in_range = {i for sym, i in published if sym == symbol and min(got) <= i <= max(got)}
         assert set(got) - in_range == set(), f"{symbol}: ids received that the venue never published"

@@ -18,7 +18,7 @@ from warehouse.schema import migrate, raw_table_ddl
 
 
 def feed_recording(handler: FeedHandler) -> None:
-    for message in read_recordings(binance_recording()):
+    for message in read_recordings(binance_recording(), BinanceUsdm()):
         if message.kind == "ws":
             handler.on_ws(message.payload, message.ts_recv, message.source)
         elif message.kind == "rest":
@@ -37,7 +37,7 @@ def test_unsubscribed_symbols_are_counted_and_never_reach_book_or_trade_state():
     assert set(subscribed._last_trade_id) <= {"SUSHI-USDT-PERP"} and subscribed._last_trade_id
     # Exactly the collected messages of the other three symbols were dropped.
     others = 0
-    for message in read_recordings(binance_recording()):
+    for message in read_recordings(binance_recording(), BinanceUsdm()):
         if message.kind == "rest":
             others += "/fapi/v1/depth" in message.source and "symbol=SUSHIUSDT" not in message.source
         elif message.kind == "ws":
@@ -121,13 +121,15 @@ def test_funding_without_a_rate_and_without_an_index_loads_as_null(fresh_broker,
     assert (oi_ts, oi_value) == (1562305380000, 10659.509)
 
 
-def test_funding_nullability_migrates_an_existing_warehouse(tmp_path):
-    from ingest.records import Funding
+def test_funding_nullability_checksums_and_instruments_migrate_an_existing_warehouse(tmp_path):
+    from ingest.records import BookDelta, BookSnapshot, Funding
 
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     con.execute("CREATE SCHEMA raw")
     con.execute(raw_table_ddl(Funding).replace("rate DOUBLE", "rate DOUBLE NOT NULL")
                 .replace("interval_hours BIGINT", "interval_hours BIGINT NOT NULL"))
+    for cls in (BookSnapshot, BookDelta):     # as record schema 2 made them: no checksum column
+        con.execute(raw_table_ddl(cls).replace(", checksum BIGINT", ""))
     con.execute("CREATE SCHEMA meta")
     con.execute("CREATE TABLE meta.schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
     con.execute("INSERT INTO meta.schema_migrations VALUES (1, now()), (2, now()), (3, now())")
@@ -135,3 +137,6 @@ def test_funding_nullability_migrates_an_existing_warehouse(tmp_path):
     con.execute("INSERT INTO raw.funding (exchange, symbol, symbol_native, ts_exchange, ts_recv, is_realised) "
                 "VALUES ('binance-usdm', 'BTC-USDT-240329', 'BTCUSDT_240329', now(), now(), false)")
     assert con.execute("SELECT rate, interval_hours FROM raw.funding").fetchall() == [(None, None)]
+    for table in ("book_snapshots", "book_deltas"):
+        assert "checksum" in [c[0] for c in con.execute(f"DESCRIBE raw.{table}").fetchall()]
+    assert con.execute("SELECT count(*) FROM raw.instruments").fetchone() == (0,)

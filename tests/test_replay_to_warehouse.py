@@ -30,9 +30,13 @@ def test_replay_cli_then_load_reconciles_every_record_type(cli_env, tmp_path):
         by_table.setdefault(record.table, []).append(record)
     con = duckdb.connect(str(tmp_path / "home" / "warehouse_ro.duckdb"), read_only=True)
     for table in ("trades", "book_snapshots", "book_deltas", "funding", "open_interest", "liquidations",
-                  "feed_events", "dead_letters"):
+                  "instruments", "feed_events", "dead_letters"):
         assert con.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0] == len(by_table.get(table, [])), table
-    assert report.stats.records == {"trade": 91, "book_delta": 752, "book_snapshot": 4 + 119}
+    # The start-up exchangeInfo in the capture lists 122 contracts: each is an instrument record.
+    assert report.stats.records == {"trade": 91, "book_delta": 752, "book_snapshot": 4 + 119, "instrument": 122}
+    btc = con.execute("SELECT symbol, market_type, margin, qty_unit, contract_size, tick_size, lot_size, status "
+                      "FROM raw.instruments WHERE symbol_native = 'BTCUSDT'").fetchall()
+    assert btc == [("BTC-USDT-PERP", "perpetual", "linear", "base", None, 0.01, 0.001, "TRADING")]
     assert report.book["periodic_snapshots"] == 119
 
     trades = {t.trade_id: t for t in by_table["trades"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.venues import MalformedMessage
+from ingest.venue import MalformedMessage
 from ingest.venues.fields import DecimalSyntax
 
 PLAIN = DecimalSyntax()

@@ -67,8 +67,13 @@ def _v1() -> list[str]:
 FUNDING_RATE_NULLABLE = ["ALTER TABLE raw.funding ALTER COLUMN rate DROP NOT NULL",
                          "ALTER TABLE raw.funding ALTER COLUMN interval_hours DROP NOT NULL"]
 
+# Record schema 3: venue book checksums (OKX) and instrument reference data.
+BOOK_CHECKSUMS_AND_INSTRUMENTS = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF NOT EXISTS checksum BIGINT",
+                                  "ALTER TABLE raw.book_deltas ADD COLUMN IF NOT EXISTS checksum BIGINT",
+                                  raw_table_ddl(records.Instrument)]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
-                                           (4, FUNDING_RATE_NULLABLE)]
+                                           (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS)]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ingest.venues import MalformedMessage
+from ingest.venue import MalformedMessage
 
 _DIGITS = r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
 _POSITIVE = r"(?:[1-9][0-9]*(?:\.[0-9]+)?|0\.0*[1-9][0-9]*)"

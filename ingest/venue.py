@@ -1,0 +1,167 @@
+"""The venue contract: all that perpflow's shared machinery knows about a venue.
+
+The live service, the feed handler, the recording readers and the CLI talk to a venue only
+through a ``Venue`` object; none of them names a venue, a field or a path. A venue is one module
+in ``ingest/venues/`` holding a ``Venue`` subclass (its transport description and its pure
+mapper, as tardis-node keeps ``realtimefeeds/<venue>.ts`` and ``mappers/<venue>.ts``), its test
+fixtures, and one line in the registry ``ingest.venues.REGISTRY``.
+
+What a venue describes:
+
+* **Connections** (``ws_connections``): the websocket URLs to open, the streams each carries and
+  the text frames to send after connecting (venues that subscribe by message); an application
+  ping frame and its interval where the venue wants one (``PING_FRAME``); how to tell a frame's
+  stream without parsing it (``stream_of``); the longest normal silence per stream kind
+  (``SILENCE_LIMIT_S``) and the maximum connection age.
+* **Book resync** (``BOOK_RESYNC``): fetch a REST snapshot (``book_snapshot_url``), or wait for
+  the venue to push one in-stream after resubscribing; the sequencing and checksum rules the one
+  book-sync state machine applies (``rules``, see ``ingest.book_sync.SyncRules``).
+* **Reference data**: the REST bodies to fetch at start (``reference_urls``), which symbols are
+  tradable (``tradable_symbols``) and the ``Instrument`` records that say each one's units.
+* **Mapping**: websocket frames and REST bodies to records (``map_ws``, ``map_rest``), pure and
+  raising ``SkipMessage``/``MalformedMessage``; trade-id sequencing for gap detection and the
+  REST request that backfills a gap (``trade_sequence``, ``trades_url``); open-interest polls
+  for venues that do not push it (``open_interest_url``).
+* **REST limits**: the weight budget and the header that reports what is used.
+* **Recordings**: the event time that orders a recorded message (``message_time_ms``) and
+  whether a message looks like this venue's at all (``recognizes``), so that replaying another
+  venue's traffic is an error naming the likely venue rather than a silent zero.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class SkipMessage(Exception):
+    """A well-formed message perpflow deliberately does not collect; the text is the reason."""
+
+
+class MalformedMessage(ValueError):
+    """A message that cannot be mapped; the text says what is wrong with it."""
+
+
+class BookResync(enum.Enum):
+    REST_SNAPSHOT = "rest_snapshot"    # buffer deltas, fetch ``book_snapshot_url``, bridge (Binance)
+    RESUBSCRIBE = "resubscribe"        # the venue pushes a snapshot on (re)subscribe (Bybit, OKX)
+
+
+@dataclass(frozen=True)
+class WsConnection:
+    """One websocket connection to open."""
+
+    route: str                          # a name for the connection, unique per venue
+    url: str
+    streams: tuple[str, ...]            # the venue's names of the streams it carries
+    subscribe: tuple[str, ...] = ()     # text frames sent once connected
+
+
+class Venue(ABC):
+    exchange: ClassVar[str]             # the registry id, e.g. "binance-usdm"
+    default_ws_url: ClassVar[str]
+    default_rest_url: ClassVar[str]
+    BOOK_RESYNC: ClassVar[BookResync]
+    SYMBOL_PATTERN: ClassVar[str]       # a native symbol, upper case (checks CLI arguments)
+    SYMBOL_EXAMPLES: ClassVar[str]      # e.g. "BTCUSDT,ETHUSDT", for error messages
+    #: Longest normal silence per stream kind before a connection counts as stalled (None: may be
+    #: silent for hours, e.g. liquidations in a calm market). Keys are ``stream_kind`` values.
+    SILENCE_LIMIT_S: ClassVar[dict[str, float | None]]
+    TRADE_STREAM: ClassVar[str]         # the stream kind carrying trades
+    BOOK_STREAM: ClassVar[str]          # the stream kind carrying the order book
+    MAX_CONNECTION_AGE_S: ClassVar[float | None] = None   # the venue closes older connections
+    PING_FRAME: ClassVar[str | None] = None               # application-level keepalive, if any
+    PING_INTERVAL_S: ClassVar[float] = 20.0
+    PONG_FRAME: ClassVar[str | None] = None               # a keepalive reply that is not JSON: dropped
+    REST_WEIGHT_LIMIT: ClassVar[int]    # per minute, in the venue's weight units
+    WEIGHT_HEADER: ClassVar[str | None] = None            # response header with the weight used
+
+    rules: object                       # ``ingest.book_sync.SyncRules`` for this venue's books
+
+    # --- symbols and streams ---------------------------------------------------------------
+
+    @abstractmethod
+    def normalize_symbol(self, native: str) -> str:
+        """The venue's symbol -> perpflow's ``BASE-QUOTE-PERP`` / ``BASE-QUOTE-<expiry>``."""
+
+    @abstractmethod
+    def ws_connections(self, ws_url: str, symbols: list[str]) -> list[WsConnection]:
+        """The connections that carry every collected stream of the given native symbols."""
+
+    @abstractmethod
+    def stream_kind(self, stream: str) -> str:
+        """A stream name without its symbol, e.g. ``btcusdt@depth@100ms`` -> ``depth@100ms``."""
+
+    @abstractmethod
+    def stream_symbol(self, stream: str) -> str:
+        """The native symbol a stream is about."""
+
+    @abstractmethod
+    def stream_of(self, frame: str) -> str | None:
+        """The stream a raw frame belongs to, cheaply (None: a control frame or unknown)."""
+
+    # --- mapping ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def map_ws(self, message, ts_recv: int) -> list:
+        """One parsed websocket message -> records; raises SkipMessage / MalformedMessage."""
+
+    @abstractmethod
+    def map_rest(self, url: str, body, ts_recv: int) -> list:
+        """One parsed REST body (from ``url``) -> records; raises SkipMessage / MalformedMessage."""
+
+    def trade_sequence(self, trade) -> int | None:
+        """The trade's position in a per-symbol sequence without holes, where the venue has one."""
+        return None
+
+    # --- REST ------------------------------------------------------------------------------
+
+    def trades_url(self, rest_url: str, native: str, from_id: int, limit: int = 1000) -> str | None:
+        """The request for trades from sequence id ``from_id`` on (None: gaps cannot be backfilled)."""
+        return None
+
+    def book_snapshot_url(self, rest_url: str, native: str) -> str | None:
+        """The REST book snapshot request, for ``BookResync.REST_SNAPSHOT`` venues."""
+        return None
+
+    def resubscribe_frames(self, stream: str) -> tuple[str, ...]:
+        """The frames that make the venue push a fresh snapshot of one stream
+        (``BookResync.RESUBSCRIBE`` venues)."""
+        return ()
+
+    def open_interest_url(self, rest_url: str, native: str) -> str | None:
+        """The open-interest poll for venues that do not push it (None: it arrives in-stream)."""
+        return None
+
+    @abstractmethod
+    def reference_urls(self, rest_url: str) -> dict[str, str]:
+        """Reference bodies fetched at start, by name; ``"instruments"`` is required."""
+
+    @abstractmethod
+    def apply_reference(self, name: str, body) -> None:
+        """Take in one reference body (instrument list, funding intervals, ...)."""
+
+    @abstractmethod
+    def tradable_symbols(self) -> set[str]:
+        """Native symbols the venue trades, after ``apply_reference``."""
+
+    @abstractmethod
+    def instruments(self, ts_recv: int) -> list:
+        """``Instrument`` records for what ``apply_reference`` took in."""
+
+    # --- recordings ------------------------------------------------------------------------
+
+    @abstractmethod
+    def message_time_ms(self, message) -> int | None:
+        """The venue's event time of a raw message (orders JSONL recordings without receive times)."""
+
+    @abstractmethod
+    def recognizes(self, message) -> bool:
+        """Whether a parsed message has this venue's envelope and field names."""
+
+    def recorded_rest(self, message) -> tuple[str, object] | None:
+        """A REST response kept inside a JSONL recording line (e.g. tardis-style generated
+        snapshots): the URL path and query it answers and its body; None for a websocket message."""
+        return None
