@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ingest.records import BookSnapshot, Funding, Liquidation, OpenInterest, Trade
+from ingest.records import BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
 from transforms.cascades import match_windows, thresholds_for
 from warehouse.loader import insert_records
 from warehouse.store import Warehouse
@@ -174,7 +174,13 @@ def toy_records() -> list:
                           ts_recv=_ms(t) * 1_000_000,
                           bids=[["99.5", "2"], ["99.0", "3"], ["98.0", "5"], ["97.9", "10"]],
                           asks=[["100.5", "1"], ["101.0", "4"], ["102.0", "6"], ["102.1", "8"]], seq=1,
-                          reason="periodic")]
+                          reason="periodic"),
+             # A book carries no unit: its market's instrument says the levels are base units.
+             Instrument(exchange="v1", symbol="TOY-USDT-PERP", symbol_native="TOYUSDT", ts_exchange=_ms(TOY_DAY),
+                        ts_recv=_ms(TOY_DAY) * 1_000_000, market_type="perpetual", margin="linear", base_asset="TOY",
+                        quote_asset="USDT", settle_asset="USDT", qty_unit="base", contract_size=None,
+                        contract_size_unit=None, tick_size="0.1", lot_size="1", funding_interval_hours=8, expiry=None,
+                        status="TRADING")]
     for exchange, (oi_usd, rate, interval) in TOY_VENUES.items():
         common = {"exchange": exchange, "symbol": "BTC-USDT-PERP", "symbol_native": "BTCUSDT"}
         for minute in range(0, 120):
@@ -232,7 +238,7 @@ def test_toy_vectors_depth_open_interest_and_funding(tmp_path):
 def test_every_check_passes_and_rows_are_written(market):
     resources, result = market
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 21 and all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
+    assert len(checks) == 25 and all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
     counts = dict(_query(resources, " UNION ALL ".join(f"SELECT '{t}', count(*) FROM analytics.{t}" for t in TABLES)))
     assert counts["book_depth"] == 2 * 1440 and counts["market_stress"] == 2 * 1440
     # No cross-venue funding before the first OI bucket closes at 00:05 of the first day.

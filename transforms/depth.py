@@ -10,9 +10,11 @@ Definitions
   the 1 % band).
 * Units per side and band: ``base`` (coins), ``quote`` (sum of price * base, in the quote currency)
   and ``usd`` (quote * ``quote_usd_rate``; USDT/USDC are close to 1 but the rate is an input so the
-  warehouse can store the one it used). For inverse (coin-margined) books the quantity is a number of
-  contracts worth ``contract_size`` quote units each, so quote = contracts * contract_size and
-  base = quote / price.
+  warehouse can store the one it used). Quantities may be contracts: linear contracts are worth
+  ``contract_size`` base units each (base = contracts * contract_size, quote = base * price); inverse
+  (coin-margined) contracts ``contract_size`` quote units each, so quote = contracts * contract_size
+  exactly and base = quote / price. Base-unit books are ``contract_size`` 1, linear. The batch path
+  takes the contract size and kind per snapshot (``warehouse.units`` supplies them).
 * ``spread_bps = (best_ask - best_bid) / mid * 1e4``.
 * ``imbalance = (bid - ask) / (bid + ask)`` per band, on quote notional (not base): notional is what
   a market order consumes, and it reproduces the spec vector (-0.0620690 at 2 %).
@@ -233,8 +235,8 @@ def _side_sums(
     is_bid: bool,
     band_arr: NDArray,
     rel_tol: float,
-    contract_size: float,
-    inverse: bool,
+    contract_size: NDArray,
+    inverse: NDArray,
 ) -> tuple[NDArray, NDArray]:
     n, n_bands = offsets.size - 1, band_arr.size
     snapshot = np.repeat(np.arange(n), np.diff(offsets))
@@ -244,10 +246,18 @@ def _side_sums(
     # First band whose bound reaches the level; identical to the scalar `dist - rel_tol <= band`.
     band_idx = np.searchsorted(band_arr, dist - rel_tol, side="left")
     keep = usable & np.isfinite(ref_per_level) & (band_idx < n_bands)
-    base, quote = _base_quote(price[keep], qty[keep], contract_size, inverse)
-    key = snapshot[keep] * n_bands + band_idx[keep]
+    kept_snapshot = snapshot[keep]
+    price, qty = price[keep], qty[keep]
+    # Per level in units of one contract (base units: contract_size 1); the contract size scales
+    # each snapshot's sums afterwards, which spares two passes over every level.
+    if inverse.any():
+        is_inverse = inverse[kept_snapshot]
+        base, quote = np.where(is_inverse, qty / price, qty), np.where(is_inverse, qty, qty * price)
+    else:
+        base, quote = qty, qty * price
+    key = kept_snapshot * n_bands + band_idx[keep]
     per_band = [np.bincount(key, weights=w, minlength=n * n_bands).astype(np.float64, copy=False)
-                .reshape(n, n_bands) for w in (base, quote)]
+                .reshape(n, n_bands) * contract_size[:, None] for w in (base, quote)]
     return per_band[0].cumsum(axis=1), per_band[1].cumsum(axis=1)
 
 
@@ -261,8 +271,8 @@ def _batch_chunk(
     band_arr: NDArray,
     reference: Reference,
     rate: NDArray,
-    contract_size: float,
-    inverse: bool,
+    contract_size: NDArray,
+    inverse: NDArray,
     rel_tol: float,
 ) -> dict[str, NDArray]:
     bid_ok, ask_ok = _usable(bid_price, bid_qty), _usable(ask_price, ask_qty)
@@ -317,15 +327,17 @@ def depth_bands_batch(
     bands: ArrayLike = BANDS,
     reference: Reference = "mid",
     quote_usd_rate: float | ArrayLike = 1.0,
-    contract_size: float = 1.0,
-    inverse: bool = False,
+    contract_size: float | ArrayLike = 1.0,
+    inverse: bool | ArrayLike = False,
     rel_tol: float = REL_TOL,
 ) -> DepthBands:
     """Depth bands for ``n = len(bid_offsets) - 1`` books in Arrow list layout.
 
     ``bid_offsets``/``ask_offsets`` have length ``n + 1``; levels of a snapshot may be in any
-    order. ``quote_usd_rate`` is a scalar or one rate per snapshot. Results equal ``depth_bands``
-    applied per snapshot (up to summation order). For a pyarrow ``ListArray`` of
+    order. ``quote_usd_rate``, ``contract_size`` and ``inverse`` are scalars or one value per
+    snapshot (markets of different units in one batch). Results equal ``depth_bands``
+    applied per snapshot up to rounding: sums run in another order, and a snapshot's sums are scaled
+    by its contract size instead of each level. For a pyarrow ``ListArray`` of
     ``struct<price, qty>``: ``levels = arr.flatten()``, then ``levels.field("price")``,
     ``levels.field("qty")`` and ``arr.offsets`` minus ``arr.offsets[0]`` (non-zero for a slice).
     Snapshots are processed in chunks of ~4M levels to bound memory.
@@ -343,6 +355,8 @@ def depth_bands_batch(
             or arrays[2].size != ask_offsets[-1] or arrays[3].size != ask_offsets[-1]:
         raise ValueError("the last offset must equal the number of levels on that side")
     rate = np.broadcast_to(np.asarray(quote_usd_rate, dtype=np.float64), (n,))
+    size = np.broadcast_to(np.asarray(contract_size, dtype=np.float64), (n,))
+    inverse_arr = np.broadcast_to(np.asarray(inverse, dtype=bool), (n,))
 
     parts = []
     for lo, hi in _chunk_bounds(bid_offsets, ask_offsets):
@@ -350,7 +364,7 @@ def depth_bands_batch(
         parts.append(_batch_chunk(
             arrays[0][b0:b1], arrays[1][b0:b1], bid_offsets[lo:hi + 1] - b0,
             arrays[2][a0:a1], arrays[3][a0:a1], ask_offsets[lo:hi + 1] - a0,
-            band_arr, reference, rate[lo:hi], contract_size, inverse, rel_tol,
+            band_arr, reference, rate[lo:hi], size[lo:hi], inverse_arr[lo:hi], rel_tol,
         ))
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return DepthBands(bands=tuple(band_arr.tolist()), **merged)

@@ -4,16 +4,27 @@ Producer-side duplicates (a replay after a broker reset, a websocket reconnect t
 are removed on the natural key (exchange, symbol, trade id, aggregation) before anything is
 summed. Off-book prints (Binance insurance-fund and ADL trades) are not market volume and
 are left out.
+
+Sizes go through the warehouse's unit macros (``warehouse.units``): volumes are base units and
+``quote_volume`` is USD notional (inverse contracts: contracts x USD per contract, exactly).
+Trades in contracts of a market without an instrument cannot be converted and are left out; the
+asset counts them (``warehouse.units.unconvertible_rows`` with ``MARKET_TRADES``).
 """
+
+# The trades a bar is made of (raw.trades aliased ``r``): market prints only.
+MARKET_TRADES = "coalesce(r.trade_type, 'MARKET') = 'MARKET'"
 
 OHLCV_1M_COLUMNS = ("exchange", "symbol", "minute", "open", "high", "low", "close", "vwap", "volume",
                     "quote_volume", "buy_volume", "sell_volume", "trade_count", "day")
 
-OHLCV_1M_SELECT = """
+OHLCV_1M_SELECT = f"""
 WITH trades AS (
-    SELECT * FROM raw.trades
-    WHERE ts_exchange >= $start AND ts_exchange < $end
-      AND coalesce(trade_type, 'MARKET') = 'MARKET'
+    SELECT r.*,
+           raw.base_qty(r.qty, r.price, r.qty_unit, unit.contract_size, unit.contract_size_unit) AS base,
+           raw.usd_notional(r.qty, r.price, r.qty_unit, unit.contract_size, unit.contract_size_unit) AS usd
+    FROM raw.trades AS r LEFT JOIN raw.instrument_units AS unit USING (exchange, symbol)
+    WHERE r.ts_exchange >= $start AND r.ts_exchange < $end AND {MARKET_TRADES}
+      AND raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) IS NOT NULL
     QUALIFY row_number() OVER (PARTITION BY exchange, symbol, trade_id, is_aggregated
                                ORDER BY kafka_partition, kafka_offset) = 1
 )
@@ -23,11 +34,11 @@ SELECT exchange, symbol,
        max(price) AS high,
        min(price) AS low,
        last(price ORDER BY ts_exchange, first_trade_id, trade_id) AS close,
-       sum(price * qty) / sum(qty) AS vwap,
-       sum(qty) AS volume,
-       sum(price * qty) AS quote_volume,
-       coalesce(sum(qty) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
-       coalesce(sum(qty) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
+       sum(usd) / sum(base) AS vwap,
+       sum(base) AS volume,
+       sum(usd) AS quote_volume,
+       coalesce(sum(base) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
+       coalesce(sum(base) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
        sum(coalesce(last_trade_id - first_trade_id + 1, 1)) AS trade_count,
        CAST(time_bucket(INTERVAL '1 minute', ts_exchange) AS DATE) AS day
 FROM trades

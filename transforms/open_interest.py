@@ -39,17 +39,17 @@ class OpenInterest(NamedTuple):
 
 
 def open_interest_value(
-    contracts: ArrayLike, mark_price: ArrayLike, *, contract_size: float = 1.0, inverse: bool = False
+    contracts: ArrayLike, mark_price: ArrayLike, *, contract_size: float | ArrayLike = 1.0,
+    inverse: bool | ArrayLike = False,
 ) -> OpenInterest:
-    """OI in coins and USD at the mark price (see module docstring for linear vs inverse)."""
-    qty = np.asarray(contracts, dtype=np.float64)
+    """OI in coins and USD at the mark price (see module docstring for linear vs inverse);
+    ``contract_size`` and ``inverse`` are scalars or one per observation (base units: 1, linear)."""
+    size = np.asarray(contracts, dtype=np.float64) * np.asarray(contract_size, dtype=np.float64)
     mark = np.asarray(mark_price, dtype=np.float64)
-    if inverse:
-        usd = qty * contract_size
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return OpenInterest(coin=np.where(mark > 0, usd / mark, np.nan), usd=usd)
-    coin = qty * contract_size
-    return OpenInterest(coin=coin, usd=coin * mark)
+    inverse_arr = np.asarray(inverse, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inverse_coin = np.where(mark > 0, size / mark, np.nan)
+    return OpenInterest(coin=np.where(inverse_arr, inverse_coin, size), usd=np.where(inverse_arr, size, size * mark))
 
 
 def asof_values(

@@ -66,8 +66,8 @@ CREATE TABLE IF NOT EXISTS analytics.open_interest (
     asset VARCHAR NOT NULL,
     grain VARCHAR NOT NULL,                -- '5m' | '1h'
     bucket_start TIMESTAMP NOT NULL,
-    open_interest DOUBLE,                  -- coins
-    open_interest_usd DOUBLE,              -- coins x mark price as of the observation
+    open_interest DOUBLE,                  -- coins (contracts converted: warehouse.units)
+    open_interest_usd DOUBLE,              -- coins x mark price; inverse: contracts x USD per contract
     mark_price DOUBLE,                     -- NULL on 'all' rows
     n_venues INTEGER NOT NULL,
     {_OI_CHANGES},
@@ -98,9 +98,9 @@ CREATE TABLE IF NOT EXISTS analytics.liquidations_1m (
     symbol VARCHAR NOT NULL,
     asset VARCHAR NOT NULL,
     minute TIMESTAMP NOT NULL,
-    long_usd DOUBLE NOT NULL,              -- qty x coalesce(avg_price, price)
+    long_usd DOUBLE NOT NULL,              -- base qty x coalesce(avg_price, price); inverse: contracts x USD each
     short_usd DOUBLE NOT NULL,
-    long_qty DOUBLE NOT NULL,
+    long_qty DOUBLE NOT NULL,              -- base units
     short_qty DOUBLE NOT NULL,
     n_long INTEGER NOT NULL,
     n_short INTEGER NOT NULL,

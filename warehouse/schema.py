@@ -17,6 +17,7 @@ import duckdb
 from ingest import records
 from warehouse import ddl_microstructure
 from warehouse import ddl_quant
+from warehouse import units
 from warehouse.transaction import transaction
 
 KAFKA_COLUMNS = "kafka_partition INTEGER, kafka_offset BIGINT"
@@ -73,7 +74,8 @@ BOOK_CHECKSUMS_AND_INSTRUMENTS = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF 
                                   raw_table_ddl(records.Instrument)]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
-                                           (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS)]
+                                           (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS),
+                                           (6, units.STATEMENTS)]
 LATEST = MIGRATIONS[-1][0]
 
 

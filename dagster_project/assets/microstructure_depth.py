@@ -27,6 +27,7 @@ from dagster_project.assets.microstructure_common import (
 )
 from dagster_project.charts import png_markdown, table_preview
 from dagster_project.resources import WarehouseResource
+from dagster_project.units_check import UNITS_CHECK, units_check_result
 from transforms.depth import (
     BANDS,
     DepthBands,
@@ -37,6 +38,7 @@ from transforms.depth import (
 )
 from transforms.liquidity import DAY_S, liquidity_withdrawals
 from warehouse.ddl_microstructure import SIDE_FIELDS, STATS
+from warehouse.units import BOOK_UNITS, unconvertible_rows
 
 BOOK_DEPTH = ["analytics", "book_depth"]
 LIQUIDITY_WITHDRAWALS = ["analytics", "liquidity_withdrawals"]
@@ -46,11 +48,24 @@ SNAPSHOTS_PER_BATCH = 16_384
 TWO_PCT = band_label(0.02)
 _ARRAYS = [name for name in DepthBands.__dataclass_fields__ if name != "bands"]
 
-SNAPSHOTS = """
-SELECT exchange, symbol, epoch_ms(ts_exchange) AS ts_ms, coalesce(seq, -1) AS seq, bids, asks
-FROM raw.book_snapshots
-WHERE reason = 'periodic' AND ts_exchange >= $start AND ts_exchange < $end
-  AND ($asset IS NULL OR split_part(symbol, '-', 1) = $asset)
+PERIODIC = "r.reason = 'periodic'"
+# The periodic snapshots in [$start, $end) with what one unit of their levels is worth
+# (warehouse.units.BOOK_UNITS); books whose unit is unknown are left out here and counted by the
+# units check.
+CONVERTIBLE_SNAPSHOTS = f"""
+SELECT exchange, symbol, r.ts_exchange, r.seq, r.bids, r.asks,
+       raw.qty_multiplier(unit.qty_unit, unit.contract_size, unit.contract_size_unit) AS qty_multiplier,
+       raw.qty_is_inverse(unit.qty_unit, unit.contract_size_unit) AS inverse
+FROM raw.book_snapshots AS r LEFT JOIN ({BOOK_UNITS}) AS unit USING (exchange, symbol)
+WHERE {PERIODIC} AND r.ts_exchange >= $start AND r.ts_exchange < $end
+  AND raw.qty_multiplier(unit.qty_unit, unit.contract_size, unit.contract_size_unit) IS NOT NULL
+"""
+
+SNAPSHOTS = f"""
+SELECT exchange, symbol, epoch_ms(ts_exchange) AS ts_ms, coalesce(seq, -1) AS seq, bids, asks, qty_multiplier,
+       inverse
+FROM ({CONVERTIBLE_SNAPSHOTS})
+WHERE $asset IS NULL OR split_part(symbol, '-', 1) = $asset
 """
 
 
@@ -64,7 +79,9 @@ def _side(levels: pa.ListArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _batch_depth(batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], DepthBands]:
     keys = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("exchange", "symbol", "ts_ms", "seq")}
     bids, asks = _side(batch.column("bids")), _side(batch.column("asks"))
-    return keys, depth_bands_batch(*bids, *asks, quote_usd_rate=QUOTE_USD_RATE)
+    return keys, depth_bands_batch(*bids, *asks, quote_usd_rate=QUOTE_USD_RATE,
+                                   contract_size=batch.column("qty_multiplier").to_numpy(zero_copy_only=False),
+                                   inverse=batch.column("inverse").to_numpy(zero_copy_only=False))
 
 
 def snapshot_depths(con, start: dt.datetime, end: dt.datetime,
@@ -148,17 +165,22 @@ DEPTH_CHECKS = {
     "no_crossed_books": "best bid < best ask in every minute with a valid book (crossed/locked books are dropped).",
     "values_in_range": "Depth >= 0, |imbalance| <= 1, spread >= 0, mid > 0, n_valid <= n_snapshots.",
     "no_duplicate_keys": "One row per (exchange, symbol, minute).",
+    **UNITS_CHECK,
 }
 
 
 @daily_asset(
     BOOK_DEPTH, DEPTH_CHECKS,
-    deps=[dg.AssetKey(["raw", "book_snapshots"])],
+    deps=[dg.AssetKey(["raw", "book_snapshots"]), dg.AssetKey(["raw", "instruments"]), dg.AssetKey(["raw", "trades"])],
     description="Order-book depth per exchange, symbol and minute (analytics.md §3). Source: the once-per-second "
                 "'periodic' snapshots the book sync publishes (levels within ±10 % of mid, so every band is exact). "
                 "Reference = mid of the snapshot; bid depth(x) = Σ bids with price >= mid·(1−x), ask depth(x) = Σ "
                 "asks with price <= mid·(1+x), inclusive, x in 0.1/0.25/0.5/1/2/5/10 %; base, quote and USD "
-                "(USDT/USDC at par, `quote_usd_rate`); imbalance = (bid−ask)/(bid+ask) on quote notional; "
+                "(USDT/USDC at par, `quote_usd_rate`). Level sizes are in the market's unit (warehouse.units: the "
+                "instrument's, or for markets recorded before instruments the unit of their trades): linear "
+                "contracts base = qty × contract size; inverse contracts quote = qty × USD per contract exactly, "
+                "base = quote / price; books of unknown unit are left out and counted by the `units_convertible` "
+                "check. Imbalance = (bid−ask)/(bid+ask) on quote notional; "
                 "`depth_usd_*` = bid + ask USD per snapshot. Per minute: mean, min and last over the minute's "
                 "snapshots (plus max spread). Crossed, locked or one-sided books count in n_snapshots but not n_valid "
                 "and are left out of every statistic. Each UTC day is rewritten with delete+insert.",
@@ -172,14 +194,14 @@ def book_depth(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         checks = PartitionChecks(con, "book_depth", days)
         results = [
             checks.covers_feed("SELECT DISTINCT exchange, symbol, time_bucket(INTERVAL 1 MINUTE, ts_exchange) "
-                               "AS minute FROM raw.book_snapshots WHERE reason = 'periodic' AND ts_exchange >= $start "
-                               "AND ts_exchange < $end",
+                               f"AS minute FROM ({CONVERTIBLE_SNAPSHOTS})",
                                "SELECT exchange, symbol, minute FROM analytics.book_depth "
                                "WHERE day BETWEEN $first AND $last", "exchange, symbol, minute"),
             checks.violations("depth_non_decreasing_with_band", _monotone_violation()),
             checks.violations("no_crossed_books", "best_bid_last >= best_ask_last OR spread_bps_min <= 0"),
             checks.violations("values_in_range", _range_violation()),
             checks.no_duplicates("exchange, symbol, minute"),
+            units_check_result(unconvertible_rows(con, "book_snapshots", days[0][0], days[-1][1], where=PERIODIC)),
         ]
         rows = checks.rows()
         shown = preview(con, "book_depth", days, ["exchange", "symbol", "minute", "n_valid", "mid_last",

@@ -25,6 +25,7 @@ from dagster_project.assets.microstructure_common import (
 )
 from dagster_project.charts import png_markdown, table_preview
 from dagster_project.resources import WarehouseResource
+from dagster_project.units_check import UNITS_CHECK, units_check_result
 from transforms.depth import aggregate_buckets
 from transforms.funding import annualize_8h, oi_weighted_funding_8h, to_8h
 from transforms.open_interest import (
@@ -33,6 +34,7 @@ from transforms.open_interest import (
     oi_change_columns,
     open_interest_value,
 )
+from warehouse.units import UNIT_JOIN, unconvertible_rows
 
 OPEN_INTEREST = ["analytics", "open_interest"]
 FUNDING = ["analytics", "funding"]
@@ -41,16 +43,24 @@ MARK_TOLERANCE = dt.timedelta(minutes=5)
 # How stale an OI weight may be when a funding minute is weighted (two 5-minute buckets).
 WEIGHT_TOLERANCE_S = 600.0
 
+# Open-interest observations in [$start, $end) whose size converts (warehouse.units), with what
+# one unit of it is worth; the others are counted by the units check.
+CONVERTIBLE_OI = f"""
+SELECT r.exchange, r.symbol, r.ts_exchange, r.open_interest,
+       raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) AS qty_multiplier,
+       raw.qty_is_inverse(r.qty_unit, unit.contract_size_unit) AS inverse
+FROM raw.open_interest AS r {UNIT_JOIN}
+WHERE r.ts_exchange >= $start AND r.ts_exchange < $end
+  AND raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) IS NOT NULL
+"""
+
 # Open interest with the mark price as of each observation (at most MARK_TOLERANCE older).
-OI_OBSERVATIONS = """
-WITH oi AS (
-    SELECT exchange, symbol, ts_exchange, open_interest FROM raw.open_interest
-    WHERE qty_unit = 'base' AND ts_exchange >= $lo AND ts_exchange < $end
-), mark AS (
+OI_OBSERVATIONS = f"""
+WITH oi AS ({CONVERTIBLE_OI}), mark AS (
     SELECT exchange, symbol, ts_exchange, mark_price FROM raw.funding
-    WHERE mark_price IS NOT NULL AND ts_exchange >= $lo - $tolerance AND ts_exchange < $end
+    WHERE mark_price IS NOT NULL AND ts_exchange >= $start - $tolerance AND ts_exchange < $end
 )
-SELECT oi.exchange, oi.symbol, epoch(oi.ts_exchange) AS ts, oi.open_interest,
+SELECT oi.exchange, oi.symbol, epoch(oi.ts_exchange) AS ts, oi.open_interest, oi.qty_multiplier, oi.inverse,
        CASE WHEN oi.ts_exchange - mark.ts_exchange <= $tolerance THEN mark.mark_price END AS mark_price
 FROM oi ASOF LEFT JOIN mark
   ON oi.exchange = mark.exchange AND oi.symbol = mark.symbol AND oi.ts_exchange >= mark.ts_exchange
@@ -85,12 +95,14 @@ def _grain_rows(keys: dict, bucket: np.ndarray, values: dict[str, np.ndarray], s
 def open_interest_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
     # 24 h change needs the bucket a day back; the cross-venue carry-forward one more bucket.
     lo = start - DAY - dt.timedelta(seconds=2 * BUCKET_S)
-    data = fetch(con, OI_OBSERVATIONS, {"lo": lo, "end": end, "tolerance": MARK_TOLERANCE})
+    data = fetch(con, OI_OBSERVATIONS, {"start": lo, "end": end, "tolerance": MARK_TOLERANCE})
     day_start, day_end = epoch(start), epoch(end)
     parts, venues = [], []
     for (exchange, symbol), rows in groups(data["exchange"], data["symbol"]):
         mark = data["mark_price"][rows].astype(np.float64)
-        oi = open_interest_value(data["open_interest"][rows].astype(np.float64), mark)
+        oi = open_interest_value(data["open_interest"][rows].astype(np.float64), mark,
+                                 contract_size=data["qty_multiplier"][rows].astype(np.float64),
+                                 inverse=data["inverse"][rows].astype(bool))
         agg = aggregate_buckets(data["ts"][rows], np.column_stack([oi.coin, oi.usd, mark]), BUCKET_S)
         bucket = agg.bucket_start
         coin, usd, last_mark = agg.last.T
@@ -116,19 +128,24 @@ def open_interest_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tab
 
 
 OI_CHECKS = {
-    "non_empty_where_feed_up": "Every exchange/symbol/5-minute bucket with an OI observation has a 5m row.",
+    "non_empty_where_feed_up": "Every exchange/symbol/5-minute bucket with a convertible OI observation has a 5m "
+                               "row.",
     "values_in_range": "OI >= 0 in coins and USD, mark price > 0, n_venues >= 1.",
     "no_duplicate_keys": "One row per (exchange, symbol, grain, bucket_start).",
+    **UNITS_CHECK,
 }
 
 
 @daily_asset(
     OPEN_INTEREST, OI_CHECKS,
-    deps=[dg.AssetKey(["raw", "open_interest"]), dg.AssetKey(["raw", "funding"])],
-    description="Open interest per exchange and symbol at 5-minute and hourly grain (analytics.md §7). Coins = the "
-                "venue's base-unit OI (linear contracts; venues quoting contracts need a contract-size table and are "
-                "skipped); USD = coins × mark price (raw.funding markPriceUpdate) as of the observation, at most 5 "
-                "min old. A bucket holds the last observation in it; the hourly row is the hour's last 5-minute row. "
+    deps=[dg.AssetKey(["raw", "open_interest"]), dg.AssetKey(["raw", "instruments"]), dg.AssetKey(["raw", "funding"])],
+    description="Open interest per exchange and symbol at 5-minute and hourly grain (analytics.md §7), in coins and "
+                "USD with the mark price (raw.funding markPriceUpdate) as of the observation, at most 5 min old. "
+                "Sizes convert with the market's instrument (warehouse.units): base units as they are; linear "
+                "contracts coins = contracts × contract size, USD = coins × mark; inverse contracts USD = contracts "
+                "× USD per contract (no price), coins = USD / mark. Contracts without an instrument are left out "
+                "and counted by the `units_convertible` check. "
+                "A bucket holds the last observation in it; the hourly row is the hour's last 5-minute row. "
                 "`oi_change_pct_{5m,1h,4h,24h}` on coins and `oi_usd_change_pct_*` on USD: (OI_t − OI_t−w) / OI_t−w × "
                 "100 against the bucket exactly w earlier (NULL if that bucket is missing). Cross-venue rows "
                 "(exchange 'all', symbol = base asset) sum every market's latest bucket, carrying a market's value "
@@ -143,13 +160,13 @@ def open_interest(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         checks = PartitionChecks(con, "open_interest", days)
         results = [
             checks.covers_feed("SELECT DISTINCT exchange, symbol, time_bucket(INTERVAL 5 MINUTE, ts_exchange) AS "
-                               "bucket_start FROM raw.open_interest WHERE qty_unit = 'base' AND ts_exchange >= $start "
-                               "AND ts_exchange < $end",
+                               f"bucket_start FROM ({CONVERTIBLE_OI})",
                                "SELECT exchange, symbol, bucket_start FROM analytics.open_interest "
                                "WHERE grain = '5m' AND day BETWEEN $first AND $last", "exchange, symbol, bucket_start"),
             checks.violations("values_in_range", "open_interest < 0 OR open_interest_usd < 0 OR mark_price <= 0 "
                                                  "OR n_venues < 1"),
             checks.no_duplicates("exchange, symbol, grain, bucket_start"),
+            units_check_result(unconvertible_rows(con, "open_interest", days[0][0], days[-1][1])),
         ]
         rows = checks.rows()
         shown = preview(con, "open_interest", days, ["exchange", "symbol", "grain", "bucket_start", "open_interest",

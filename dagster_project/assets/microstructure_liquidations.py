@@ -25,6 +25,7 @@ from dagster_project.assets.microstructure_depth import BOOK_DEPTH, snapshot_dep
 from dagster_project.assets.microstructure_derivatives import FUNDING, OPEN_INTEREST
 from dagster_project.charts import png_markdown, table_preview
 from dagster_project.resources import WarehouseResource
+from dagster_project.units_check import UNITS_CHECK, units_check_result
 from transforms.cascades import (
     CascadeConfig,
     CascadeThresholds,
@@ -33,6 +34,7 @@ from transforms.cascades import (
 )
 from transforms.depth import BANDS
 from transforms.open_interest import asof_values
+from warehouse.units import UNIT_JOIN, unconvertible_rows
 
 LIQUIDATIONS_1M = ["analytics", "liquidations_1m"]
 LIQUIDATION_CASCADES = ["analytics", "liquidation_cascades"]
@@ -41,11 +43,18 @@ SAMPLED_FLOOR_SHARE = 0.1
 
 # A forced order loaded twice is one order: Binance's stream has no order id, so the whole
 # event is the key (two distinct liquidations identical to the millisecond are not plausible).
-FORCED_ORDERS = """
-SELECT DISTINCT exchange, symbol, split_part(symbol, '-', 1) AS asset, ts_exchange, liquidated_position,
-       qty, qty * coalesce(avg_price, price) AS usd, is_sampled
-FROM raw.liquidations
-WHERE qty_unit = 'base' AND ts_exchange >= $start AND ts_exchange < $end
+# Sizes in base units and USD at the fill price (warehouse.units); orders whose size cannot be
+# converted are left out here and counted by the units check.
+FORCED_ORDERS = f"""
+SELECT DISTINCT exchange, symbol, split_part(symbol, '-', 1) AS asset, r.ts_exchange, r.liquidated_position,
+       raw.base_qty(r.qty, coalesce(r.avg_price, r.price), r.qty_unit, unit.contract_size,
+                    unit.contract_size_unit) AS qty,
+       raw.usd_notional(r.qty, coalesce(r.avg_price, r.price), r.qty_unit, unit.contract_size,
+                        unit.contract_size_unit) AS usd,
+       r.is_sampled
+FROM raw.liquidations AS r {UNIT_JOIN}
+WHERE r.ts_exchange >= $start AND r.ts_exchange < $end
+  AND raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) IS NOT NULL
 """
 
 # Sums in a fixed order: a parallel float sum differs in the last bits from run to run, and a
@@ -65,17 +74,21 @@ GROUP BY ALL
 """
 
 LIQUIDATION_CHECKS = {
-    "non_empty_where_feed_up": "Every exchange/symbol/minute with a forced order has a row.",
+    "non_empty_where_feed_up": "Every exchange/symbol/minute with a convertible forced order has a row.",
     "values_in_range": "Notional and quantities >= 0, at least one order per row.",
     "no_duplicate_keys": "One row per (exchange, symbol, minute).",
+    **UNITS_CHECK,
 }
 
 
 @daily_asset(
     LIQUIDATIONS_1M, LIQUIDATION_CHECKS,
-    deps=[dg.AssetKey(["raw", "liquidations"])],
+    deps=[dg.AssetKey(["raw", "liquidations"]), dg.AssetKey(["raw", "instruments"])],
     description="Liquidated notional per exchange, symbol and minute, split by the liquidated side (a forced SELL "
-                "closes a long). USD = qty × coalesce(avg_price, price) (linear contracts in base units). Only "
+                "closes a long). `*_qty` in base units, `*_usd` at the fill price coalesce(avg_price, price); sizes "
+                "in contracts convert with the market's instrument (warehouse.units): linear qty × contract size, "
+                "USD = base × price; inverse USD = qty × USD per contract exactly, base = USD / price. Orders that "
+                "cannot be converted are left out and counted by the `units_convertible` check. Only "
                 "minutes with at least one forced order have a row. `is_lower_bound` where the venue samples its "
                 "stream (Binance forceOrder: the latest liquidation per symbol per second), so the totals are lower "
                 "bounds.",
@@ -89,13 +102,13 @@ def liquidations_1m(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         checks = PartitionChecks(con, "liquidations_1m", days)
         results = [
             checks.covers_feed("SELECT DISTINCT exchange, symbol, time_bucket(INTERVAL 1 MINUTE, ts_exchange) "
-                               "AS minute FROM raw.liquidations WHERE qty_unit = 'base' AND ts_exchange >= $start "
-                               "AND ts_exchange < $end",
+                               f"AS minute FROM ({FORCED_ORDERS})",
                                "SELECT exchange, symbol, minute FROM analytics.liquidations_1m WHERE day BETWEEN "
                                "$first AND $last", "exchange, symbol, minute"),
             checks.violations("values_in_range", "long_usd < 0 OR short_usd < 0 OR long_qty < 0 OR short_qty < 0 "
                                                  "OR n_long + n_short < 1"),
             checks.no_duplicates("exchange, symbol, minute"),
+            units_check_result(unconvertible_rows(con, "liquidations", days[0][0], days[-1][1])),
         ]
         rows = checks.rows()
         shown = preview(con, "liquidations_1m", days, ["exchange", "symbol", "minute", "long_usd", "short_usd",
@@ -249,15 +262,18 @@ CASCADE_CHECKS = {
     "values_in_range": "usd >= threshold, 0 <= long_share <= 1, start <= end, impact >= 0, the move is in the "
                        "liquidation direction, depth ratios >= 0.",
     "no_duplicate_keys": "One row per (asset, side, cascade_start).",
+    **UNITS_CHECK,
 }
 
 
 @daily_asset(
     LIQUIDATION_CASCADES, CASCADE_CHECKS,
-    deps=[dg.AssetKey(["raw", "liquidations"]), dg.AssetKey(["raw", "trades"]), dg.AssetKey(BOOK_DEPTH),
-          dg.AssetKey(OPEN_INTEREST), dg.AssetKey(FUNDING)],
+    deps=[dg.AssetKey(["raw", "liquidations"]), dg.AssetKey(["raw", "instruments"]), dg.AssetKey(["raw", "trades"]),
+          dg.AssetKey(BOOK_DEPTH), dg.AssetKey(OPEN_INTEREST), dg.AssetKey(FUNDING)],
     description="Liquidation cascades per base asset across venues (analytics.md §6.3; transforms.cascades): forced "
-                "orders of one liquidated side clustered with gaps <= 60 s; a cluster is a cascade when its notional "
+                "orders of one liquidated side (USD as in liquidations_1m, contracts converted; orders that cannot "
+                "be converted are counted by `units_convertible`) clustered with gaps <= 60 s; a cluster is a "
+                "cascade when its notional "
                 ">= max(U_min, 20 × median liquidated USD per minute over the previous 30 days, zero minutes included "
                 "from when the feed was up) and the price moved >= p in the liquidation direction (BTC $10M / 1 %, "
                 "ETH $5M / 1.5 %, SOL $2M / 2 %, others $1M / 3 %; U_min is a tenth on days when all of the asset's "
@@ -284,6 +300,7 @@ def liquidation_cascades(context: dg.AssetExecutionContext, warehouse: Warehouse
                               "OR depth_ratio_1pct < 0 OR depth_median_ratio_2pct < 0 "
                               "OR (side = 'long' AND price_move_bps > 0) OR (side = 'short' AND price_move_bps < 0)"),
             checks.no_duplicates("asset, side, cascade_start"),
+            units_check_result(unconvertible_rows(con, "liquidations", days[0][0], days[-1][1])),
         ]
         rows = checks.rows()
         shown = preview(con, "liquidation_cascades", days, ["asset", "side", "cascade_start", "cascade_end", "usd",
