@@ -404,7 +404,7 @@ class IngestService:
                 pass
 
     async def _read(self, ws, conn: ConnectionState) -> None:
-        max_age = self.config.max_connection_age_s or self.venue.MAX_CONNECTION_AGE_S
+        max_age = self.config.max_connection_age_s or self.venue.MAX_CONNECTION_AGE_S or float("inf")
         # Replicas rotate at staggered ages so they are never all reconnecting at once.
         max_age *= 1 - 0.1 * (conn.replica - 1) / self.config.connections_per_stream
         limits = {**self.venue.SILENCE_LIMIT_S, **self.config.silence_limit_s}

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .config import (DEFAULT_SYMBOLS, DROP_MODES, SCENARIOS, ConfigError, FaultConfig, SimConfig, StallSpec,
+from .config import (DEFAULT_SYMBOLS, DROP_MODES, SCENARIOS, VENUES, ConfigError, FaultConfig, SimConfig, StallSpec,
                      format_time_ms, parse_time_ms)
 from .server import Simulator
 
@@ -60,6 +60,15 @@ class _SymbolsType(click.ParamType):
 _SECONDS = click.FloatRange(min=0.0)
 
 
+def _venues(ctx, param, value: str) -> tuple[str, ...]:
+    venues = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in venues if v not in VENUES]
+    if unknown or not venues:
+        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: expected a comma-separated list of "
+                                 f"{', '.join(VENUES)}")
+    return venues
+
+
 @click.command("simulate")
 @click.option("--scenario", type=click.Choice(SCENARIOS), default="calm", show_default=True,
               help="calm: ordinary trading; cascade: 2025-10-10-style liquidation cascade.")
@@ -101,11 +110,16 @@ _SECONDS = click.FloatRange(min=0.0)
               metavar="SECONDS", help="Wall seconds between server ping frames (Binance: 180).")
 @click.option("--max-lifetime", type=click.FloatRange(min=0.0, min_open=True), default=86_400.0, show_default=True,
               metavar="SECONDS", help="Simulated seconds before the server closes a connection (Binance: 24 h).")
+@click.option("--venues", default=",".join(VENUES), show_default=True, callback=_venues,
+              help="Wire formats to serve on the one market (all on the same port).")
 def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_path, checkpoint_every,
              drop_every, drop_mode, gap_every, malformed_every, hostile_every, hostile_size, stalls, rest_error_rate,
-             ping_interval, max_lifetime):
-    """Serve a simulated Binance USD-M futures venue (websocket streams + /fapi REST) locally."""
+             ping_interval, max_lifetime, venues):
+    """Serve a simulated futures market locally in each venue's wire format: Binance USD-M
+    (websocket streams + /fapi REST), OKX v5 (/ws/v5/public, /api/v5) and Bybit v5 linear
+    (/v5/public/linear, /v5/market)."""
     config = SimConfig(
+        venues=venues,
         scenario=scenario, seed=seed, hours=hours, start_ms=start_ms, symbols=symbols, speed=speed,
         truth_path=truth_path, checkpoint_every_s=checkpoint_every,
         ws_ping_interval_s=ping_interval, ws_max_lifetime_s=max_lifetime,
@@ -161,6 +175,12 @@ async def _serve(config: SimConfig, host: str, port: int, console: Console) -> N
                       soft_wrap=True, highlight=False)
         console.print(f"  REST      : {sim.http_url}/fapi/v1/depth?symbol={config.symbols[0]}&limit=1000",
                       soft_wrap=True, highlight=False)
+        if "okx-swap" in config.venues:
+            console.print(f"  OKX       : {sim.ws_url}/ws/v5/public  {sim.http_url}/api/v5/public/instruments?instType=SWAP",
+                          soft_wrap=True, highlight=False)
+        if "bybit-linear" in config.venues:
+            console.print(f"  Bybit     : {sim.ws_url}/v5/public/linear  "
+                          f"{sim.http_url}/v5/market/instruments-info?category=linear", soft_wrap=True, highlight=False)
         if config.truth_path:
             console.print(f"  truth     : {config.truth_path}", soft_wrap=True, highlight=False)
         finished = asyncio.create_task(sim.finished())

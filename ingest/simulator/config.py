@@ -102,6 +102,9 @@ MARKET_STREAM_KINDS = ("aggTrade", "markPrice", "markPrice@1s", "forceOrder")
 ALL_LIQUIDATIONS_STREAM = "!forceOrder@arr"
 STREAM_KINDS = PUBLIC_STREAM_KINDS + MARKET_STREAM_KINDS
 DROP_MODES = ("all", "one")
+# Wire formats the server speaks on the one market (ingest.simulator.dialects); Binance USD-M is
+# the feed's own and always served.
+VENUES = ("binance-usdm", "okx-swap", "bybit-linear")
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ class SimConfig:
     ws_pong_timeout_s: float = 600.0
     ws_max_lifetime_s: float = 86_400.0
     rest_weight_limit: int = 2400
+    venues: tuple[str, ...] = VENUES
 
     def resolved(self) -> "SimConfig":
         cfg = self
@@ -283,6 +287,10 @@ class SimConfig:
         if self.trigger_offset_s is not None and self.hours is not None:
             if not 0 < self.trigger_offset_s <= self.hours * 3600 - 3600:
                 raise ConfigError("trigger_offset_s must leave at least one simulated hour after the trigger")
+        unknown = [v for v in self.venues if v not in VENUES]
+        if unknown or not self.venues:
+            raise ConfigError(f"unknown venue(s) {', '.join(unknown) or '(none given)'}; the simulator speaks "
+                              f"{', '.join(VENUES)}")
         self.faults.validate()
 
     def as_dict(self) -> dict:
@@ -297,4 +305,5 @@ class SimConfig:
             "faults": self.faults.as_dict(),
             "checkpoint_every_s": self.checkpoint_every_s,
             "trigger_offset_s": self.trigger_offset_s,
+            "venues": list(self.venues),
         }

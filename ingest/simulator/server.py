@@ -29,6 +29,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .config import ALL_LIQUIDATIONS_STREAM, MARKET_STREAM_KINDS, PUBLIC_STREAM_KINDS, SimConfig
+from .dialects import dialect_classes
 from .feed import DEPTH_LIMITS, ExchangeFeed, Message, UnknownSymbol
 from .faults import MalformedFrame, hostile_frame
 from .market import STEP_MS
@@ -51,8 +52,10 @@ class Connection:
     """One websocket client: what it subscribed to and the frames waiting to be written."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, route: str, combined: bool,
-                 opened_sim_ms: int, serial: int):
+                 opened_sim_ms: int, serial: int, dialect=None):
         self.ws = ws
+        self.dialect = dialect          # None: Binance, the feed's own format
+        self.underlying: dict[str, set[str]] = {}   # a dialect client's feed streams -> its topics
         self.serial = serial            # opening order: the longest-open connection has the lowest
         self.request = request
         self.route = route
@@ -90,6 +93,7 @@ class Simulator:
         self._weights: dict[str, tuple[int, int]] = {}
         self._done = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.dialects: dict = {}
         self._tasks: list[asyncio.Task] = []
         self._error: Exception | None = None
         self.frames_sent = 0
@@ -133,6 +137,9 @@ class Simulator:
         }
         for name, handler in rest.items():
             app.router.add_get(f"/fapi/v1/{name}", self._rest_handler(handler))
+        self.dialects = {name: cls(self) for name, cls in dialect_classes().items() if name in self.config.venues}
+        for dialect in self.dialects.values():
+            dialect.add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_port)
@@ -195,6 +202,12 @@ class Simulator:
             conns = self._subscribers.get(stream)
             if not conns:
                 continue
+            native = [c for c in conns if c.dialect is None]
+            if len(native) < len(conns):
+                self._dispatch_dialects(stream, payload, [c for c in conns if c.dialect is not None], touched)
+                if not native:
+                    continue
+                conns = native
             if isinstance(payload, MalformedFrame):
                 raw = payload.text.encode()
                 combined = b'{"stream":"' + stream.encode() + b'","data":' + raw
@@ -210,6 +223,46 @@ class Simulator:
                 conn.outbox.clear()
                 conn.close_soon(CLOSE_POLICY, b"too slow: outbound queue overflow")
             conn.wake.set()
+
+    def _dispatch_dialects(self, stream: str, payload, conns: list[Connection], touched: set[Connection]) -> None:
+        by_dialect: dict = {}
+        for conn in conns:
+            by_dialect.setdefault(conn.dialect, []).append(conn)
+        for dialect, members in by_dialect.items():
+            if isinstance(payload, MalformedFrame):     # the fault reaches every dialect's clients as is
+                frames = {topic: [payload.text.encode()] for c in members for topic in c.underlying[stream]}
+            else:
+                frames = dialect.encode(stream, payload, set().union(*(c.underlying[stream] for c in members)))
+            for conn in members:
+                for topic in conn.underlying[stream]:
+                    for frame in frames.get(topic, ()):
+                        conn.outbox.append(frame)
+                        touched.add(conn)
+                        self.frames_sent += 1
+
+    def subscribe_topic(self, conn: Connection, topic: str, streams: list[str]) -> None:
+        """A dialect client's ``topic``, fed by the feed's ``streams``."""
+        if topic not in conn.subscriptions:
+            conn.subscriptions.append(topic)
+        for stream in streams:
+            conn.underlying.setdefault(stream, set()).add(topic)
+            self._subscribers.setdefault(stream, set()).add(conn)
+
+    def unsubscribe_topic(self, conn: Connection, topic: str) -> None:
+        if topic in conn.subscriptions:
+            conn.subscriptions.remove(topic)
+        for stream, topics in list(conn.underlying.items()):
+            topics.discard(topic)
+            if not topics:
+                del conn.underlying[stream]
+                self._forget_subscriber(stream, conn)
+
+    def _forget_subscriber(self, stream: str, conn: Connection) -> None:
+        conns = self._subscribers.get(stream)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._subscribers[stream]
 
     def _drop_connections(self) -> None:
         feed = self.feed
@@ -266,13 +319,13 @@ class Simulator:
     def _combined_handler(self, route: str):
         async def handler(request: web.Request) -> web.StreamResponse:
             streams = [s for s in request.query.get("streams", "").split("/") if s]
-            return await self._serve_ws(request, route, True, streams)
+            return await self.serve_ws(request, route, True, streams)
         return handler
 
     def _raw_handler(self, route: str):
         async def handler(request: web.Request) -> web.StreamResponse:
             streams = [s for s in request.match_info.get("streams", "").split("/") if s]
-            return await self._serve_ws(request, route, False, streams)
+            return await self.serve_ws(request, route, False, streams)
         return handler
 
     def _deliverable(self, route: str, stream: str) -> bool:
@@ -307,11 +360,11 @@ class Simulator:
                 if not conns:
                     del self._subscribers[stream]
 
-    async def _serve_ws(self, request: web.Request, route: str, combined: bool, streams: list[str]):
+    async def serve_ws(self, request: web.Request, route: str, combined: bool, streams: list[str], dialect=None):
         ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=1 << 16, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         self._opened += 1
-        conn = Connection(ws, request, route, combined, self.feed.now_ms, self._opened)
+        conn = Connection(ws, request, route, combined, self.feed.now_ms, self._opened, dialect)
         self._connections.add(conn)
         self._subscribe(conn, streams)
         self._awaiting_replacement.discard(self._streams_key(conn))
@@ -320,14 +373,19 @@ class Simulator:
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    self._handle_command(conn, msg.data)
+                    (dialect.on_text if dialect else self._handle_command)(conn, msg.data)
                 elif msg.type == WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type == WSMsgType.PONG:
                     conn.last_pong = time.monotonic()
         finally:
             self._connections.discard(conn)
-            self._unsubscribe(conn, list(conn.subscriptions))
+            if dialect is None:
+                self._unsubscribe(conn, list(conn.subscriptions))
+            else:
+                dialect.on_close(conn)
+                for topic in list(conn.subscriptions):
+                    self.unsubscribe_topic(conn, topic)
             writer.cancel()
             pinger.cancel()
         return ws

@@ -1,0 +1,106 @@
+"""Other venues' wire formats on the simulator's one market: each dialect translates the market's
+events into what that venue would push, on that venue's paths, with its own subscribe protocol,
+keepalive, sequencing and sizes.
+
+The market model and its Binance-shaped message stream (``ingest.simulator.feed``) are the single
+source of events; a dialect subscribes its clients to the underlying Binance streams it needs and
+re-encodes each message: trades per fill, book deltas computed from the model's book as the venue's
+depth-limited view (so a 400- or 50-level book enters and drops levels the way the venue's does),
+mark/funding/open-interest pushes at the venue's cadence, liquidations in the venue's side
+convention. A sequence break injected into the underlying depth stream breaks the dialect's book
+sequence too, so clients' resync paths are exercised. All dialects are served from the one port
+(their paths do not collide) and share the same ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from ..feed import ExchangeFeed
+
+
+@dataclass
+class BookView:
+    """A venue's depth-limited view of one symbol's book: what its clients were last told."""
+
+    depth: int
+    seq: int = 0                                        # the view's own sequence number
+    bids: dict[int, int] = field(default_factory=dict)  # tick -> lots
+    asks: dict[int, int] = field(default_factory=dict)
+    last_binance_u: int | None = None                   # the underlying depth stream's last u
+
+    def refresh(self, feed: ExchangeFeed, s: int) -> tuple[list, list]:
+        """Take the model's current top ``depth`` levels; return the changed (tick, lots) per side,
+        lots 0 for a level that left the view."""
+        bid_ticks, bid_lots, ask_ticks, ask_lots = feed.model.book_levels(s)
+        changes = []
+        for side, ticks, lots in ((self.bids, bid_ticks, bid_lots), (self.asks, ask_ticks, ask_lots)):
+            fresh = dict(zip(ticks[:self.depth].tolist(), lots[:self.depth].tolist()))
+            changed = [(t, q) for t, q in fresh.items() if side.get(t) != q]
+            changed += [(t, 0) for t in side if t not in fresh]
+            side.clear()
+            side.update(fresh)
+            changes.append(changed)
+        return changes[0], changes[1]
+
+    def levels(self) -> tuple[list, list]:
+        """Best first: (bids, asks) as (tick, lots)."""
+        return sorted(self.bids.items(), reverse=True), sorted(self.asks.items())
+
+
+class Dialect:
+    """One venue's wire format. Subclasses set ``name`` (the venue's registry id) and implement
+    ``add_routes``, ``on_text`` (client frames) and ``encode`` (underlying message -> frames)."""
+
+    name: str
+
+    def __init__(self, server):
+        self.server = server
+
+    @property
+    def feed(self) -> ExchangeFeed:
+        return self.server.feed
+
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def on_text(self, conn, text: str) -> None:
+        raise NotImplementedError
+
+    def encode(self, stream: str, payload: dict, topics: set[str]) -> dict[str, list[bytes]]:
+        """Frames per topic for one underlying message; only ``topics`` (those with subscribers)."""
+        raise NotImplementedError
+
+    def on_close(self, conn) -> None:
+        """A client connection went away."""
+
+    # --- helpers for subclasses ------------------------------------------------------------
+
+    def send(self, conn, body) -> None:
+        conn.outbox.append(body if isinstance(body, bytes) else orjson.dumps(body))
+        conn.wake.set()
+
+    def rest(self, compute):
+        """An aiohttp handler answering ``compute(query)``'s JSON, with the feed's REST faults."""
+        async def handler(request: web.Request) -> web.Response:
+            failure = self.feed.faults.rest_failure()
+            if failure is not None:
+                status, body = failure
+                self.feed.record_fault(self.feed.now_ms, "rest_error", path=request.path, status=status)
+                return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+            status, body = compute(request.query)
+            return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        return handler
+
+
+def dialect_classes() -> dict[str, type[Dialect]]:
+    from .bybit import BybitLinearDialect
+    from .okx import OkxSwapDialect
+
+    return {cls.name: cls for cls in (OkxSwapDialect, BybitLinearDialect)}
+
+
+NATIVE_VENUE = "binance-usdm"   # the feed's own format, served by ``ingest.simulator.server``

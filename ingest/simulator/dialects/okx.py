@@ -1,0 +1,225 @@
+"""OKX v5 public websocket and REST on the simulated market (``okx-swap``).
+
+* ``/ws/v5/public``: ``{"op":"subscribe","args":[{"channel":..,"instId":..}]}`` acknowledged per
+  argument with ``{"event":"subscribe","arg":..,"connId":..}``; text ``ping`` answered ``pong``;
+  an unknown channel or instrument is an ``{"event":"error","code":"60018"}``.
+* Instruments are USDT-margined swaps ``BTC-USDT-SWAP``; sizes are contracts of ``CONTRACT_VALUE``
+  coins (BTC 0.01, ETH 0.1, SOL 1 as on OKX), so a fill of 0.123 BTC is ``"12.3"`` contracts.
+* ``books``: a 400-level snapshot on subscribe (``prevSeqId -1``), then updates of that 400-level
+  view with ``seqId`` = the market's update id (it jumps, as OKX's does) and ``prevSeqId`` = the
+  previous ``seqId``; a sequence break in the underlying depth stream appears as a ``prevSeqId``
+  that does not match, and a resubscribe yields a fresh snapshot. ``checksum`` is 0 (deprecated
+  since 2026-06); levels are ``[px, sz, "0", orders]``.
+* ``trades``: one push per aggregated taker order (``tradeId`` = its last trade id, ``count``).
+* ``funding-rate`` every 60 s and ``open-interest`` every 3 s (simulated), ``liquidation-orders``
+  per ``instType`` with the market's published (sampled) liquidations, bankruptcy price ``bkPx``.
+* REST ``/api/v5/public/instruments?instType=SWAP|FUTURES`` (no futures are simulated).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+
+import orjson
+from aiohttp import web
+
+from ..config import ALL_LIQUIDATIONS_STREAM
+from . import BookView, Dialect
+
+BOOK_DEPTH = 400
+CONTRACT_VALUE = {"BTC": "0.01", "ETH": "0.1", "SOL": "1"}
+FUNDING_EVERY_MS = 60_000
+OPEN_INTEREST_EVERY_MS = 3_000
+CHANNELS = ("books", "trades", "funding-rate", "open-interest")
+
+
+class OkxSwapDialect(Dialect):
+    name = "okx-swap"
+
+    def __init__(self, server):
+        super().__init__(server)
+        self._views: dict[int, BookView] = {}
+        self._subscribers: Counter = Counter()     # topic -> connections subscribed
+        self._conn_ids = 0
+
+    # --- instruments -----------------------------------------------------------------------
+
+    def inst_id(self, s: int) -> str:
+        spec = self.feed.model.specs[s]
+        return f"{spec.base_asset}-{spec.quote_asset}-SWAP"
+
+    def _index(self, inst_id: str) -> int | None:
+        for s in range(self.feed.model.n):
+            if self.inst_id(s) == inst_id:
+                return s
+        return None
+
+    def contract_value(self, s: int) -> Decimal:
+        spec = self.feed.model.specs[s]
+        return Decimal(CONTRACT_VALUE.get(spec.base_asset, spec.step_size))
+
+    def contracts(self, s: int, base_qty: str) -> str:
+        return format((Decimal(base_qty) / self.contract_value(s)).normalize(), "f")
+
+    def instruments(self, query) -> tuple[int, dict]:
+        inst_type = query.get("instType")
+        if inst_type not in ("SWAP", "FUTURES", "SPOT", "MARGIN", "OPTION"):
+            return 400, {"code": "51000", "msg": "Parameter instType error", "data": []}
+        data = []
+        if inst_type == "SWAP":
+            for s, spec in enumerate(self.feed.model.specs):
+                data.append({
+                    "instType": "SWAP", "instId": self.inst_id(s), "uly": f"{spec.base_asset}-{spec.quote_asset}",
+                    "instFamily": f"{spec.base_asset}-{spec.quote_asset}", "baseCcy": "", "quoteCcy": "",
+                    "settleCcy": spec.quote_asset, "ctVal": str(self.contract_value(s)), "ctMult": "1",
+                    "ctValCcy": spec.base_asset, "ctType": "linear", "tickSz": spec.tick_size.rstrip("0").rstrip("."),
+                    "lotSz": str((Decimal(spec.step_size) / self.contract_value(s)).normalize()),
+                    "minSz": "0.01", "listTime": "1611916828000", "expTime": "", "lever": "100", "state": "live"})
+        return 200, {"code": "0", "msg": "", "data": data}
+
+    # --- websocket -------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await self.server.serve_ws(request, "okx-public", False, [], self)
+        app.router.add_get("/ws/v5/public", serve)
+        app.router.add_get("/api/v5/public/instruments", self.rest(self.instruments))
+
+    def on_text(self, conn, text: str) -> None:
+        if text == "ping":
+            self.send(conn, b"pong")
+            return
+        try:
+            request = orjson.loads(text)
+            op, args = request["op"], request["args"]
+            if op not in ("subscribe", "unsubscribe") or not isinstance(args, list):
+                raise ValueError(op)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.send(conn, {"event": "error", "code": "60012", "msg": f"Invalid request: {text[:200]}",
+                             "connId": self._conn_id(conn)})
+            return
+        for arg in args:
+            topic, streams = self._topic(arg)
+            if topic is None:
+                self.send(conn, {"event": "error", "code": "60018", "connId": self._conn_id(conn),
+                                 "msg": f"Wrong URL or channel:{arg}, instId or instType doesn't exist."})
+                continue
+            if op == "subscribe":
+                if topic not in conn.subscriptions:
+                    self._subscribers[topic] += 1
+                self.server.subscribe_topic(conn, topic, streams)
+                self.send(conn, {"event": "subscribe", "arg": arg, "connId": self._conn_id(conn)})
+                if arg["channel"] == "books":
+                    self.send(conn, self._book_snapshot(self._index(arg["instId"])))
+            else:
+                if topic in conn.subscriptions:
+                    self._subscribers[topic] -= 1
+                self.server.unsubscribe_topic(conn, topic)
+                self.send(conn, {"event": "unsubscribe", "arg": arg, "connId": self._conn_id(conn)})
+
+    def on_close(self, conn) -> None:
+        for topic in conn.subscriptions:
+            self._subscribers[topic] -= 1
+
+    def _conn_id(self, conn) -> str:
+        if not hasattr(conn, "okx_conn_id"):
+            self._conn_ids += 1
+            conn.okx_conn_id = f"{self._conn_ids:08x}"
+        return conn.okx_conn_id
+
+    def _topic(self, arg) -> tuple[str | None, list[str]]:
+        if not isinstance(arg, dict):
+            return None, []
+        channel = arg.get("channel")
+        if channel == "liquidation-orders" and arg.get("instType") in ("SWAP", "FUTURES"):
+            return f"liquidation-orders:{arg['instType']}", [ALL_LIQUIDATIONS_STREAM]
+        s = self._index(arg.get("instId", ""))
+        if channel not in CHANNELS or s is None:
+            return None, []
+        prefix = self.feed.formats[s].stream_prefix
+        underlying = {"books": "depth@100ms", "trades": "aggTrade", "funding-rate": "markPrice@1s",
+                      "open-interest": "markPrice@1s"}[channel]
+        return f"{channel}:{arg['instId']}", [f"{prefix}@{underlying}"]
+
+    # --- books -----------------------------------------------------------------------------
+
+    def _view(self, s: int) -> BookView:
+        """The shared 400-level view; rebuilt from the market when nobody was following it."""
+        topic = f"books:{self.inst_id(s)}"
+        view = self._views.get(s)
+        if view is None or self._subscribers[topic] <= 1:
+            view = self._views[s] = BookView(BOOK_DEPTH, seq=self.feed.model.last_update_id[s])
+            view.refresh(self.feed, s)
+        return view
+
+    def _levels(self, s: int, levels) -> list[list[str]]:
+        fmt = self.feed.formats[s]
+        return [[fmt.price(t), self.contracts(s, fmt.qty(q)), "0", "1" if q else "0"] for t, q in levels]
+
+    def _book_snapshot(self, s: int) -> bytes:
+        view = self._view(s)
+        bids, asks = view.levels()
+        return orjson.dumps({"arg": {"channel": "books", "instId": self.inst_id(s)}, "action": "snapshot",
+                             "data": [{"asks": self._levels(s, asks), "bids": self._levels(s, bids),
+                                       "ts": str(self.feed.now_ms), "checksum": 0, "prevSeqId": -1,
+                                       "seqId": view.seq}]})
+
+    def _book_update(self, s: int, payload: dict) -> bytes:
+        view = self._views.get(s) or self._view(s)
+        # A depth event the underlying stream lost shows as a prevSeqId that does not follow.
+        continues = view.last_binance_u is None or payload["pu"] == view.last_binance_u
+        prev = view.seq if continues else payload["pu"]
+        bids, asks = view.refresh(self.feed, s)
+        view.seq, view.last_binance_u = payload["u"], payload["u"]
+        return orjson.dumps({"arg": {"channel": "books", "instId": self.inst_id(s)}, "action": "update",
+                             "data": [{"asks": self._levels(s, sorted(asks)), "bids": self._levels(s, sorted(bids, reverse=True)),
+                                       "ts": str(payload["E"]), "checksum": 0, "prevSeqId": prev,
+                                       "seqId": payload["u"]}]})
+
+    # --- encoding --------------------------------------------------------------------------
+
+    def encode(self, stream: str, payload: dict, topics: set[str]) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
+        event = payload.get("e")
+        if event == "forceOrder":
+            order = payload["o"]
+            s = self.feed.symbol_index(order["s"])
+            topic = "liquidation-orders:SWAP"
+            if topic in topics:
+                long = order["S"] == "SELL"
+                out[topic] = [orjson.dumps({"arg": {"channel": "liquidation-orders", "instType": "SWAP"}, "data": [{
+                    "details": [{"bkLoss": "0", "bkPx": order["p"], "ccy": "", "posSide": "long" if long else "short",
+                                 "side": "sell" if long else "buy", "sz": self.contracts(s, order["z"]),
+                                 "ts": str(order["T"])}],
+                    "instFamily": self.inst_id(s)[:-5], "instId": self.inst_id(s), "instType": "SWAP",
+                    "uly": self.inst_id(s)[:-5]}]})]
+            return out
+        s = self.feed.symbol_index(payload["s"])
+        inst = self.inst_id(s)
+        if event == "depthUpdate" and f"books:{inst}" in topics:
+            out[f"books:{inst}"] = [self._book_update(s, payload)]
+        elif event == "aggTrade" and f"trades:{inst}" in topics:
+            out[f"trades:{inst}"] = [orjson.dumps({"arg": {"channel": "trades", "instId": inst}, "data": [{
+                "instId": inst, "tradeId": str(payload["l"]), "px": payload["p"], "sz": self.contracts(s, payload["q"]),
+                "side": "sell" if payload["m"] else "buy", "ts": str(payload["T"]),
+                "count": str(payload["l"] - payload["f"] + 1), "source": "0"}]})]
+        elif event == "markPriceUpdate":
+            ts = payload["E"]
+            if f"funding-rate:{inst}" in topics and ts // 1000 * 1000 % FUNDING_EVERY_MS == 0:
+                out[f"funding-rate:{inst}"] = [orjson.dumps({"arg": {"channel": "funding-rate", "instId": inst}, "data": [{
+                    "formulaType": "withRate", "fundingRate": payload["r"], "fundingTime": str(payload["T"]),
+                    "impactValue": "", "instId": inst, "instType": "SWAP", "interestRate": "0.0001",
+                    "method": "current_period", "maxFundingRate": "0.00375", "minFundingRate": "-0.00375",
+                    "nextFundingRate": "", "premium": "0", "settFundingRate": payload["r"], "settState": "settled",
+                    "nextFundingTime": str(payload["T"] + self._interval_ms(s)), "ts": str(ts)}]})]
+            if f"open-interest:{inst}" in topics and ts // 1000 * 1000 % OPEN_INTEREST_EVERY_MS == 0:
+                base = self.feed.open_interest(self.feed.symbols[s])["openInterest"]
+                usd = format((Decimal(base) * Decimal(payload["p"])).quantize(Decimal("0.01")), "f")
+                out[f"open-interest:{inst}"] = [orjson.dumps({"arg": {"channel": "open-interest", "instId": inst}, "data": [{
+                    "instId": inst, "instType": "SWAP", "oi": self.contracts(s, base), "oiCcy": base, "oiUsd": usd,
+                    "ts": str(ts)}]})]
+        return out
+
+    def _interval_ms(self, s: int) -> int:
+        return self.feed.model.specs[s].funding_interval_hours * 3_600_000
