@@ -70,6 +70,18 @@ def main() -> None:
                           f"{row.get('messages_per_s', 0):,.0f}", f"{row['rate']:,.0f}",
                           f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
         console.print(table)
+        venue_rows = ingest_bench.per_venue(args.frames, console)
+        ingest_rows += venue_rows
+        table = Table(title="per venue: the same market in each venue's wire format, mapper + book sync (same run)")
+        for column in ("venue", "frames", "mapped", "skipped", "dead letters", "book gaps", "records", "frames/s",
+                       "vs binance-usdm"):
+            table.add_column(column, justify="left" if column == "venue" else "right")
+        for row in venue_rows:
+            table.add_row(row["name"].split(":")[0], f"{row['messages']:,}", f"{row['mapped']:,}",
+                          f"{row['skipped']:,}", f"{row['dead_letters']:,}", f"{row['gaps']:,}",
+                          f"{row['records']:,}", f"{row['messages_per_s']:,.0f}",
+                          f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
+        console.print(table)
     if args.only in (None, "microstructure"):
         with tempfile.TemporaryDirectory() as tmp:
             micro = microstructure_bench.run(Path(tmp), args.day_trades, console)

@@ -61,7 +61,9 @@ class SymbolState:
     snapshot_requested: bool = False
     snapshots: int = 0
     next_periodic_ms: int = 0
-    # price -> [price, qty] as the venue wrote them, kept only for venues with checksums
+    # price -> [price, qty] as the venue wrote them, kept only while the venue sends checksums
+    # (OKX data from before 2026-06; since then its checksum is always 0)
+    checksummed: bool = False
     text_bids: dict = field(default_factory=dict)
     text_asks: dict = field(default_factory=dict)
 
@@ -116,8 +118,9 @@ class BookSync:
         if snapshot.reason != "venue":
             snapshot.reason = "sync" if st.snapshots == 1 else "resync"
         st.book.replace(snapshot.bids, snapshot.asks)
-        if self._checksum is not None:
-            st.text_bids, st.text_asks = {}, {}
+        st.checksummed = self._checksum is not None and bool(snapshot.checksum)
+        st.text_bids, st.text_asks = {}, {}
+        if st.checksummed:
             self._apply_text(st, snapshot.bids, snapshot.asks)
         st.snapshot_seq = snapshot.seq
         st.previous = None
@@ -174,7 +177,7 @@ class BookSync:
 
     def _apply(self, st: SymbolState, delta: BookDelta, out: SyncOutput) -> None:
         st.book.apply(delta.bids, delta.asks)
-        if self._checksum is not None:
+        if st.checksummed:
             self._apply_text(st, delta.bids, delta.asks)
         st.previous = delta
         out.records.append(delta)
@@ -199,7 +202,7 @@ class BookSync:
 
     def _checksum_matches(self, st: SymbolState, record) -> bool:
         """True unless the venue sent a checksum (0 means none: OKX deprecated it) that differs."""
-        if self._checksum is None or not record.checksum:
+        if not st.checksummed or not record.checksum:
             return True
         bids = [st.text_bids[p] for p in sorted(st.text_bids, reverse=True)]
         asks = [st.text_asks[p] for p in sorted(st.text_asks)]

@@ -42,7 +42,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -84,6 +84,7 @@ class IngestConfig:
     bootstrap: str
     run_dir: Path
     oi_interval_s: float = 5.0
+    reference_interval_s: float = 3600.0             # instrument lists re-read; changes are published
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     max_connection_age_s: float | None = None       # None: the venue's limit
@@ -153,6 +154,7 @@ class IngestService:
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
         self._catch_ups: dict[str, asyncio.Task] = {}   # per native symbol: the REST call after a reconnect
         self._sockets: dict[str, object] = {}             # per connection name, while connected
+        self._instruments: dict[str, dict] = {}           # per native symbol: the last published content
         self._pong = self.venue.PONG_FRAME.encode() if self.venue.PONG_FRAME else None
         self._uncovered_routes: set[str] = set()    # left with no live connection since their last catch-up
         self._tasks: set[asyncio.Task] = set()
@@ -187,7 +189,8 @@ class IngestService:
                      for c in self.connections.values()]
             if any(self.venue.open_interest_url(self.config.rest_url, s) for s in self.config.symbols):
                 tasks.append(self._supervised("open-interest", self._poll_open_interest))
-            tasks += [self._supervised("drain", self._drain_spill), self._supervised("status", self._write_status)]
+            tasks += [self._supervised("drain", self._drain_spill), self._supervised("status", self._write_status),
+                      self._supervised("reference", self._refresh_reference)]
             await self.stop.wait()
             background = tasks + list(self._snapshot_tasks.values()) + list(self._tasks)
             for task in background:
@@ -331,11 +334,30 @@ class IngestService:
         if unknown:
             raise IngestError(f"{', '.join(unknown)} not trading as perpetuals on {self.venue.exchange}; "
                               f"examples of valid symbols: {', '.join(sorted(known)[:8])}")
-        ts = time.time_ns()
+        self._publish_instruments()
+
+    def _publish_instruments(self) -> None:
+        """Instrument records for the subscribed symbols whose reference data is new or changed."""
         wanted = set(self.config.symbols)
-        for instrument in self.venue.instruments(ts):
-            if instrument.symbol_native in wanted:
+        for instrument in self.venue.instruments(time.time_ns()):
+            if instrument.symbol_native not in wanted:
+                continue
+            content = {k: v for k, v in asdict(instrument).items() if k not in ("ts_exchange", "ts_recv")}
+            if self._instruments.get(instrument.symbol_native) != content:
+                self._instruments[instrument.symbol_native] = content
                 self.handler.emit_record(instrument)
+
+    async def _refresh_reference(self) -> None:
+        """Contract sizes, tick sizes and statuses change (listings, delistings, splits): re-read the
+        venue's lists now and then and publish what changed."""
+        while True:
+            await asyncio.sleep(self.config.reference_interval_s)
+            for name, url in self.venue.reference_urls(self.config.rest_url).items():
+                try:
+                    self.venue.apply_reference(name, await self._get_json(url, weight_ok=True, attempts=3))
+                except (IngestError, MalformedMessage) as exc:
+                    log.warning("%s reference data %s not refreshed: %s", self.venue.exchange, name, exc)
+            self._publish_instruments()
 
     # --- websockets --------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """``perpflow demo``: the whole product on one machine, with nothing but Python installed.
 
-Default: a 2025-10-10-style leverage cascade. The embedded broker, the exchange simulator
-(``perpflow simulate``) and the live ingest service (``perpflow ingest`` pointed at it) run as
-real processes; while the simulated market streams, the loader runs as Dagster micro-batches;
-then the daily analytics are materialized, the read replica published and the cascade
-summarized (price path, depth before and during, liquidations by side, open interest).
+Default: a 2025-10-10-style leverage cascade on three venues at once. The embedded broker, the
+exchange simulator (``perpflow simulate``, speaking Binance USD-M, OKX and Bybit on one market) and
+one live ingest service per venue (``perpflow ingest`` pointed at it) run as real processes; while
+the simulated market streams, the loader runs as Dagster micro-batches; then the daily analytics
+are materialized, the read replica published, the cascade summarized (price path, depth before and
+during, liquidations by side, open interest) and the venues compared.
 
 ``--recording`` replays recorded traffic instead (the real Binance capture in ../shared/data).
 Everything the demo started is stopped again, also on Ctrl-C or SIGTERM. All runs land on the
@@ -41,6 +42,9 @@ SIM_START = "2025-10-10T20:20:00Z"
 SIM_HOURS = 1.5
 SIM_SEED = 7
 LOAD_EVERY_S = 20
+# The venues the demo ingests, each with its spelling of the simulated markets.
+DEMO_VENUES = {"binance-usdm": "BTCUSDT,ETHUSDT,SOLUSDT", "okx-swap": "BTC-USDT-SWAP,ETH-USDT-SWAP,SOL-USDT-SWAP",
+               "bybit-linear": "BTCUSDT,ETHUSDT,SOLUSDT"}
 
 
 def default_recordings() -> list[Path]:
@@ -58,10 +62,11 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
     started = time.perf_counter()
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
-        for stale in (settings.warehouse_path, settings.replica_path, Path(f"{settings.warehouse_path}.wal"),
-                      settings.run_dir / "ingest-binance-usdm.json",
-                      settings.run_dir / "ingest-binance-usdm.state.json"):   # a new venue: new sequences
-            stale.unlink(missing_ok=True)   # the demo starts from an empty warehouse
+        stale = [settings.warehouse_path, settings.replica_path, Path(f"{settings.warehouse_path}.wal")]
+        for venue in DEMO_VENUES:     # a new market: new trade sequences
+            stale += [settings.run_dir / f"ingest-{venue}.json", settings.run_dir / f"ingest-{venue}.state.json"]
+        for path in stale:
+            path.unlink(missing_ok=True)   # the demo starts from an empty warehouse
         if settings.uses_embedded_broker:
             broker = EmbeddedBroker(port=settings.broker_port, log_path=settings.run_dir / "demo-broker.log")
             console.print(f"[bold]1/5[/] starting the embedded Kafka broker (Tansu) on {broker.bootstrap}")
@@ -131,12 +136,13 @@ def _stream_cascade(settings: Settings, console: Console, speed: float, pipeline
     logs = settings.run_dir
     logs.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "pipelines.cli"]
-    console.print(f"[bold]2/5[/] simulating {SIM_HOURS} h of Binance USD-M from {SIM_START} (cascade scenario, "
-                  f"seed {SIM_SEED}) at {speed:g}x on 127.0.0.1:{port}")
+    console.print(f"[bold]2/5[/] simulating {SIM_HOURS} h of one market from {SIM_START} in the wire formats of "
+                  f"{', '.join(DEMO_VENUES)} (cascade scenario, seed {SIM_SEED}) at {speed:g}x on 127.0.0.1:{port}")
     with open(logs / "demo-simulator.log", "wb") as out:
         children.append(subprocess.Popen(
             [*cli, "simulate", "--scenario", "cascade", "--seed", str(SIM_SEED), "--speed", str(speed),
-             "--hours", str(SIM_HOURS), "--start", SIM_START, "--port", str(port), "--truth", str(truth)],
+             "--hours", str(SIM_HOURS), "--start", SIM_START, "--port", str(port), "--truth", str(truth),
+             "--venues", ",".join(DEMO_VENUES)],
             stdout=out, stderr=subprocess.STDOUT, env=_child_env(settings)))
     simulator = children[-1]
     deadline = time.monotonic() + 60
@@ -144,34 +150,40 @@ def _stream_cascade(settings: Settings, console: Console, speed: float, pipeline
         if simulator.poll() is not None or time.monotonic() > deadline:
             raise DemoError(f"the simulator did not start; see {logs / 'demo-simulator.log'}")
         time.sleep(0.2)
-    console.print("[bold]3/5[/] live ingest service (perpflow ingest) -> Kafka; Dagster loads micro-batches "
-                  f"every {LOAD_EVERY_S}s")
-    with open(logs / "demo-ingest.log", "wb") as out:
-        children.append(subprocess.Popen(
-            [*cli, "ingest", "--exchange", "binance-usdm", "--ws-url", f"ws://127.0.0.1:{port}",
-             "--rest-url", f"http://127.0.0.1:{port}", "--oi-interval", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=_child_env(settings)))
-    ingest = children[-1]
-    status_file = settings.run_dir / "ingest-binance-usdm.json"
+    console.print(f"[bold]3/5[/] one live ingest service per venue (perpflow ingest) -> Kafka; Dagster loads "
+                  f"micro-batches every {LOAD_EVERY_S}s")
+    ingests = {}
+    for venue, symbols in DEMO_VENUES.items():
+        with open(logs / f"demo-ingest-{venue}.log", "wb") as out:
+            children.append(subprocess.Popen(
+                [*cli, "ingest", "--exchange", venue, "--symbols", symbols, "--ws-url", f"ws://127.0.0.1:{port}",
+                 "--rest-url", f"http://127.0.0.1:{port}", "--oi-interval", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env=_child_env(settings)))
+        ingests[venue] = children[-1]
     next_load = time.monotonic() + LOAD_EVERY_S
     while simulator.poll() is None:
-        if ingest.poll() is not None:
-            raise DemoError(f"the ingest service stopped; see {logs / 'demo-ingest.log'}")
+        for venue, ingest in ingests.items():
+            if ingest.poll() is not None:
+                raise DemoError(f"the {venue} ingest service stopped; see {logs / f'demo-ingest-{venue}.log'}")
         time.sleep(1)
         if time.monotonic() >= next_load:
             rows = pipeline.load()
-            st = json.loads(status_file.read_text()) if status_file.exists() else {}
-            rec = st.get("records", {})
-            console.print(f"    ingest {st.get('messages_per_s', 0):,.0f} msg/s, {st.get('messages', 0):,} messages, "
-                          f"{rec.get('trade', 0):,} trades, {rec.get('liquidation', 0):,} liquidations, "
-                          f"{st.get('resyncs', 0)} resyncs; warehouse +{rows:,} rows", highlight=False)
+            parts = []
+            for venue in ingests:
+                status_file = settings.run_dir / f"ingest-{venue}.json"
+                st = json.loads(status_file.read_text()) if status_file.exists() else {}
+                rec = st.get("records", {})
+                parts.append(f"{venue} {st.get('messages_per_s', 0):,.0f} msg/s {rec.get('trade', 0):,} trades "
+                             f"{rec.get('liquidation', 0):,} liq {st.get('resyncs', 0)} resyncs")
+            console.print(f"    {'; '.join(parts)}; warehouse +{rows:,} rows", highlight=False)
             next_load = time.monotonic() + LOAD_EVERY_S
     if simulator.returncode != 0:
         raise DemoError(f"the simulator failed; see {logs / 'demo-simulator.log'}")
-    ingest.send_signal(signal.SIGTERM)      # flushes Kafka before it exits
-    ingest.wait(60)
-    console.print(f"    simulation over; ingest stopped (exit {ingest.returncode}); final load "
-                  f"+{pipeline.load():,} rows")
+    for ingest in ingests.values():
+        ingest.send_signal(signal.SIGTERM)      # flushes Kafka before it exits
+    exits = {venue: ingest.wait(60) for venue, ingest in ingests.items()}
+    console.print(f"    simulation over; ingest stopped (exit {', '.join(f'{v} {c}' for v, c in exits.items())}); "
+                  f"final load +{pipeline.load():,} rows")
     return truth
 
 
@@ -247,6 +259,7 @@ def _summary(settings: Settings, report, truth: Path | None, days: list[str], co
         console.print(table)
         if truth is not None:
             _cascade_summary(con, truth, console)
+            _venue_summary(con, console)
         else:
             _bars_summary(con, console)
     if report is not None:
@@ -281,7 +294,7 @@ def _cascade_summary(con, truth_path: Path, console: Console) -> None:
     truth = load_truth(truth_path)
     trigger = truth["meta"][0]["trigger_ms"]
     window = {w["symbol"]: (w["start_ms"], w["end_ms"]) for w in truth["cascade_window"]}
-    table = Table(title=f"the cascade (trigger {_utc(trigger)})")
+    table = Table(title=f"the cascade on binance-usdm (trigger {_utc(trigger)})")
     for column in ("symbol", "open", "low", "drawdown", "close", "2% depth before", "2% depth worst",
                    "depth change", "OI change", "liquidated long (published)", "short", "long share"):
         table.add_column(column, justify="right")
@@ -289,17 +302,20 @@ def _cascade_summary(con, truth_path: Path, console: Console) -> None:
         norm = f"{symbol[:-4]}-USDT-PERP"
         start_ms, end_ms = window[symbol]
         price = con.execute("""SELECT first(open ORDER BY minute), min(low), last(close ORDER BY minute)
-                               FROM analytics.ohlcv_1m WHERE symbol = ?""", [norm]).fetchone()
+                               FROM analytics.ohlcv_1m WHERE symbol = ? AND exchange = 'binance-usdm'""",
+                            [norm]).fetchone()
         depth = con.execute("""SELECT avg(depth_usd_2_mean) FILTER (WHERE minute >= epoch_ms(?) - INTERVAL 30 MINUTE
                                                                   AND minute < epoch_ms(?)),
                                       min(depth_usd_2_min) FILTER (WHERE minute >= epoch_ms(?) AND minute < epoch_ms(?))
-                               FROM analytics.book_depth WHERE symbol = ?""",
+                               FROM analytics.book_depth WHERE symbol = ? AND exchange = 'binance-usdm'""",
                             [trigger, trigger, start_ms, end_ms, norm]).fetchone()
         oi = con.execute("""SELECT arg_max(open_interest, ts_exchange) FILTER (WHERE ts_exchange < epoch_ms(?)),
                                    min(open_interest) FILTER (WHERE ts_exchange >= epoch_ms(?))
-                            FROM raw.open_interest WHERE symbol = ?""", [trigger, trigger, norm]).fetchone()
+                            FROM raw.open_interest WHERE symbol = ? AND exchange = 'binance-usdm'""",
+                         [trigger, trigger, norm]).fetchone()
         long_usd, short_usd = con.execute("""SELECT coalesce(sum(long_usd), 0), coalesce(sum(short_usd), 0)
-                                             FROM analytics.liquidations_1m WHERE symbol = ?""", [norm]).fetchone()
+                                             FROM analytics.liquidations_1m
+                                             WHERE symbol = ? AND exchange = 'binance-usdm'""", [norm]).fetchone()
         if price[0] is None:
             continue
         share = long_usd / (long_usd + short_usd) if long_usd + short_usd else float("nan")
@@ -311,7 +327,8 @@ def _cascade_summary(con, truth_path: Path, console: Console) -> None:
     console.print(table)
     true_long = sum(r["notional"] for r in truth.get("liquidation", []) if r["position"] == "long")
     true_all = sum(r["notional"] for r in truth.get("liquidation", []))
-    published = con.execute("SELECT coalesce(sum(long_usd + short_usd), 0) FROM analytics.liquidations_1m").fetchone()[0]
+    published = con.execute("SELECT coalesce(sum(long_usd + short_usd), 0) FROM analytics.liquidations_1m "
+                            "WHERE exchange = 'binance-usdm'").fetchone()[0]
     console.print(f"ground truth: {len(truth.get('liquidation', [])):,} liquidations worth {_usd(true_all)} "
                   f"({true_long / true_all:.0%} longs); the sampled feed (1 per symbol per second, as Binance) "
                   f"showed {_usd(published)} = {published / true_all:.0%}: published totals are lower bounds"
@@ -335,6 +352,39 @@ def _cascade_summary(con, truth_path: Path, console: Console) -> None:
     console.print("market stress peak: " + ", ".join(peaks) if peaks else
                   "market stress: not computed here; its baselines (trailing 24 h depth and funding) need hours "
                   "of history before the cascade (see `make bench` detection figures)")
+
+
+def _venue_summary(con, console: Console) -> None:
+    """The same market seen through each venue's feed: what each publishes, in base units and USD."""
+    rows = con.execute("""
+        WITH bars AS (SELECT exchange, sum(trade_count) AS trades, sum(quote_volume) AS volume
+                      FROM analytics.ohlcv_1m GROUP BY exchange),
+             depth AS (SELECT exchange, avg(depth_usd_2_mean) AS depth2, avg(spread_bps_mean) AS spread
+                       FROM analytics.book_depth GROUP BY exchange),
+             oi AS (SELECT exchange, sum(open_interest_usd) AS oi_usd FROM analytics.open_interest o
+                    WHERE grain = '5m' AND exchange <> 'all' AND bucket_start = (
+                        SELECT max(bucket_start) FROM analytics.open_interest
+                        WHERE grain = '5m' AND exchange = o.exchange) GROUP BY exchange),
+             liq AS (SELECT exchange, sum(long_usd + short_usd) AS liq_usd, sum(n_long + n_short) AS orders
+                     FROM analytics.liquidations_1m GROUP BY exchange),
+             gaps AS (SELECT exchange, count(*) FILTER (WHERE kind = 'gap') AS gaps,
+                             count(*) FILTER (WHERE kind = 'resync') AS resyncs FROM raw.feed_events GROUP BY exchange)
+        SELECT exchange, trades, volume, depth2, spread, oi_usd, liq_usd, orders, gaps, resyncs
+        FROM bars FULL JOIN depth USING (exchange) FULL JOIN oi USING (exchange) FULL JOIN liq USING (exchange)
+             LEFT JOIN gaps USING (exchange)
+        ORDER BY exchange""").fetchall()
+    table = Table(title="the venues compared (one simulated market, each venue's own wire format and units)")
+    for column in ("venue", "trades", "volume", "2% depth (mean)", "spread bps", "open interest", "liquidations",
+                   "orders", "book gaps", "resyncs"):
+        table.add_column(column, justify="left" if column == "venue" else "right")
+    for venue, trades, volume, depth2, spread, oi_usd, liq_usd, orders, gaps, resyncs in rows:
+        table.add_row(venue, f"{trades or 0:,}", _usd(volume), _usd(depth2),
+                      f"{spread:.2f}" if spread is not None else "", _usd(oi_usd), _usd(liq_usd), f"{orders or 0:,}",
+                      str(gaps or 0), str(resyncs or 0))
+    console.print(table)
+    console.print("Books: Binance depth is the full synced book, OKX's a 400-level view, Bybit's 50 levels "
+                  "(its 2% band can be wider than the visible book: analytics.book_depth flags it). OKX sizes are "
+                  "contracts, converted with raw.instrument_units. Liquidation feeds are samples on every venue.")
 
 
 def _usd(value) -> str:

@@ -33,6 +33,7 @@ USDM = ("binance-usdm", "BTC-USDT-PERP", "BTCUSDT")        # base units, no inst
 COINM = ("binance-coinm", "BTC-USD-PERP", "BTCUSD_PERP")   # inverse, 100 USD per contract
 OKX = ("okx-swap", "BTC-USDT-PERP", "BTC-USDT-SWAP")       # linear, 0.01 BTC per contract
 ORPHAN = ("okx-swap", "ETH-USDT-PERP", "ETH-USDT-SWAP")    # contracts, no instrument: unconvertible
+NO_MARK = ("okx-swap", "SOL-USDT-PERP", "SOL-USDT-SWAP")   # OI with the venue's USD value, no mark price pushed
 # COIN-M's mark: 1,234 contracts × $100 = $123,400 exactly, while coins × mark comes back as
 # 123,399.99999999999, so the test tells the two USD formulas apart.
 COINM_MARK = 43_210.9
@@ -91,6 +92,9 @@ def contract_market() -> list:
         _liquidation(ORPHAN, "long", "7", "3000", "3000"),
         _book(USDM, "1", "2"), _book(COINM, "10", "20"), _book(OKX, "100", "200"), _book(ORPHAN, "100", "200"),
     ]
+    items.append(_instrument(NO_MARK, before, margin="linear", quote="USDT", size="1", size_unit="base"))
+    items.append(OpenInterest(**_at(NO_MARK, DAY + dt.timedelta(seconds=30)), open_interest="40",
+                              qty_unit="contracts", open_interest_usd="8000"))
     for market, oi in ((USDM, "10"), (COINM, "1234"), (OKX, "300"), (ORPHAN, "50")):
         items.append(Funding(**_at(market, DAY), rate="0.0001", interval_hours=8, next_funding_time=None,
                              mark_price=str(MARKS[market]), index_price=str(MARKS[market]), is_realised=False))
@@ -142,6 +146,8 @@ def test_open_interest_converts_linear_and_inverse_contracts(materialized):
     # Inverse: USD is contracts × $100, exact and price-free; coins = USD / mark.
     assert oi[COINM[:2]] == (123_400.0 / COINM_MARK, 123_400.0, COINM_MARK)
     assert oi[OKX[:2]] == (3.0, 150_000.0, 50_000.0)
+    # No mark price pushed (OKX's funding-rate carries none): the price its own USD figure implies.
+    assert oi[NO_MARK[:2]] == (40.0, 8_000.0, 200.0)
     assert ("all", "BTC") in oi and ("all", "ETH") not in oi and ORPHAN[:2] not in oi
     coins, usd, _ = oi[("all", "BTC")]
     assert coins == pytest.approx(13.0 + 123_400.0 / COINM_MARK, rel=1e-15)
@@ -195,7 +201,8 @@ def test_latest_instrument_row_defines_the_unit(materialized):
                                 "raw.base_qty(2, NULL, 'base', NULL, NULL), "
                                 "raw.qty_multiplier('contracts', 0, 'base')").fetchone()
     assert units == [("binance-coinm", "BTC-USD-PERP", "inverse", "contracts", 100.0, "usd"),
-                     ("okx-swap", "BTC-USDT-PERP", "linear", "contracts", 0.01, "base")]
+                     ("okx-swap", "BTC-USDT-PERP", "linear", "contracts", 0.01, "base"),
+                     ("okx-swap", "SOL-USDT-PERP", "linear", "contracts", 1.0, "base")]
     assert converted == (0.01, 500.0, 2.0, None)
 
 

@@ -3,6 +3,8 @@ symbols nobody subscribed to, files without a single venue message, contracts wi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import orjson
 
@@ -140,3 +142,21 @@ def test_funding_nullability_checksums_and_instruments_migrate_an_existing_wareh
     for table in ("book_snapshots", "book_deltas"):
         assert "checksum" in [c[0] for c in con.execute(f"DESCRIBE raw.{table}").fetchall()]
     assert con.execute("SELECT count(*) FROM raw.instruments").fetchone() == (0,)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_replaying_another_venues_frames_is_an_error_naming_that_venue(tmp_path):
+    okx = FIXTURES / "okx" / "documented_examples.jsonl"
+    out = run(["replay", "--exchange", "binance-usdm", str(okx)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange okx-swap" in out.stdout + out.stderr
+    bybit = FIXTURES / "bybit" / "documented.jsonl"
+    out = run(["replay", "--exchange", "okx-swap", str(bybit)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange bybit-linear" in out.stdout + out.stderr
+
+
+def test_symbols_are_checked_against_the_venues_spelling(tmp_path):
+    okx = FIXTURES / "okx" / "documented_examples.jsonl"
+    out = run(["replay", "--exchange", "okx-swap", "--symbols", "BTCUSDT", str(okx)], env=base_env(tmp_path))
+    assert out.returncode == 2 and "BTC-USDT-SWAP" in out.stderr and "okx-swap" in out.stderr

@@ -155,3 +155,32 @@ def test_bybit_refuses_a_topic_it_does_not_have():
     dialect.on_text(Conn(), orjson.dumps({"op": "subscribe", "args": ["liquidation.BTCUSDT"]}).decode())
     reply = orjson.loads(sent[0])
     assert reply["success"] is False and "handler not found,topic:liquidation.BTCUSDT" in reply["ret_msg"]
+
+
+def test_instruments_are_published_at_start_and_again_only_when_they_change(tmp_path, broker):
+    """Reference data is re-read every ``reference_interval_s``; an unchanged list publishes nothing,
+    a changed tick size publishes that instrument again."""
+    from pathlib import Path
+
+    body = orjson.loads((Path(__file__).parent / "fixtures" / "bybit" / "instruments-info.json").read_bytes())
+    venue = venue_for("bybit-linear")
+    venue.apply_reference("instruments", body)
+    sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
+    service = IngestService(venue, IngestConfig(symbols=["BTCUSDT"], ws_url=venue.default_ws_url,
+                                                rest_url=venue.default_rest_url, bootstrap=broker.bootstrap,
+                                                run_dir=tmp_path),
+                            sink=sink)
+    try:
+        service._publish_instruments()
+        service._publish_instruments()
+        first = [r for r in sink.records if r.record_type == "instrument"]
+        assert [(r.symbol_native, r.tick_size) for r in first] == [("BTCUSDT", "0.10")]
+        for entry in body["result"]["list"]:
+            if entry["symbol"] == "BTCUSDT":
+                entry["priceFilter"]["tickSize"] = "0.50"
+        venue.apply_reference("instruments", body)
+        service._publish_instruments()
+        published = [(r.symbol_native, r.tick_size) for r in sink.records if r.record_type == "instrument"]
+        assert published == [("BTCUSDT", "0.10"), ("BTCUSDT", "0.50")]
+    finally:
+        sink.close()

@@ -46,7 +46,7 @@ WEIGHT_TOLERANCE_S = 600.0
 # Open-interest observations in [$start, $end) whose size converts (warehouse.units), with what
 # one unit of it is worth; the others are counted by the units check.
 CONVERTIBLE_OI = f"""
-SELECT r.exchange, r.symbol, r.ts_exchange, r.open_interest,
+SELECT r.exchange, r.symbol, r.ts_exchange, r.open_interest, r.open_interest_usd,
        raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) AS qty_multiplier,
        raw.qty_is_inverse(r.qty_unit, unit.contract_size_unit) AS inverse
 FROM raw.open_interest AS r {UNIT_JOIN}
@@ -54,14 +54,18 @@ WHERE r.ts_exchange >= $start AND r.ts_exchange < $end
   AND raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) IS NOT NULL
 """
 
-# Open interest with the mark price as of each observation (at most MARK_TOLERANCE older).
+# Open interest with the mark price as of each observation (at most MARK_TOLERANCE older). A venue
+# that pushes no mark price beside its OI (OKX: funding-rate carries none) but publishes the OI's USD
+# value gives the price that value implies for linear contracts.
 OI_OBSERVATIONS = f"""
 WITH oi AS ({CONVERTIBLE_OI}), mark AS (
     SELECT exchange, symbol, ts_exchange, mark_price FROM raw.funding
     WHERE mark_price IS NOT NULL AND ts_exchange >= $start - $tolerance AND ts_exchange < $end
 )
 SELECT oi.exchange, oi.symbol, epoch(oi.ts_exchange) AS ts, oi.open_interest, oi.qty_multiplier, oi.inverse,
-       CASE WHEN oi.ts_exchange - mark.ts_exchange <= $tolerance THEN mark.mark_price END AS mark_price
+       coalesce(CASE WHEN oi.ts_exchange - mark.ts_exchange <= $tolerance THEN mark.mark_price END,
+                CASE WHEN NOT oi.inverse THEN oi.open_interest_usd / nullif(oi.open_interest * oi.qty_multiplier, 0) END)
+           AS mark_price
 FROM oi ASOF LEFT JOIN mark
   ON oi.exchange = mark.exchange AND oi.symbol = mark.symbol AND oi.ts_exchange >= mark.ts_exchange
 ORDER BY oi.exchange, oi.symbol, ts
@@ -140,7 +144,8 @@ OI_CHECKS = {
     OPEN_INTEREST, OI_CHECKS,
     deps=[dg.AssetKey(["raw", "open_interest"]), dg.AssetKey(["raw", "instruments"]), dg.AssetKey(["raw", "funding"])],
     description="Open interest per exchange and symbol at 5-minute and hourly grain (analytics.md §7), in coins and "
-                "USD with the mark price (raw.funding markPriceUpdate) as of the observation, at most 5 min old. "
+                "USD with the mark price (raw.funding) as of the observation, at most 5 min old; where the venue "
+                "pushes no mark price but publishes the OI's USD value (OKX), the price that value implies. "
                 "Sizes convert with the market's instrument (warehouse.units): base units as they are; linear "
                 "contracts coins = contracts × contract size, USD = coins × mark; inverse contracts USD = contracts "
                 "× USD per contract (no price), coins = USD / mark. Contracts without an instrument are left out "

@@ -74,6 +74,18 @@ class Dialect:
         """Frames per topic for one underlying message; only ``topics`` (those with subscribers)."""
         raise NotImplementedError
 
+    def streams_for(self, topic: str) -> list[str] | None:
+        """The feed streams behind one of the venue's topics (None: the venue has no such topic)."""
+        raise NotImplementedError
+
+    def snapshot(self, topic: str) -> bytes | None:
+        """The frame a new subscriber to ``topic`` gets first, if the venue sends one."""
+        raise NotImplementedError
+
+    def native_symbol(self, s: int) -> str:
+        """The venue's name of the market's symbol ``s``."""
+        raise NotImplementedError
+
     def on_close(self, conn) -> None:
         """A client connection went away."""
 
@@ -94,6 +106,24 @@ class Dialect:
             status, body = compute(request.query)
             return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
         return handler
+
+
+def offline_frames(exchange: str, feed: ExchangeFeed, topics: list[str], limit: int) -> list[bytes]:
+    """Up to ``limit`` frames a subscriber to ``topics`` would receive, without a server: the
+    snapshots first, then the feed stepped forward (benchmarks, offline tests)."""
+    holder = type("OfflineServer", (), {"feed": feed})()
+    dialect = dialect_classes()[exchange](holder)
+    by_stream: dict[str, set[str]] = {}
+    for topic in topics:
+        for stream in dialect.streams_for(topic) or ():
+            by_stream.setdefault(stream, set()).add(topic)
+    frames = [frame for frame in map(dialect.snapshot, topics) if frame is not None]
+    while len(frames) < limit and not feed.finished:
+        for message in feed.step(by_stream.__contains__):
+            if isinstance(message.payload, dict):
+                for produced in dialect.encode(message.stream, message.payload, by_stream[message.stream]).values():
+                    frames += produced
+    return frames[:limit]
 
 
 def dialect_classes() -> dict[str, type[Dialect]]:

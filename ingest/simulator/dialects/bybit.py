@@ -91,7 +91,7 @@ class BybitLinearDialect(Dialect):
         if op not in ("subscribe", "unsubscribe") or not isinstance(args, list):
             self.send(conn, {**reply, "success": False, "ret_msg": f"error:unknown op {op}"})
             return
-        resolved = [(topic, self._underlying(topic)) for topic in args]
+        resolved = [(topic, self.streams_for(topic)) for topic in args]
         refused = [topic for topic, streams in resolved if streams is None]
         if refused:     # Bybit refuses the whole request
             self.send(conn, {**reply, "success": False, "ret_msg": f"error:handler not found,topic:{refused[0]}"})
@@ -109,7 +109,7 @@ class BybitLinearDialect(Dialect):
                 self.server.unsubscribe_topic(conn, topic)
         self.send(conn, reply)
         for topic in snapshots:
-            frame = self._snapshot(topic)
+            frame = self.snapshot(topic)
             if frame is not None:
                 self.send(conn, frame)
 
@@ -117,7 +117,10 @@ class BybitLinearDialect(Dialect):
         for topic in conn.subscriptions:
             self._subscribers[topic] -= 1
 
-    def _underlying(self, topic) -> list[str] | None:
+    def native_symbol(self, s: int) -> str:
+        return self.feed.symbols[s]
+
+    def streams_for(self, topic) -> list[str] | None:
         """The feed streams behind a topic; None for a topic Bybit does not have."""
         if not isinstance(topic, str):
             return None
@@ -145,7 +148,7 @@ class BybitLinearDialect(Dialect):
             view.refresh(self.feed, s)
         return view
 
-    def _snapshot(self, topic: str) -> bytes | None:
+    def snapshot(self, topic: str) -> bytes | None:
         kind, _, symbol = topic.rpartition(".")
         s = self.feed.symbol_index(symbol)
         if kind.startswith("orderbook."):

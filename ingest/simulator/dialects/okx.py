@@ -86,6 +86,18 @@ class OkxSwapDialect(Dialect):
         app.router.add_get("/ws/v5/public", serve)
         app.router.add_get("/api/v5/public/instruments", self.rest(self.instruments))
 
+    def native_symbol(self, s: int) -> str:
+        return self.inst_id(s)
+
+    def streams_for(self, topic: str) -> list[str] | None:
+        channel, _, key = topic.partition(":")
+        arg = {"channel": channel, "instType" if channel == "liquidation-orders" else "instId": key}
+        return self._topic(arg)[1] or None
+
+    def snapshot(self, topic: str) -> bytes | None:
+        channel, _, inst = topic.partition(":")
+        return self._book_snapshot(self._index(inst)) if channel == "books" else None
+
     def on_text(self, conn, text: str) -> None:
         if text == "ping":
             self.send(conn, b"pong")
@@ -110,8 +122,9 @@ class OkxSwapDialect(Dialect):
                     self._subscribers[topic] += 1
                 self.server.subscribe_topic(conn, topic, streams)
                 self.send(conn, {"event": "subscribe", "arg": arg, "connId": self._conn_id(conn)})
-                if arg["channel"] == "books":
-                    self.send(conn, self._book_snapshot(self._index(arg["instId"])))
+                first = self.snapshot(topic)
+                if first is not None:
+                    self.send(conn, first)
             else:
                 if topic in conn.subscriptions:
                     self._subscribers[topic] -= 1
