@@ -146,14 +146,27 @@ def trade_ids(records) -> dict[str, list[int]]:
     return ids
 
 
+async def run_until_backfilled(service: IngestService, at_least_s: float, at_most_s: float) -> None:
+    """Run the service for ``at_least_s``, then until no trade gap is open (backfills are REST round
+    trips that a loaded machine makes slower), but no longer than ``at_most_s``."""
+    task = asyncio.create_task(service.run())
+    started = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - started
+        if elapsed >= at_most_s or (elapsed >= at_least_s and service.handler.missing_trades() == 0):
+            service.request_stop()
+    await task
+
+
 def test_dropped_connections_and_malformed_trades_lose_no_trade(tmp_path, broker):
     """Every aggTrade the venue published while we ran arrives exactly once, via the stream or a backfill."""
     ensure_topics(broker.bootstrap, 3)
     config = SimConfig(scenario="calm", seed=4, hours=1, speed=30, truth_path=str(tmp_path / "truth.jsonl"),
                        faults=FaultConfig(drop_every_s=120, malformed_every_s=60))
     with SimulatorThread(config) as sim:
-        service = run_service(sim, broker.bootstrap, tmp_path, seconds=30)
-        asyncio.run(service.run())
+        service = run_service(sim, broker.bootstrap, tmp_path, seconds=None)
+        asyncio.run(run_until_backfilled(service, at_least_s=30, at_most_s=100))
     ids = trade_ids(service.sink.records)
     truth_ids = truth_trade_ids(load_truth(tmp_path / "truth.jsonl"))
     assert service.events["disconnects"] >= 3 and service.events["trade_backfills"] >= 3
