@@ -17,6 +17,7 @@ import yaml
 
 from conftest import PERPFLOW, REPO
 from dagster_project.maintenance import purge_old_runs
+from ingest.venues import venue_names
 from pipelines.cli import main
 from test_exactly_once import trade
 from warehouse.loader import insert_records
@@ -58,9 +59,9 @@ def env_of(service: str) -> dict:
 
 
 def test_services_and_volumes():
-    assert set(SERVICES) == {"kafka", "postgres", "dagster-code", "dagster-webserver", "dagster-daemon",
-                             "ingest-binance-usdm"}
-    assert set(COMPOSE["volumes"]) == {"kafka-data", "postgres-data", "warehouse", "ingest-binance-usdm"}
+    ingests = {f"ingest-{venue}" for venue in venue_names()}     # one service and volume per registered venue
+    assert set(SERVICES) == {"kafka", "postgres", "dagster-code", "dagster-webserver", "dagster-daemon", *ingests}
+    assert set(COMPOSE["volumes"]) == {"kafka-data", "postgres-data", "warehouse", *ingests}
     for service in SERVICES.values():
         for volume in service.get("volumes", []):
             assert volume.split(":")[0] in COMPOSE["volumes"]
@@ -73,7 +74,7 @@ def test_kafka_is_kraft_single_node_and_clients_use_its_internal_listener():
     kafka = env_of("kafka")
     assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"
     internal = re.search(r"PLAINTEXT://(kafka:\d+)", kafka["KAFKA_ADVERTISED_LISTENERS"])[1]
-    for service in ("dagster-code", "ingest-binance-usdm"):
+    for service in ("dagster-code", *(f"ingest-{venue}" for venue in venue_names())):
         env = env_of(service)
         assert env["PERPFLOW_KAFKA_BOOTSTRAP"] == internal
         assert env["PERPFLOW_HOME"] == "/data"
@@ -97,12 +98,13 @@ def test_dagster_instance_and_workspace_match_the_services():
 
 
 def test_service_commands_are_valid_perpflow_invocations():
-    command = SERVICES["ingest-binance-usdm"]["command"]
-    assert command[0] == "perpflow"
-    ctx = main.make_context("perpflow", command[1:2], resilient_parsing=True)
-    sub = main.get_command(ctx, command[1])
-    assert sub is not None
-    sub.make_context(command[1], list(command[2:]))   # raises on an unknown option or bad value
+    for venue in venue_names():
+        command = SERVICES[f"ingest-{venue}"]["command"]
+        assert command[0] == "perpflow" and command[command.index("--exchange") + 1] == venue
+        ctx = main.make_context("perpflow", command[1:2], resilient_parsing=True)
+        sub = main.get_command(ctx, command[1])
+        assert sub is not None
+        sub.make_context(command[1], list(command[2:]))   # raises on an unknown option or bad value
     dockerfile = (REPO / "Dockerfile").read_text()
     for package in ("ingest", "pipelines", "transforms", "warehouse", "dagster_project"):
         assert f"COPY {package} {package}" in dockerfile
