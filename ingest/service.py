@@ -52,6 +52,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trade_ids, load_state,
                                plan_resume, save_state, spill_trade_ids)
+from ingest.book_sync import SYNCED
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import BookDelta, BookSnapshot, FeedEvent, Trade
@@ -106,6 +107,7 @@ class ConnectionState:
     url: str
     streams: tuple[str, ...]
     subscribe: tuple[str, ...] = ()                   # frames sent once connected
+    resubscribed: list[float] = field(default_factory=list)   # monotonic times of book resubscribes
     state: str = "starting"
     connected_at: float | None = None
     connects: int = 0
@@ -128,6 +130,9 @@ class RotationDue(Exception):
 
 
 class IngestService:
+    RESUBSCRIBE_ATTEMPTS = 3    # the last one closes the connection instead
+    RESUBSCRIBE_WAIT_S = 10.0   # for the snapshot a resubscribe should bring
+    RESUBSCRIBES_PER_HOUR = 200 # per connection, well inside OKX's 480 subscribe requests an hour
     EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
     # The websockets library closes the connection (1009) above this; perpflow's own, much lower
     # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
@@ -628,16 +633,35 @@ class IngestService:
 
     async def _resubscribe_book(self, native: str) -> None:
         """Venues without a REST bridge push a fresh snapshot when the book stream is subscribed
-        again; a connection that is down does so anyway when it reconnects."""
-        for conn in self.connections.values():
-            ws = self._sockets.get(conn.name)
-            if ws is None:
-                continue
-            for stream in conn.streams:
-                if self.venue.stream_kind(stream) == self.venue.BOOK_STREAM and self.venue.stream_symbol(stream) == native:
+        again; a connection that is down does so anyway when it reconnects. A snapshot that does not
+        come is asked for again; after ``RESUBSCRIBE_ATTEMPTS`` (or beyond the per-connection budget:
+        OKX allows 480 subscribe requests an hour) the connection is closed, and its reconnect
+        subscribes everything afresh."""
+        symbol = self.venue.normalize_symbol(native)
+        for attempt in range(1, self.RESUBSCRIBE_ATTEMPTS + 1):
+            for conn in self.connections.values():
+                ws = self._sockets.get(conn.name)
+                if ws is None:
+                    continue
+                for stream in conn.streams:
+                    if self.venue.stream_kind(stream) != self.venue.BOOK_STREAM or self.venue.stream_symbol(stream) != native:
+                        continue
+                    now = time.monotonic()
+                    recent = conn.resubscribed = [t for t in conn.resubscribed if now - t < 3600]
+                    if attempt == self.RESUBSCRIBE_ATTEMPTS or len(recent) >= self.RESUBSCRIBES_PER_HOUR:
+                        self._feed_event("resubscribe_failed", native, {**conn.detail, "attempts": attempt,
+                                                                        "last_hour": len(recent)})
+                        await ws.close(code=1000, reason="book snapshot never came: reconnecting")
+                        return
                     for frame in self.venue.resubscribe_frames(stream):
                         await ws.send(frame)
+                    recent.append(now)
                     self.events["resubscribes"] += 1
+            deadline = time.monotonic() + self.RESUBSCRIBE_WAIT_S
+            while time.monotonic() < deadline:
+                if self.handler.book_sync.state(symbol).phase == SYNCED:
+                    return
+                await asyncio.sleep(0.1)
 
     async def _poll_open_interest(self) -> None:
         interval = self.config.oi_interval_s
