@@ -10,6 +10,7 @@ for, never crossed, every gap resynced by resubscribing; trades are never duplic
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
 from decimal import Decimal
 
@@ -184,3 +185,47 @@ def test_instruments_are_published_at_start_and_again_only_when_they_change(tmp_
         assert published == [("BTCUSDT", "0.10"), ("BTCUSDT", "0.50")]
     finally:
         sink.close()
+
+
+def test_a_resubscribe_the_venue_never_answers_ends_in_a_reconnect_and_a_synced_book(tmp_path, broker):
+    """The venue swallows two snapshots of the first book resubscribed once all books are synced: the
+    service asks again, then closes the connection; the reconnect's subscription brings the books back."""
+    ensure_topics(broker.bootstrap, 3)
+    config = SimConfig(scenario="calm", seed=12, hours=1, speed=30, symbols=SIM_SYMBOLS,
+                       faults=FaultConfig(gap_every_s=60), venues=("binance-usdm", "okx-swap"))
+    with SimulatorThread(config) as sim:
+        dialect = sim.simulator.dialects["okx-swap"]
+        real_snapshot, swallowed = dialect.snapshot, []
+
+        def snapshot(topic):
+            frame = real_snapshot(topic)
+            if armed and frame is not None and len(swallowed) < 2 and topic in (swallowed or [topic]):
+                swallowed.append(topic)      # the first book resubscribed after arming, twice
+                return None
+            return frame
+        dialect.snapshot = snapshot
+        armed = False
+        service = IngestService(venue_for("okx-swap"), IngestConfig(
+            symbols=list(NATIVE["okx-swap"].values()), ws_url=sim.ws_url, rest_url=sim.http_url,
+            bootstrap=broker.bootstrap, run_dir=tmp_path, backoff_base_s=0.2, backoff_max_s=2.0),
+            sink=RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000))
+
+        async def scenario():
+            nonlocal armed
+            task = asyncio.create_task(service.run())
+            while service.handler.book_sync.counts["snapshots"] < 3:      # the first subscription's books
+                await asyncio.sleep(0.1)
+            armed = True
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                    len(swallowed) == 2 and service.events["reconnects"] >= 1
+                    and all(st.phase == "synced" for st in service.handler.book_sync.symbols.values())):
+                await asyncio.sleep(0.2)
+            service.request_stop()
+            await task
+        asyncio.run(scenario())
+    records = service.sink.records
+    failed = [orjson.loads(r.detail) for r in records if r.record_type == "feed_event" and r.kind == "resubscribe_failed"]
+    assert len(swallowed) == 2 and len(set(swallowed)) == 1 and len(failed) == 1 and failed[0]["attempts"] == IngestService.RESUBSCRIBE_ATTEMPTS
+    assert service.events["reconnects"] >= 1 and service.events["resubscribes"] >= 2
+    assert all(st.phase == "synced" for st in service.handler.book_sync.symbols.values())
