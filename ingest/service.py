@@ -132,7 +132,6 @@ class RotationDue(Exception):
 class IngestService:
     RESUBSCRIBE_ATTEMPTS = 3    # the last one closes the connection instead
     RESUBSCRIBE_WAIT_S = 10.0   # for the snapshot a resubscribe should bring
-    RESUBSCRIBES_PER_HOUR = 200 # per connection, well inside OKX's 480 subscribe requests an hour
     EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
     # The websockets library closes the connection (1009) above this; perpflow's own, much lower
     # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
@@ -634,10 +633,12 @@ class IngestService:
     async def _resubscribe_book(self, native: str) -> None:
         """Venues without a REST bridge push a fresh snapshot when the book stream is subscribed
         again; a connection that is down does so anyway when it reconnects. A snapshot that does not
-        come is asked for again; after ``RESUBSCRIBE_ATTEMPTS`` (or beyond the per-connection budget:
-        OKX allows 480 subscribe requests an hour) the connection is closed, and its reconnect
-        subscribes everything afresh."""
+        come is asked for again; after ``RESUBSCRIBE_ATTEMPTS``, or beyond a third of the venue's
+        subscribe requests per hour and connection (a resubscribe costs two), the connection is
+        closed, and its reconnect subscribes everything afresh."""
         symbol = self.venue.normalize_symbol(native)
+        limit = self.venue.SUBSCRIBE_REQUESTS_PER_HOUR
+        budget = float("inf") if limit is None else limit // 3
         for attempt in range(1, self.RESUBSCRIBE_ATTEMPTS + 1):
             for conn in self.connections.values():
                 ws = self._sockets.get(conn.name)
@@ -648,7 +649,7 @@ class IngestService:
                         continue
                     now = time.monotonic()
                     recent = conn.resubscribed = [t for t in conn.resubscribed if now - t < 3600]
-                    if attempt == self.RESUBSCRIBE_ATTEMPTS or len(recent) >= self.RESUBSCRIBES_PER_HOUR:
+                    if attempt == self.RESUBSCRIBE_ATTEMPTS or len(recent) >= budget:
                         self._feed_event("resubscribe_failed", native, {**conn.detail, "attempts": attempt,
                                                                         "last_hour": len(recent)})
                         await ws.close(code=1000, reason="book snapshot never came: reconnecting")

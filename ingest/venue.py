@@ -75,6 +75,7 @@ class Venue(ABC):
     PING_FRAME: ClassVar[str | None] = None               # application-level keepalive, if any
     PING_INTERVAL_S: ClassVar[float] = 20.0
     PONG_FRAME: ClassVar[str | None] = None               # a keepalive reply that is not JSON: dropped
+    SUBSCRIBE_REQUESTS_PER_HOUR: ClassVar[int | None] = None  # per connection, where the venue caps them
     REST_WEIGHT_LIMIT: ClassVar[int]    # per minute, in the venue's weight units
     WEIGHT_HEADER: ClassVar[str | None] = None            # response header with the weight used
 

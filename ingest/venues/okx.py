@@ -274,6 +274,7 @@ class OkxSwap(Venue):
         "books": 75.0,            # heartbeat every ~60 s on an idle book
         "funding-rate": 120.0,    # pushed every 30-90 s
         "trades": None, "open-interest": None, "liquidation-orders": None}
+    SUBSCRIBE_REQUESTS_PER_HOUR = 480   # subscribe/unsubscribe/login requests per connection
     PING_FRAME = "ping"
     PONG_FRAME = "pong"
     PING_INTERVAL_S = 20.0   # OKX drops a connection after 30 s without traffic
