@@ -63,15 +63,15 @@ def load_state(path: Path) -> dict:
     return state
 
 
-def _sequence_ids(venue, value: bytes, wanted: set[str]) -> tuple[str, int] | None:
+def _sequence_ids(venue, value: bytes, wanted: set[str]) -> tuple[str, tuple[int, int]] | None:
     try:
         record = records.decode(value)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
     if not isinstance(record, Trade) or record.symbol not in wanted:
         return None
-    trade_id = venue.trade_sequence(record)
-    return None if trade_id is None else (record.symbol, trade_id)
+    ids = venue.trade_sequence(record)
+    return None if ids is None else (record.symbol, ids)
 
 
 def spill_trade_ids(venue, spill_path: Path, symbols: set[str]) -> dict[str, set[int]]:
@@ -90,7 +90,7 @@ def spill_trade_ids(venue, spill_path: Path, symbols: set[str]) -> dict[str, set
             if topic == Trade.topic:
                 hit = _sequence_ids(venue, value.encode(), symbols)
                 if hit:
-                    found.setdefault(hit[0], set()).add(hit[1])
+                    found.setdefault(hit[0], set()).update(range(hit[1][0], hit[1][1] + 1))
     return found
 
 
@@ -123,7 +123,7 @@ def kafka_trade_ids(venue, bootstrap: str, symbols: set[str], scan_back: int = T
                     if message.key in keys:
                         hit = _sequence_ids(venue, message.value, symbols)
                         if hit:
-                            found.setdefault(hit[0], set()).add(hit[1])
+                            found.setdefault(hit[0], set()).update(range(hit[1][0], hit[1][1] + 1))
             pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
         return found
     except KafkaError as exc:

@@ -118,25 +118,32 @@ class FeedHandler:
         return resync
 
     def _trade_in_sequence(self, trade: Trade) -> bool:
-        """Track the venue's trade-id sequence: report gaps, accept backfills, drop repeats."""
-        trade_id = self.venue.trade_sequence(trade)
-        if trade_id is None:
+        """Track the venue's trade-id sequence: report gaps, accept backfills, drop repeats.
+
+        A trade covers ids ``first..last`` (one id, or the fills an aggregated trade folds)."""
+        ids = self.venue.trade_sequence(trade)
+        if ids is None:
             return True
+        first, trade_id = ids
         symbol = trade.symbol
         last = self._last_trade_id.get(symbol)
-        if last is None or trade_id == last + 1:
+        if last is None or first == last + 1:
             self._last_trade_id[symbol] = trade_id
             return True
-        if trade_id > last + 1:
+        if first > last + 1:
             self._last_trade_id[symbol] = trade_id
-            self._open_gaps.setdefault(symbol, []).append([last + 1, trade_id - 1])
+            self._open_gaps.setdefault(symbol, []).append([last + 1, first - 1])
             self.trade_gaps[symbol] += 1
-            self.new_trade_gaps.append(TradeGap(trade.symbol_native, last + 1, trade_id - 1))
+            self.new_trade_gaps.append(TradeGap(trade.symbol_native, last + 1, first - 1))
             self.emit_record(FeedEvent(exchange=trade.exchange, symbol=symbol, kind="trade_gap",
-                                       detail=orjson.dumps({"first_id": last + 1, "last_id": trade_id - 1}).decode(),
+                                       detail=orjson.dumps({"first_id": last + 1, "last_id": first - 1}).decode(),
                                        ts_recv=trade.ts_recv, ts_exchange=trade.ts_exchange))
             return True
-        if self._take_from_gaps(symbol, trade_id, trade_id):
+        if trade_id > last:      # overlaps the end of the sequence: the new ids continue it
+            self._take_from_gaps(symbol, first, last)
+            self._last_trade_id[symbol] = trade_id
+            return True
+        if self._take_from_gaps(symbol, first, trade_id):
             return True
         self.stats.skipped["duplicate trade id (already received)"] += 1
         return False

@@ -291,15 +291,16 @@ class IngestService:
     def _record_dropped(self, record) -> None:
         """From any thread, with the sink's lock held: only note what to recover."""
         if isinstance(record, Trade):
-            trade_id = self.venue.trade_sequence(record)
-            if trade_id is None:
+            ids = self.venue.trade_sequence(record)
+            if ids is None:
                 return
+            first, last = ids
             with self._dropped_lock:
                 ranges = self._dropped_trades.setdefault(record.symbol_native, [])
-                if ranges and ranges[-1][1] + 1 == trade_id:
-                    ranges[-1][1] = trade_id
+                if ranges and ranges[-1][1] + 1 == first:
+                    ranges[-1][1] = last
                 else:
-                    ranges.append([trade_id, trade_id])
+                    ranges.append([first, last])
         elif isinstance(record, BookDelta | BookSnapshot):
             with self._dropped_lock:
                 self._dropped_books.add(record.symbol)
@@ -543,9 +544,9 @@ class IngestService:
             body, ts = await self._get(url, attempts=None, what=f"trade catch-up {native} from id {last + 1}")
             ids = self._trade_ids(url, body, ts)
             live_last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
-            if ids and ids[0] == last + 1 and live_last == last:    # no live trade has shown the gap yet
+            if last + 1 in ids and live_last == last:    # no live trade has shown the gap yet
                 self.handler.trade_gaps[self.venue.normalize_symbol(native)] += 1
-                self._feed_event("trade_gap", native, {"first_id": last + 1, "last_id": ids[-1],
+                self._feed_event("trade_gap", native, {"first_id": last + 1, "last_id": max(ids),
                                                        "found_by": "REST after a reconnect"})
             self.handler.on_rest(url, body, ts)
 
@@ -601,7 +602,8 @@ class IngestService:
             trades = self.venue.map_rest(url, orjson.loads(body), ts)
         except (orjson.JSONDecodeError, MalformedMessage, SkipMessage):
             return []
-        return sorted(i for i in map(self.venue.trade_sequence, trades) if i is not None)
+        ranges = [ids for ids in map(self.venue.trade_sequence, trades) if ids is not None]
+        return sorted({i for first, last in ranges for i in range(first, last + 1)})
 
     def _give_up(self, native: str, first: int, last: int, reason: str) -> int:
         count = self.handler.give_up_trades(native, first, last, reason, time.time_ns())

@@ -113,14 +113,16 @@ class Venue(ABC):
     def map_rest(self, url: str, body, ts_recv: int) -> list:
         """One parsed REST body (from ``url``) -> records; raises SkipMessage / MalformedMessage."""
 
-    def trade_sequence(self, trade) -> int | None:
-        """The trade's position in a per-symbol sequence without holes, where the venue has one."""
+    def trade_sequence(self, trade) -> tuple[int, int] | None:
+        """The first and last ids the trade covers in a per-symbol id sequence without holes, where
+        the venue has one (an aggregated trade can cover several consecutive ids)."""
         return None
 
     # --- REST ------------------------------------------------------------------------------
 
     def trades_url(self, rest_url: str, native: str, from_id: int, limit: int = 1000) -> str | None:
-        """The request for trades from sequence id ``from_id`` on (None: gaps cannot be backfilled)."""
+        """The request for (at most ``limit``) trades from sequence id ``from_id`` on; the answer may
+        hold fewer, or also older ones (None: gaps cannot be backfilled)."""
         return None
 
     def book_snapshot_url(self, rest_url: str, native: str) -> str | None:

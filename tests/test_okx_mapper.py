@@ -267,8 +267,24 @@ def test_real_trades():
     assert isinstance(first, Trade)
     assert (first.ts_exchange, first.qty_unit, first.is_aggregated) == (1652459199958, "contracts", False)
     assert (first.first_trade_id, first.last_trade_id, first.trade_type) == (7849, 7849, None)
-    assert all(venue.trade_sequence(t) is None for t in trades)
-    assert venue.trades_url(venue.default_rest_url, "BTC-USD-220527", 7849) is None
+    assert all(venue.trade_sequence(t) == (int(t.trade_id), int(t.trade_id)) for t in trades)   # single fills
+    assert venue.trades_url(venue.default_rest_url, "BTC-USD-220527", 7849) == (
+        "https://www.okx.com/api/v5/market/history-trades?instId=BTC-USD-220527&type=1&after=7949&limit=100")
+
+
+def test_an_aggregated_push_covers_its_range_and_history_trades_backfill_one_id_each():
+    venue = OkxSwap()
+    [push] = venue.map_ws({"arg": {"channel": "trades", "instId": "BTC-USDT-SWAP"}, "data": [{
+        "instId": "BTC-USDT-SWAP", "tradeId": "130639474", "px": "42219.9", "sz": "12", "side": "buy",
+        "ts": "1630048897897", "count": "3", "source": "0"}]}, TS)
+    assert venue.trade_sequence(push) == (130639472, 130639474)
+    body = {"code": "0", "msg": "", "data": [
+        {"instId": "BTC-USDT-SWAP", "tradeId": str(i), "px": "42219.9", "sz": "4", "side": "buy", "ts": "1630048897897"}
+        for i in (130639474, 130639473, 130639472)]}
+    url = venue.trades_url("http://sim", "BTC-USDT-SWAP", 130639472, 3)
+    assert url.endswith("after=130639475&limit=3")
+    assert sorted(venue.trade_sequence(t) for t in venue.map_rest(url, body, TS)) == [
+        (130639472, 130639472), (130639473, 130639473), (130639474, 130639474)]
 
 
 # --- book rules --------------------------------------------------------------------------------
@@ -569,7 +585,7 @@ def test_rest_funding_and_open_interest():
     with pytest.raises(SkipMessage, match="SPOT instType is not collected"):
         venue.map_rest(f"{base}/instruments?instType=SPOT", {"code": "0", "data": []}, TS)
     with pytest.raises(SkipMessage, match="REST endpoint not collected"):
-        venue.map_rest("https://www.okx.com/api/v5/market/history-trades?instId=BTC-USDT-SWAP", {}, TS)
+        venue.map_rest("https://www.okx.com/api/v5/market/tickers?instType=SWAP", {}, TS)
     assert venue.open_interest_url(venue.default_rest_url, "BTC-USDT-SWAP") is None   # pushed in-stream
 
 

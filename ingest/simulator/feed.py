@@ -454,6 +454,10 @@ class ExchangeFeed:
         return [{"a": f.agg_id, "p": fmt.price(f.tick), "q": fmt.qty(f.lots), "f": f.first_trade_id,
                  "l": f.last_trade_id, "T": f.ts_ms, "m": f.buyer_is_maker} for f in fills]
 
+    def recent_fills(self, s: int) -> deque:
+        """The last ``RECENT_AGG_TRADES`` aggregated fills of symbol ``s``, oldest first (REST history)."""
+        return self._recent_agg[s]
+
     def open_interest(self, symbol: str) -> dict:
         s = self.symbol_index(symbol)
         lots = self.model.positions[s].oi_lots

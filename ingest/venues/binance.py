@@ -125,9 +125,12 @@ class BinanceFutures(Venue):
             return frame[11:end] if end > 0 else None
         return None
 
-    def trade_sequence(self, trade: Trade) -> int | None:
+    def trade_sequence(self, trade: Trade) -> tuple[int, int] | None:
         """aggTrade ids are consecutive per symbol, so a jump is a trade the feed lost."""
-        return int(trade.trade_id) if trade.is_aggregated else None
+        if not trade.is_aggregated:
+            return None
+        agg_id = int(trade.trade_id)
+        return agg_id, agg_id
 
     def trades_url(self, rest_url: str, native: str, from_id: int, limit: int = 1000) -> str:
         return f"{rest_url.rstrip('/')}{self.API}/aggTrades?symbol={native}&fromId={from_id}&limit={limit}"

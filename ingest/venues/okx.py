@@ -61,13 +61,11 @@ Choices made where the spec leaves one:
   * ``Trade.is_aggregated`` is True when the push carries ``count``; ``first_trade_id`` =
     tradeId - count + 1, ``last_trade_id`` = tradeId. ``trade_type`` is None for normal orders and
     "ELP" for Enhanced Liquidity Program orders (``source: "1"``), other sources verbatim.
-  * ``trade_sequence`` is None (no trade-gap detection, so no ``trades_url``): ids are consecutive
-    per instrument (the 2022 recording: 74 trades, no hole), but an aggregated push covers a
-    *range* of ids and the shared handler follows one id per trade, so it would report every
-    ``count > 1`` push as a gap. A range-aware handler could use ``first_trade_id`` /
-    ``last_trade_id`` (``first == previous last + 1``) and backfill from
-    ``GET /api/v5/market/history-trades?instId=&type=1&after=<last id wanted + 1>`` (``after``
-    returns ids older than the given one, newest first, 100 per page).
+  * trade ids are consecutive per instrument (the 2022 recording: 74 trades, no hole), so a jump
+    is a trade the feed lost: ``trade_sequence`` is the range ``first_trade_id..last_trade_id`` a
+    push covers, and gaps are backfilled from ``GET /api/v5/market/history-trades?instId=&type=1
+    &after=<id>&limit=<n>`` (``after`` returns the ``n`` ids below it, newest first, at most 100:
+    ``after = first wanted + n`` asks for exactly ``first..first+n-1``), one trade per id.
   * ``mark-price``, ``tickers`` and ``index-tickers`` are not subscribed and are skipped: a
     ``Funding`` record with a NULL rate means "this contract has no funding" (delivery futures),
     so mark prices cannot ride on it for swaps, and joining them to the 30-90 s funding push would
@@ -113,6 +111,7 @@ CHECKSUM_DEPTH = 25                 # levels per side in the legacy CRC32
 BOOKS_PER_CONNECTION = 20           # OKX: fewer than 30 400-level book channels per connection
 LIQUIDATIONS_REMEMBERED = 100_000   # de-duplication keys kept; the oldest are forgotten first
 CONTRACT_TYPES = ("SWAP", "FUTURES")
+HISTORY_TRADES_PAGE = 100           # trades per history-trades request (OKX's maximum)
 
 _CONTRACT_ID = re.compile(r"([A-Z0-9]+)-([A-Z0-9]+)-(SWAP|[0-9]{6})")
 _OTHER_ID = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(?:-[0-9]{6}-[0-9.]+-[CP])?")   # spot/margin pair, option
@@ -463,6 +462,14 @@ class OkxSwap(Venue):
             raise SkipMessage("liquidation-orders: repeated or uncollected orders only")
         return out
 
+    def trade_sequence(self, trade: Trade) -> tuple[int, int] | None:
+        return trade.first_trade_id, trade.last_trade_id
+
+    def trades_url(self, rest_url: str, native: str, from_id: int, limit: int = 1000) -> str:
+        page = min(limit, HISTORY_TRADES_PAGE)
+        return (f"{rest_url.rstrip('/')}/api/v5/market/history-trades?instId={native}&type=1"
+                f"&after={from_id + page}&limit={page}")
+
     _handlers: ClassVar[dict] = {"books": _books, "trades": _trades, "funding-rate": _funding,
                                  "open-interest": _open_interest, "liquidation-orders": _liquidations}
 
@@ -476,6 +483,9 @@ class OkxSwap(Venue):
                 raise SkipMessage(f"instruments: {inst_type or 'no'} instType is not collected")
             self._take_instruments(inst_type, body)
             return self._records(self._contracts[inst_type].values(), ts_recv)
+        if path.endswith("/api/v5/market/history-trades"):    # newest first: put back in sequence order
+            trades = self._trades({}, self._rest_data(body, "history-trades"), {}, ts_recv)
+            return sorted(trades, key=lambda trade: trade.last_trade_id)
         if path.endswith("/api/v5/public/funding-rate"):
             return [self.funding(item, {}, ts_recv) for item in self._rest_data(body, "funding-rate")]
         if path.endswith("/api/v5/public/open-interest"):

@@ -13,7 +13,9 @@
 * ``trades``: one push per aggregated taker order (``tradeId`` = its last trade id, ``count``).
 * ``funding-rate`` every 60 s and ``open-interest`` every 3 s (simulated), ``liquidation-orders``
   per ``instType`` with the market's published (sampled) liquidations, bankruptcy price ``bkPx``.
-* REST ``/api/v5/public/instruments?instType=SWAP|FUTURES`` (no futures are simulated).
+* REST ``/api/v5/public/instruments?instType=SWAP|FUTURES`` (no futures are simulated) and
+  ``/api/v5/market/history-trades?instId=&type=1&after=<id>&limit=<n>``: the ``n`` individual trades
+  below ``after``, newest first (an aggregated push's fills, its size split as the market split it).
 """
 
 from __future__ import annotations
@@ -78,6 +80,30 @@ class OkxSwapDialect(Dialect):
                     "minSz": "0.01", "listTime": "1611916828000", "expTime": "", "lever": "100", "state": "live"})
         return 200, {"code": "0", "msg": "", "data": data}
 
+    def history_trades(self, query) -> tuple[int, dict]:
+        s = self._index(query.get("instId", ""))
+        try:
+            after = int(query["after"]) if "after" in query else None
+            limit = min(int(query.get("limit", "100")), 100)
+        except ValueError:
+            return 400, {"code": "51000", "msg": "Parameter after or limit error", "data": []}
+        if s is None or query.get("type", "1") != "1":
+            return 400, {"code": "51001", "msg": "Instrument ID does not exist", "data": []}
+        fmt, inst, data = self.feed.formats[s], self.inst_id(s), []
+        for fill in reversed(self.feed.recent_fills(s)):
+            if len(data) >= limit:
+                break
+            count = fill.last_trade_id - fill.first_trade_id + 1
+            base, extra = divmod(fill.lots, count)
+            for i in reversed(range(count)):
+                trade_id = fill.first_trade_id + i
+                if (after is None or trade_id < after) and len(data) < limit:
+                    data.append({"instId": inst, "tradeId": str(trade_id), "px": fmt.price(fill.tick),
+                                 "sz": self.contracts(s, fmt.qty(base + (1 if i < extra else 0))),
+                                 "side": "sell" if fill.buyer_is_maker else "buy", "ts": str(fill.ts_ms),
+                                 "source": "0"})
+        return 200, {"code": "0", "msg": "", "data": data}
+
     # --- websocket -------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
@@ -85,6 +111,7 @@ class OkxSwapDialect(Dialect):
             return await self.server.serve_ws(request, "okx-public", False, [], self)
         app.router.add_get("/ws/v5/public", serve)
         app.router.add_get("/api/v5/public/instruments", self.rest(self.instruments))
+        app.router.add_get("/api/v5/market/history-trades", self.rest(self.history_trades))
 
     def native_symbol(self, s: int) -> str:
         return self.inst_id(s)
