@@ -1,10 +1,11 @@
-"""The live ingest service in OKX's and Bybit's dialects against the simulator, with faults.
+"""The live ingest service in Binance COIN-M's, OKX's and Bybit's dialects against the simulator, with faults.
 
 Real processes: the simulator speaking each venue's wire format (``ingest.simulator.dialects``) on
 its one market, the Tansu broker, the ingest service with the venue module from the registry. What
-the service emitted is compared with the simulator's ground truth: books (the venue's depth-limited
-view, sizes converted from contracts) equal the true book at every checkpoint the service was synced
-for, never crossed, every gap resynced by resubscribing; trades are never duplicated or invented.
+the service emitted is compared with the simulator's ground truth: books (the venue's view, in the
+venue's units) equal the true book at every checkpoint the service was synced for, never crossed,
+every gap resynced (COIN-M by a REST snapshot, OKX and Bybit by resubscribing); trades are never
+duplicated or invented, and where the venue's ids are consecutive, none is lost without a record.
 """
 
 from __future__ import annotations
@@ -12,53 +13,66 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import orjson
 import pytest
 
+from fault_harness import truth_trade_ids
 from ingest.kafka import ensure_topics
 from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
+from ingest.simulator.dialects.binance_coinm import CONTRACT_USD, DEFAULT_CONTRACT_USD
+from ingest.simulator.dialects.binance_coinm import PREFIX as COINM_PREFIX
 from ingest.simulator.dialects.bybit import BybitLinearDialect
 from ingest.simulator.dialects.okx import BOOK_DEPTH as OKX_DEPTH
 from ingest.simulator.dialects.okx import CONTRACT_VALUE
+from ingest.venue import BookResync
 from ingest.venues import venue as venue_for
 from test_ingest_service import RecordingSink
 
 SIM_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
-NATIVE = {"okx-swap": {s: f"{s[:-4]}-USDT-SWAP" for s in SIM_SYMBOLS}, "bybit-linear": {s: s for s in SIM_SYMBOLS}}
-BOOK_DEPTH = {"okx-swap": OKX_DEPTH, "bybit-linear": 50}
+NATIVE = {"okx-swap": {s: f"{s[:-4]}-USDT-SWAP" for s in SIM_SYMBOLS}, "bybit-linear": {s: s for s in SIM_SYMBOLS},
+          "binance-coinm": {s: f"{s[:-4]}USD_PERP" for s in SIM_SYMBOLS}}
+BOOK_DEPTH = {"okx-swap": OKX_DEPTH, "bybit-linear": 50, "binance-coinm": 1000}
+WS_PATH = {"binance-coinm": COINM_PREFIX}       # COIN-M's own host (dstream): a path prefix here
 
 
-def base_size(exchange: str, sim_symbol: str, qty) -> Decimal:
+def venue_size(exchange: str, sim_symbol: str, price: str, qty: str) -> Decimal:
+    """A true (base-unit) size as the venue states it."""
+    base = sim_symbol[:-4]
     if exchange == "okx-swap":
-        return Decimal(qty) * Decimal(CONTRACT_VALUE[sim_symbol[:-4]])
+        return Decimal(qty) / Decimal(CONTRACT_VALUE[base])
+    if exchange == "binance-coinm":
+        usd = Decimal(qty) * Decimal(price) / CONTRACT_USD.get(base, DEFAULT_CONTRACT_USD)
+        return usd.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
     return Decimal(qty)
 
 
 def truth_checkpoints(truth, exchange: str) -> dict:
-    """Per venue symbol: checkpoint key -> the true top-N book {price: base qty} per side."""
+    """Per venue symbol: checkpoint key -> the true top-N book {price: venue size} per side."""
     depth = BOOK_DEPTH[exchange]
     out = defaultdict(dict)
     for cp in truth["book"]:
-        key = cp["last_update_id"] if exchange == "okx-swap" else cp["ts"]
-        out[NATIVE[exchange][cp["symbol"]]][key] = tuple(
-            {Decimal(p): Decimal(q) for p, q in cp[side][:depth]} for side in ("bids", "asks"))
+        key = cp["ts"] if exchange == "bybit-linear" else cp["last_update_id"]
+        book = []
+        for side in ("bids", "asks"):
+            levels = {Decimal(p): venue_size(exchange, cp["symbol"], p, q) for p, q in cp[side][:depth]}
+            book.append({p: q for p, q in levels.items() if q})
+        out[NATIVE[exchange][cp["symbol"]]][key] = tuple(book)
     return out
 
 
 def check_books(records, truth, exchange: str) -> int:
     """Rebuild each book from the records; compare with the truth at every checkpoint while synced.
-    OKX's seqId is the market's update id; Bybit's delta carries the matching time (``cts``)."""
-    sim_symbol = {v: k for k, v in NATIVE[exchange].items()}
+    OKX's seqId and COIN-M's u are the market's update id; Bybit's delta carries the matching time."""
     checkpoints = truth_checkpoints(truth, exchange)
     books: dict[str, tuple[dict, dict] | None] = {}
     compared = 0
     for r in records:
         native = getattr(r, "symbol_native", None)
-        if r.record_type == "book_snapshot" and r.reason == "venue":
-            books[native] = tuple({Decimal(p): base_size(exchange, sim_symbol[native], q) for p, q in side}
+        if r.record_type == "book_snapshot" and r.reason != "periodic":
+            books[native] = tuple({Decimal(p): Decimal(q) for p, q in side if Decimal(q)}
                                   for side in (r.bids, r.asks))
         elif r.record_type == "feed_event" and r.kind in ("gap", "disconnect", "stall") and r.symbol:
             for n in NATIVE[exchange].values():
@@ -68,15 +82,18 @@ def check_books(records, truth, exchange: str) -> int:
             for side, levels in zip(books[native], (r.bids, r.asks)):
                 for p, q in levels:
                     if Decimal(q):
-                        side[Decimal(p)] = base_size(exchange, sim_symbol[native], q)
+                        side[Decimal(p)] = Decimal(q)
                     else:
                         side.pop(Decimal(p), None)
             bids, asks = books[native]
             assert not bids or not asks or max(bids) < min(asks), (native, "crossed")
-            key = r.last_seq if exchange == "okx-swap" else r.ts_exchange
+            key = r.ts_exchange if exchange == "bybit-linear" else r.last_seq
             cp = checkpoints[native].get(key)
             if cp is not None:
-                assert (bids, asks) == cp, (native, key)
+                depth = BOOK_DEPTH[exchange]
+                top = tuple(dict(sorted(side.items(), reverse=reverse)[:depth])
+                            for side, reverse in ((bids, True), (asks, False)))
+                assert top == cp, (native, key)
                 compared += 1
     return compared
 
@@ -86,7 +103,7 @@ def truth_individual_trade_ids(truth) -> set:
             for i in range(s["trade_first"], s["trade_last"] + 1)}
 
 
-@pytest.mark.parametrize("exchange", ["okx-swap", "bybit-linear"])
+@pytest.mark.parametrize("exchange", ["binance-coinm", "okx-swap", "bybit-linear"])
 def test_the_live_service_in_each_dialect_keeps_books_exact_through_drops_and_gaps(exchange, tmp_path, broker):
     ensure_topics(broker.bootstrap, 3)
     faults = FaultConfig(drop_every_s=240, gap_every_s=150)
@@ -95,9 +112,10 @@ def test_the_live_service_in_each_dialect_keeps_books_exact_through_drops_and_ga
                        venues=("binance-usdm", exchange))
     venue = venue_for(exchange)
     with SimulatorThread(config) as sim:
-        service_config = IngestConfig(symbols=list(NATIVE[exchange].values()), ws_url=sim.ws_url,
-                                      rest_url=sim.http_url, bootstrap=broker.bootstrap, run_dir=tmp_path,
-                                      duration_s=40, backoff_base_s=0.2, backoff_max_s=2.0)
+        service_config = IngestConfig(symbols=list(NATIVE[exchange].values()),
+                                      ws_url=sim.ws_url + WS_PATH.get(exchange, ""), rest_url=sim.http_url,
+                                      bootstrap=broker.bootstrap, run_dir=tmp_path, duration_s=40,
+                                      backoff_base_s=0.2, backoff_max_s=2.0, oi_interval_s=1.0)
         sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
         service = IngestService(venue, service_config, sink=sink)
         asyncio.run(service.run())
@@ -113,28 +131,31 @@ def test_the_live_service_in_each_dialect_keeps_books_exact_through_drops_and_ga
     # Reference data first: one Instrument per subscribed symbol, in the venue's units.
     instruments = {r.symbol_native: r for r in records if r.record_type == "instrument"}
     assert set(instruments) == set(NATIVE[exchange].values())
-    if exchange == "okx-swap":
-        assert (instruments["BTC-USDT-SWAP"].qty_unit, instruments["BTC-USDT-SWAP"].contract_size) == ("contracts", "0.01")
-    else:
-        assert instruments["BTCUSDT"].qty_unit == "base"
+    btc = instruments[NATIVE[exchange]["BTCUSDT"]]
+    assert (btc.qty_unit, btc.contract_size, btc.contract_size_unit) == {
+        "okx-swap": ("contracts", "0.01", "base"), "binance-coinm": ("contracts", "100", "usd"),
+        "bybit-linear": ("base", None, None)}[exchange]
 
-    # Books: exact against the truth while synced, never crossed; every gap ends in a resync that
-    # came from resubscribing (the venue pushes the snapshot; there is no REST bridge).
+    # Books: exact against the truth while synced, never crossed; every gap ends in a resync, from a
+    # REST snapshot (COIN-M) or from resubscribing (OKX, Bybit push the snapshot; no REST bridge).
     assert check_books(records, truth, exchange) >= 10
     counts = service.handler.book_sync.counts
     assert counts["crossed"] == 0 and counts["gaps"] >= 1 and not service.handler.stats.dead_letters
-    assert service.events["resubscribes"] >= 1 and service.events["disconnects"] >= 2
+    assert service.events["disconnects"] >= 2
+    assert (service.events["resubscribes"] >= 1) == (venue.BOOK_RESYNC is BookResync.RESUBSCRIBE)
     for symbol in {r.symbol for r in records if r.record_type == "feed_event" and r.kind == "gap"}:
         sequence = [r.kind for r in records if r.record_type == "feed_event" and r.symbol == symbol
                     and r.kind in ("gap", "resync")]
         assert sequence[-1] == "resync" or sequence.count("resync") >= sequence.count("gap") - 1, (symbol, sequence)
 
     # Trades: each once, each one the market made; funding, open interest and liquidations flow.
-    published = truth_individual_trade_ids(truth)
     sim_symbol = {v: k for k, v in NATIVE[exchange].items()}
     trades = [r for r in records if r.record_type == "trade"]
-    if exchange == "okx-swap":      # consecutive ids (a push covers first..last): gaps found and backfilled
-        ids = [(sim_symbol[t.symbol_native], i) for t in trades for i in range(t.first_trade_id, t.last_trade_id + 1)]
+    # Consecutive ids: OKX's per fill (a push covers first..last), COIN-M's per aggTrade.
+    published = truth_trade_ids(truth) if exchange == "binance-coinm" else truth_individual_trade_ids(truth)
+    if exchange != "bybit-linear":  # gaps found and backfilled
+        ids = [(sim_symbol[t.symbol_native], i) for t in trades
+               for first, last in [venue.trade_sequence(t)] for i in range(first, last + 1)]
         open_gaps = service.handler._open_gaps
         for native, symbol in sim_symbol.items():
             got = {i for sym, i in ids if sym == symbol}
@@ -147,7 +168,7 @@ def test_the_live_service_in_each_dialect_keeps_books_exact_through_drops_and_ga
     assert len(ids) == len(set(ids)) > 500 and set(ids) <= published
     assert kinds["funding"] >= 3 and kinds["open_interest"] >= 3
     assert {r.qty_unit for r in records if r.record_type in ("trade", "open_interest")} == (
-        {"contracts"} if exchange == "okx-swap" else {"base"})
+        {"base"} if exchange == "bybit-linear" else {"contracts"})
 
 
 def test_bybit_refuses_a_topic_it_does_not_have():

@@ -116,8 +116,8 @@ def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_
              drop_every, drop_mode, gap_every, malformed_every, hostile_every, hostile_size, stalls, rest_error_rate,
              ping_interval, max_lifetime, venues):
     """Serve a simulated futures market locally in each venue's wire format: Binance USD-M
-    (websocket streams + /fapi REST), OKX v5 (/ws/v5/public, /api/v5) and Bybit v5 linear
-    (/v5/public/linear, /v5/market)."""
+    (websocket streams + /fapi REST), Binance COIN-M (/coinm + /dapi), OKX v5 (/ws/v5/public,
+    /api/v5) and Bybit v5 linear (/v5/public/linear, /v5/market)."""
     config = SimConfig(
         venues=venues,
         scenario=scenario, seed=seed, hours=hours, start_ms=start_ms, symbols=symbols, speed=speed,
@@ -175,6 +175,9 @@ async def _serve(config: SimConfig, host: str, port: int, console: Console) -> N
                       soft_wrap=True, highlight=False)
         console.print(f"  REST      : {sim.http_url}/fapi/v1/depth?symbol={config.symbols[0]}&limit=1000",
                       soft_wrap=True, highlight=False)
+        if "binance-coinm" in config.venues:
+            console.print(f"  COIN-M    : {sim.ws_url}/coinm (as --ws-url)  {sim.http_url}/dapi/v1/exchangeInfo",
+                          soft_wrap=True, highlight=False)
         if "okx-swap" in config.venues:
             console.print(f"  OKX       : {sim.ws_url}/ws/v5/public  {sim.http_url}/api/v5/public/instruments?instType=SWAP",
                           soft_wrap=True, highlight=False)

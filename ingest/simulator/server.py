@@ -360,13 +360,18 @@ class Simulator:
                 if not conns:
                     del self._subscribers[stream]
 
-    async def serve_ws(self, request: web.Request, route: str, combined: bool, streams: list[str], dialect=None):
+    async def serve_ws(self, request: web.Request, route: str, combined: bool, streams: list[str], dialect=None,
+                       on_open=None):
+        """One websocket client until it leaves; ``on_open(conn)`` subscribes a dialect client to what
+        its URL names."""
         ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=1 << 16, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         self._opened += 1
         conn = Connection(ws, request, route, combined, self.feed.now_ms, self._opened, dialect)
         self._connections.add(conn)
         self._subscribe(conn, streams)
+        if on_open is not None:
+            on_open(conn)
         self._awaiting_replacement.discard(self._streams_key(conn))
         writer = asyncio.create_task(self._write_loop(conn))
         pinger = asyncio.create_task(self._ping_loop(conn))

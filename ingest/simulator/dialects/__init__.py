@@ -127,10 +127,11 @@ def offline_frames(exchange: str, feed: ExchangeFeed, topics: list[str], limit: 
 
 
 def dialect_classes() -> dict[str, type[Dialect]]:
+    from .binance_coinm import BinanceCoinmDialect
     from .bybit import BybitLinearDialect
     from .okx import OkxSwapDialect
 
-    return {cls.name: cls for cls in (OkxSwapDialect, BybitLinearDialect)}
+    return {cls.name: cls for cls in (BinanceCoinmDialect, OkxSwapDialect, BybitLinearDialect)}
 
 
 NATIVE_VENUE = "binance-usdm"   # the feed's own format, served by ``ingest.simulator.server``
