@@ -54,6 +54,7 @@ raised by the next ``send``/``drain``), for the service to exit non-zero with th
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import threading
@@ -177,7 +178,8 @@ class SpillingSink:
         self._failure: SinkFailure | None = None
         self._events: list[tuple[str, dict]] = []   # queued under the lock, delivered outside it
         self._held: list = []                       # records that met a full spill, spilled once it takes them
-        self._pending = 0                           # sends not yet acknowledged or failed
+        self._in_flight: dict[int, object] = {}     # token -> record sent, not yet acknowledged or failed
+        self._tokens = itertools.count()
         self._pending_since = 0.0
         self._last_ok = float("-inf")               # broker acknowledged a send or answered a probe
         self._last_failure = float("-inf")
@@ -219,17 +221,19 @@ class SpillingSink:
         except KafkaError as exc:
             self._send_failed(record, exc)
             return
+        token = next(self._tokens)
         with self.lock:
             self.sent[record.record_type] += 1
-            if not self._pending:
+            if not self._in_flight:
                 self._pending_since = time.monotonic()
-            self._pending += 1
-        future.add_callback(self._delivered)
-        future.add_errback(self._failed_in_flight, record)
+            self._in_flight[token] = record
+        future.add_callback(self._delivered, token)
+        future.add_errback(self._failed_in_flight, token)
 
-    def _delivered(self, metadata) -> None:
+    def _delivered(self, token: int, metadata) -> None:
         with self.lock:
-            self._pending -= 1
+            if self._in_flight.pop(token, None) is None:
+                return      # already spilled at close: the restart's check against Kafka decides
             self._last_ok = time.monotonic()
             self._note_acked(metadata)
 
@@ -237,9 +241,11 @@ class SpillingSink:
         key = (metadata.topic, metadata.partition)
         self._acked[key] = max(metadata.offset, self._acked.get(key, -1))
 
-    def _failed_in_flight(self, record, exc) -> None:
+    def _failed_in_flight(self, token: int, exc) -> None:
         with self.lock:
-            self._pending -= 1
+            record = self._in_flight.pop(token, None)
+            if record is None:
+                return
             self.sent[record.record_type] -= 1
             self._mark_unsure({record.topic})
         self._send_failed(record, exc, in_flight=True)
@@ -652,7 +658,7 @@ class SpillingSink:
     def status(self) -> dict:
         with self.lock:
             now = time.monotonic()
-            stalled = self._pending > 0 and now - max(self._last_ok, self._pending_since) > ACK_STALL_S
+            stalled = bool(self._in_flight) and now - max(self._last_ok, self._pending_since) > ACK_STALL_S
             reachable = self._last_ok >= self._last_failure and not stalled
             return {
                 "kafka": "reachable" if reachable else "unreachable",
@@ -668,7 +674,7 @@ class SpillingSink:
                 "rejected_to_dlq": self.rejected_to_dlq,
                 "outages": self.outages,
                 "duplicates_skipped": self.duplicates_skipped,
-                "pending_sends": self._pending,
+                "pending_sends": len(self._in_flight),
                 "failure": str(self._failure) if self._failure else None,
             }
 
@@ -692,9 +698,20 @@ class SpillingSink:
         if self.producer is not None:
             try:
                 self.producer.close(timeout=2)
-            except KafkaError as exc:    # undelivered records were spilled by their error callbacks
+            except KafkaError as exc:    # its flush timed out: some sends are still unanswered
                 log.warning("producer close: %s", exc)
         with self.lock:
+            # Sends a frozen broker never answered: their fate is unknown, so they are spilled and
+            # their topics marked unsure; the next start skips those Kafka turns out to hold. Callbacks
+            # that arrive later find their token gone and do nothing.
+            unanswered, self._in_flight = list(self._in_flight.values()), {}
+            if unanswered:
+                log.warning("%d sends unanswered at shutdown: spilled for the next run to check against Kafka",
+                            len(unanswered))
+                self._mark_unsure({record.topic for record in unanswered})
+                for record in unanswered:
+                    self.sent[record.record_type] -= 1
+                    self._append(record, hold=True)
             self._spill_held()
             lost, self._held = self._held, []
             if lost:
