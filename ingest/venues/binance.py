@@ -60,6 +60,14 @@ def split_symbol(native: str, quotes: tuple[str, ...], suffixed: bool) -> tuple[
     raise MalformedMessage(f"symbol {native!r} has no known quote asset ({', '.join(quotes)})")
 
 
+def _taker_side(d: dict, what: str) -> str:
+    """``m`` is "buyer is maker": true means the taker sold."""
+    maker = field(d, "m", what)
+    if not isinstance(maker, bool):
+        raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
+    return "sell" if maker else "buy"
+
+
 class BinanceSyncRules:
     """Futures depth-diff rules (differ from spot: there the bridge is lastUpdateId + 1)."""
 
@@ -244,24 +252,18 @@ class BinanceFutures(Venue):
     def _agg_trade(self, d: dict, ts_recv: int) -> list:
         what = "aggTrade"
         symbol, native = self._symbol(d, "s", what)
-        maker = field(d, "m", what)
-        if not isinstance(maker, bool):
-            raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
         return [Trade(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "T", what),
                       ts_recv=ts_recv, trade_id=str(integer(d, "a", what)), price=NUMBERS.price(d, "p", what),
-                      qty=NUMBERS.quantity(d, "q", what), qty_unit=self.QTY_UNIT, side="sell" if maker else "buy",
+                      qty=NUMBERS.quantity(d, "q", what), qty_unit=self.QTY_UNIT, side=_taker_side(d, what),
                       is_aggregated=True, first_trade_id=integer(d, "f", what), last_trade_id=integer(d, "l", what))]
 
     def _trade(self, d: dict, ts_recv: int) -> list:
         what = "trade"
         symbol, native = self._symbol(d, "s", what)
-        maker = field(d, "m", what)
-        if not isinstance(maker, bool):
-            raise MalformedMessage(f"{what}: field 'm' must be true/false, got {maker!r}")
         trade_id = integer(d, "t", what)
         return [Trade(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "T", what),
                       ts_recv=ts_recv, trade_id=str(trade_id), price=NUMBERS.price(d, "p", what),
-                      qty=NUMBERS.quantity(d, "q", what), qty_unit=self.QTY_UNIT, side="sell" if maker else "buy",
+                      qty=NUMBERS.quantity(d, "q", what), qty_unit=self.QTY_UNIT, side=_taker_side(d, what),
                       is_aggregated=False,
                       first_trade_id=trade_id, last_trade_id=trade_id, trade_type=d.get("X", "MARKET"))]
 
