@@ -122,8 +122,9 @@ class Funding(MarketRecord):
     topic: ClassVar[str] = "md.funding"
     table: ClassVar[str] = "funding"
 
-    rate: Num | None          # per funding interval, as the venue quotes it; None: the contract has
-                              # no funding (delivery futures), the record carries mark/index only
+    rate: Num | None          # per funding interval, as the venue quotes it; None: the record carries
+                              # mark and/or index prices only (delivery futures have no funding; OKX
+                              # pushes mark and index on channels of their own)
     interval_hours: Int | None
     next_funding_time: Ms | None
     mark_price: Num | None

@@ -379,6 +379,35 @@ def test_documented_messages_map_to_records():
                                       qty_unit="contracts", order_status=None, is_sampled=True)
     assert repeated == "skipped: liquidation-orders: repeated or uncollected orders only"
 
+    # Mark and index on channels of their own: price-only Funding rows (no rate restated).
+    [[mark]] = by_channel["mark-price"]
+    assert mark == Funding(exchange="okx-swap", symbol="BTC-USDT-PERP", symbol_native="BTC-USDT-SWAP",
+                           ts_exchange=1630049139746, ts_recv=TS, rate=None, interval_hours=None,
+                           next_funding_time=None, mark_price="42310.6", index_price=None, is_realised=False)
+    [[index]] = by_channel["index-tickers"]   # a replay: nothing subscribed, the family's swap
+    assert (index.symbol_native, index.index_price, index.mark_price, index.rate) == (
+        "BTC-USDT-SWAP", "42305.2", None, None)
+
+
+def test_an_index_serves_every_subscribed_instrument_of_its_family():
+    venue = OkxSwap()
+    [connection] = venue.ws_connections("wss://ws.okx.com:8443", ["BTC-USDT-SWAP", "BTC-USDT-250627", "ETH-USDT-SWAP"])
+    subscribe = orjson.loads(connection.subscribe[0])["args"]
+    assert {"channel": "index-tickers", "instId": "BTC-USDT"} in subscribe
+    assert {"channel": "index-tickers", "instId": "ETH-USDT"} in subscribe
+    assert {"channel": "mark-price", "instId": "BTC-USDT-250627"} in subscribe
+    assert "mark-price:BTC-USDT-SWAP" in connection.streams and "index-tickers:BTC-USDT" in connection.streams
+    frame = {"arg": {"channel": "index-tickers", "instId": "BTC-USDT"},
+             "data": [{"instId": "BTC-USDT", "idxPx": "60000.5", "ts": "1700000000000"}]}
+    assert [(r.symbol_native, r.index_price) for r in venue.map_ws(frame, TS)] == [
+        ("BTC-USDT-SWAP", "60000.5"), ("BTC-USDT-250627", "60000.5")]
+    for bad in ("BTC", "btc-usdt", 5):
+        with pytest.raises(MalformedMessage, match="index"):
+            venue.map_ws({**frame, "arg": {"channel": "index-tickers", "instId": bad},
+                          "data": [{"idxPx": "1", "ts": "1700000000000"}]}, TS)
+    with pytest.raises(MalformedMessage, match="idxPx"):
+        venue.map_ws({**frame, "data": [{"instId": "BTC-USDT", "idxPx": "-1", "ts": "1700000000000"}]}, TS)
+
 
 # --- funding, open interest, liquidations, trades ------------------------------------------------
 
@@ -479,8 +508,10 @@ def test_malformed_envelopes():
         venue.map_ws({"arg": "books", "data": []}, TS)
     with pytest.raises(MalformedMessage, match="JSON object"):
         venue.map_ws([], TS)
-    with pytest.raises(SkipMessage, match="mark-price"):
+    with pytest.raises(MalformedMessage, match="mark-price: field 'data'"):
         venue.map_ws({"arg": {"channel": "mark-price", "instId": "BTC-USDT-SWAP"}, "data": []}, TS)
+    with pytest.raises(SkipMessage, match="tickers: the touch"):
+        venue.map_ws({"arg": {"channel": "tickers", "instId": "BTC-USDT-SWAP"}, "data": []}, TS)
     with pytest.raises(SkipMessage, match="candle1m: channel not collected"):
         venue.map_ws({"arg": {"channel": "candle1m", "instId": "BTC-USDT-SWAP"}, "data": []}, TS)
 
@@ -644,5 +675,6 @@ def test_recognizes_and_message_time():
     times = [venue.message_time_ms(m) for m in documented]
     assert times[1] == 1597026383085 and times[6] == 1630048897897   # books, trades
     assert times[9] == 1692266434010                                   # liquidation: the order's ts
-    assert times[0] is None and times[-1] is None                      # replies
+    assert times[0] is None and times[11] is None and times[12] is None   # replies
+    assert times[13] == times[14] == 1630049139746                     # mark, index
     assert venue.message_time_ms(binance) is None

@@ -27,6 +27,8 @@ from ingest.simulator.dialects.binance_coinm import PREFIX as COINM_PREFIX
 from ingest.simulator.dialects.bybit import BybitLinearDialect
 from ingest.simulator.dialects.okx import BOOK_DEPTH as OKX_DEPTH
 from ingest.simulator.dialects.okx import CONTRACT_VALUE
+from ingest.simulator.config import SYMBOL_SPECS
+from ingest.simulator.venue_market import VENUE_MARKETS, VenueMarket
 from ingest.venue import BookResync
 from ingest.venues import venue as venue_for
 from test_ingest_service import RecordingSink
@@ -49,15 +51,25 @@ def venue_size(exchange: str, sim_symbol: str, price: str, qty: str) -> Decimal:
     return Decimal(qty)
 
 
+def venue_market(truth, exchange: str) -> VenueMarket:
+    meta = truth["meta"][0]
+    assert exchange in meta["venue_markets"]
+    return VenueMarket(exchange, meta["seed"], [SYMBOL_SPECS[s["symbol"]] for s in meta["symbols"]])
+
+
 def truth_checkpoints(truth, exchange: str) -> dict:
-    """Per venue symbol: checkpoint key -> the true top-N book {price: venue size} per side."""
+    """Per venue symbol: checkpoint key -> the venue's true top-N book {price: venue size} per side
+    (the shared market's book as the venue's own: offset, share, per-level noise)."""
     depth = BOOK_DEPTH[exchange]
+    market = venue_market(truth, exchange)
+    symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
     out = defaultdict(dict)
     for cp in truth["book"]:
         key = cp["ts"] if exchange == "bybit-linear" else cp["last_update_id"]
         book = []
         for side in ("bids", "asks"):
-            levels = {Decimal(p): venue_size(exchange, cp["symbol"], p, q) for p, q in cp[side][:depth]}
+            own = market.book(symbols.index(cp["symbol"]), cp[side][:depth])
+            levels = {Decimal(p): venue_size(exchange, cp["symbol"], p, q) for p, q in own}
             book.append({p: q for p, q in levels.items() if q})
         out[NATIVE[exchange][cp["symbol"]]][key] = tuple(book)
     return out
@@ -167,6 +179,14 @@ def test_the_live_service_in_each_dialect_keeps_books_exact_through_drops_and_ga
         ids = [(sim_symbol[t.symbol_native], int(t.trade_id.replace("-", ""), 16)) for t in trades]
     assert len(ids) == len(set(ids)) > 500 and set(ids) <= published
     assert kinds["funding"] >= 3 and kinds["open_interest"] >= 3
+
+    # The venue's own market: its mark sits at its offset from the shared mark (plus noise).
+    true_mark = {(s["symbol"], s["ts"] // 1000): s["mark"] for s in truth["second"]}
+    premiums = sorted((float(r.mark_price) / true_mark[key] - 1) * 1e4 for r in records
+                      if r.record_type == "funding" and r.mark_price is not None
+                      and (key := (sim_symbol[r.symbol_native], r.ts_exchange // 1000)) in true_mark)
+    assert len(premiums) >= 30
+    assert abs(premiums[len(premiums) // 2] - VENUE_MARKETS[exchange].offset_bp) < 0.5, premiums[len(premiums) // 2]
     assert {r.qty_unit for r in records if r.record_type in ("trade", "open_interest")} == (
         {"base"} if exchange == "bybit-linear" else {"contracts"})
 

@@ -27,6 +27,7 @@ from .config import ALL_LIQUIDATIONS_STREAM, SimConfig
 from .faults import FaultSchedule, MalformedFrame, corrupt
 from .market import STEP_MS, Fill, Liquidation, MarketModel, StepResult
 from .truth import TRUTH_VERSION, TruthWriter
+from .venue_market import VENUE_MARKETS
 from . import wire
 
 DEPTH_STREAMS = (("depth@100ms", 100), ("depth", 250), ("depth@500ms", 500))
@@ -370,6 +371,7 @@ class ExchangeFeed:
                          "price_precision": s.price_precision, "quantity_precision": s.quantity_precision}
                         for s in self.model.specs],
             "faults": cfg.faults.as_dict(),
+            "venue_markets": {venue: VENUE_MARKETS[venue].as_dict() for venue in cfg.venues},
         })
         for symbol, start_s, end_s in self.model.scenario.cascade_windows():
             self.truth.write({"type": "cascade_window", "symbol": symbol,

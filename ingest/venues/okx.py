@@ -66,10 +66,13 @@ Choices made where the spec leaves one:
     push covers, and gaps are backfilled from ``GET /api/v5/market/history-trades?instId=&type=1
     &after=<id>&limit=<n>`` (``after`` returns the ``n`` ids below it, newest first, at most 100:
     ``after = first wanted + n`` asks for exactly ``first..first+n-1``), one trade per id.
-  * ``mark-price``, ``tickers`` and ``index-tickers`` are not subscribed and are skipped: a
-    ``Funding`` record with a NULL rate means "this contract has no funding" (delivery futures),
-    so mark prices cannot ride on it for swaps, and joining them to the 30-90 s funding push would
-    restate a stale rate five times a second.
+  * ``mark-price`` (per instrument) and ``index-tickers`` (per index, ``BTC-USDT``) are their own
+    ``Funding`` records with a NULL rate: joining them to the 30-90 s funding push would restate a
+    stale rate five times a second. A mark-price record carries ``mark_price`` only; an index
+    record carries ``index_price`` only and is emitted for every subscribed instrument of that
+    index (the swap and the dated futures of ``BTC-USDT`` share it; in a replay, where perpflow did
+    not subscribe, for the family's swap). The 24 h fields of index-tickers are not kept.
+    ``tickers`` is not subscribed (the touch is derived from the synced book).
   * Funding: the interval is (nextFundingTime - fundingTime) when both are present, else 8 h (the
     OKX default); ``settFundingRate`` (the settled or settling rate, restated every push) is not
     emitted: settled rates come from the funding history endpoint.
@@ -116,14 +119,13 @@ HISTORY_TRADES_PAGE = 100           # trades per history-trades request (OKX's m
 _CONTRACT_ID = re.compile(r"([A-Z0-9]+)-([A-Z0-9]+)-(SWAP|[0-9]{6})")
 _OTHER_ID = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(?:-[0-9]{6}-[0-9.]+-[CP])?")   # spot/margin pair, option
 _POSITIVE_INTEGER = re.compile(r"[1-9][0-9]{0,17}")   # OKX's digit strings: times, trade ids, counts
+_INDEX_ID = re.compile(r"[A-Z0-9]+-[A-Z0-9]+")
 _ARG_CHANNEL = re.compile(r'"channel":"([^"]+)"')
 _ARG_TARGET = re.compile(r'"inst(?:Id|Type)":"([^"]+)"')
 
 NOT_COLLECTED = "spot, margin and option instruments are not collected"
 SKIPPED_CHANNELS = {
     "tickers": "tickers: the touch is derived from the synced book, statistics from trades",
-    "mark-price": "mark-price: not collected (see ingest.venues.okx: a Funding record cannot carry it)",
-    "index-tickers": "index-tickers: not collected",
     "books5": "books5: the 400-level books channel is collected instead",
     "bbo-tbt": "bbo-tbt: the 400-level books channel is collected instead",
 }
@@ -147,6 +149,11 @@ def split_instrument(native: str) -> tuple[str, str, str]:
 def contract_type(native: str) -> str:
     """SWAP or FUTURES, the ``instType`` of a collected instrument id."""
     return "SWAP" if split_instrument(native)[2] == "PERP" else "FUTURES"
+
+
+def index_of(native: str) -> str:
+    """The index an instrument is priced against: BTC-USDT-SWAP and BTC-USDT-250627 -> BTC-USDT."""
+    return native.rsplit("-", 1)[0]
 
 
 def book_checksum(bids: list, asks: list) -> int:
@@ -272,6 +279,8 @@ class OkxSwap(Venue):
     SILENCE_LIMIT_S: ClassVar[dict[str, float | None]] = {
         "books": 75.0,            # heartbeat every ~60 s on an idle book
         "funding-rate": 120.0,    # pushed every 30-90 s
+        "mark-price": 30.0,       # on change, and every 10 s when it does not change
+        "index-tickers": None,
         "trades": None, "open-interest": None, "liquidation-orders": None}
     SUBSCRIBE_REQUESTS_PER_HOUR = 480   # subscribe/unsubscribe/login requests per connection
     PING_FRAME = "ping"
@@ -288,6 +297,7 @@ class OkxSwap(Venue):
         self._contracts: dict[str, dict[str, _Contract]] = {}   # instType -> instId -> contract
         self.rejected_instruments: dict[str, str] = {}          # instId -> why it is not usable
         self._liquidations_seen: OrderedDict = OrderedDict()
+        self._index_members: dict[str, tuple[str, ...]] = {}   # BTC-USDT -> subscribed instruments
 
     # --- symbols and streams ---------------------------------------------------------------
 
@@ -297,17 +307,22 @@ class OkxSwap(Venue):
     def ws_connections(self, ws_url: str, symbols: list[str]) -> list[WsConnection]:
         url = f"{ws_url.rstrip('/')}/ws/v5/public"
         groups = [symbols[i:i + BOOKS_PER_CONNECTION] for i in range(0, len(symbols), BOOKS_PER_CONNECTION)]
+        members: dict[str, list[str]] = {}
+        for native in symbols:
+            members.setdefault(index_of(native), []).append(native)
+        self._index_members = {index: tuple(natives) for index, natives in members.items()}
         connections = []
         for number, group in enumerate(groups, 1):
             args = []
             for native in group:
-                channels = ["books", "trades", "open-interest"]
+                channels = ["books", "trades", "open-interest", "mark-price"]
                 if contract_type(native) == "SWAP":
                     channels.append("funding-rate")
                 args += [{"channel": channel, "instId": native} for channel in channels]
-            if number == 1:   # one subscription per type carries every instrument's liquidations
+            if number == 1:   # one subscription per type (or index) serves every instrument
                 types = {contract_type(native) for native in symbols}
                 args += [{"channel": "liquidation-orders", "instType": t} for t in CONTRACT_TYPES if t in types]
+                args += [{"channel": "index-tickers", "instId": index} for index in members]
             streams = tuple(f"{arg['channel']}:{arg.get('instId') or arg['instType']}" for arg in args)
             # One request for all of them: subscribe requests are limited to 480 an hour.
             subscribe = orjson.dumps({"op": "subscribe", "args": args}).decode()
@@ -418,6 +433,33 @@ class OkxSwap(Venue):
                        rate=NUMBERS.signed(item, "fundingRate", what), interval_hours=interval,
                        next_funding_time=funding_time, mark_price=None, index_price=None, is_realised=False)
 
+    def _mark_price(self, arg: dict, data: list, message: dict, ts_recv: int) -> list:
+        what = "mark-price"
+        out = []
+        for item in data:
+            symbol, native = self._instrument(item, arg, what)
+            out.append(self._prices(symbol, native, _millis(item, "ts", what), ts_recv,
+                                    mark=NUMBERS.price(item, "markPx", what)))
+        return out
+
+    def _index_tickers(self, arg: dict, data: list, message: dict, ts_recv: int) -> list:
+        what = "index-tickers"
+        out = []
+        for item in data:
+            index = item["instId"] if "instId" in item else field(arg, "instId", what)
+            if not isinstance(index, str) or not _INDEX_ID.fullmatch(index):
+                raise MalformedMessage(f"{what}: instId must be an index such as BTC-USDT, got {index!r}")
+            ts, price = _millis(item, "ts", what), NUMBERS.price(item, "idxPx", what)
+            for native in self._index_members.get(index, (f"{index}-SWAP",)):
+                out.append(self._prices(self.normalize_symbol(native), native, ts, ts_recv, index=price))
+        return out
+
+    def _prices(self, symbol: str, native: str, ts: int, ts_recv: int, mark: str | None = None,
+                index: str | None = None) -> Funding:
+        return Funding(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_exchange=ts,
+                       ts_recv=ts_recv, rate=None, interval_hours=None, next_funding_time=None,
+                       mark_price=mark, index_price=index, is_realised=False)
+
     def _open_interest(self, arg: dict, data: list, message: dict, ts_recv: int) -> list:
         return [self.open_interest(item, arg, ts_recv) for item in data]
 
@@ -471,7 +513,8 @@ class OkxSwap(Venue):
                 f"&after={from_id + page}&limit={page}")
 
     _handlers: ClassVar[dict] = {"books": _books, "trades": _trades, "funding-rate": _funding,
-                                 "open-interest": _open_interest, "liquidation-orders": _liquidations}
+                                 "open-interest": _open_interest, "liquidation-orders": _liquidations,
+                                 "mark-price": _mark_price, "index-tickers": _index_tickers}
 
     # --- REST ------------------------------------------------------------------------------
 

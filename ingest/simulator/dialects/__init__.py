@@ -4,8 +4,9 @@ keepalive, sequencing and sizes.
 
 The market model and its Binance-shaped message stream (``ingest.simulator.feed``) are the single
 source of events; a dialect subscribes its clients to the underlying Binance streams it needs and
-re-encodes each message: trades per fill, book deltas computed from the model's book as the venue's
-depth-limited view (so a 400- or 50-level book enters and drops levels the way the venue's does),
+re-encodes each message: trades per fill, book deltas computed from the venue's own book (its
+``VenueMarket``: offset, share of size, per-level noise) as the venue's depth-limited view (so a
+400- or 50-level book enters and drops levels the way the venue's does),
 mark/funding/open-interest pushes at the venue's cadence, liquidations in the venue's side
 convention. A sequence break injected into the underlying depth stream breaks the dialect's book
 sequence too, so clients' resync paths are exercised. All dialects are served from the one port
@@ -20,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from ..feed import ExchangeFeed
+from ..venue_market import VenueMarket
 
 
 @dataclass
@@ -32,13 +34,14 @@ class BookView:
     asks: dict[int, int] = field(default_factory=dict)
     last_binance_u: int | None = None                   # the underlying depth stream's last u
 
-    def refresh(self, feed: ExchangeFeed, s: int) -> tuple[list, list]:
-        """Take the model's current top ``depth`` levels; return the changed (tick, lots) per side,
+    def refresh(self, feed: ExchangeFeed, market: VenueMarket, s: int) -> tuple[list, list]:
+        """Take the venue's current top ``depth`` levels; return the changed (tick, lots) per side,
         lots 0 for a level that left the view."""
         bid_ticks, bid_lots, ask_ticks, ask_lots = feed.model.book_levels(s)
         changes = []
         for side, ticks, lots in ((self.bids, bid_ticks, bid_lots), (self.asks, ask_ticks, ask_lots)):
-            fresh = dict(zip(ticks[:self.depth].tolist(), lots[:self.depth].tolist()))
+            ticks, lots = ticks[:self.depth], lots[:self.depth]
+            fresh = dict(zip(market.level_ticks(s, ticks).tolist(), market.level_lots(s, ticks, lots).tolist()))
             changed = [(t, q) for t, q in fresh.items() if side.get(t) != q]
             changed += [(t, 0) for t in side if t not in fresh]
             side.clear()
@@ -59,10 +62,18 @@ class Dialect:
 
     def __init__(self, server):
         self.server = server
+        self._market: VenueMarket | None = None
 
     @property
     def feed(self) -> ExchangeFeed:
         return self.server.feed
+
+    @property
+    def market(self) -> VenueMarket:
+        """This venue's own book, tape and basis on the shared market."""
+        if self._market is None:
+            self._market = VenueMarket(self.name, self.feed.config.seed, self.feed.model.specs)
+        return self._market
 
     def add_routes(self, app: web.Application) -> None:
         raise NotImplementedError

@@ -9,6 +9,7 @@ The same envelopes, events and U/u/pu depth sequencing as USD-M, on inverse cont
   liquidation. A book level is that function of the market's level, so books in contracts are exact
   functions of the true book and the REST snapshot agrees with the stream;
 * markPriceUpdate without an index price ``i`` (COIN-M sends none);
+* prices, sizes and mark are COIN-M's own market (``ingest.simulator.venue_market``);
 * REST ``/dapi/v1/exchangeInfo`` (``contractSize``, ``contractStatus``), ``/dapi/v1/depth``,
   ``/dapi/v1/aggTrades``, ``/dapi/v1/openInterest``.
 """
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from ..config import MARKET_STREAM_KINDS, PUBLIC_STREAM_KINDS
 from ..feed import DEPTH_LIMITS
+from ..wire import decimal8
 from . import Dialect
 
 CONTRACT_USD = {"BTC": 100}
@@ -52,7 +54,14 @@ class BinanceCoinmDialect(Dialect):
         return str(max(at_least, int(usd.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))))
 
     def _levels(self, s: int, levels: list) -> list[list[str]]:
-        return [[price, self.contracts(s, qty, price)] for price, qty in levels]
+        """Shared-market levels as COIN-M's own book, in contracts."""
+        return [[price, self.contracts(s, qty, price)] for price, qty in self.market.book(s, levels)]
+
+    def _trade(self, s: int, trade: dict) -> dict:
+        """An aggregated trade (``p``, ``q``, ``f``, ``l``) as COIN-M's own."""
+        price = self.market.price(s, trade["p"])
+        qty = self.market.qty(s, trade["q"], trade["l"] - trade["f"] + 1)
+        return {**trade, "p": price, "q": self.contracts(s, qty, price, at_least=1)}
 
     def streams_for(self, topic: str) -> list[str] | None:
         prefix, _, kind = topic.partition("@")
@@ -129,17 +138,17 @@ class BinanceCoinmDialect(Dialect):
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         from_id = int(query["fromId"]) if query.get("fromId", "").isdigit() else None
         limit = min(int(query.get("limit", "500")), 1000) if query.get("limit", "500").isdigit() else 500
-        return 200, [{**t, "q": self.contracts(s, t["q"], t["p"], at_least=1)}
-                     for t in self.feed.agg_trades(self.feed.symbols[s], from_id, limit)]
+        return 200, [self._trade(s, t) for t in self.feed.agg_trades(self.feed.symbols[s], from_id, limit)]
 
     def open_interest(self, query) -> tuple[int, dict]:
         s = self._symbol(query)
         if s is None:
             return 400, {"code": -1121, "msg": "Invalid symbol."}
         base = self.feed.open_interest(self.feed.symbols[s])
-        mark = f"{self.feed.model.mark[s]:.8f}"
+        mark = f"{self.market.mark(s, self.feed.model.mark[s], self.feed.now_ms):.8f}"
         return 200, {"symbol": self.native_symbol(s), "pair": self.native_symbol(s)[:-5],
-                     "openInterest": self.contracts(s, base["openInterest"], mark), "contractType": "PERPETUAL",
+                     "openInterest": self.contracts(s, self.market.qty(s, base["openInterest"]), mark),
+                     "contractType": "PERPETUAL",
                      "time": base["time"]}
 
     # --- encoding --------------------------------------------------------------------------
@@ -153,16 +162,17 @@ class BinanceCoinmDialect(Dialect):
             data = {**payload, "s": native, "ps": native[:-5], "b": self._levels(s, payload["b"]),
                     "a": self._levels(s, payload["a"])}
         elif event == "aggTrade":
-            qty = self.contracts(s, payload["q"], payload["p"], at_least=1)
-            data = {**payload, "s": native, "q": qty}
+            data = {**self._trade(s, payload), "s": native}
             data.pop("nq", None)
         elif event == "markPriceUpdate":
             data = {key: value for key, value in payload.items() if key != "i"}
             data["s"] = native
+            data["p"] = decimal8(self.market.mark(s, float(payload["p"]), payload["E"]))
         elif event == "forceOrder":
-            price = order["ap"]
-            data = {**payload, "o": {**order, "s": native, "ps": native[:-5],
-                                     **{k: self.contracts(s, order[k], price, at_least=1) for k in ("q", "l", "z")}}}
+            price = self.market.price(s, order["ap"])
+            data = {**payload, "o": {**order, "s": native, "ps": native[:-5], "p": self.market.price(s, order["p"]),
+                                     "ap": price, **{k: self.contracts(s, self.market.qty(s, order[k]), price, at_least=1)
+                                                     for k in ("q", "l", "z")}}}
         else:
             return {}
         out = {}

@@ -12,7 +12,8 @@
   as Bybit documents it, ``singleOpenInterest`` one side); ``allLiquidation.SYM`` with ``S`` the
   liquidated *position* side (``Buy`` = a long was liquidated) and ``p`` the bankruptcy price.
 * REST ``/v5/market/instruments-info?category=linear``.
-Sizes are base units, as on Bybit linear.
+Sizes are base units, as on Bybit linear; prices, sizes, mark and index are Bybit's own market
+(``ingest.simulator.venue_market``).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class BybitLinearDialect(Dialect):
         if view is None or self._subscribers[f"orderbook.{depth}.{self.feed.symbols[s]}"] <= 1:
             seq = view.seq + 1 if view is not None else 1_000_000
             view = self._views[(s, depth)] = BookView(depth, seq=seq)
-            view.refresh(self.feed, s)
+            view.refresh(self.feed, self.market, s)
         return view
 
     def snapshot(self, topic: str) -> bytes | None:
@@ -157,7 +158,7 @@ class BybitLinearDialect(Dialect):
             return self._book_frame(topic, "snapshot", s, bids, asks, view.seq, self.feed.model.last_update_id[s],
                                     self.feed.now_ms + DEPTH_LATENCY_MS)
         if kind == "tickers":
-            return orjson.dumps({"topic": topic, "type": "snapshot", "data": self._ticker_fields(s),
+            return orjson.dumps({"topic": topic, "type": "snapshot", "data": self._ticker_fields(s, self.feed.now_ms),
                                  "cs": self.feed.model.last_update_id[s], "ts": self.feed.now_ms})
         return None
 
@@ -169,14 +170,15 @@ class BybitLinearDialect(Dialect):
             "a": [[fmt.price(t), fmt.qty(q)] for t, q in asks], "u": u, "seq": seq},
             "cts": push_ms - DEPTH_LATENCY_MS})
 
-    def _ticker_fields(self, s: int) -> dict:
+    def _ticker_fields(self, s: int, ts_ms: int) -> dict:
         m = self.feed.model
         symbol = self.feed.symbols[s]
-        single = self.feed.open_interest(symbol)["openInterest"]
-        mark = f"{m.mark[s]:.{self.feed.model.specs[s].price_precision}f}"
+        single = self.market.qty(s, self.feed.open_interest(symbol)["openInterest"])
+        precision = m.specs[s].price_precision
+        mark = f"{self.market.mark(s, m.mark[s], ts_ms):.{precision}f}"
         both = format(Decimal(single) * 2, "f")
         return {"symbol": symbol, "markPrice": mark,
-                "indexPrice": f"{m.index[s]:.{self.feed.model.specs[s].price_precision}f}",
+                "indexPrice": f"{self.market.index(s, m.index[s]):.{precision}f}",
                 "fundingRate": f"{m.funding_rate[s]:.6f}", "nextFundingTime": str(m.next_funding_ms[s]),
                 "fundingIntervalHour": str(self.feed.model.specs[s].funding_interval_hours),
                 "openInterest": both, "singleOpenInterest": single,
@@ -191,9 +193,10 @@ class BybitLinearDialect(Dialect):
         if event == "forceOrder":
             order = payload["o"]
             topic = f"allLiquidation.{order['s']}"
+            s = self.feed.symbol_index(order["s"])
             out[topic] = [orjson.dumps({"topic": topic, "type": "snapshot", "ts": payload["E"], "data": [{
                 "T": order["T"], "s": order["s"], "S": "Buy" if order["S"] == "SELL" else "Sell",
-                "v": order["z"], "p": order["p"]}]})]
+                "v": self.market.qty(s, order["z"]), "p": self.market.price(s, order["p"])}]})]
             return out
         symbol = payload["s"]
         s = self.feed.symbol_index(symbol)
@@ -204,7 +207,7 @@ class BybitLinearDialect(Dialect):
                 # A depth event the underlying stream lost is a u Bybit's clients never see.
                 lost = view.last_binance_u is not None and payload["pu"] != view.last_binance_u
                 view.last_binance_u = payload["u"]
-                bids, asks = view.refresh(self.feed, s)
+                bids, asks = view.refresh(self.feed, self.market, s)
                 if not bids and not asks:
                     continue
                 view.seq += 2 if lost else 1
@@ -213,11 +216,11 @@ class BybitLinearDialect(Dialect):
         elif event == "trade":
             topic = f"publicTrade.{symbol}"
             out[topic] = [orjson.dumps({"topic": topic, "type": "snapshot", "ts": payload["E"], "data": [{
-                "T": payload["T"], "s": symbol, "S": "Sell" if payload["m"] else "Buy", "v": payload["q"],
-                "p": payload["p"], "L": "PlusTick", "i": str(uuid.UUID(int=payload["t"])), "BT": False,
+                "T": payload["T"], "s": symbol, "S": "Sell" if payload["m"] else "Buy",
+                "v": self.market.qty(s, payload["q"]), "p": self.market.price(s, payload["p"]), "L": "PlusTick", "i": str(uuid.UUID(int=payload["t"])), "BT": False,
                 "RPI": False, "seq": payload["t"]}]})]
         elif event == "markPriceUpdate":
             topic = f"tickers.{symbol}"
-            out[topic] = [orjson.dumps({"topic": topic, "type": "delta", "data": self._ticker_fields(s),
+            out[topic] = [orjson.dumps({"topic": topic, "type": "delta", "data": self._ticker_fields(s, payload["E"]),
                                         "cs": self.feed.model.last_update_id[s], "ts": payload["E"]})]
         return out

@@ -11,8 +11,11 @@
   that does not match, and a resubscribe yields a fresh snapshot. ``checksum`` is 0 (deprecated
   since 2026-06); levels are ``[px, sz, "0", orders]``.
 * ``trades``: one push per aggregated taker order (``tradeId`` = its last trade id, ``count``).
-* ``funding-rate`` every 60 s and ``open-interest`` every 3 s (simulated), ``liquidation-orders``
-  per ``instType`` with the market's published (sampled) liquidations, bankruptcy price ``bkPx``.
+* ``funding-rate`` every 60 s and ``open-interest`` every 3 s (simulated), ``mark-price`` and
+  ``index-tickers`` (``instId`` ``BTC-USDT``: the 24 h fields repeat ``idxPx``) each second,
+  ``liquidation-orders`` per ``instType`` with the market's published (sampled) liquidations,
+  bankruptcy price ``bkPx``.
+* Prices, sizes, mark and index are OKX's own market (``ingest.simulator.venue_market``).
 * REST ``/api/v5/public/instruments?instType=SWAP|FUTURES`` (no futures are simulated) and
   ``/api/v5/market/history-trades?instId=&type=1&after=<id>&limit=<n>``: the ``n`` individual trades
   below ``after``, newest first (an aggregated push's fills, its size split as the market split it).
@@ -33,7 +36,7 @@ BOOK_DEPTH = 400
 CONTRACT_VALUE = {"BTC": "0.01", "ETH": "0.1", "SOL": "1"}
 FUNDING_EVERY_MS = 60_000
 OPEN_INTEREST_EVERY_MS = 3_000
-CHANNELS = ("books", "trades", "funding-rate", "open-interest")
+CHANNELS = ("books", "trades", "funding-rate", "open-interest", "mark-price", "index-tickers")
 
 
 class OkxSwapDialect(Dialect):
@@ -89,17 +92,17 @@ class OkxSwapDialect(Dialect):
             return 400, {"code": "51000", "msg": "Parameter after or limit error", "data": []}
         if s is None or query.get("type", "1") != "1":
             return 400, {"code": "51001", "msg": "Instrument ID does not exist", "data": []}
-        fmt, inst, data = self.feed.formats[s], self.inst_id(s), []
+        market, inst, data = self.market, self.inst_id(s), []
         for fill in reversed(self.feed.recent_fills(s)):
             if len(data) >= limit:
                 break
-            count = fill.last_trade_id - fill.first_trade_id + 1
-            base, extra = divmod(fill.lots, count)
-            for i in reversed(range(count)):
+            sizes = market.split_lots(fill.lots, fill.last_trade_id - fill.first_trade_id + 1)
+            for i in reversed(range(len(sizes))):
                 trade_id = fill.first_trade_id + i
                 if (after is None or trade_id < after) and len(data) < limit:
-                    data.append({"instId": inst, "tradeId": str(trade_id), "px": fmt.price(fill.tick),
-                                 "sz": self.contracts(s, fmt.qty(base + (1 if i < extra else 0))),
+                    data.append({"instId": inst, "tradeId": str(trade_id),
+                                 "px": market.price_of_tick(s, market.level_ticks(s, fill.tick)),
+                                 "sz": self.contracts(s, market.qty_of_lots(s, sizes[i])),
                                  "side": "sell" if fill.buyer_is_maker else "buy", "ts": str(fill.ts_ms),
                                  "source": "0"})
         return 200, {"code": "0", "msg": "", "data": data}
@@ -174,12 +177,12 @@ class OkxSwapDialect(Dialect):
         channel = arg.get("channel")
         if channel == "liquidation-orders" and arg.get("instType") in ("SWAP", "FUTURES"):
             return f"liquidation-orders:{arg['instType']}", [ALL_LIQUIDATIONS_STREAM]
-        s = self._index(arg.get("instId", ""))
+        inst = arg.get("instId", "")
+        s = self._index(f"{inst}-SWAP" if channel == "index-tickers" else inst)
         if channel not in CHANNELS or s is None:
             return None, []
         prefix = self.feed.formats[s].stream_prefix
-        underlying = {"books": "depth@100ms", "trades": "aggTrade", "funding-rate": "markPrice@1s",
-                      "open-interest": "markPrice@1s"}[channel]
+        underlying = {"books": "depth@100ms", "trades": "aggTrade"}.get(channel, "markPrice@1s")
         return f"{channel}:{arg['instId']}", [f"{prefix}@{underlying}"]
 
     # --- books -----------------------------------------------------------------------------
@@ -190,7 +193,7 @@ class OkxSwapDialect(Dialect):
         view = self._views.get(s)
         if view is None or self._subscribers[topic] <= 1:
             view = self._views[s] = BookView(BOOK_DEPTH, seq=self.feed.model.last_update_id[s])
-            view.refresh(self.feed, s)
+            view.refresh(self.feed, self.market, s)
         return view
 
     def _levels(self, s: int, levels) -> list[list[str]]:
@@ -210,7 +213,7 @@ class OkxSwapDialect(Dialect):
         # A depth event the underlying stream lost shows as a prevSeqId that does not follow.
         continues = view.last_binance_u is None or payload["pu"] == view.last_binance_u
         prev = view.seq if continues else payload["pu"]
-        bids, asks = view.refresh(self.feed, s)
+        bids, asks = view.refresh(self.feed, self.market, s)
         view.seq, view.last_binance_u = payload["u"], payload["u"]
         return orjson.dumps({"arg": {"channel": "books", "instId": self.inst_id(s)}, "action": "update",
                              "data": [{"asks": self._levels(s, sorted(asks)), "bids": self._levels(s, sorted(bids, reverse=True)),
@@ -229,8 +232,9 @@ class OkxSwapDialect(Dialect):
             if topic in topics:
                 long = order["S"] == "SELL"
                 out[topic] = [orjson.dumps({"arg": {"channel": "liquidation-orders", "instType": "SWAP"}, "data": [{
-                    "details": [{"bkLoss": "0", "bkPx": order["p"], "ccy": "", "posSide": "long" if long else "short",
-                                 "side": "sell" if long else "buy", "sz": self.contracts(s, order["z"]),
+                    "details": [{"bkLoss": "0", "bkPx": self.market.price(s, order["p"]), "ccy": "",
+                                 "posSide": "long" if long else "short", "side": "sell" if long else "buy",
+                                 "sz": self.contracts(s, self.market.qty(s, order["z"])),
                                  "ts": str(order["T"])}],
                     "instFamily": self.inst_id(s)[:-5], "instId": self.inst_id(s), "instType": "SWAP",
                     "uly": self.inst_id(s)[:-5]}]})]
@@ -241,7 +245,8 @@ class OkxSwapDialect(Dialect):
             out[f"books:{inst}"] = [self._book_update(s, payload)]
         elif event == "aggTrade" and f"trades:{inst}" in topics:
             out[f"trades:{inst}"] = [orjson.dumps({"arg": {"channel": "trades", "instId": inst}, "data": [{
-                "instId": inst, "tradeId": str(payload["l"]), "px": payload["p"], "sz": self.contracts(s, payload["q"]),
+                "instId": inst, "tradeId": str(payload["l"]), "px": self.market.price(s, payload["p"]),
+                "sz": self.contracts(s, self.market.qty(s, payload["q"], payload["l"] - payload["f"] + 1)),
                 "side": "sell" if payload["m"] else "buy", "ts": str(payload["T"]),
                 "count": str(payload["l"] - payload["f"] + 1), "source": "0"}]})]
         elif event == "markPriceUpdate":
@@ -253,9 +258,22 @@ class OkxSwapDialect(Dialect):
                     "method": "current_period", "maxFundingRate": "0.00375", "minFundingRate": "-0.00375",
                     "nextFundingRate": "", "premium": "0", "settFundingRate": payload["r"], "settState": "settled",
                     "nextFundingTime": str(payload["T"] + self._interval_ms(s)), "ts": str(ts)}]})]
+            mark = self.market.mark(s, float(payload["p"]), ts)
+            precision = self.feed.model.specs[s].price_precision
+            if f"mark-price:{inst}" in topics:
+                out[f"mark-price:{inst}"] = [orjson.dumps({"arg": {"channel": "mark-price", "instId": inst}, "data": [{
+                    "instType": "SWAP", "instId": inst, "markPx": f"{mark:.{precision}f}", "ts": str(ts)}]})]
+            family = inst[:-5]
+            if f"index-tickers:{family}" in topics:
+                index = f"{self.market.index(s, float(payload['i'])):.{precision + 1}f}"
+                out[f"index-tickers:{family}"] = [orjson.dumps({"arg": {"channel": "index-tickers", "instId": family},
+                                                                "data": [{"instId": family, "idxPx": index,
+                                                                          "high24h": index, "low24h": index,
+                                                                          "open24h": index, "sodUtc0": index,
+                                                                          "sodUtc8": index, "ts": str(ts)}]})]
             if f"open-interest:{inst}" in topics and ts // 1000 * 1000 % OPEN_INTEREST_EVERY_MS == 0:
-                base = self.feed.open_interest(self.feed.symbols[s])["openInterest"]
-                usd = format((Decimal(base) * Decimal(payload["p"])).quantize(Decimal("0.01")), "f")
+                base = self.market.qty(s, self.feed.open_interest(self.feed.symbols[s])["openInterest"])
+                usd = format((Decimal(base) * Decimal(repr(mark))).quantize(Decimal("0.01")), "f")
                 out[f"open-interest:{inst}"] = [orjson.dumps({"arg": {"channel": "open-interest", "instId": inst}, "data": [{
                     "instId": inst, "instType": "SWAP", "oi": self.contracts(s, base), "oiCcy": base, "oiUsd": usd,
                     "ts": str(ts)}]})]
