@@ -368,19 +368,28 @@ def _venue_summary(con, console: Console) -> None:
              liq AS (SELECT exchange, sum(long_usd + short_usd) AS liq_usd, sum(n_long + n_short) AS orders
                      FROM analytics.liquidations_1m GROUP BY exchange),
              gaps AS (SELECT exchange, count(*) FILTER (WHERE kind = 'gap') AS gaps,
-                             count(*) FILTER (WHERE kind = 'resync') AS resyncs FROM raw.feed_events GROUP BY exchange)
-        SELECT exchange, trades, volume, depth2, spread, oi_usd, liq_usd, orders, gaps, resyncs
+                             count(*) FILTER (WHERE kind = 'resync') AS resyncs FROM raw.feed_events GROUP BY exchange),
+             -- mark against the venue's own index (OKX pushes them on separate channels: as of)
+             premium AS (SELECT m.exchange, avg((m.mark_price / i.index_price - 1) * 1e4) AS premium_bps
+                         FROM (SELECT exchange, symbol, ts_exchange, mark_price FROM raw.funding
+                               WHERE mark_price IS NOT NULL) m
+                         ASOF JOIN (SELECT exchange, symbol, ts_exchange, index_price FROM raw.funding
+                                    WHERE index_price IS NOT NULL) i
+                           ON m.exchange = i.exchange AND m.symbol = i.symbol AND m.ts_exchange >= i.ts_exchange
+                         GROUP BY m.exchange)
+        SELECT exchange, trades, volume, depth2, spread, premium_bps, oi_usd, liq_usd, orders, gaps, resyncs
         FROM bars FULL JOIN depth USING (exchange) FULL JOIN oi USING (exchange) FULL JOIN liq USING (exchange)
-             LEFT JOIN gaps USING (exchange)
+             LEFT JOIN gaps USING (exchange) LEFT JOIN premium USING (exchange)
         ORDER BY exchange""").fetchall()
-    table = Table(title="the venues compared (one simulated market, each venue's own wire format and units)")
-    for column in ("venue", "trades", "volume", "2% depth (mean)", "spread bps", "open interest", "liquidations",
-                   "orders", "book gaps", "resyncs"):
+    table = Table(title="the venues compared (one simulated price path; each venue's own book, basis, "
+                        "wire format and units)")
+    for column in ("venue", "trades", "volume", "2% depth (mean)", "spread bps", "premium bps", "open interest",
+                   "liquidations", "orders", "book gaps", "resyncs"):
         table.add_column(column, justify="left" if column == "venue" else "right")
-    for venue, trades, volume, depth2, spread, oi_usd, liq_usd, orders, gaps, resyncs in rows:
+    for venue, trades, volume, depth2, spread, premium, oi_usd, liq_usd, orders, gaps, resyncs in rows:
         table.add_row(venue, f"{trades or 0:,}", _usd(volume), _usd(depth2),
-                      f"{spread:.2f}" if spread is not None else "", _usd(oi_usd), _usd(liq_usd), f"{orders or 0:,}",
-                      str(gaps or 0), str(resyncs or 0))
+                      f"{spread:.2f}" if spread is not None else "", f"{premium:+.2f}" if premium is not None else "",
+                      _usd(oi_usd), _usd(liq_usd), f"{orders or 0:,}", str(gaps or 0), str(resyncs or 0))
     console.print(table)
     console.print("Books: Binance depth is the full synced book, OKX's a 400-level view, Bybit's 50 levels "
                   "(its 2% band can be wider than the visible book: analytics.book_depth flags it). OKX sizes are "
