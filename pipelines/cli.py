@@ -403,6 +403,36 @@ def status() -> None:
         out.print(line, markup=False, soft_wrap=True)
 
 
+@main.command()
+@click.option("--exchange", type=click.Choice(venue_names()), default=None,
+              help="Only this venue (default: every venue perpflow speaks).")
+@click.option("--data", "kinds", multiple=True, metavar="KIND",
+              help="Only these kinds of data (trades, book, funding, mark_price, index_price, open_interest, "
+                   "liquidations, adl); repeatable.")
+def venues(exchange: str | None, kinds: tuple[str, ...]) -> None:
+    """What each venue's public data covers: complete, sampled, lower bound, modelled or unavailable.
+
+    The same rows are in the warehouse as meta.venue_coverage."""
+    from ingest.venue import DATA_KINDS
+    from warehouse.coverage import coverage_rows
+
+    unknown = [k for k in kinds if k not in DATA_KINDS]
+    if unknown:
+        raise click.BadParameter(f"unknown kind(s) {', '.join(unknown)}; choose from {', '.join(DATA_KINDS)}",
+                                 param_hint="--data")
+    rows = [r for r in coverage_rows() if (exchange is None or r[0] == exchange) and (not kinds or r[1] in kinds)]
+    styles = {"complete": "green", "sampled": "yellow", "lower bound": "yellow", "modelled": "cyan",
+              "unavailable": "red"}
+    table = Table(title="what each venue's public data covers (meta.venue_coverage)", show_lines=False)
+    for column in ("venue", "data", "coverage", "why"):
+        table.add_column(column, overflow="fold")
+    previous = None
+    for venue, kind, coverage, note in rows:
+        table.add_row(venue if venue != previous else "", kind, f"[{styles[coverage]}]{coverage}[/]", note)
+        previous = venue
+    console.print(table)
+
+
 # --- data out ----------------------------------------------------------------------------------
 
 @main.command()

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock, Timeout
 
+from warehouse.coverage import publish_venue_coverage
 from warehouse.schema import migrate
 
 
@@ -61,6 +62,7 @@ class Warehouse:
             try:
                 if not self._migrated:
                     migrate(con)
+                    publish_venue_coverage(con)
                     self._migrated = True
                 yield con
             finally:

@@ -31,7 +31,7 @@ from functools import lru_cache
 from urllib.parse import parse_qs, urlsplit
 
 from ingest.records import BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
@@ -93,6 +93,17 @@ class BinanceFutures(Venue):
     SILENCE_LIMIT_S = {"depth@100ms": 30.0, "aggTrade": 120.0, "markPrice@1s": 5.0, "forceOrder": None}
     TRADE_STREAM = "aggTrade"
     BOOK_STREAM = "depth@100ms"
+    COVERAGE = {
+        "trades": (Coverage.COMPLETE, "aggTrade ids are consecutive: a lost id is a gap, backfilled from REST aggTrades"),
+        "book": (Coverage.COMPLETE, "diff depth every 100 ms bridged to REST snapshots (U/u/pu)"),
+        "funding": (Coverage.COMPLETE, "markPriceUpdate every second"),
+        "mark_price": (Coverage.COMPLETE, "markPriceUpdate every second"),
+        "index_price": (Coverage.COMPLETE, "markPriceUpdate i, every second"),
+        "open_interest": (Coverage.SAMPLED, "REST openInterest polled (--oi-interval)"),
+        "liquidations": (Coverage.SAMPLED, "forceOrder: only the latest liquidation per symbol per 1000 ms"),
+        "adl": (Coverage.UNAVAILABLE, "ADL fills appear only in the individual trade stream (X: ADL), which "
+                                     "live ingest does not subscribe; replays of recorded trade streams map them"),
+    }
     BOOK_RESYNC = BookResync.REST_SNAPSHOT
     MAX_CONNECTION_AGE_S = 24 * 3600 - 300   # Binance closes connections at 24 h; rotate before
     REST_WEIGHT_LIMIT = 2400

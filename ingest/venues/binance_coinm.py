@@ -10,6 +10,7 @@ USD-M: ``ingest.venues.binance``.
 
 from __future__ import annotations
 
+from ingest.venue import Coverage
 from ingest.venues.binance import BinanceFutures
 
 
@@ -24,3 +25,6 @@ class BinanceCoinm(BinanceFutures):
     SUFFIXED_SYMBOLS = True
     QTY_UNIT = "contracts"
     MARGIN = "inverse"
+    COVERAGE = {**BinanceFutures.COVERAGE,
+                "index_price": (Coverage.UNAVAILABLE, "COIN-M's markPriceUpdate has no index; <pair>@indexPrice "
+                                                      "is not collected")}

@@ -105,7 +105,7 @@ from ingest.records import (
     OpenInterest,
     Trade,
 )
-from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
@@ -239,6 +239,17 @@ class BybitLinear(Venue):
         "orderbook.50": 30.0, "tickers": 30.0, "publicTrade": None, "allLiquidation": None}
     TRADE_STREAM = "publicTrade"
     BOOK_STREAM = "orderbook.50"
+    COVERAGE = {
+        "trades": (Coverage.COMPLETE, "every trade is pushed, but ids are UUIDs: a loss during a drop cannot be "
+                                      "detected (run --redundancy 2)"),
+        "book": (Coverage.COMPLETE, "top 50 levels per side (orderbook.50), resynced by resubscribing"),
+        "funding": (Coverage.COMPLETE, "tickers"),
+        "mark_price": (Coverage.COMPLETE, "tickers"),
+        "index_price": (Coverage.COMPLETE, "tickers"),
+        "open_interest": (Coverage.SAMPLED, "tickers, one side (singleOpenInterest where published)"),
+        "liquidations": (Coverage.COMPLETE, "allLiquidation pushes every liquidation, batched every 500 ms"),
+        "adl": (Coverage.UNAVAILABLE, "adlAlert is not collected yet"),
+    }
     PING_FRAME = '{"op":"ping"}'
     PING_INTERVAL_S = 20.0       # Bybit recommends a ping every 20 s; silence cuts the link at 10 min
     REST_WEIGHT_LIMIT = 7200     # 600 requests per 5 s per IP, every request weighing 1, per minute

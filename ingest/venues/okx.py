@@ -104,7 +104,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from ingest.records import BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
@@ -276,6 +276,16 @@ class OkxSwap(Venue):
     SYMBOL_EXAMPLES = "BTC-USDT-SWAP,ETH-USDT-SWAP,BTC-USD-SWAP"
     TRADE_STREAM = "trades"
     BOOK_STREAM = "books"
+    COVERAGE = {
+        "trades": (Coverage.COMPLETE, "trade ids are consecutive: a lost id is a gap, backfilled from history-trades"),
+        "book": (Coverage.COMPLETE, "top 400 levels per side (books), seqId/prevSeqId, resynced by resubscribing"),
+        "funding": (Coverage.COMPLETE, "funding-rate, every 30-90 s"),
+        "mark_price": (Coverage.COMPLETE, "mark-price"),
+        "index_price": (Coverage.COMPLETE, "index-tickers"),
+        "open_interest": (Coverage.SAMPLED, "open-interest, pushed every few seconds"),
+        "liquidations": (Coverage.SAMPLED, "liquidation-orders: OKX says it does not represent all liquidations"),
+        "adl": (Coverage.UNAVAILABLE, "adl-warning is not collected yet"),
+    }
     SILENCE_LIMIT_S: ClassVar[dict[str, float | None]] = {
         "books": 75.0,            # heartbeat every ~60 s on an idle book
         "funding-rate": 120.0,    # pushed every 30-90 s
