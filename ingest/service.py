@@ -691,7 +691,8 @@ class IngestService:
 
     async def _get(self, url: str, attempts: int | None = 5, weight_ok: bool = False,
                    what: str | None = None) -> tuple[bytes, int]:
-        """GET with backoff; honours Retry-After on 429/418; raises IngestError after ``attempts``.
+        """GET (or the POST ``venue.rest_request`` asks for) with backoff; honours Retry-After on
+        429/418; raises IngestError after ``attempts``.
 
         While it waits before a retry, ``what`` (default: the URL) is listed in the status.
         """
@@ -699,7 +700,10 @@ class IngestService:
         while True:
             attempt += 1
             try:
-                async with self._session.get(url) as response:
+                target, payload = self.venue.rest_request(url)
+                request = self._session.get(url) if payload is None else self._session.post(
+                    target, data=payload, headers={"Content-Type": "application/json"})
+                async with request as response:
                     body = await response.read()
                     ts = time.time_ns()
                     weight = response.headers.get(self.venue.WEIGHT_HEADER) if self.venue.WEIGHT_HEADER else None

@@ -154,6 +154,11 @@ def test_replaying_another_venues_frames_is_an_error_naming_that_venue(tmp_path)
     bybit = FIXTURES / "bybit" / "documented.jsonl"
     out = run(["replay", "--exchange", "okx-swap", str(bybit)], env=base_env(tmp_path))
     assert out.returncode == 1 and "run with --exchange bybit-linear" in out.stdout + out.stderr
+    hyperliquid = FIXTURES / "hyperliquid" / "documented.jsonl"
+    out = run(["replay", "--exchange", "bybit-linear", str(hyperliquid)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange hyperliquid" in out.stdout + out.stderr
+    out = run(["replay", "--exchange", "hyperliquid", str(okx)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange okx-swap" in out.stdout + out.stderr
 
 
 def test_symbols_are_checked_against_the_venues_spelling(tmp_path):

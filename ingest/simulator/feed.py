@@ -37,6 +37,9 @@ AGG_TRADE_LATENCY_MS = 6
 BOOK_TICKER_LATENCY_MS = 1
 MARK_PRICE_LATENCY_MS = 1
 FORCE_ORDER_LATENCY_MS = 2
+# Every liquidation, not Binance's sample: an internal stream no Binance client can subscribe to
+# (not a Binance stream name), for dialects of venues that publish more of them (dYdX, Hyperliquid).
+LIQUIDATION_EVENTS_STREAM = "@liquidations"
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
 Wanted = Callable[[str], bool] | None
@@ -330,6 +333,29 @@ class ExchangeFeed:
                             liq.last_fill_lots, liq.filled_lots, liq.last_fill_ms), gate)
             self.liquidation_count += len(window)
             self._record_liquidations(s, window, published)
+            if wanted is None or wanted(LIQUIDATION_EVENTS_STREAM):
+                for liq in window:
+                    out.append(Message(t1 + FORCE_ORDER_LATENCY_MS, LIQUIDATION_EVENTS_STREAM,
+                                       self._liquidation_event(liq, t1)))
+
+    def _liquidation_event(self, liq: Liquidation, t1: int) -> dict:
+        """One liquidation in full (``LIQUIDATION_EVENTS_STREAM``): sizes in lots, prices as floats;
+        ``lots - filled_lots`` is what the book did not take (Binance's insurance fund)."""
+        return {"e": "liquidation", "E": t1, "s": self.symbols[liq.symbol_index], "ts": liq.ts_ms,
+                "last_fill_ms": liq.last_fill_ms, "long": liq.is_long, "lots": liq.lots,
+                "filled_lots": liq.filled_lots, "avg_price": liq.avg_price,
+                "bankruptcy_price": liq.bankruptcy_price, "mark_price": liq.mark_price}
+
+    def fill_of(self, s: int, agg_id: int) -> Fill | None:
+        """The recent fill of symbol ``s`` with aggregated id ``agg_id`` (None if it is too old)."""
+        fills = self._recent_agg[s]
+        for i in range(len(fills) - 1, max(-1, len(fills) - 10_000), -1):
+            fill = fills[i]
+            if fill.agg_id == agg_id:
+                return fill
+            if fill.agg_id < agg_id:
+                return None
+        return None
 
     def _record_liquidations(self, s: int, window: list[Liquidation], published: Liquidation | None) -> None:
         for liq in window:
