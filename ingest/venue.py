@@ -24,6 +24,9 @@ What a venue describes:
   for venues that do not push it (``open_interest_url``).
 * **REST limits**: the weight budget and the header that reports what is used; for venues whose
   REST API is POST-only, how a request URL is sent (``rest_request``).
+* **Coverage** (``COVERAGE``): for each kind of data, whether the venue's public feeds give all
+  of it, a sample, a lower bound, a model or nothing, with the reason; users see it in
+  ``perpflow venues`` and ``meta.venue_coverage``, analytics label their totals with it.
 * **Recordings**: the event time that orders a recorded message (``message_time_ms``) and
   whether a message looks like this venue's at all (``recognizes``), so that replaying another
   venue's traffic is an error naming the likely venue rather than a silent zero.
@@ -48,6 +51,29 @@ class MalformedMessage(ValueError):
 class BookResync(enum.Enum):
     REST_SNAPSHOT = "rest_snapshot"    # buffer deltas, fetch ``book_snapshot_url``, bridge (Binance)
     RESUBSCRIBE = "resubscribe"        # the venue pushes a snapshot on (re)subscribe (Bybit, OKX)
+
+
+class Coverage(enum.Enum):
+    """How much of one kind of data a venue's public feeds give (``Venue.COVERAGE``)."""
+
+    COMPLETE = "complete"          # every event; a loss is detected and recovered, or reported
+    SAMPLED = "sampled"            # the venue publishes a subset (e.g. one liquidation per symbol per second)
+    LOWER_BOUND = "lower bound"    # only some events can be identified in the public data
+    MODELLED = "modelled"          # perpflow estimates it; the venue publishes nothing direct
+    UNAVAILABLE = "unavailable"    # not public, or not collected
+
+
+#: The kinds of data every venue states its coverage of, and what each means.
+DATA_KINDS: dict[str, str] = {
+    "trades": "public trades (raw.trades)",
+    "book": "order book (raw.book_snapshots, raw.book_deltas)",
+    "funding": "funding rates (raw.funding rate)",
+    "mark_price": "mark price (raw.funding mark_price)",
+    "index_price": "index or oracle price (raw.funding index_price)",
+    "open_interest": "open interest (raw.open_interest)",
+    "liquidations": "liquidations (raw.liquidations)",
+    "adl": "auto-deleveraging fills and states (raw.adl_events)",
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,9 @@ class Venue(ABC):
     WEIGHT_HEADER: ClassVar[str | None] = None            # response header with the weight used
 
     rules: object                       # ``ingest.book_sync.SyncRules`` for this venue's books
+    #: Per ``DATA_KINDS`` key: how complete the venue's public data is, and why (``perpflow venues``,
+    #: ``meta.venue_coverage``).
+    COVERAGE: ClassVar[dict[str, tuple[Coverage, str]]] = {}
 
     # --- symbols and streams ---------------------------------------------------------------
 

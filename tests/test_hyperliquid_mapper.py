@@ -15,7 +15,7 @@ from conftest import SHARED_DATA
 from ingest.book_sync import AWAITING_SNAPSHOT, SYNCED, BookSync
 from ingest.feed import FeedHandler
 from ingest.records import BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue
+from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue
 from ingest.venues import REGISTRY, likely_venues
 from ingest.venues import hyperliquid
 from ingest.venues.bybit_linear import BybitLinear
@@ -118,6 +118,8 @@ def test_the_venue_implements_the_whole_contract():
     assert venue.trade_sequence(btc) is None and venue.trades_url(REST, "BTC", 1) is None
     assert venue.open_interest_url(REST, "BTC") is None and venue.book_snapshot_url(REST, "BTC") is None
     assert (hyperliquid.SUBSCRIPTIONS_PER_IP, hyperliquid.CONNECTIONS_PER_IP) == (1000, 10)
+    assert venue.COVERAGE["liquidations"][0] is Coverage.LOWER_BOUND
+    assert venue.COVERAGE["book"][0] is Coverage.SAMPLED and venue.COVERAGE["adl"][0] is Coverage.UNAVAILABLE
 
 
 def test_symbol_normalization():

@@ -130,7 +130,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import orjson
 
 from ingest.records import BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
@@ -239,6 +239,19 @@ class Hyperliquid(Venue):
     REST_WEIGHT_LIMIT = 1200     # per minute per IP; l2Book weighs 2, meta and the other info 20
     WEIGHT_HEADER = None         # Hyperliquid sends no header with the weight used
     rules = HyperliquidSyncRules()
+    COVERAGE = {
+        "trades": (Coverage.COMPLETE, "every fill is pushed, but tids are not consecutive: a loss during a drop "
+                                      "cannot be detected (the subscribe backlog refills some; run --redundancy 2)"),
+        "book": (Coverage.SAMPLED, "l2Book: a whole book of at most 20 levels per side, at most every 5 s; "
+                                   "changes between pushes and levels beyond the 20th are not seen"),
+        "funding": (Coverage.COMPLETE, "activeAssetCtx funding, the hourly rate"),
+        "mark_price": (Coverage.COMPLETE, "activeAssetCtx markPx"),
+        "index_price": (Coverage.COMPLETE, "activeAssetCtx oraclePx, the oracle funding is computed against"),
+        "open_interest": (Coverage.SAMPLED, "activeAssetCtx openInterest, one side, in coin, about once a second"),
+        "liquidations": (Coverage.LOWER_BOUND, "no public stream: only fills against the HLP liquidator vault "
+                                               "(backstop liquidations) are identified; book liquidations are not"),
+        "adl": (Coverage.UNAVAILABLE, "ADL fills are flagged only in per-user fills, not in public data"),
+    }
 
     normalize_symbol = staticmethod(normalize_symbol)
 
