@@ -25,6 +25,7 @@ from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
 from ingest.simulator.dialects.binance_coinm import CONTRACT_USD, DEFAULT_CONTRACT_USD
 from ingest.simulator.dialects.binance_coinm import PREFIX as COINM_PREFIX
 from ingest.simulator.dialects.bybit import BybitLinearDialect
+from ingest.simulator.dialects.hyperliquid import PREFIX as HL_PREFIX
 from ingest.simulator.dialects.okx import BOOK_DEPTH as OKX_DEPTH
 from ingest.simulator.dialects.okx import CONTRACT_VALUE
 from ingest.simulator.config import SYMBOL_SPECS
@@ -282,3 +283,66 @@ def test_a_resubscribe_the_venue_never_answers_ends_in_a_reconnect_and_a_synced_
     after = records[next(i for i, r in enumerate(records) if r.record_type == "feed_event"
                          and r.kind == "resubscribe_failed"):]
     assert any(r.record_type == "book_snapshot" and r.symbol_native == swallowed[0].partition(":")[2] for r in after)
+
+
+def test_hyperliquid_through_a_cascade_books_trades_and_the_backstop_liquidations_it_reveals(tmp_path, broker):
+    """Hyperliquid's books are whole 20-level snapshots every 5 s, its trade ids unordered, and its
+    only public liquidations the backstops against the liquidator vault: each book equals the
+    venue's true book at every checkpoint, trades are unique and the market's, and the backstop
+    liquidations are exactly what the book did not fill, a lower bound of the true total."""
+    ensure_topics(broker.bootstrap, 3)
+    config = SimConfig(scenario="cascade", seed=11, hours=2, speed=60, trigger_offset_s=60, symbols=SIM_SYMBOLS,
+                       truth_path=str(tmp_path / "truth.jsonl"), checkpoint_every_s=20,
+                       faults=FaultConfig(drop_every_s=300), venues=("binance-usdm", "hyperliquid"))
+    venue = venue_for("hyperliquid")
+    with SimulatorThread(config) as sim:
+        service_config = IngestConfig(symbols=["BTC", "ETH", "SOL"], ws_url=sim.ws_url + HL_PREFIX,
+                                      rest_url=sim.http_url + HL_PREFIX, bootstrap=broker.bootstrap, run_dir=tmp_path,
+                                      duration_s=40, backoff_base_s=0.2, backoff_max_s=2.0)
+        sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
+        service = IngestService(venue, service_config, sink=sink)
+        asyncio.run(service.run())
+    truth = load_truth(tmp_path / "truth.jsonl")
+    records = sink.records
+    kinds = Counter(r.record_type for r in records)
+    print(f"hyperliquid: {dict(kinds)}; drops {sum(f['fault'] == 'drop' for f in truth['fault'])}")
+    assert not service.handler.stats.dead_letters and service.events["disconnects"] >= 1
+
+    # Books: every snapshot taken at a checkpoint equals the venue's true top 20 levels.
+    market = venue_market(truth, "hyperliquid")
+    symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
+    coin_of = {s: s[:-4] for s in SIM_SYMBOLS}
+    true_books = {(coin_of[cp["symbol"]], cp["ts"]): tuple(
+        {Decimal(p): Decimal(q) for p, q in market.book(symbols.index(cp["symbol"]), cp[side][:20])}
+        for side in ("bids", "asks")) for cp in truth["book"]}
+    compared = 0
+    for r in records:
+        if r.record_type == "book_snapshot" and r.reason == "venue":
+            assert len(r.bids) <= 20 and len(r.asks) <= 20
+            key = (r.symbol_native, r.ts_exchange)
+            if key in true_books:
+                assert tuple({Decimal(p): Decimal(q) for p, q in side} for side in (r.bids, r.asks)) == true_books[key]
+                compared += 1
+    assert compared >= 10
+
+    # Trades: unique, each one the market made (tid = trade id * 8 + coin); backstops aside.
+    published = truth_individual_trade_ids(truth)
+    trades = [r for r in records if r.record_type == "trade"]
+    market_ids = [(symbols[int(t.trade_id) % 8], int(t.trade_id) // 8) for t in trades if int(t.trade_id) < 1 << 53]
+    assert len(market_ids) == len(set(market_ids)) > 1000 and set(market_ids) <= published
+
+    # Liquidations: only the backstops, each the part of a true liquidation the book did not fill.
+    liquidations = [r for r in records if r.record_type == "liquidation"]
+    true_backstops = Counter((l["symbol"], l["position"], l["ts"] // 1000) for l in truth["liquidation"]
+                             if l["insurance_fund_qty"] > 0)
+    assert liquidations and all(r.is_sampled for r in liquidations)
+    for r in liquidations:
+        sim_symbol = f"{r.symbol_native}USDT"
+        assert true_backstops[(sim_symbol, r.liquidated_position, r.ts_exchange // 1000)] >= 1 or \
+            true_backstops[(sim_symbol, r.liquidated_position, r.ts_exchange // 1000 - 1)] >= 1
+    revealed = sum(float(r.qty) * float(r.price) for r in liquidations)
+    window = (min(r.ts_exchange for r in records if r.record_type == "trade"), max(r.ts_exchange for r in liquidations))
+    true_total = sum(l["notional"] for l in truth["liquidation"] if window[0] <= l["ts"] <= window[1]) * \
+        VENUE_MARKETS["hyperliquid"].share
+    print(f"hyperliquid reveals {revealed:,.0f} of {true_total:,.0f} USD liquidated ({revealed / true_total:.1%})")
+    assert 0 < revealed < true_total

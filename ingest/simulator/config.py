@@ -104,7 +104,7 @@ STREAM_KINDS = PUBLIC_STREAM_KINDS + MARKET_STREAM_KINDS
 DROP_MODES = ("all", "one")
 # Wire formats the server speaks on the one market (ingest.simulator.dialects); Binance USD-M is
 # the feed's own and always served.
-VENUES = ("binance-usdm", "binance-coinm", "okx-swap", "bybit-linear")
+VENUES = ("binance-usdm", "binance-coinm", "okx-swap", "bybit-linear", "hyperliquid")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ VENUE_MARKETS: dict[str, VenueMarketParams] = {
     "binance-coinm": VenueMarketParams(share=0.25, offset_bp=-1.5, index_bias_bp=0.5, premium_noise_bp=0.4),
     "okx-swap": VenueMarketParams(share=0.55, offset_bp=2.0, index_bias_bp=-0.8, premium_noise_bp=0.6),
     "bybit-linear": VenueMarketParams(share=0.7, offset_bp=-1.0, index_bias_bp=0.3, premium_noise_bp=0.5),
+    "hyperliquid": VenueMarketParams(share=0.35, offset_bp=3.0, index_bias_bp=-1.0, premium_noise_bp=1.5),
 }
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)

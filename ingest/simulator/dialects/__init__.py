@@ -140,9 +140,10 @@ def offline_frames(exchange: str, feed: ExchangeFeed, topics: list[str], limit: 
 def dialect_classes() -> dict[str, type[Dialect]]:
     from .binance_coinm import BinanceCoinmDialect
     from .bybit import BybitLinearDialect
+    from .hyperliquid import HyperliquidDialect
     from .okx import OkxSwapDialect
 
-    return {cls.name: cls for cls in (BinanceCoinmDialect, OkxSwapDialect, BybitLinearDialect)}
+    return {cls.name: cls for cls in (BinanceCoinmDialect, OkxSwapDialect, BybitLinearDialect, HyperliquidDialect)}
 
 
 NATIVE_VENUE = "binance-usdm"   # the feed's own format, served by ``ingest.simulator.server``
