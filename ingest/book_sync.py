@@ -12,6 +12,11 @@ While synced, the machine also emits a ``periodic`` snapshot of each book once p
 exchange time (levels within ±10% of mid, the widest depth band), so depth analytics read
 one compact book per second instead of replaying every delta.
 
+Two optional rules serve venues whose books have no integrity check strong enough to rely on
+(dYdX v4): ``uncross`` resolves a crossed book locally instead of treating it as a gap (the
+venue's own rule decides which of the two crossing levels go), counted per snapshot record in
+``BookSnapshot.uncrossed``; ``refresh_ms`` asks for a fresh snapshot that often while synced.
+
 Everything here is pure: the caller (replay, live ingest) performs the snapshot fetches the
 machine asks for and produces the records it returns.
 """
@@ -44,6 +49,18 @@ class SyncRules(Protocol):
     # def checksum(self, bids: list, asks: list) -> int
     #     the venue's checksum of a book given best-first [price, qty] levels as the venue's own
     #     strings; compared with a record's non-zero ``checksum``, a mismatch is a gap.
+    #
+    # Optional, for venues whose books cross in normal operation (dYdX v4):
+    # def uncross(self, bid: tuple, ask: tuple) -> tuple[float, float]
+    #     given the crossing best bid and best ask as (price, qty, seq), ``seq`` being the
+    #     ``seq``/``last_seq`` of the record that last set the level, the quantities the two keep
+    #     (0 removes the level; at least one must go). Applied after a delta until the book no
+    #     longer crosses, so a crossed book is not a gap (a crossed *snapshot* still is); each
+    #     delta that needed it is one ``uncross_events``, and snapshot records carry the count
+    #     since the previous one (``uncrossed``).
+    # refresh_ms: int
+    #     while synced, ask for a fresh snapshot (``SyncOutput.need_snapshot``) once this much
+    #     exchange time has passed since the last one, without leaving the synced phase.
 
 
 AWAITING_SNAPSHOT = "awaiting_snapshot"
@@ -66,6 +83,11 @@ class SymbolState:
     checksummed: bool = False
     text_bids: dict = field(default_factory=dict)
     text_asks: dict = field(default_factory=dict)
+    # price -> seq of the record that last set the level, kept only for venues with an uncross rule
+    seq_bids: dict = field(default_factory=dict)
+    seq_asks: dict = field(default_factory=dict)
+    uncrossed: int = 0              # uncross events since the symbol's last snapshot record
+    refresh_at_ms: int | None = None
 
 
 @dataclass
@@ -84,6 +106,8 @@ class BookSync:
         self.periodic_band = periodic_band
         self.symbols: dict[str, SymbolState] = {}
         self._checksum = getattr(rules, "checksum", None)
+        self._uncross = getattr(rules, "uncross", None)
+        self._refresh_ms = getattr(rules, "refresh_ms", 0) or 0
         # Every delta ends up applied, dropped (with a reason) or still buffered, so callers
         # can account for each message.
         self.counts: Counter = Counter()
@@ -125,6 +149,14 @@ class BookSync:
         st.snapshot_seq = snapshot.seq
         st.previous = None
         st.phase = SYNCED
+        if self._refresh_ms:
+            st.refresh_at_ms = snapshot.ts_exchange + self._refresh_ms
+        if self._uncross is not None:
+            # A snapshot is uncrossed by the venue (or else it is a gap like anywhere else): only
+            # deltas are uncrossed here, by the age of their levels, which one snapshot cannot tell.
+            st.seq_bids = {float(p): snapshot.seq for p, _ in snapshot.bids}
+            st.seq_asks = {float(p): snapshot.seq for p, _ in snapshot.asks}
+            snapshot.uncrossed = st.uncrossed = 0
         out.records.append(snapshot)
         self.counts["snapshots"] += 1
         if resync:
@@ -179,10 +211,12 @@ class BookSync:
         st.book.apply(delta.bids, delta.asks)
         if st.checksummed:
             self._apply_text(st, delta.bids, delta.asks)
+        if self._uncross is not None:
+            self._apply_seq(st, delta)
         st.previous = delta
         out.records.append(delta)
         self.counts["applied"] += 1
-        if st.book.is_crossed():
+        if st.book.is_crossed() and (self._uncross is None or not self._uncross_book(st)):
             self._gap(st, None, out, "crossed book")
         elif not self._checksum_matches(st, delta):
             self._gap(st, None, out, "checksum mismatch")
@@ -190,6 +224,41 @@ class BookSync:
             st.next_periodic_ms = (delta.ts_exchange // self.periodic_ms + 1) * self.periodic_ms
             out.records.append(self._periodic(st, delta))
             self.counts["periodic_snapshots"] += 1
+        if st.phase == SYNCED and st.refresh_at_ms is not None and delta.ts_exchange >= st.refresh_at_ms:
+            # Not ``snapshot_requested``: a gap meanwhile must still ask for its own snapshot.
+            st.refresh_at_ms = delta.ts_exchange + self._refresh_ms
+            out.need_snapshot = True
+            self.counts["refresh_requests"] += 1
+
+    @staticmethod
+    def _apply_seq(st: SymbolState, delta: BookDelta) -> None:
+        for side, levels in ((st.seq_bids, delta.bids), (st.seq_asks, delta.asks)):
+            for price, qty in levels:
+                if float(qty) > 0:
+                    side[float(price)] = delta.last_seq
+                else:
+                    side.pop(float(price), None)
+
+    def _uncross_book(self, st: SymbolState) -> bool:
+        """Apply the venue's uncross rule to a crossed book until it no longer crosses; False (the
+        book left crossed, for the caller to treat as a gap) if a step removes no level."""
+        book, removed = st.book, 0
+        while book.is_crossed():
+            bid, ask = book.best_bid, book.best_ask
+            bid_qty, ask_qty = book.bids[bid], book.asks[ask]
+            keep_bid, keep_ask = self._uncross((bid, bid_qty, st.seq_bids.get(bid)),
+                                               (ask, ask_qty, st.seq_asks.get(ask)))
+            if keep_bid > 0 and keep_ask > 0:
+                return False
+            book.apply([(bid, keep_bid)], [(ask, keep_ask)])
+            for side, price, qty in ((st.seq_bids, bid, keep_bid), (st.seq_asks, ask, keep_ask)):
+                if qty <= 0:
+                    side.pop(price, None)
+                    removed += 1
+        self.counts["uncross_events"] += 1
+        self.counts["uncrossed_levels_removed"] += removed
+        st.uncrossed += 1
+        return True
 
     @staticmethod
     def _apply_text(st: SymbolState, bids: list, asks: list) -> None:
@@ -216,9 +285,12 @@ class BookSync:
         bid_levels, ask_levels = st.book.within(self.periodic_band)
         bids = [[repr(p), repr(q)] for p, q in bid_levels]
         asks = [[repr(p), repr(q)] for p, q in ask_levels]
+        uncrossed = None
+        if self._uncross is not None:
+            uncrossed, st.uncrossed = st.uncrossed, 0
         return BookSnapshot(exchange=delta.exchange, symbol=delta.symbol, symbol_native=delta.symbol_native,
                             ts_exchange=delta.ts_exchange, ts_recv=delta.ts_recv, bids=bids, asks=asks,
-                            seq=delta.last_seq, reason="periodic")
+                            seq=delta.last_seq, reason="periodic", uncrossed=uncrossed)
 
     def _gap(self, st: SymbolState, delta: BookDelta | None, out: SyncOutput, reason: str,
              anchor=None) -> None:

@@ -92,7 +92,8 @@ class FeedHandler:
             self._dead_letter(raw, ts_recv, source, str(exc))
             return []
         if self.symbols is not None and mapped:
-            mapped = [r for r in mapped if r.symbol_native in self.symbols]
+            # A feed event a mapper reports (e.g. a lost message on a connection) belongs to no symbol.
+            mapped = [r for r in mapped if isinstance(r, FeedEvent) or r.symbol_native in self.symbols]
             if not mapped:
                 self.stats.skipped[UNSUBSCRIBED] += 1
                 return []

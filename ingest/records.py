@@ -27,8 +27,9 @@ from typing import Annotated, ClassVar
 import orjson
 import pyarrow as pa
 
-SCHEMA_VERSION = 3   # 2: Funding.rate and interval_hours nullable (delivery contracts)
+SCHEMA_VERSION = 4   # 2: Funding.rate and interval_hours nullable (delivery contracts)
                      # 3: book checksums; instruments
+                     # 4: ADL events; book snapshots count local uncrossing
 
 
 class _Kind:
@@ -100,6 +101,10 @@ class BookSnapshot(MarketRecord):
     reason: Text              # "sync" (first), "resync" (after a gap), "venue" (pushed by the venue),
                               # "periodic" (perpflow's once-a-second copy of the synced book, +-10% of mid)
     checksum: Int | None = None   # the venue's checksum of the book after this message (OKX CRC32)
+    uncrossed: Int | None = None  # venues whose books cross in normal operation (dYdX): how often the
+                                  # book was uncrossed locally (ingest.book_sync) since the symbol's
+                                  # previous snapshot record, 0 = never; depth analytics skip > 0.
+                                  # None: the venue's books never cross (a crossed book is a gap)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -187,6 +192,34 @@ class Instrument(MarketRecord):
 
 
 @dataclass(slots=True, kw_only=True)
+class Adl(MarketRecord):
+    """Auto-deleveraging (ADL): a position the venue closed against a bankrupt one outside the order
+    book (``event`` "fill"), or the ADL risk state a venue publishes per symbol (``event`` "state").
+
+    Fills: dYdX ``DELEVERAGED`` trades, Binance trades with ``X: "ADL"``, GMX ``AUTO_DELEVERAGING``
+    position changes; a fill that is also a trade keeps that trade's id in ``trade_id`` (join on
+    ``raw.trades``). States: Bybit ``adlAlert``, OKX ``adl-warning``, Binance ``symbolAdlRisk``; price,
+    qty and side are then None, the venue's own word is in ``state`` and its fields in ``detail``.
+    Sizes convert to base units and USD like any other (``warehouse.units``)."""
+
+    record_type: ClassVar[str] = "adl"
+    topic: ClassVar[str] = "md.adl"
+    table: ClassVar[str] = "adl_events"
+
+    event: Text               # "fill" | "state"
+    deleveraged_position: Text | None   # "long" | "short": the position ADL reduced, i.e. the profitable
+                              # counterparty the bankrupt position was closed against (dYdX names the
+                              # *bankrupt* side "deleveraged": its mapper converts); None where the
+                              # venue does not tell (Binance) and for states
+    price: Num | None         # fill price
+    qty: Num | None           # filled size, in qty_unit
+    qty_unit: Text | None     # "base" | "contracts", as Trade; None for states
+    trade_id: Text | None     # the fill's Trade record id, where the fill is also a public trade
+    state: Text | None        # the venue's state word (OKX normal|warning|adl, Binance low|medium|high)
+    detail: Text | None       # JSON object: the venue's fields the columns do not carry, verbatim
+
+
+@dataclass(slots=True, kw_only=True)
 class FeedEvent:
     """Something happened to the feed rather than the market: gaps, resyncs, outages."""
 
@@ -219,10 +252,11 @@ class DeadLetter:
 
 
 RECORD_TYPES: tuple[type, ...] = (Trade, BookSnapshot, BookDelta, Funding, OpenInterest,
-                                  Liquidation, Instrument, FeedEvent, DeadLetter)
+                                  Liquidation, Instrument, Adl, FeedEvent, DeadLetter)
 BY_NAME: dict[str, type] = {cls.record_type: cls for cls in RECORD_TYPES}
 TOPICS: tuple[str, ...] = tuple(dict.fromkeys(cls.topic for cls in RECORD_TYPES))
-Record = Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | Instrument | FeedEvent | DeadLetter
+Record = (Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | Instrument | Adl | FeedEvent
+          | DeadLetter)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from conftest import CAPTURES, SHARED_DATA, binance_recording
-from ingest.records import BookDelta, Funding, Liquidation, Trade
+from ingest.records import Adl, BookDelta, Funding, Liquidation, Trade
 from ingest.venue import MalformedMessage, SkipMessage
 from ingest.venues.binance_usdm import BinanceUsdm
 
@@ -192,6 +192,24 @@ def test_signs_only_where_the_field_is_signed():
     with pytest.raises(MalformedMessage, match="openInterest: field 'openInterest' must be a decimal string >= 0"):
         BinanceUsdm().map_rest("/fapi/v1/openInterest?symbol=BTCUSDT",
                                {"openInterest": "-3", "symbol": "BTCUSDT", "time": 1}, TS)
+
+
+def test_an_adl_trade_is_also_an_adl_fill_and_other_trades_are_not():
+    # The documented `trade` payload (exchanges.md 2.1) with X = ADL; values constructed.
+    raw = {"e": "trade", "E": 1700000000123, "T": 1700000000120, "s": "BTCUSDT", "t": 5123456789, "p": "36912.40",
+           "q": "0.750", "X": "ADL", "m": True}
+    trade, adl = BinanceUsdm().map_ws({"stream": "btcusdt@trade", "data": raw}, TS)
+    assert isinstance(trade, Trade) and isinstance(adl, Adl)
+    assert (trade.trade_id, trade.trade_type, trade.side, trade.is_aggregated) == ("5123456789", "ADL", "sell", False)
+    assert (adl.exchange, adl.symbol, adl.symbol_native, adl.ts_exchange, adl.ts_recv) == (
+        "binance-usdm", "BTC-USDT-PERP", "BTCUSDT", 1700000000120, TS)
+    # Binance does not say which side was deleveraged; the fill joins its trade by id.
+    assert (adl.event, adl.deleveraged_position, adl.price, adl.qty, adl.qty_unit, adl.trade_id, adl.state) == (
+        "fill", None, "36912.40", "0.750", "base", "5123456789", None)
+    assert orjson.loads(adl.detail) == {"X": "ADL", "m": True}
+    for kind in ("MARKET", "INSURANCE_FUND", "NA"):
+        [only] = BinanceUsdm().map_ws({**raw, "X": kind}, TS)
+        assert isinstance(only, Trade) and only.trade_type == kind
 
 
 def test_rest_open_interest_and_depth_snapshot():

@@ -142,6 +142,9 @@ def test_funding_nullability_checksums_and_instruments_migrate_an_existing_wareh
     for table in ("book_snapshots", "book_deltas"):
         assert "checksum" in [c[0] for c in con.execute(f"DESCRIBE raw.{table}").fetchall()]
     assert con.execute("SELECT count(*) FROM raw.instruments").fetchone() == (0,)
+    # record schema 4 (migration 7): ADL events, and how often a snapshot's book was uncrossed
+    assert "uncrossed" in [c[0] for c in con.execute("DESCRIBE raw.book_snapshots").fetchall()]
+    assert con.execute("SELECT count(*) FROM raw.adl_events").fetchone() == (0,)
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -159,6 +162,17 @@ def test_replaying_another_venues_frames_is_an_error_naming_that_venue(tmp_path)
     assert out.returncode == 1 and "run with --exchange hyperliquid" in out.stdout + out.stderr
     out = run(["replay", "--exchange", "hyperliquid", str(okx)], env=base_env(tmp_path))
     assert out.returncode == 1 and "run with --exchange okx-swap" in out.stdout + out.stderr
+
+
+def test_replaying_dydx_frames_as_another_venue_or_others_as_dydx_is_an_error(tmp_path):
+    dydx = FIXTURES / "dydx" / "documented.jsonl"
+    out = run(["replay", "--exchange", "okx-swap", str(dydx)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange dydx-v4" in out.stdout + out.stderr
+    bybit = FIXTURES / "bybit" / "documented.jsonl"
+    out = run(["replay", "--exchange", "dydx-v4", str(bybit)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange bybit-linear" in out.stdout + out.stderr
+    out = run(["replay", "--exchange", "dydx-v4", "--symbols", "BTC-USDC-PERP", str(dydx)], env=base_env(tmp_path))
+    assert out.returncode == 2 and "BTC-USD,ETH-USD" in out.stderr and "dydx-v4" in out.stderr
 
 
 def test_symbols_are_checked_against_the_venues_spelling(tmp_path):

@@ -145,3 +145,48 @@ def test_raw_tables_match_the_arrow_schemas_of_the_records(warehouse):
             expected = records.table_schema(cls)
             assert schema.names == expected.names + ["kafka_partition", "kafka_offset"], cls
             assert [f.type for f in schema][:-2] == [f.type for f in expected], cls
+
+
+def test_dydx_and_binance_adl_fills_load_into_adl_events(cli_env, tmp_path):
+    """`perpflow replay --exchange dydx-v4` on the documented dYdX frames plus one constructed crossing
+    update, and a Binance ADL trade, then `perpflow load`: ADL fills land in raw.adl_events next to
+    their trades, dYdX liquidations are a census, and the uncrossed book is flagged."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "dydx" / "documented.jsonl"
+    crossing = {"type": "channel_data", "connection_id": "3f7c9a2e-5b1d-4e8f-9c6a-0d2b7e4f1a35", "message_id": 11,
+                "id": "BTC-USD", "channel": "v4_orderbook", "version": "1.0.0",
+                "contents": {"bids": [["43257.0", "0.3"]]}}     # above the ask at 43255.0 (id 10)
+    dydx = tmp_path / "dydx.jsonl"
+    dydx.write_bytes(fixture.read_bytes() + orjson.dumps({"recv_ns": 1724371263000000000, "msg": crossing}) + b"\n")
+    binance = tmp_path / "binance.jsonl"
+    binance.write_bytes(orjson.dumps({"stream": "btcusdt@trade", "data": {
+        "e": "trade", "E": 1700000000123, "T": 1700000000120, "s": "BTCUSDT", "t": 5123456789, "p": "36912.40",
+        "q": "0.750", "X": "ADL", "m": True}}) + b"\n")
+    for exchange, path in (("dydx-v4", dydx), ("binance-usdm", binance)):
+        out = subprocess.run([*PERPFLOW, "replay", "--exchange", exchange, str(path)], env=cli_env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "every message accounted for; 0 gaps, 0 crossed books" in " ".join(out.stdout.split())
+    out = subprocess.run([*PERPFLOW, "load"], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    con = duckdb.connect(str(tmp_path / "home" / "warehouse_ro.duckdb"), read_only=True)
+    rows = con.execute("""
+        SELECT a.exchange, a.symbol, a.event, a.deleveraged_position, a.price, a.qty, a.qty_unit, a.trade_id,
+               a.state, epoch_ms(a.ts_exchange), t.trade_type
+        FROM raw.adl_events AS a JOIN raw.trades AS t USING (exchange, symbol, trade_id)
+        ORDER BY a.exchange""").fetchall()
+    assert rows == [
+        ("binance-usdm", "BTC-USDT-PERP", "fill", None, 36912.4, 0.75, "base", "5123456789", None, 1700000000120,
+         "ADL"),
+        ("dydx-v4", "BTC-USDC-PERP", "fill", "short", 60365.0, 0.004, "base", "0165e61a0000000100000007", None,
+         1724371260731, "DELEVERAGED")]
+    details = [orjson.loads(d) for (d,) in
+               con.execute("SELECT detail FROM raw.adl_events ORDER BY exchange").fetchall()]
+    assert details == [{"X": "ADL", "m": True}, {"side": "SELL", "createdAtHeight": "23455258"}]
+    assert con.execute("SELECT liquidated_position, qty, is_sampled FROM raw.liquidations").fetchall() == [
+        ("long", 0.0123, False)]
+    books = con.execute("SELECT reason, uncrossed FROM raw.book_snapshots ORDER BY ts_recv, reason").fetchall()
+    assert books[0] == ("venue", 0) and books[-1] == ("periodic", 1) and [u for _, u in books[1:-1]] == [0, 0]
+    con.close()

@@ -73,9 +73,14 @@ BOOK_CHECKSUMS_AND_INSTRUMENTS = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF 
                                   "ALTER TABLE raw.book_deltas ADD COLUMN IF NOT EXISTS checksum BIGINT",
                                   raw_table_ddl(records.Instrument)]
 
+# Record schema 4: ADL fills and states (dYdX DELEVERAGED trades, Binance ADL trades, ...) and the
+# count of local uncrossings on book snapshots (venues whose books cross in normal operation: dYdX).
+ADL_AND_UNCROSSED = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF NOT EXISTS uncrossed BIGINT",
+                     raw_table_ddl(records.Adl)]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
                                            (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS),
-                                           (6, units.STATEMENTS)]
+                                           (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED)]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -10,6 +10,7 @@ from ingest.venue import Venue
 from ingest.venues.binance_coinm import BinanceCoinm
 from ingest.venues.binance_usdm import BinanceUsdm
 from ingest.venues.bybit_linear import BybitLinear
+from ingest.venues.dydx_v4 import DydxV4
 from ingest.venues.hyperliquid import Hyperliquid
 from ingest.venues.okx import OkxSwap
 
@@ -18,6 +19,7 @@ REGISTRY: dict[str, type[Venue]] = {cls.exchange: cls for cls in (
     BinanceCoinm,
     OkxSwap,
     BybitLinear,
+    DydxV4,
     Hyperliquid,
 )}
 

@@ -5,6 +5,9 @@ prefix, symbol spelling and units, which each venue module (``binance_usdm``, ``
 states as class attributes. Every Binance quirk lives here and nowhere else:
   * combined-stream envelopes ``{"stream", "data"}`` and plain payloads both arrive;
   * aggTrade ``m`` is "buyer is maker", so ``m=true`` means the taker sold;
+  * trade (not aggTrade: insurance-fund and ADL fills are not aggregated) ``X`` is MARKET,
+    INSURANCE_FUND, ADL or NA; an ``ADL`` fill is also emitted as an ``Adl`` record (the side of
+    the deleveraged position is not published);
   * forceOrder ``S=SELL`` is the liquidation order selling, i.e. a *long* was liquidated,
     and the stream is a sample (the latest order per symbol per second);
   * depth sync: drop ``u < lastUpdateId``; the first applied event has
@@ -30,7 +33,9 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import parse_qs, urlsplit
 
-from ingest.records import BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
+import orjson
+
+from ingest.records import Adl, BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
 from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
@@ -272,11 +277,19 @@ class BinanceFutures(Venue):
         what = "trade"
         symbol, native = self._symbol(d, "s", what)
         trade_id = integer(d, "t", what)
-        return [Trade(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "T", what),
+        trade = Trade(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_exchange=integer(d, "T", what),
                       ts_recv=ts_recv, trade_id=str(trade_id), price=NUMBERS.price(d, "p", what),
                       qty=NUMBERS.quantity(d, "q", what), qty_unit=self.QTY_UNIT, side=_taker_side(d, what),
                       is_aggregated=False,
-                      first_trade_id=trade_id, last_trade_id=trade_id, trade_type=d.get("X", "MARKET"))]
+                      first_trade_id=trade_id, last_trade_id=trade_id, trade_type=d.get("X", "MARKET"))
+        if trade.trade_type != "ADL":
+            return [trade]
+        # An ADL fill is also an Adl record. Binance does not document which party of an ADL trade
+        # is the maker, so the deleveraged position stays unknown; ``m`` is kept verbatim.
+        return [trade, Adl(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_exchange=trade.ts_exchange,
+                           ts_recv=ts_recv, event="fill", deleveraged_position=None, price=trade.price, qty=trade.qty,
+                           qty_unit=self.QTY_UNIT, trade_id=trade.trade_id, state=None,
+                           detail=orjson.dumps({"X": "ADL", "m": d["m"]}).decode())]
 
     def _depth_update(self, d: dict, ts_recv: int) -> list:
         what = "depthUpdate"
