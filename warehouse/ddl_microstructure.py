@@ -165,6 +165,24 @@ CREATE TABLE IF NOT EXISTS analytics.market_stress (
     day DATE NOT NULL
 )"""
 
+ADL_EVENTS = """
+CREATE TABLE IF NOT EXISTS analytics.adl_events (
+    ts TIMESTAMP NOT NULL,
+    exchange VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL,
+    asset VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,                 -- 'fill' | 'state'
+    side VARCHAR,                          -- the position ADL reduced, where the venue says
+    qty DOUBLE,                            -- base units (fills)
+    price DOUBLE,
+    usd DOUBLE,
+    state VARCHAR,                         -- the venue's state word (states)
+    trade_id VARCHAR,                      -- the fill's raw.trades id where it is also a trade
+    detail VARCHAR,                        -- the venue's other fields, JSON
+    coverage VARCHAR NOT NULL,             -- the venue's coverage of ADL (meta.venue_coverage)
+    day DATE NOT NULL
+)"""
+
 STATEMENTS: list[str] = [
     "CREATE SCHEMA IF NOT EXISTS analytics",
     _book_depth(),

@@ -80,7 +80,8 @@ ADL_AND_UNCROSSED = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF NOT EXISTS un
 
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
                                            (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS),
-                                           (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED)]
+                                           (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED),
+                                           (8, [ddl_microstructure.ADL_EVENTS])]
 LATEST = MIGRATIONS[-1][0]
 
 

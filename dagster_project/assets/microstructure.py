@@ -4,6 +4,7 @@ from dagster_project.assets.microstructure_depth import (
                          book_depth,
                          liquidity_withdrawals_asset,
 )
+from dagster_project.assets.microstructure_adl import adl_events
 from dagster_project.assets.microstructure_derivatives import funding, open_interest
 from dagster_project.assets.microstructure_liquidations import (
                          liquidation_cascades,
@@ -12,4 +13,4 @@ from dagster_project.assets.microstructure_liquidations import (
 from dagster_project.assets.microstructure_stress import market_stress
 
 MICROSTRUCTURE_ASSETS = [book_depth, liquidity_withdrawals_asset, open_interest, funding, liquidations_1m,
-                         liquidation_cascades, market_stress]
+                         liquidation_cascades, market_stress, adl_events]

@@ -48,7 +48,8 @@ SNAPSHOTS_PER_BATCH = 16_384
 TWO_PCT = band_label(0.02)
 _ARRAYS = [name for name in DepthBands.__dataclass_fields__ if name != "bands"]
 
-PERIODIC = "r.reason = 'periodic'"
+# Books a venue's feed left crossed and perpflow uncrossed locally (dYdX) are not measured.
+PERIODIC = "r.reason = 'periodic' AND coalesce(r.uncrossed, 0) = 0"
 # The periodic snapshots in [$start, $end) with what one unit of their levels is worth
 # (warehouse.units.BOOK_UNITS); books whose unit is unknown are left out here and counted by the
 # units check.
