@@ -345,7 +345,7 @@ def test_liquidation_side_is_the_position_side():
     assert isinstance(long_liquidated, Liquidation)
     assert (long_liquidated.order_side, long_liquidated.liquidated_position) == ("sell", "long")
     assert (long_liquidated.price, long_liquidated.qty, long_liquidated.qty_unit) == ("1.7531", "43", "base")
-    assert (long_liquidated.avg_price, long_liquidated.order_status, long_liquidated.is_sampled) == (None, None, True)
+    assert (long_liquidated.avg_price, long_liquidated.order_status, long_liquidated.is_sampled) == (None, None, False)
     assert (long_liquidated.symbol, long_liquidated.ts_exchange) == ("KAITO-USDT-PERP", 1740480189987)
     [short_liquidated] = venue.map_ws(frames("tardis-node-v5.jsonl")[14], TS)       # recorded, S = Sell
     assert (short_liquidated.order_side, short_liquidated.liquidated_position) == ("buy", "short")
@@ -354,6 +354,7 @@ def test_liquidation_side_is_the_position_side():
     [retired_topic] = venue.map_ws(frames("tardis-node-v5.jsonl")[11], TS)         # liquidation.GALAUSDT, Buy
     assert (retired_topic.order_side, retired_topic.liquidated_position) == ("sell", "long")
     assert (retired_topic.ts_exchange, retired_topic.price, retired_topic.qty) == (1673251091822, "0.03803", "1637")
+    assert retired_topic.is_sampled     # the retired topic pushed one order per symbol per second
 
 
 def test_all_liquidation_list_maps_every_entry():

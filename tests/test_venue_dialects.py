@@ -346,3 +346,33 @@ def test_hyperliquid_through_a_cascade_books_trades_and_the_backstop_liquidation
         VENUE_MARKETS["hyperliquid"].share
     print(f"hyperliquid reveals {revealed:,.0f} of {true_total:,.0f} USD liquidated ({revealed / true_total:.1%})")
     assert 0 < revealed < true_total
+
+
+def test_bybit_publishes_every_liquidation_not_a_sample(tmp_path, broker):
+    """Bybit's allLiquidation carries every liquidation (Binance's forceOrder only the latest per
+    symbol per second): through a cascade, the liquidations perpflow stores are the truth's, one for
+    one, each at the venue's share of the size."""
+    ensure_topics(broker.bootstrap, 3)
+    config = SimConfig(scenario="cascade", seed=11, hours=2, speed=60, trigger_offset_s=60, symbols=SIM_SYMBOLS,
+                       truth_path=str(tmp_path / "truth.jsonl"), venues=("binance-usdm", "bybit-linear"))
+    with SimulatorThread(config) as sim:
+        service_config = IngestConfig(symbols=list(SIM_SYMBOLS), ws_url=sim.ws_url, rest_url=sim.http_url,
+                                      bootstrap=broker.bootstrap, run_dir=tmp_path, duration_s=30,
+                                      backoff_base_s=0.2, backoff_max_s=2.0)
+        sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
+        service = IngestService(venue_for("bybit-linear"), service_config, sink=sink)
+        asyncio.run(service.run())
+    truth = load_truth(tmp_path / "truth.jsonl")
+    stored = [r for r in sink.records if r.record_type == "liquidation"]
+    assert len(stored) > 100 and not any(r.is_sampled for r in stored)
+    first, last = min(r.ts_exchange for r in stored), max(r.ts_exchange for r in stored)
+    market = venue_market(truth, "bybit-linear")
+    symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
+    expected = Counter((l["symbol"], l["position"], l["ts"], Decimal(market.qty_of_lots(
+        symbols.index(l["symbol"]), market.fill_lots(round(l["qty"] / float(SYMBOL_SPECS[l["symbol"]].step_size))))))
+        for l in truth["liquidation"] if first <= l["ts"] <= last)
+    got = Counter((r.symbol_native, r.liquidated_position, r.ts_exchange, Decimal(r.qty)) for r in stored)
+    assert got == expected
+    published = sum(1 for l in truth["liquidation"] if first <= l["ts"] <= last and l["published"])
+    print(f"bybit-linear: {len(stored)} liquidations stored, all of the truth's; Binance's sample had {published}")
+    assert published < len(stored)

@@ -72,9 +72,12 @@ Choices where the spec leaves one:
     ``fundingInterval`` / 60 when that is whole hours, else None (Bybit has 1, 2, 4 and 8 h
     contracts, so there is no safe default);
   * liquidations: ``order_side`` is the side of the forced order (``Buy`` position -> "sell"),
-    ``price`` the bankruptcy price, ``avg_price`` None (not published), ``is_sampled`` True:
-    Bybit says the topic pushes all liquidations, but that is unverified (no public history to
-    reconcile it with), so volumes stay lower bounds. The retired ``liquidation`` topic (one
+    ``price`` the bankruptcy price, ``avg_price`` None (not published), ``is_sampled`` False:
+    Bybit documents that ``allLiquidation`` pushes every liquidation (batched every 500 ms), and
+    analytics.md §9.4 counts it among the complete feeds; there is no public history to reconcile
+    it with, which ``COVERAGE`` says. Liquidations of the retired ``liquidation`` topic are
+    ``is_sampled`` True: it pushed at most one order per symbol per second [unverified: Bybit's
+    v5 page for the retired topic, not in the spec]. The retired ``liquidation`` topic (one
     object per message, same side convention) is mapped too, for older recordings;
   * REST ``/v5/market/orderbook`` is skipped (it cannot bridge ``orderbook.50``, see above);
   * ``tradable_symbols`` lists perpetuals with status ``Trading`` (as for Binance), while
@@ -247,7 +250,8 @@ class BybitLinear(Venue):
         "mark_price": (Coverage.COMPLETE, "tickers"),
         "index_price": (Coverage.COMPLETE, "tickers"),
         "open_interest": (Coverage.SAMPLED, "tickers, one side (singleOpenInterest where published)"),
-        "liquidations": (Coverage.COMPLETE, "allLiquidation pushes every liquidation, batched every 500 ms"),
+        "liquidations": (Coverage.COMPLETE, "allLiquidation pushes every liquidation, batched every 500 ms (as "
+                                            "Bybit documents it; no public history to reconcile against)"),
         "adl": (Coverage.UNAVAILABLE, "adlAlert is not collected yet"),
     }
     PING_FRAME = '{"op":"ping"}'
@@ -508,7 +512,7 @@ class BybitLinear(Venue):
                            liquidated_position="long" if long_liquidated else "short",
                            price=NUMBERS.price(item, price_key, what), avg_price=None,
                            qty=NUMBERS.quantity(item, size_key, what), qty_unit="base", order_status=None,
-                           is_sampled=True)
+                           is_sampled=what == "liquidation")
 
     def _all_liquidation(self, message: dict, ts_recv: int) -> list:
         what = "allLiquidation"

@@ -9,8 +9,9 @@
   stream skips one ``u``), ``seq`` the market's update id, ``cts`` the matching time.
 * ``publicTrade.SYM`` per fill (taker side ``S``, UUID ``i``); ``tickers.SYM`` snapshot on subscribe
   then a delta each second with mark, index, funding and open interest (``openInterest`` two-sided
-  as Bybit documents it, ``singleOpenInterest`` one side); ``allLiquidation.SYM`` with ``S`` the
-  liquidated *position* side (``Buy`` = a long was liquidated) and ``p`` the bankruptcy price.
+  as Bybit documents it, ``singleOpenInterest`` one side); ``allLiquidation.SYM`` with every
+  liquidation (not Binance's one-per-second sample: Bybit publishes them all), ``S`` the liquidated
+  *position* side (``Buy`` = a long was liquidated), ``v`` its size and ``p`` the bankruptcy price.
 * REST ``/v5/market/instruments-info?category=linear``.
 Sizes are base units, as on Bybit linear; prices, sizes, mark and index are Bybit's own market
 (``ingest.simulator.venue_market``).
@@ -25,7 +26,7 @@ from decimal import Decimal
 import orjson
 from aiohttp import web
 
-from ..feed import DEPTH_LATENCY_MS
+from ..feed import DEPTH_LATENCY_MS, LIQUIDATION_EVENTS_STREAM
 from . import BookView, Dialect
 
 BOOK_DEPTHS = (1, 50, 200, 1000)
@@ -134,8 +135,9 @@ class BybitLinearDialect(Dialect):
         if kind not in KINDS or symbol not in self.feed.symbols:
             return None
         prefix = self.feed.formats[self.feed.symbol_index(symbol)].stream_prefix
-        return [f"{prefix}@" + {"orderbook": "depth@100ms", "publicTrade": "trade", "tickers": "markPrice@1s",
-                                "allLiquidation": "forceOrder"}[kind]]
+        if kind == "allLiquidation":
+            return [LIQUIDATION_EVENTS_STREAM]
+        return [f"{prefix}@" + {"orderbook": "depth@100ms", "publicTrade": "trade", "tickers": "markPrice@1s"}[kind]]
 
     # --- snapshots -------------------------------------------------------------------------
 
@@ -190,13 +192,16 @@ class BybitLinearDialect(Dialect):
     def encode(self, stream: str, payload: dict, topics: set[str]) -> dict[str, list[bytes]]:
         event = payload.get("e")
         out: dict[str, list[bytes]] = {}
-        if event == "forceOrder":
-            order = payload["o"]
-            topic = f"allLiquidation.{order['s']}"
-            s = self.feed.symbol_index(order["s"])
-            out[topic] = [orjson.dumps({"topic": topic, "type": "snapshot", "ts": payload["E"], "data": [{
-                "T": order["T"], "s": order["s"], "S": "Buy" if order["S"] == "SELL" else "Sell",
-                "v": self.market.qty(s, order["z"]), "p": self.market.price(s, order["p"])}]})]
+        if event == "liquidation":       # every liquidation, not Binance's sample
+            topic = f"allLiquidation.{payload['s']}"
+            s = self.feed.symbol_index(payload["s"])
+            if topic in topics:
+                fmt = self.feed.formats[s]
+                out[topic] = [orjson.dumps({"topic": topic, "type": "snapshot", "ts": payload["E"], "data": [{
+                    "T": payload["last_fill_ms"] or payload["ts"], "s": payload["s"],
+                    "S": "Buy" if payload["long"] else "Sell",
+                    "v": self.market.qty_of_lots(s, self.market.fill_lots(payload["lots"])),
+                    "p": self.market.price(s, fmt.price_float(payload["bankruptcy_price"]))}]})]
             return out
         symbol = payload["s"]
         s = self.feed.symbol_index(symbol)
