@@ -26,7 +26,7 @@ from ingest.feed import FeedHandler
 from ingest.service import IngestConfig, IngestService
 from ingest.simulator import ExchangeFeed, SimConfig
 from ingest.spill import SpillingSink
-from ingest.simulator.dialects import offline_frames
+from ingest.simulator.dialects import dialect_classes, offline_frames
 from ingest.venues import venue as venue_for
 from ingest.venues.binance_usdm import BinanceUsdm
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
@@ -113,12 +113,13 @@ def per_venue(n: int, console) -> list[dict]:
     against Binance USD-M measured in the same run."""
     rows = []
     binance = _frames(n)
-    for exchange in ("binance-usdm", "okx-swap", "bybit-linear"):
+    for exchange in ("binance-usdm", *dialect_classes()):
         if exchange == "binance-usdm":
             frames = binance
         else:
             feed = ExchangeFeed(SimConfig(scenario="cascade", seed=7, hours=1.5))
-            natives = [_native(exchange, s) for s in feed.symbols]
+            dialect = dialect_classes()[exchange](type("OfflineServer", (), {"feed": feed})())
+            natives = [dialect.native_symbol(s) for s in range(len(feed.symbols))]
             topics = [t for c in venue_for(exchange).ws_connections("ws://bench", natives) for t in c.streams]
             frames = [("ws", "bench", frame) for frame in offline_frames(exchange, feed, topics, n)]
             feed.close()
@@ -140,11 +141,6 @@ def per_venue(n: int, console) -> list[dict]:
     for row in rows:
         row["ratio"] = row["messages_per_s"] / rows[0]["messages_per_s"] if row is not rows[0] else None
     return rows
-
-
-def _native(exchange: str, symbol: str) -> str:
-    """The simulated market's symbol (BTCUSDT) as each simulated venue lists it."""
-    return f"{symbol[:-4]}-{symbol[-4:]}-SWAP" if exchange == "okx-swap" else symbol
 
 
 def _end_to_end(tmp: Path, bootstrap: str, seconds: float) -> dict:

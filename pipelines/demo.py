@@ -29,6 +29,7 @@ from rich.table import Table
 from ingest import records
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
 from ingest.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
+from ingest.simulator.dialects import url_prefix
 from pipelines.replay import replay
 from warehouse.settings import Settings
 
@@ -44,7 +45,7 @@ SIM_SEED = 7
 LOAD_EVERY_S = 20
 # The venues the demo ingests, each with its spelling of the simulated markets.
 DEMO_VENUES = {"binance-usdm": "BTCUSDT,ETHUSDT,SOLUSDT", "okx-swap": "BTC-USDT-SWAP,ETH-USDT-SWAP,SOL-USDT-SWAP",
-               "bybit-linear": "BTCUSDT,ETHUSDT,SOLUSDT"}
+               "bybit-linear": "BTCUSDT,ETHUSDT,SOLUSDT", "hyperliquid": "BTC,ETH,SOL"}
 
 
 def default_recordings() -> list[Path]:
@@ -156,8 +157,9 @@ def _stream_cascade(settings: Settings, console: Console, speed: float, pipeline
     for venue, symbols in DEMO_VENUES.items():
         with open(logs / f"demo-ingest-{venue}.log", "wb") as out:
             children.append(subprocess.Popen(
-                [*cli, "ingest", "--exchange", venue, "--symbols", symbols, "--ws-url", f"ws://127.0.0.1:{port}",
-                 "--rest-url", f"http://127.0.0.1:{port}", "--oi-interval", "1"],
+                [*cli, "ingest", "--exchange", venue, "--symbols", symbols,
+                 "--ws-url", f"ws://127.0.0.1:{port}{url_prefix(venue)}",
+                 "--rest-url", f"http://127.0.0.1:{port}{url_prefix(venue)}", "--oi-interval", "1"],
                 stdout=out, stderr=subprocess.STDOUT, env=_child_env(settings)))
         ingests[venue] = children[-1]
     next_load = time.monotonic() + LOAD_EVERY_S
@@ -258,8 +260,11 @@ def _summary(settings: Settings, report, truth: Path | None, days: list[str], co
                 table.add_row(f"analytics.{name[0]}", f"{rows:,}", "", "")
         console.print(table)
         if truth is not None:
-            _cascade_summary(con, truth, console)
-            _venue_summary(con, console)
+            from ingest.simulator import load_truth
+
+            true = load_truth(truth)
+            _cascade_summary(con, true, console)
+            _venue_summary(con, true, console)
         else:
             _bars_summary(con, console)
     if report is not None:
@@ -288,10 +293,7 @@ def _bars_summary(con, console: Console) -> None:
     console.print(per_symbol)
 
 
-def _cascade_summary(con, truth_path: Path, console: Console) -> None:
-    from ingest.simulator import load_truth
-
-    truth = load_truth(truth_path)
+def _cascade_summary(con, truth: dict, console: Console) -> None:
     trigger = truth["meta"][0]["trigger_ms"]
     window = {w["symbol"]: (w["start_ms"], w["end_ms"]) for w in truth["cascade_window"]}
     table = Table(title=f"the cascade on binance-usdm (trigger {_utc(trigger)})")
@@ -354,8 +356,9 @@ def _cascade_summary(con, truth_path: Path, console: Console) -> None:
                   "of history before the cascade (see `make bench` detection figures)")
 
 
-def _venue_summary(con, console: Console) -> None:
-    """The same market seen through each venue's feed: what each publishes, in base units and USD."""
+def _venue_summary(con, truth: dict, console: Console) -> None:
+    """The same market seen through each venue's feed: what each publishes, in base units and USD,
+    and how much of the venue's true liquidated notional its public feed revealed."""
     rows = con.execute("""
         WITH bars AS (SELECT exchange, sum(trade_count) AS trades, sum(quote_volume) AS volume
                       FROM analytics.ohlcv_1m GROUP BY exchange),
@@ -384,16 +387,26 @@ def _venue_summary(con, console: Console) -> None:
     table = Table(title="the venues compared (one simulated price path; each venue's own book, basis, "
                         "wire format and units)")
     for column in ("venue", "trades", "volume", "2% depth (mean)", "spread bps", "premium bps", "open interest",
-                   "liquidations", "orders", "book gaps", "resyncs"):
+                   "liquidations", "of true", "orders", "book gaps", "resyncs"):
         table.add_column(column, justify="left" if column == "venue" else "right")
+    markets = truth["meta"][0].get("venue_markets", {})
+    true_usd = sum(r["notional"] for r in truth.get("liquidation", []))
     for venue, trades, volume, depth2, spread, premium, oi_usd, liq_usd, orders, gaps, resyncs in rows:
+        # Each venue's market holds its share of the positions, so of the liquidations too.
+        venue_true = true_usd * markets[venue]["share"] if venue in markets else None
         table.add_row(venue, f"{trades or 0:,}", _usd(volume), _usd(depth2),
                       f"{spread:.2f}" if spread is not None else "", f"{premium:+.2f}" if premium is not None else "",
-                      _usd(oi_usd), _usd(liq_usd), f"{orders or 0:,}", str(gaps or 0), str(resyncs or 0))
+                      _usd(oi_usd), _usd(liq_usd), f"{(liq_usd or 0) / venue_true:.0%}" if venue_true else "",
+                      f"{orders or 0:,}", str(gaps or 0), str(resyncs or 0))
     console.print(table)
     console.print("Books: Binance depth is the full synced book, OKX's a 400-level view, Bybit's 50 levels "
-                  "(its 2% band can be wider than the visible book: analytics.book_depth flags it). OKX sizes are "
-                  "contracts, converted with raw.instrument_units. Liquidation feeds are samples on every venue.")
+                  "(its 2% band can be wider than the visible book: analytics.book_depth flags it), Hyperliquid's a "
+                  "whole 20-level book every 5 s (too shallow for depth bands). OKX sizes are contracts, converted "
+                  "with raw.instrument_units.")
+    from ingest.venues import REGISTRY
+    console.print("Liquidation feeds: " + "; ".join(
+        f"{venue} {REGISTRY[venue].COVERAGE['liquidations'][0].value}" for venue in DEMO_VENUES)
+        + " (perpflow venues says why; meta.venue_coverage has it in SQL).")
 
 
 def _usd(value) -> str:

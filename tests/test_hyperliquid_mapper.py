@@ -681,3 +681,16 @@ def test_the_service_posts_info_requests_and_takes_the_instruments(tmp_path):
     assert [(r.symbol, r.tick_size, r.lot_size) for r in published] == [
         ("BTC-USDC-PERP", "0.1", "0.00001"), ("KPEPE-USDC-PERP", "0.000001", "1")]
     assert refused.startswith("FTM not trading as perpetuals on hyperliquid")
+
+
+def test_untimed_pushes_keep_the_venues_clock():
+    """activeAssetCtx carries no time: it is stamped with the last book or trade time received plus
+    the receive time elapsed since, so a venue whose clock differs from ours (a skewed host, a replay,
+    the simulator) keeps funding and open interest on its own time line."""
+    venue = Hyperliquid()
+    second = 1_000_000_000
+    first = venue.map_ws(ctx_frame(), 5 * second)            # funding and open interest
+    assert {r.ts_exchange for r in first} == {5_000}         # nothing timed yet: the receive time
+    venue.map_ws(book(time=1_760_000_000_000), 10 * second)
+    funding, oi = venue.map_ws(ctx_frame(funding="0.00002", openInterest="1.5"), 12 * second)
+    assert funding.ts_exchange == oi.ts_exchange == 1_760_000_002_000

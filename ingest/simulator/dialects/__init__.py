@@ -59,6 +59,9 @@ class Dialect:
     ``add_routes``, ``on_text`` (client frames) and ``encode`` (underlying message -> frames)."""
 
     name: str
+    #: where the venue's own host is served on the simulator's one port ("" for the root):
+    #: clients point ``--ws-url`` and ``--rest-url`` at ``http(s)://HOST:PORT`` + this.
+    url_prefix: str = ""
 
     def __init__(self, server):
         self.server = server
@@ -144,6 +147,12 @@ def dialect_classes() -> dict[str, type[Dialect]]:
     from .okx import OkxSwapDialect
 
     return {cls.name: cls for cls in (BinanceCoinmDialect, OkxSwapDialect, BybitLinearDialect, HyperliquidDialect)}
+
+
+def url_prefix(exchange: str) -> str:
+    """The path a venue's websocket and REST URLs start with on the simulator."""
+    cls = dialect_classes().get(exchange)
+    return cls.url_prefix if cls is not None else ""
 
 
 NATIVE_VENUE = "binance-usdm"   # the feed's own format, served by ``ingest.simulator.server``

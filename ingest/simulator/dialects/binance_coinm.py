@@ -33,6 +33,7 @@ PREFIX = "/coinm"
 
 class BinanceCoinmDialect(Dialect):
     name = "binance-coinm"
+    url_prefix = PREFIX
 
     # --- symbols and units -----------------------------------------------------------------
 

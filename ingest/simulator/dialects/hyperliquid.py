@@ -51,6 +51,7 @@ def address(*parts) -> str:
 
 class HyperliquidDialect(Dialect):
     name = "hyperliquid"
+    url_prefix = PREFIX
 
     def __init__(self, server):
         super().__init__(server)
