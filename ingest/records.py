@@ -27,9 +27,10 @@ from typing import Annotated, ClassVar
 import orjson
 import pyarrow as pa
 
-SCHEMA_VERSION = 4   # 2: Funding.rate and interval_hours nullable (delivery contracts)
+SCHEMA_VERSION = 5   # 2: Funding.rate and interval_hours nullable (delivery contracts)
                      # 3: book checksums; instruments
                      # 4: ADL events; book snapshots count local uncrossing
+                     # 5: open interest's short side where it differs from the long (pool venues)
 
 
 class _Kind:
@@ -143,9 +144,13 @@ class OpenInterest(MarketRecord):
     topic: ClassVar[str] = "md.open_interest"
     table: ClassVar[str] = "open_interest"
 
-    open_interest: Num
+    open_interest: Num        # one side: every long has a short, except on pool venues (below)
     qty_unit: Text
     open_interest_usd: Num | None = None   # only where the venue publishes it
+    open_interest_short: Num | None = None # venues whose pool is every position's counterparty (GMX), where
+                              # long and short OI differ: the short side, in qty_unit; open_interest is
+                              # then the long side. Non-NULL marks pool-counterparty OI (analytics.md
+                              # §9.3): long + short is not comparable to a CEX's one-sided figure
 
 
 @dataclass(slots=True, kw_only=True)

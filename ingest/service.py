@@ -10,7 +10,8 @@ connections are rotated before the venue's 24-hour limit. Optionally each route 
 so one dropped connection loses nothing, not even streams that cannot be backfilled; frames that
 are not UTF-8 or exceed ``max_frame_bytes`` are dead-lettered without dropping the connection.
 REST depth snapshots are fetched whenever the book sync asks for one; open interest is polled
-within the REST weight budget.
+within the REST weight budget, and so are the venue's other periodic requests (``Venue.polls``),
+each at its own interval; a venue with no websocket at all runs on those polls alone.
 Records go through ``SpillingSink``: a Kafka outage spills to disk and drains in order. Records
 the sink has to drop (the spill's disk full or at its cap) are recovered where the venue allows:
 dropped trades are reopened as gaps and backfilled once the spill takes records again (or by the
@@ -41,7 +42,7 @@ import random
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,10 @@ class IngestService:
     # The websockets library closes the connection (1009) above this; perpflow's own, much lower
     # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
     PROTOCOL_MAX_FRAME_BYTES = 1 << 28
+    # The venue's periodic polls may spend this share of its REST budget in any POLL_WINDOW_S,
+    # counted here (most venues report no weight); the rest is left to snapshots and backfills.
+    POLL_BUDGET_SHARE = 0.8
+    POLL_WINDOW_S = 60.0
 
     def __init__(self, venue, config: IngestConfig, sink: SpillingSink | None = None):
         self.venue = venue
@@ -163,6 +168,8 @@ class IngestService:
         self._uncovered_routes: set[str] = set()    # left with no live connection since their last catch-up
         self._tasks: set[asyncio.Task] = set()
         self._last_oi: dict[str, bytes] = {}
+        self._poll_spent: deque = deque()                 # (monotonic time, weight) of recent polls
+        self._polls: dict[str, dict] = {}                 # per poll URL: its interval, successes, failures
         self._session: aiohttp.ClientSession | None = None
         self._mergers: dict[str, ReplicaMerger] = {}   # per route, with redundant connections only
         self._rate = {"t": time.monotonic(), "messages": 0, "per_s": 0.0}
@@ -193,6 +200,8 @@ class IngestService:
                      for c in self.connections.values()]
             if any(self.venue.open_interest_url(self.config.rest_url, s) for s in self.config.symbols):
                 tasks.append(self._supervised("open-interest", self._poll_open_interest))
+            tasks += [self._supervised(f"poll {p.url}", lambda p=p: self._poll(p))
+                      for p in self.venue.polls(self.config.rest_url, self.config.symbols)]
             tasks += [self._supervised("drain", self._drain_spill), self._supervised("status", self._write_status),
                       self._supervised("reference", self._refresh_reference)]
             await self.stop.wait()
@@ -685,6 +694,48 @@ class IngestService:
             busy = self.rest_weight > 0.8 * self.venue.REST_WEIGHT_LIMIT
             await asyncio.sleep(interval * (4 if busy else 1))
 
+    async def _poll(self, poll) -> None:
+        """One of the venue's periodic requests (``Venue.polls``), at most once per ``interval_s`` and
+        within the polls' share of the REST budget. A request that fails is a ``poll_failed`` feed
+        event and a body that cannot be mapped a dead letter; either way the poll goes on."""
+        state = self._polls[poll.url] = {"interval_s": poll.interval_s, "ok": 0, "failed": 0, "dead_letters": 0,
+                                         "failing": None}
+        while True:
+            started = time.monotonic()
+            await self._spend_poll_weight(poll.weight)
+            try:
+                body, ts = await self._get(poll.url, attempts=2, what=f"poll {poll.url}")
+            except IngestError as exc:
+                state["failed"] += 1
+                state["failing"] = str(exc)[:200]
+                self.events["poll_errors"] += 1
+                self._feed_event("poll_failed", None, {"url": poll.url, "reason": str(exc)[:500]})
+            else:
+                letters = sum(self.handler.stats.dead_letters.values())
+                self.handler.on_rest(poll.url, body, ts)
+                state["dead_letters"] += sum(self.handler.stats.dead_letters.values()) - letters
+                state["ok"] += 1
+                state["failing"] = None
+            # Slow down when the venue reports its weight nearly used up by others.
+            busy = self.rest_weight > 0.8 * self.venue.REST_WEIGHT_LIMIT
+            await asyncio.sleep(max(0.0, poll.interval_s * (4 if busy else 1) - (time.monotonic() - started)))
+
+    async def _spend_poll_weight(self, weight: int) -> None:
+        """Wait until the polls' budget over the last ``POLL_WINDOW_S`` has room for ``weight``."""
+        limit = self.POLL_BUDGET_SHARE * self.venue.REST_WEIGHT_LIMIT
+        deferred = False
+        while True:
+            now = time.monotonic()
+            while self._poll_spent and now - self._poll_spent[0][0] >= self.POLL_WINDOW_S:
+                self._poll_spent.popleft()
+            if not self._poll_spent or sum(w for _, w in self._poll_spent) + weight <= limit:
+                self._poll_spent.append((now, weight))
+                return
+            if not deferred:
+                deferred = True
+                self.events["polls_deferred"] += 1
+            await asyncio.sleep(self.POLL_WINDOW_S - (now - self._poll_spent[0][0]) + 0.01)
+
     async def _get_json(self, url: str, **kwargs):
         body, _ = await self._get(url, **kwargs)
         return orjson.loads(body)
@@ -779,6 +830,7 @@ class IngestService:
             problems.append(f"{missing:,} trades missing")
         if self._waits:
             problems.append(f"{len(self._waits)} REST calls backing off")
+        problems += [f"poll failing: {url}" for url, poll in self._polls.items() if poll["failing"]]
         now = time.monotonic()
         recent = {name for t, name, _ in self._task_errors if now - t < RECENT_TASK_ERROR_S}
         if recent:
@@ -812,6 +864,7 @@ class IngestService:
             "spilling": sink.get("spilling", False), "spill_bytes": sink.get("spill_bytes", 0),
             "spilled_total": sink.get("spilled_total", 0), "kafka_outages": sink.get("outages", 0),
             "counters_run": dict(run), "counters_total": dict(self._totals_base + run),
+            "polls": {url: dict(poll) for url, poll in self._polls.items()},
             "connections": {c.name: {"state": c.state, "connects": c.connects,
                                      "silent_s": {s: round(now - t, 1) for s, t in c.last_seen.items()}}
                             for c in self.connections.values()},

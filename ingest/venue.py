@@ -9,7 +9,8 @@ fixtures, and one line in the registry ``ingest.venues.REGISTRY``.
 What a venue describes:
 
 * **Connections** (``ws_connections``): the websocket URLs to open, the streams each carries and
-  the text frames to send after connecting (venues that subscribe by message); an application
+  the text frames to send after connecting (venues that subscribe by message; none for a venue
+  that publishes only over HTTP, which then runs on its polls alone); an application
   ping frame and its interval where the venue wants one (``PING_FRAME``); how to tell a frame's
   stream without parsing it (``stream_of``); the longest normal silence per stream kind
   (``SILENCE_LIMIT_S``) and the maximum connection age.
@@ -21,7 +22,10 @@ What a venue describes:
 * **Mapping**: websocket frames and REST bodies to records (``map_ws``, ``map_rest``), pure and
   raising ``SkipMessage``/``MalformedMessage``; trade-id sequencing for gap detection and the
   REST request that backfills a gap (``trade_sequence``, ``trades_url``); open-interest polls
-  for venues that do not push it (``open_interest_url``).
+  for venues that do not push it (``open_interest_url``); other REST requests repeated at an
+  interval of their own, for data a venue publishes only over HTTP (``polls``).
+* **Order book**: whether the venue has one at all (``HAS_ORDER_BOOK``; an oracle/pool venue
+  has none, and depth analytics have nothing to read there).
 * **REST limits**: the weight budget and the header that reports what is used; for venues whose
   REST API is POST-only, how a request URL is sent (``rest_request``).
 * **Coverage** (``COVERAGE``): for each kind of data, whether the venue's public feeds give all
@@ -77,6 +81,15 @@ DATA_KINDS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class Poll:
+    """A REST request the live service repeats while it runs (``Venue.polls``)."""
+
+    url: str                            # perpflow's name of the request, as ``map_rest`` receives it
+    interval_s: float                   # at most one request per interval (the venue's update cadence)
+    weight: int = 1                     # its cost in ``REST_WEIGHT_LIMIT`` units
+
+
+@dataclass(frozen=True)
 class WsConnection:
     """One websocket connection to open."""
 
@@ -105,6 +118,7 @@ class Venue(ABC):
     SUBSCRIBE_REQUESTS_PER_HOUR: ClassVar[int | None] = None  # per connection, where the venue caps them
     REST_WEIGHT_LIMIT: ClassVar[int]    # per minute, in the venue's weight units
     WEIGHT_HEADER: ClassVar[str | None] = None            # response header with the weight used
+    HAS_ORDER_BOOK: ClassVar[bool] = True                 # False: no book at all (trades against a pool)
 
     rules: object                       # ``ingest.book_sync.SyncRules`` for this venue's books
     #: Per ``DATA_KINDS`` key: how complete the venue's public data is, and why (``perpflow venues``,
@@ -173,6 +187,12 @@ class Venue(ABC):
     def open_interest_url(self, rest_url: str, native: str) -> str | None:
         """The open-interest poll for venues that do not push it (None: it arrives in-stream)."""
         return None
+
+    def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
+        """REST requests to repeat, each at its own interval, while the service runs (data the venue
+        publishes only over HTTP); the service keeps them within ``REST_WEIGHT_LIMIT`` and hands
+        each answer to ``map_rest``. Open interest per symbol stays ``open_interest_url``."""
+        return []
 
     @abstractmethod
     def reference_urls(self, rest_url: str) -> dict[str, str]:

@@ -286,7 +286,8 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
                           max_connection_age_s=max_connection_age, duration_s=duration,
                           connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)))
     service = IngestService(venue, config, sink=sink)
-    console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url} into Kafka at {settings.bootstrap}")
+    console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url or config.rest_url} into Kafka at "
+                  f"{settings.bootstrap}")
     try:
         run_service(service, report=lambda st: console.print(f"{_status_line(st)} [{st['state']}]", highlight=False,
                                                              markup=False))
@@ -361,7 +362,8 @@ def _ingest_status_lines(st: dict, pid_alive: bool, now: float) -> list[str]:
                        ("trade gaps", "trade_gaps"), ("trades backfilled", "trades_backfilled"),
                        ("trades lost (with event)", "trades_lost"), ("disconnects", "disconnects"),
                        ("stalls", "stalls"), ("book gaps", "book_gaps"), ("REST 429", "rest_429"),
-                       ("task errors", "task_errors"), ("dead letters", "dead_letters")):
+                       ("polls failed (with event)", "poll_errors"), ("task errors", "task_errors"),
+                       ("dead letters", "dead_letters")):
         lines.append(f"  {label:<26} {run.get(key, 0):>16,} {total.get(key, 0):>16,}")
     return lines
 

@@ -49,18 +49,21 @@ class WrongVenue(ValueError):
 
 def check_replayable(exchange: str, paths: list[Path]) -> None:
     """Raise ``NothingToReplay`` unless some file holds a venue message, and ``WrongVenue`` when the
-    first messages are not ``exchange``'s (naming the venue they look like)."""
+    first messages are not ``exchange``'s (naming the venue they look like). A recording of REST
+    bodies only (a venue polled over HTTP) is judged on its bodies, and refused only when another
+    venue claims them: most venues recognise their websocket frames, not their REST bodies."""
     venue = venue_for(exchange)
     not_data: Counter = Counter()
-    probe, data_seen = [], False
+    probe, rest_probe, data_seen = [], [], False
     for message in read_recordings(paths, venue):
         if message.kind == "meta":
             not_data[message.source] += 1
             continue
         data_seen = True
-        if message.kind == "ws":
+        sample = {"ws": probe, "rest": rest_probe}.get(message.kind)
+        if sample is not None and len(sample) < PROBE_MESSAGES:
             try:
-                probe.append(orjson.loads(message.payload))
+                sample.append(orjson.loads(message.payload))
             except orjson.JSONDecodeError:
                 pass
         if len(probe) >= PROBE_MESSAGES:
@@ -68,6 +71,8 @@ def check_replayable(exchange: str, paths: list[Path]) -> None:
     if not data_seen:
         found = "; ".join(f"{n} line(s) of {what}" for what, n in not_data.items()) or "the files are empty"
         raise NothingToReplay(f"no venue message to replay in {', '.join(map(str, paths))} ({found})")
+    if not probe and not any(venue.recognizes(m) for m in rest_probe):
+        probe = rest_probe if any(name != exchange for name, _ in likely_venues(rest_probe)) else []
     ours = sum(1 for m in probe if venue.recognizes(m))
     if probe and not ours:
         others = [(name, n) for name, n in likely_venues(probe) if name != exchange]

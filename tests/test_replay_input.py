@@ -175,6 +175,21 @@ def test_replaying_dydx_frames_as_another_venue_or_others_as_dydx_is_an_error(tm
     assert out.returncode == 2 and "BTC-USD,ETH-USD" in out.stderr and "dydx-v4" in out.stderr
 
 
+def test_replaying_gmx_bodies_as_another_venue_or_others_as_gmx_is_an_error(tmp_path):
+    gmx = tmp_path / "gmx.jsonl"   # REST bodies only, as perpflow records a polled venue
+    rows = [("tokens.json", "/tokens"), ("markets_info.json", "/markets/info"),
+            ("prices_tickers.json", "/prices/tickers")]
+    gmx.write_bytes(b"".join(orjson.dumps({"recv_ns": 1_709_500_000_000_000_000 + i, "kind": "rest",
+                                           "source": f"https://arbitrum-api.gmxinfra.io{path}",
+                                           "msg": orjson.loads((FIXTURES / "gmx" / name).read_bytes())}) + b"\n"
+                            for i, (name, path) in enumerate(rows)))
+    out = run(["replay", "--exchange", "okx-swap", str(gmx)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange gmx-v2" in out.stdout + out.stderr
+    okx = FIXTURES / "okx" / "documented_examples.jsonl"
+    out = run(["replay", "--exchange", "gmx-v2", str(okx)], env=base_env(tmp_path))
+    assert out.returncode == 1 and "run with --exchange okx-swap" in out.stdout + out.stderr
+
+
 def test_symbols_are_checked_against_the_venues_spelling(tmp_path):
     okx = FIXTURES / "okx" / "documented_examples.jsonl"
     out = run(["replay", "--exchange", "okx-swap", "--symbols", "BTCUSDT", str(okx)], env=base_env(tmp_path))

@@ -78,10 +78,15 @@ BOOK_CHECKSUMS_AND_INSTRUMENTS = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF 
 ADL_AND_UNCROSSED = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF NOT EXISTS uncrossed BIGINT",
                      raw_table_ddl(records.Adl)]
 
+# Record schema 5: the short side of open interest on venues where it differs from the long (GMX:
+# the pool is every position's counterparty).
+OPEN_INTEREST_SHORT = ["ALTER TABLE raw.open_interest ADD COLUMN IF NOT EXISTS open_interest_short DOUBLE"]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
                                            (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS),
                                            (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED),
-                                           (8, [ddl_microstructure.ADL_EVENTS])]
+                                           (8, [ddl_microstructure.ADL_EVENTS]),
+                                           (9, OPEN_INTEREST_SHORT)]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -11,6 +11,7 @@ from ingest.venues.binance_coinm import BinanceCoinm
 from ingest.venues.binance_usdm import BinanceUsdm
 from ingest.venues.bybit_linear import BybitLinear
 from ingest.venues.dydx_v4 import DydxV4
+from ingest.venues.gmx_v2 import GmxV2
 from ingest.venues.hyperliquid import Hyperliquid
 from ingest.venues.okx import OkxSwap
 
@@ -20,6 +21,7 @@ REGISTRY: dict[str, type[Venue]] = {cls.exchange: cls for cls in (
     OkxSwap,
     BybitLinear,
     DydxV4,
+    GmxV2,
     Hyperliquid,
 )}
 
