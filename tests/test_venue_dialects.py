@@ -52,6 +52,20 @@ def venue_size(exchange: str, sim_symbol: str, price: str, qty: str) -> Decimal:
     return Decimal(qty)
 
 
+async def run_for_market_time(service: IngestService, sim: SimulatorThread, market_s: float,
+                              at_most_s: float = 600) -> None:
+    """Run the service until the simulator has played ``market_s`` seconds of market time (a loaded
+    machine plays them slower than the configured speed), but no longer than ``at_most_s``."""
+    feed = sim.simulator.feed
+    task = asyncio.create_task(service.run())
+    started = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.5)
+        if feed.now_ms - feed.start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
+            service.request_stop()
+    await task
+
+
 def venue_market(truth, exchange: str) -> VenueMarket:
     meta = truth["meta"][0]
     assert exchange in meta["venue_markets"]
@@ -127,11 +141,11 @@ def test_the_live_service_in_each_dialect_keeps_books_exact_through_drops_and_ga
     with SimulatorThread(config) as sim:
         service_config = IngestConfig(symbols=list(NATIVE[exchange].values()),
                                       ws_url=sim.ws_url + WS_PATH.get(exchange, ""), rest_url=sim.http_url,
-                                      bootstrap=broker.bootstrap, run_dir=tmp_path, duration_s=40,
+                                      bootstrap=broker.bootstrap, run_dir=tmp_path,
                                       backoff_base_s=0.2, backoff_max_s=2.0, oi_interval_s=1.0)
         sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
         service = IngestService(venue, service_config, sink=sink)
-        asyncio.run(service.run())
+        asyncio.run(run_for_market_time(service, sim, 1200))
     truth = load_truth(tmp_path / "truth.jsonl")
     records = sink.records
     kinds = Counter(r.record_type for r in records)
@@ -298,10 +312,10 @@ def test_hyperliquid_through_a_cascade_books_trades_and_the_backstop_liquidation
     with SimulatorThread(config) as sim:
         service_config = IngestConfig(symbols=["BTC", "ETH", "SOL"], ws_url=sim.ws_url + HL_PREFIX,
                                       rest_url=sim.http_url + HL_PREFIX, bootstrap=broker.bootstrap, run_dir=tmp_path,
-                                      duration_s=40, backoff_base_s=0.2, backoff_max_s=2.0)
+                                      backoff_base_s=0.2, backoff_max_s=2.0)
         sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
         service = IngestService(venue, service_config, sink=sink)
-        asyncio.run(service.run())
+        asyncio.run(run_for_market_time(service, sim, 2400))
     truth = load_truth(tmp_path / "truth.jsonl")
     records = sink.records
     kinds = Counter(r.record_type for r in records)
@@ -357,11 +371,11 @@ def test_bybit_publishes_every_liquidation_not_a_sample(tmp_path, broker):
                        truth_path=str(tmp_path / "truth.jsonl"), venues=("binance-usdm", "bybit-linear"))
     with SimulatorThread(config) as sim:
         service_config = IngestConfig(symbols=list(SIM_SYMBOLS), ws_url=sim.ws_url, rest_url=sim.http_url,
-                                      bootstrap=broker.bootstrap, run_dir=tmp_path, duration_s=30,
+                                      bootstrap=broker.bootstrap, run_dir=tmp_path,
                                       backoff_base_s=0.2, backoff_max_s=2.0)
         sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
         service = IngestService(venue_for("bybit-linear"), service_config, sink=sink)
-        asyncio.run(service.run())
+        asyncio.run(run_for_market_time(service, sim, 1800))
     truth = load_truth(tmp_path / "truth.jsonl")
     stored = [r for r in sink.records if r.record_type == "liquidation"]
     assert len(stored) > 100 and not any(r.is_sampled for r in stored)
