@@ -124,7 +124,7 @@ def test_funding_without_a_rate_and_without_an_index_loads_as_null(fresh_broker,
 
 
 def test_funding_nullability_checksums_and_instruments_migrate_an_existing_warehouse(tmp_path):
-    from ingest.records import BookDelta, BookSnapshot, Funding
+    from ingest.records import BookDelta, BookSnapshot, Funding, OpenInterest
 
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     con.execute("CREATE SCHEMA raw")
@@ -132,6 +132,7 @@ def test_funding_nullability_checksums_and_instruments_migrate_an_existing_wareh
                 .replace("interval_hours BIGINT", "interval_hours BIGINT NOT NULL"))
     for cls in (BookSnapshot, BookDelta):     # as record schema 2 made them: no checksum column
         con.execute(raw_table_ddl(cls).replace(", checksum BIGINT", ""))
+    con.execute(raw_table_ddl(OpenInterest).replace(", open_interest_short DOUBLE", ""))
     con.execute("CREATE SCHEMA meta")
     con.execute("CREATE TABLE meta.schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
     con.execute("INSERT INTO meta.schema_migrations VALUES (1, now()), (2, now()), (3, now())")
@@ -145,6 +146,9 @@ def test_funding_nullability_checksums_and_instruments_migrate_an_existing_wareh
     # record schema 4 (migration 7): ADL events, and how often a snapshot's book was uncrossed
     assert "uncrossed" in [c[0] for c in con.execute("DESCRIBE raw.book_snapshots").fetchall()]
     assert con.execute("SELECT count(*) FROM raw.adl_events").fetchone() == (0,)
+    # migration 8: analytics.adl_events; migration 9: the short side of open interest (GMX)
+    assert con.execute("SELECT count(*) FROM analytics.adl_events").fetchone() == (0,)
+    assert "open_interest_short" in [c[0] for c in con.execute("DESCRIBE raw.open_interest").fetchall()]
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -85,7 +85,7 @@ OPEN_INTEREST_SHORT = ["ALTER TABLE raw.open_interest ADD COLUMN IF NOT EXISTS o
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
                                            (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS),
                                            (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED),
-                                           (8, [ddl_microstructure.ADL_EVENTS]),
+                                           (8, ["CREATE SCHEMA IF NOT EXISTS analytics", ddl_microstructure.ADL_EVENTS]),
                                            (9, OPEN_INTEREST_SHORT)]
 LATEST = MIGRATIONS[-1][0]
 
