@@ -99,6 +99,25 @@ class WsConnection:
     subscribe: tuple[str, ...] = ()     # text frames sent once connected
 
 
+class VenueClock:
+    """The venue's time for messages that carry none (Hyperliquid's activeAssetCtx, GMX's market
+    values): the time of the last timed message received plus what the receive clock has run since,
+    the receive time itself before any. Keeps untimed records on the venue's time line when it
+    differs from perpflow's clock (a skewed host, a replay, the simulator)."""
+
+    def __init__(self):
+        self._last: tuple[int, int] | None = None     # (venue ms, ts_recv ns)
+
+    def tick(self, venue_ms: int, ts_recv: int) -> None:
+        self._last = (venue_ms, ts_recv)
+
+    def at(self, ts_recv: int) -> int:
+        if self._last is None:
+            return ts_recv // 1_000_000
+        venue_ms, then = self._last
+        return venue_ms + max(0, ts_recv - then) // 1_000_000
+
+
 class Venue(ABC):
     exchange: ClassVar[str]             # the registry id, e.g. "binance-usdm"
     default_ws_url: ClassVar[str]

@@ -46,6 +46,7 @@ Wanted = Callable[[str], bool] | None
 
 
 RECENT_AGG_TRADES = 200_000
+RECENT_LIQUIDATIONS = 200_000
 
 
 class Message(NamedTuple):
@@ -91,6 +92,8 @@ class ExchangeFeed:
         self._second_trade = list(m.next_trade_id)
         # Recent aggTrades per symbol for REST /fapi/v1/aggTrades (what clients backfill gaps from).
         self._recent_agg: list[deque] = [deque(maxlen=RECENT_AGG_TRADES) for _ in range(n)]
+        # Every liquidation once its second is over, newest last (venues that list them all over REST).
+        self.recent_liquidations: deque[Liquidation] = deque(maxlen=RECENT_LIQUIDATIONS)
         self.pending_drops = 0
         self.pending_hostile: list[str] = []    # kinds of hostile frames the server sends next
         self.liquidation_count = 0
@@ -333,6 +336,7 @@ class ExchangeFeed:
                             liq.last_fill_lots, liq.filled_lots, liq.last_fill_ms), gate)
             self.liquidation_count += len(window)
             self._record_liquidations(s, window, published)
+            self.recent_liquidations.extend(window)
             if wanted is None or wanted(LIQUIDATION_EVENTS_STREAM):
                 for liq in window:
                     out.append(Message(t1 + FORCE_ORDER_LATENCY_MS, LIQUIDATION_EVENTS_STREAM,

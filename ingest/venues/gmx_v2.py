@@ -77,14 +77,16 @@ Choices where the spec leaves one:
     venues' one-sided figure is every position's side at once; GMX's two sides are separate
     books against the pool, which is why the short side has its own column (analytics.md §9.3:
     store both; a sum is pool-counterparty OI, not comparable to a CEX's one-sided total
-    [assumption]). ``ts_exchange`` is the receive time (the body has no time of its own);
+    [assumption]). The body has no time of its own: ``ts_exchange`` is the venue's clock
+    (``VenueClock``: the oracle's newest ``updatedAt`` plus the receive time elapsed since; the
+    oracle prices are read once at start, as reference "clock", so the clock is known early);
   * funding: one ``Funding`` per market from ``marketInfos`` (``where: {isDisabled_eq: false}``),
     the hourly rate in CEX sign (+ = longs pay) = fundingFactorPerSecond / 10^30 x 3600 x
     (longsPayShorts ? 1 : -1), computed exactly in decimal; ``interval_hours`` 1,
     ``next_funding_time`` None (continuous), ``mark_price`` None (GMX values positions at the
     oracle price; there is no mark of its own), ``index_price`` the index token's last oracle
     mid (None until ``/prices/tickers`` was read), ``is_realised`` False, ``ts_exchange`` the
-    receive time. A market is found by ``marketTokenAddress``, else ``id`` (the market token in
+    venue's clock, as above. A market is found by ``marketTokenAddress``, else ``id`` (the market token in
     §2.7's query);
   * oracle prices: a price-only ``Funding`` (``rate`` None, ``index_price`` = the mid) for every
     market of a token whose price moved, ``ts_exchange`` = ``updatedAt``, as OKX's index-tickers;
@@ -106,7 +108,8 @@ Choices where the spec leaves one:
     id indexed into that second later would then be missed). A row whose market or index token is
     not known yet is left for the next poll (the cursor stays at its second). A row that cannot be
     read dead-letters its body once, with its id, and is skipped from then on, so one bad row
-    cannot stall the list. The cursor starts at the time the venue object is made: events while
+    cannot stall the list. The cursor starts at "now" by the venue's clock when the first query
+    goes out: events while
     perpflow is stopped are not fetched on the next start (no resume point is kept yet;
     ``GmxV2(events_since=...)`` starts elsewhere);
   * polls (``polls``): ``/markets/info`` and ``/prices/tickers`` every ``VALUES_INTERVAL_S`` (the
@@ -115,7 +118,8 @@ Choices where the spec leaves one:
     budget of one request a second across both hosts, GMX publishing none);
   * REST naming: a GraphQL query is named ``<graphql url>?query=marketInfos|liquidations|adl`` and
     ``rest_request`` turns it into a POST of ``{"query", "variables"}`` with the cursor; the
-    GraphQL URL is the constructor's (``--rest-url`` moves only the oracle REST API);
+    GraphQL URL is the constructor's, except that with a ``--rest-url`` other than GMX's own (a
+    mirror, or perpflow's simulator) it is ``<rest-url>/graphql``;
   * recordings: bodies replay from perpflow's JSONL (``{"recv_ns", "kind": "rest", "source", "msg"}``)
     or as bare lines, whose endpoint ``recorded_rest`` tells from the body's shape; a GraphQL
     ``errors`` answer is dead-lettered with GMX's message.
@@ -133,7 +137,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import orjson
 
 from ingest.records import Adl, Funding, Instrument, Liquidation, OpenInterest
-from ingest.venue import BookResync, Coverage, MalformedMessage, Poll, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, Poll, SkipMessage, Venue, VenueClock, WsConnection
 from ingest.venues.fields import field
 
 DEFAULT_REST_URL = "https://arbitrum-api.gmxinfra.io"
@@ -300,7 +304,7 @@ class GmxV2(Venue):
 
     def __init__(self, graphql_url: str = DEFAULT_GRAPHQL_URL, events_since: int | None = None):
         """``events_since``: the first block second to ask liquidations and ADL fills from (default:
-        now, when the venue object is made)."""
+        now by the venue's clock, when the first query goes out)."""
         self.graphql_url = graphql_url.rstrip("/")
         self._tokens: dict[str, _Token] = {}            # token address -> symbol, decimals
         self._markets: dict[str, _Market] = {}          # market token address -> market
@@ -309,8 +313,9 @@ class GmxV2(Venue):
         self._mids: dict[str, tuple[str, int]] = {}     # token address -> (oracle mid, ts_exchange ms)
         self._last: dict[tuple, tuple] = {}             # (kind, key) -> (values, ts_recv) last emitted
         self._seen: OrderedDict = OrderedDict()         # event ids read (or dead-lettered)
-        since = int(time.time()) if events_since is None else events_since
-        self._cursor: dict[str, dict] = {kind: {"since": since, "offset": 0} for kind in EVENT_TYPES}
+        self.clock = VenueClock()                       # from oracle updatedAt and event timestamps
+        # None: "now" by the venue's clock when the first query goes out
+        self._cursor: dict[str, dict] = {kind: {"since": events_since, "offset": 0} for kind in EVENT_TYPES}
 
     # --- streams: none -------------------------------------------------------------------------
 
@@ -341,6 +346,8 @@ class GmxV2(Venue):
 
     def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
         base = rest_url.rstrip("/")
+        if self.graphql_url == DEFAULT_GRAPHQL_URL and base != DEFAULT_REST_URL:
+            self.graphql_url = f"{base}/graphql"    # a mirror (or the simulator) serves both
         return [Poll(f"{base}/markets/info", VALUES_INTERVAL_S), Poll(f"{base}/prices/tickers", VALUES_INTERVAL_S),
                 Poll(self.graphql_request("marketInfos"), FUNDING_INTERVAL_S),
                 *(Poll(self.graphql_request(kind), EVENTS_INTERVAL_S) for kind in EVENT_TYPES)]
@@ -357,6 +364,8 @@ class GmxV2(Venue):
         if query not in EVENT_TYPES:
             raise ValueError(f"{url}: unknown GMX query {query!r}; one of {', '.join(QUERIES)}")
         cursor = self._cursor[query]
+        if cursor["since"] is None:
+            cursor["since"] = self.clock.at(time.time_ns()) // 1000
         return target, orjson.dumps({"query": POSITION_CHANGES_QUERY % EVENT_TYPES[query],
                                      "variables": {"since": cursor["since"], "offset": cursor["offset"]}})
 
@@ -368,7 +377,8 @@ class GmxV2(Venue):
 
     def reference_urls(self, rest_url: str) -> dict[str, str]:
         base = rest_url.rstrip("/")
-        return {"tokens": f"{base}/tokens", "instruments": f"{base}/markets/info"}   # tokens first
+        # tokens first; the oracle prices set the venue's clock before the first event query
+        return {"tokens": f"{base}/tokens", "instruments": f"{base}/markets/info", "clock": f"{base}/prices/tickers"}
 
     def apply_reference(self, name: str, body) -> None:
         if name == "tokens":
@@ -379,6 +389,8 @@ class GmxV2(Venue):
             self._take_markets(body)
             for instrument in self._instruments(0):
                 self._published[instrument.symbol_native] = self._content(instrument)
+        elif name == "clock":
+            self._tick_prices(body, time.time_ns())
         else:
             raise MalformedMessage(f"unknown reference {name!r}")
 
@@ -513,7 +525,7 @@ class GmxV2(Venue):
             if self._published.get(instrument.symbol_native) != content:
                 out.append(instrument)
                 emitted.append((instrument.symbol_native, content))
-        ts = ts_recv // 1_000_000
+        ts = self.clock.at(ts_recv)
         due = []
         for market, long, short in rows:
             if self._due("oi", market.native, (long, short), ts_recv):
@@ -530,10 +542,18 @@ class GmxV2(Venue):
             raise SkipMessage(f"{what}: open interest unchanged")
         return out
 
-    def _tickers(self, body, ts_recv: int) -> list:
+    def _tick_prices(self, body, ts_recv: int) -> None:
+        """The oracle's newest ``updatedAt`` is the venue's clock (the values bodies have no time)."""
         what = "prices/tickers"
         if not isinstance(body, list):
             raise MalformedMessage(f"{what}: expected a list of token prices, got {type(body).__name__}")
+        stamps = [_seconds_to_ms(_small_int(entry, "updatedAt", what, 1)) for entry in body]
+        if stamps:
+            self.clock.tick(max(stamps), ts_recv)
+
+    def _tickers(self, body, ts_recv: int) -> list:
+        what = "prices/tickers"
+        self._tick_prices(body, ts_recv)
         by_index: dict[str, list[_Market]] = {}
         for market in self._markets.values():
             by_index.setdefault(market.index, []).append(market)
@@ -571,7 +591,7 @@ class GmxV2(Venue):
         if not self._markets:
             raise SkipMessage(f"{what}: no markets known yet (/markets/info not read): cannot name them")
         out, due = [], []
-        ts = ts_recv // 1_000_000
+        ts = self.clock.at(ts_recv)
         for row in rows:
             key = "marketTokenAddress" if row.get("marketTokenAddress") is not None else "id"
             market = self._markets.get(_address(row, key, what))
@@ -665,7 +685,7 @@ class GmxV2(Venue):
         elif rows >= PAGE_ROWS and times and min(times) == max(times) == cursor["since"]:
             cursor["offset"] += rows    # a full page within one second: page on within it
         elif times:
-            cursor.update(since=max(cursor["since"], max(times)), offset=0)
+            cursor.update(since=max(cursor["since"] or 0, max(times)), offset=0)
 
     # --- recordings ------------------------------------------------------------------------------
 

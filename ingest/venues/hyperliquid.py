@@ -82,7 +82,7 @@ Choices where the spec leaves one:
     ``next_funding_time`` None: not in the push, ``is_realised`` False) when rate, mark or oracle
     changed since the coin's previous push, an ``OpenInterest`` record (``qty_unit`` "base",
     ``open_interest_usd`` None: not published) when open interest changed. The push has no time
-    of its own, so ``ts_exchange`` is the venue's clock as last seen (``venue_time``: the last
+    of its own, so ``ts_exchange`` is the venue's clock as last seen (``VenueClock``: the last
     trade or book time received plus the receive time elapsed since), the receive time before any; the
     same for info bodies;
   * REST (the contract names a REST request by a URL, and Hyperliquid's are POSTs): perpflow
@@ -132,7 +132,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import orjson
 
 from ingest.records import BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, VenueClock, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
@@ -265,7 +265,7 @@ class Hyperliquid(Venue):
         self._tids: dict[str, tuple[deque, set]] = {}   # native -> (recent tids in order, the same as a set)
         self._ctx: dict[str, dict] = {}               # native -> last activeAssetCtx fields used
         self._book_feed: dict[str, str] = {}          # native -> "l2Book" or "l2Book fast"
-        self._clock: tuple[int, int] | None = None    # (venue ms, ts_recv ns) of the latest timed push
+        self.clock = VenueClock()                     # for the untimed pushes
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -453,7 +453,7 @@ class Hyperliquid(Venue):
                 raise MalformedMessage(f"{what}: field 'side' must be B or A, got {side!r}")
             price, qty = NUMBERS.price(item, "px", what), NUMBERS.quantity(item, "sz", what)
             ts = integer(item, "time", what)
-            self._tick(ts, ts_recv)
+            self.clock.tick(ts, ts_recv)
             users = item.get("users")
             if users is not None and not (isinstance(users, list) and len(users) == 2
                                           and all(isinstance(u, str) for u in users)):
@@ -473,19 +473,6 @@ class Hyperliquid(Venue):
         if not out:
             raise SkipMessage("trades: repeated trades only (tids already received)")
         return out
-
-    def _tick(self, venue_ms: int, ts_recv: int) -> None:
-        self._clock = (venue_ms, ts_recv)
-
-    def venue_time(self, ts_recv: int) -> int:
-        """The venue's time at ``ts_recv`` for pushes that carry none (activeAssetCtx, info bodies):
-        the time of the last timed push received plus what the receive clock has run since; the receive time
-        itself before any timed push. Keeps untimed records on the venue's clock when it differs
-        from perpflow's (a skewed host, a replay, a simulator)."""
-        if self._clock is None:
-            return ts_recv // 1_000_000
-        venue_ms, then = self._clock
-        return venue_ms + max(0, ts_recv - then) // 1_000_000
 
     def _seen(self, native: str, tid: int) -> bool:
         recent = self._tids.get(native)
@@ -516,7 +503,7 @@ class Hyperliquid(Venue):
     def _book_snapshot(self, data, ts_recv: int, what: str) -> BookSnapshot:
         symbol, native = _coin(data, "coin", what)
         ts = integer(data, "time", what)
-        self._tick(ts, ts_recv)
+        self.clock.tick(ts, ts_recv)
         bids, asks = _book_sides(data, what)
         fast = data.get("fast", False)
         if not isinstance(fast, bool):
@@ -533,7 +520,7 @@ class Hyperliquid(Venue):
         values = self._ctx_values(field(data, "ctx", what), what)
         before = self._ctx.get(native, {})
         self._ctx[native] = values
-        ts = self.venue_time(ts_recv)
+        ts = self.clock.at(ts_recv)
         out = []
         if any(values[key] != before.get(key) for key in ("funding", "markPx", "oraclePx")):
             out.append(self._funding(values, symbol, native, ts, ts_recv))
@@ -582,7 +569,7 @@ class Hyperliquid(Venue):
         universe, contexts = self._universe_of(body, what), body[1]
         if len(universe) != len(contexts):
             raise MalformedMessage(f"{what}: {len(universe)} coins but {len(contexts)} asset contexts")
-        ts, out = self.venue_time(ts_recv), []
+        ts, out = self.clock.at(ts_recv), []
         for entry, ctx in zip(universe, contexts):   # ctxs[i] belongs to universe[i]
             symbol, native = _coin(entry, "name", what)
             if entry.get("isDelisted") is True:
@@ -613,7 +600,7 @@ class Hyperliquid(Venue):
                     raise MalformedMessage(f"{what} {native}: fundingIntervalHours must be a positive integer, "
                                            f"got {hours!r}")
                 out.append(Funding(exchange=self.exchange, symbol=symbol, symbol_native=native,
-                                   ts_exchange=self.venue_time(ts_recv), ts_recv=ts_recv,
+                                   ts_exchange=self.clock.at(ts_recv), ts_recv=ts_recv,
                                    rate=NUMBERS.signed(prediction, "fundingRate", what), interval_hours=hours,
                                    next_funding_time=integer(prediction, "nextFundingTime", what),
                                    mark_price=None, index_price=None, is_realised=False))
