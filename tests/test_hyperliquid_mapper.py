@@ -694,3 +694,11 @@ def test_untimed_pushes_keep_the_venues_clock():
     venue.map_ws(book(time=1_760_000_000_000), 10 * second)
     funding, oi = venue.map_ws(ctx_frame(funding="0.00002", openInterest="1.5"), 12 * second)
     assert funding.ts_exchange == oi.ts_exchange == 1_760_000_002_000
+
+
+def test_predicted_fundings_are_polled_once_a_minute_as_one_post_for_every_coin():
+    venue = Hyperliquid()
+    [poll] = venue.polls(REST, ["BTC", "ETH"])
+    assert (poll.interval_s, poll.weight) == (60.0, 20)
+    target, body = venue.rest_request(poll.url)
+    assert target == f"{REST}/info" and orjson.loads(body) == {"type": "predictedFundings"}

@@ -92,11 +92,10 @@ Choices where the spec leaves one:
     OpenInterest for every listed coin, the same fields as activeAssetCtx), ``predictedFundings``
     (the ``HlPerp`` entry only, as Funding with ``is_realised`` False and its
     ``nextFundingTime``; the other venues' entries in that body are not Hyperliquid's data) and
-    ``l2Book`` (a BookSnapshot, 20 levels). The live service only fetches ``meta`` (reference
-    data): open interest and funding arrive by websocket, and the contract's one poll hook
-    (``open_interest_url``) is per symbol, which would spend 20 weight per coin per poll on an
-    all-coins body; recorded REST bodies replay through ``map_rest``. ``fundingHistory`` is not
-    mapped;
+    ``l2Book`` (a BookSnapshot, 20 levels). The live service fetches ``meta`` (reference data)
+    and polls ``predictedFundings`` once a minute (``polls``; one body for every coin, weight
+    20); open interest and funding arrive by websocket; recorded REST bodies of the other kinds
+    replay through ``map_rest``. ``fundingHistory`` is not mapped;
   * instruments from ``meta`` (or the first element of ``metaAndAssetCtxs``): perpetual, linear,
     USDC quote and settlement, ``qty_unit`` "base", ``lot_size`` = 10^-szDecimals,
     ``funding_interval_hours`` 1, status "delisted" where ``isDelisted`` else "trading".
@@ -132,7 +131,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import orjson
 
 from ingest.records import BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, VenueClock, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, Poll, SkipMessage, Venue, VenueClock, WsConnection
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
@@ -145,6 +144,7 @@ SUBSCRIPTIONS_PER_IP = 1000         # websocket subscriptions per IP (§2.6)
 CONNECTIONS_PER_IP = 10             # simultaneous connections per IP, as the spec says to design for
 COINS_PER_CONNECTION = 50           # 150 subscriptions a connection
 TIDS_REMEMBERED = 10_000            # per coin, for the backlog de-duplication
+PREDICTED_FUNDINGS_EVERY_S = 60.0   # the premium behind it is sampled every 5 s and paid hourly
 #: The HLP liquidator vault (§2.6.1); trades against it are backstop liquidations.
 LIQUIDATOR_ADDRESSES = frozenset({"0x2e3d94f0562703b25c83308a05046ddaf9a8dd14"})
 INFO_PATH = "/info"
@@ -347,6 +347,10 @@ class Hyperliquid(Venue):
 
     def reference_urls(self, rest_url: str) -> dict[str, str]:
         return {"instruments": self.info_url(rest_url, "meta")}
+
+    def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
+        """The predicted next funding of every coin, once a minute (one body for all coins, weight 20)."""
+        return [Poll(self.info_url(rest_url, "predictedFundings"), PREDICTED_FUNDINGS_EVERY_S, weight=20)]
 
     def apply_reference(self, name: str, body) -> None:
         if name != "instruments":
