@@ -6,11 +6,14 @@ the service emitted is compared with the simulator's ground truth: books (the ve
 venue's units) equal the true book at every checkpoint the service was synced for, never crossed,
 every gap resynced (COIN-M by a REST snapshot, OKX and Bybit by resubscribing); trades are never
 duplicated or invented, and where the venue's ids are consecutive, none is lost without a record.
+dYdX v4 (whose books cross by design) is checked with and without its integrity faults: lost
+updates during a snapshot fetch and stale levels the venue never deletes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter, defaultdict
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -19,19 +22,25 @@ import orjson
 import pytest
 
 from fault_harness import truth_trade_ids
+from ingest.book_sync import SYNCED, BookSync
 from ingest.kafka import ensure_topics
 from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
 from ingest.simulator.dialects.binance_coinm import CONTRACT_USD, DEFAULT_CONTRACT_USD
 from ingest.simulator.dialects.binance_coinm import PREFIX as COINM_PREFIX
 from ingest.simulator.dialects.bybit import BybitLinearDialect
+from ingest.simulator.dialects.dydx_v4 import PREFIX as DYDX_PREFIX
+from ingest.simulator.dialects.dydx_v4 import market_fill_of
+from ingest.simulator.dialects.gmx import PREFIX as GMX_PREFIX
 from ingest.simulator.dialects.hyperliquid import PREFIX as HL_PREFIX
 from ingest.simulator.dialects.okx import BOOK_DEPTH as OKX_DEPTH
 from ingest.simulator.dialects.okx import CONTRACT_VALUE
 from ingest.simulator.config import SYMBOL_SPECS
 from ingest.simulator.venue_market import VENUE_MARKETS, VenueMarket
+from ingest.simulator.wire import SymbolFormat
 from ingest.venue import BookResync
 from ingest.venues import venue as venue_for
+from ingest.venues.dydx_v4 import DydxV4
 from test_ingest_service import RecordingSink
 
 SIM_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -390,3 +399,326 @@ def test_bybit_publishes_every_liquidation_not_a_sample(tmp_path, broker):
     published = sum(1 for l in truth["liquidation"] if first <= l["ts"] <= last and l["published"])
     print(f"bybit-linear: {len(stored)} liquidations stored, all of the truth's; Binance's sample had {published}")
     assert published < len(stored)
+
+
+def test_gmx_polled_through_a_cascade_lists_every_liquidation_and_the_adl_it_caused(tmp_path, broker):
+    """GMX has no book and no websocket: perpflow polls its oracle API and Subsquid. Through a
+    cascade its open interest (both sides), funding and oracle prices flow on the market's clock,
+    and its liquidation and ADL lists are complete: every true liquidation at GMX's share, and an
+    ADL fill for each one whose loss the book could not absorb."""
+    ensure_topics(broker.bootstrap, 3)
+    config = SimConfig(scenario="cascade", seed=11, hours=2, speed=60, trigger_offset_s=60, symbols=SIM_SYMBOLS,
+                       truth_path=str(tmp_path / "truth.jsonl"), venues=("binance-usdm", "gmx-v2"))
+    venue = venue_for("gmx-v2")
+    natives = ["BTC-USD-WBTC-USDC", "ETH-USD-WETH-USDC", "SOL-USD-SOL-USDC"]
+    with SimulatorThread(config) as sim:
+        service_config = IngestConfig(symbols=natives, ws_url=sim.ws_url, rest_url=sim.http_url + GMX_PREFIX,
+                                      bootstrap=broker.bootstrap, run_dir=tmp_path, backoff_base_s=0.2,
+                                      backoff_max_s=2.0)
+        sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
+        service = IngestService(venue, service_config, sink=sink)
+        asyncio.run(run_for_market_time(service, sim, 2400))
+    truth = load_truth(tmp_path / "truth.jsonl")
+    records = sink.records
+    kinds = Counter(r.record_type for r in records)
+    print(f"gmx-v2: {dict(kinds)}")
+    assert not service.handler.stats.dead_letters
+    assert {r.symbol_native for r in records if r.record_type == "instrument"} == set(natives)
+    meta = truth["meta"][0]
+    in_market = lambda ts: meta["start_ms"] <= ts <= meta["end_ms"]   # noqa: E731
+    oi = [r for r in records if r.record_type == "open_interest"]
+    assert oi and all(r.open_interest_short is not None and in_market(r.ts_exchange) for r in oi)
+    funding = [r for r in records if r.record_type == "funding"]
+    assert any(r.rate is not None for r in funding) and any(r.index_price is not None for r in funding)
+    assert all(in_market(r.ts_exchange) for r in funding)
+
+    # Liquidations: complete, at GMX's share; ADL for what the book could not take.
+    share = VENUE_MARKETS["gmx-v2"].share
+    liquidations = [r for r in records if r.record_type == "liquidation"]
+    adl = [r for r in records if r.record_type == "adl"]
+    assert len(liquidations) > 100 and not any(r.is_sampled for r in liquidations)
+    # The last second may have been only partly listed when the service stopped: compare before it.
+    first, last = min(r.ts_exchange for r in liquidations), max(r.ts_exchange for r in liquidations) - 1000
+    liquidations = [r for r in liquidations if r.ts_exchange <= last]
+    coin = {f"{s[:-4]}": s for s in SIM_SYMBOLS}
+    got = Counter((coin[r.symbol_native.split("-")[0]], r.liquidated_position, r.ts_exchange // 1000)
+                  for r in liquidations)
+    expected = Counter((l["symbol"], l["position"], l["ts"] // 1000) for l in truth["liquidation"]
+                       if first // 1000 <= l["ts"] // 1000 <= last // 1000)
+    assert got == expected
+    # ADL is its own query, with its own cursor: its own first and last second.
+    adl_first, adl_last = min(r.ts_exchange for r in adl) // 1000, (max(r.ts_exchange for r in adl) - 1000) // 1000
+    true_adl = Counter((l["symbol"], "short" if l["position"] == "long" else "long", l["ts"] // 1000)
+                       for l in truth["liquidation"] if l["insurance_fund_qty"] > 0
+                       and adl_first <= l["ts"] // 1000 <= adl_last)
+    got_adl = Counter((coin[r.symbol_native.split("-")[0]], r.deleveraged_position, r.ts_exchange // 1000)
+                      for r in adl if adl_first <= r.ts_exchange // 1000 <= adl_last)
+    assert got_adl == true_adl and len(adl) > 0
+    revealed = sum(float(r.qty) for r in liquidations)       # contracts of 1 USD
+    true_usd = sum(l["notional"] for l in truth["liquidation"] if first <= l["ts"] <= last) * share
+    print(f"gmx-v2: {len(liquidations)} liquidations ({revealed:,.0f} USD at the oracle; the truth at GMX's share "
+          f"{true_usd:,.0f} USD at fill prices), {len(adl)} ADL fills")
+
+
+# --- dYdX v4 ------------------------------------------------------------------------------------
+
+DYDX_TICKERS = {s: f"{s[:-4]}-USD" for s in SIM_SYMBOLS}
+DYDX_COMPARED_LEVELS = 50        # of the 100 a snapshot holds: deeper levels the client may not have yet
+DYDX_REFRESH_MS = 3_000          # the venue's 60 s re-snapshot, shortened to fit a 40 s wall run (3 s wall = 3 min)
+
+
+def run_dydx(tmp_path, broker, faults: FaultConfig):
+    """perpflow's ingest service on the dYdX indexer dialect through a cascade (40 min of market
+    time at speed 60: about 40 s wall); (service, records, truth, market seconds played)."""
+    ensure_topics(broker.bootstrap, 3)
+    config = SimConfig(scenario="cascade", seed=11, hours=2, speed=60, trigger_offset_s=60, symbols=SIM_SYMBOLS,
+                       truth_path=str(tmp_path / "truth.jsonl"), checkpoint_every_s=20, faults=faults,
+                       venues=("binance-usdm", "dydx-v4"))
+    with SimulatorThread(config) as sim:
+        service_config = IngestConfig(symbols=list(DYDX_TICKERS.values()), ws_url=sim.ws_url + DYDX_PREFIX,
+                                      rest_url=sim.http_url + DYDX_PREFIX, bootstrap=broker.bootstrap,
+                                      run_dir=tmp_path, backoff_base_s=0.2, backoff_max_s=2.0)
+        sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
+        service = IngestService(venue_for("dydx-v4"), service_config, sink=sink)
+        asyncio.run(run_for_market_time(service, sim, 2400))
+        played_s = (sim.simulator.feed.now_ms - sim.simulator.feed.start_ms) / 1000
+    return service, sink.records, load_truth(tmp_path / "truth.jsonl"), played_s
+
+
+def dydx_checkpoint_books(records, truth) -> list[tuple]:
+    """The client's books (rebuilt from the records by dYdX's sync rules, uncrossing included) at
+    every truth checkpoint, against the venue's true book. The book frames carry no time; the
+    oracle update of a market second follows that step's book changes, so a funding record with
+    ``ts_exchange`` = a checkpoint's time is where the client's book is the checkpoint's.
+    Per comparison: (ticker, checkpoint ms, equal, market ms of the last oracle update before the
+    book's latest snapshot)."""
+    market = venue_market(truth, "dydx-v4")
+    symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
+    truth_books = {}
+    for cp in truth["book"]:
+        s = symbols.index(cp["symbol"])
+        truth_books[(DYDX_TICKERS[cp["symbol"]], cp["ts"])] = tuple(
+            dict(sorted(((float(p), float(q)) for p, q in market.book(s, cp[side])),
+                        reverse=side == "bids")[:DYDX_COMPARED_LEVELS]) for side in ("bids", "asks"))
+    sync = BookSync(DydxV4.rules, "dydx-v4", periodic_ms=0)
+    venue = venue_for("dydx-v4")
+    snapshot_anchor: dict[str, int | None] = {}
+    anchor, out = None, []
+    for r in records:
+        kind = r.record_type
+        if kind == "book_snapshot" and r.reason == "venue":
+            sync.on_snapshot(dataclasses.replace(r))
+            snapshot_anchor[r.symbol_native] = anchor or 0
+        elif kind == "book_delta":
+            sync.on_delta(dataclasses.replace(r))
+        elif kind == "feed_event" and r.kind in ("disconnect", "stall", "rotate", "message_gap"):
+            for ticker in DYDX_TICKERS.values():
+                sync.reset(venue.normalize_symbol(ticker))
+        elif kind == "funding" and r.ts_exchange != anchor and (r.symbol_native, r.ts_exchange) in truth_books:
+            anchor = r.ts_exchange
+            for ticker in DYDX_TICKERS.values():
+                st = sync.symbols.get(venue.normalize_symbol(ticker))
+                if st is None or st.phase != SYNCED or snapshot_anchor.get(ticker) is None:
+                    continue
+                book = tuple(dict(sorted(side.items(), reverse=reverse)[:DYDX_COMPARED_LEVELS])
+                             for side, reverse in ((st.book.bids, True), (st.book.asks, False)))
+                out.append((ticker, anchor, book == truth_books[(ticker, anchor)], snapshot_anchor[ticker]))
+    return out
+
+
+def check_dydx_trades(records, truth) -> dict:
+    """Trades are unique and the market's; LIQUIDATED fills are every liquidation the book filled
+    and DELEVERAGED fills what it did not, one for one, in every second whose fills perpflow all
+    received (a reconnect's backlog may not reach back over the whole outage)."""
+    symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
+    sim_symbol = {t: s for s, t in DYDX_TICKERS.items()}
+    market = venue_market(truth, "dydx-v4")
+    trades = [r for r in records if r.record_type == "trade"]
+    fills = [market_fill_of(t.trade_id) for t in trades if t.trade_type != "DELEVERAGED"]
+    ids = [(symbols[s], agg) for s, agg in fills]
+    assert len(ids) == len(set(ids)) > 1000 and set(ids) <= truth_trade_ids(truth)
+    assert {t.trade_type for t in trades} == {"LIMIT", "LIQUIDATED", "DELEVERAGED"}
+
+    # Seconds (keyed by their end, as the truth's second records) in which every fill arrived.
+    got = set(ids)
+    first, last = min(t.ts_exchange for t in trades), max(t.ts_exchange for t in trades)
+    second_of = lambda ts: (ts // 1000 + 1) * 1000      # noqa: E731
+    covered = {(s["symbol"], s["ts"]) for s in truth["second"] if second_of(first) < s["ts"] < second_of(last)
+               and (s["agg_first"] is None or all((s["symbol"], i) in got
+                                                  for i in range(s["agg_first"], s["agg_last"] + 1)))}
+    liquidations = [r for r in records if r.record_type == "liquidation"]
+    assert liquidations and not any(r.is_sampled for r in liquidations)
+    seen = {(sim_symbol[r.symbol_native], r.liquidated_position, r.ts_exchange) for r in liquidations
+            if (sim_symbol[r.symbol_native], second_of(r.ts_exchange)) in covered}
+    true_filled = [l for l in truth["liquidation"] if l["filled_qty"] > 0
+                   and (l["symbol"], second_of(l["ts"])) in covered]
+    assert seen == {(l["symbol"], l["position"], l["ts"]) for l in true_filled}
+    revealed = sum(float(r.qty) * float(r.price) for r in liquidations
+                   if (sim_symbol[r.symbol_native], second_of(r.ts_exchange)) in covered)
+    true_usd = sum(l["filled_qty"] * l["price"] for l in true_filled) * VENUE_MARKETS["dydx-v4"].share
+    assert abs(revealed / true_usd - 1) < 0.03, (revealed, true_usd)
+
+    # ADL: the unfilled part of each liquidation, at the bankruptcy price, the other side deleveraged.
+    def venue_adl(l):
+        s = symbols.index(l["symbol"])
+        lots = market.fill_lots(round(l["insurance_fund_qty"] / float(SYMBOL_SPECS[l["symbol"]].step_size)))
+        price = market.price(s, SymbolFormat(SYMBOL_SPECS[l["symbol"]]).price_float(l["bankruptcy_price"]))
+        return (l["symbol"], "short" if l["position"] == "long" else "long", l["ts"],
+                Decimal(market.qty_of_lots(s, lots)), Decimal(price))
+    every_adl = Counter(venue_adl(l) for l in truth["liquidation"] if l["insurance_fund_qty"] > 0)
+    adl = Counter((sim_symbol[r.symbol_native], r.deleveraged_position, r.ts_exchange, Decimal(r.qty),
+                   Decimal(r.price)) for r in records if r.record_type == "adl")
+    assert adl and not adl - every_adl
+    settled = lambda key: all((key[0], second_of(key[2]) + k * 1000) in covered for k in (0, 1))   # noqa: E731
+    assert +Counter({k: n for k, n in adl.items() if settled(k)}) == \
+        +Counter({k: n for k, n in every_adl.items() if settled(k)})
+    window = [l for l in truth["liquidation"] if first <= l["ts"] <= last]
+    return {"liquidation_orders_seen": len(seen), "liquidation_orders_true": len(true_filled),
+            "liquidations_in_window_true": len(window), "liquidated_usd": revealed, "liquidated_usd_true": true_usd,
+            "adl_fills": sum(adl.values()), "adl_usd": sum(float(k[3] * k[4]) * n for k, n in adl.items()),
+            "covered_seconds": len(covered)}
+
+
+def test_dydx_through_a_cascade_books_exact_every_liquidation_and_adl_public(tmp_path, broker):
+    """dYdX v4's indexer (message_id per connection, unsequenced book deltas, complete public
+    trades) without its integrity faults: no dead letters, every checkpoint book equals the venue's
+    true book, every trade is the market's, LIQUIDATED fills are every liquidation the book filled
+    and DELEVERAGED fills (ADL) the rest, one for one."""
+    service, records, truth, played_s = run_dydx(tmp_path, broker, FaultConfig(drop_every_s=300))
+    kinds = Counter(r.record_type for r in records)
+    counts = service.handler.book_sync.counts
+    drops = sum(f["fault"] == "drop" for f in truth["fault"])
+    print(f"dydx-v4: {dict(kinds)}; drops {drops}; book sync {dict(counts)}")
+    events = Counter(r.kind for r in records if r.record_type == "feed_event")
+    assert not service.handler.stats.dead_letters and not events["message_gap"]
+    assert drops >= 2 and service.events["disconnects"] >= 2
+    assert counts["uncross_events"] == 0 and counts["crossed"] == 0
+
+    compared = dydx_checkpoint_books(records, truth)
+    assert len(compared) >= 60 and all(equal for _, _, equal, _ in compared), \
+        [c for c in compared if not c[2]][:5]
+
+    figures = check_dydx_trades(records, truth)
+    print(f"dydx-v4: {len(compared)} checkpoint books equal the truth; liquidations revealed "
+          f"{figures['liquidated_usd']:,.0f} of {figures['liquidated_usd_true']:,.0f} USD true at dYdX's share "
+          f"({figures['liquidation_orders_seen']} of {figures['liquidation_orders_true']} liquidation orders in "
+          f"{figures['covered_seconds']} fully received seconds; {figures['liquidations_in_window_true']} in the "
+          f"window), {figures['adl_fills']} ADL fills ({figures['adl_usd']:,.0f} USD)")
+    assert kinds["funding"] >= 100 and kinds["open_interest"] >= 10 and kinds["instrument"] >= 3
+
+
+def test_dydx_lost_fetch_updates_and_stale_levels_cross_books_that_resnapshots_repair(tmp_path, broker, monkeypatch):
+    """dYdX's integrity faults: a subscription whose snapshot was fetched before it was registered
+    misses updates, and the venue leaves stale levels it deleted; books then cross, perpflow
+    uncrosses them (counted, and flagged on its snapshots), and after a clean re-snapshot (the
+    venue module's periodic one, shortened for the run) the books equal the truth again."""
+    monkeypatch.setattr(DydxV4.rules, "refresh_ms", DYDX_REFRESH_MS)
+    faults = FaultConfig(drop_every_s=300, fetch_loss_every_s=120, fetch_loss_steps=20, stale_level_every_s=60)
+    service, records, truth, played_s = run_dydx(tmp_path, broker, faults)
+    kinds = Counter(r.record_type for r in records)
+    counts = service.handler.book_sync.counts
+    injected = Counter(f["fault"] for f in truth["fault"])
+    print(f"dydx-v4 with faults: {dict(kinds)}; injected {dict(injected)}; book sync {dict(counts)}")
+    events = Counter(r.kind for r in records if r.record_type == "feed_event")
+    assert not service.handler.stats.dead_letters and not events["message_gap"]   # late replies fill their ids
+    assert injected["fetch_loss"] >= 3 and injected["stale_level"] >= 3 and counts["refresh_requests"] >= 10
+
+    # Crossed books are uncrossed, counted, and the snapshots that needed it are flagged.
+    assert counts["uncross_events"] > 0
+    flagged = [r for r in records if r.record_type == "book_snapshot" and r.uncrossed]
+    assert flagged and all(r.reason == "periodic" for r in flagged)
+
+    # Checkpoints: after a clean snapshot (no lost fetch, no stale level since) the book is the truth's.
+    faulty = defaultdict(list)
+    for f in truth["fault"]:
+        if f["fault"] in ("fetch_loss", "stale_level"):
+            faulty[f["ticker"]].append(f["ts"])
+    compared = dydx_checkpoint_books(records, truth)
+    clean, dirty = [], []
+    for ticker, ts, equal, snapshot_anchor in compared:
+        touched = any(snapshot_anchor - 3000 <= f <= ts for f in faulty[ticker])
+        (dirty if touched else clean).append((ticker, ts, equal))
+    assert len(clean) >= 30 and all(equal for _, _, equal in clean), [c for c in clean if not c[2]][:5]
+    stale = [c for c in dirty if not c[2]]
+    repaired = {t for t, ts, _ in stale if any(c[0] == t and c[1] > ts for c in clean)}
+    assert stale and repaired
+    hours = played_s / 3600
+    print(f"dydx-v4 with faults: {counts['uncross_events']} uncross events ({counts['uncross_events'] / hours:,.0f} "
+          f"per simulated hour, {counts['uncrossed_levels_removed']} levels removed), {len(flagged)} snapshots "
+          f"flagged; checkpoints: {len(clean)} clean all equal, {len(dirty)} after a fault of which {len(stale)} "
+          f"stale; books repaired by a later snapshot: {sorted(repaired)}")
+
+
+def test_dydx_protocol_message_ids_per_connection_errors_late_replies_and_rest(tmp_path):
+    """The dYdX dialect's envelope on a live simulator: each connection counts its own message_ids
+    from 0 with no hole; bad requests are error frames; a subscription hit by the fetch-loss fault
+    gets its subscribed reply (with the id taken when the request was read) after higher ids, and
+    the truth records it; REST answers what the venue module reads."""
+    import aiohttp
+    import websockets
+
+    config = SimConfig(scenario="calm", seed=3, hours=1, speed=20, symbols=SIM_SYMBOLS, venues=("dydx-v4",),
+                       truth_path=str(tmp_path / "truth.jsonl"),
+                       faults=FaultConfig(fetch_loss_every_s=1, fetch_loss_steps=30))
+    venue = venue_for("dydx-v4")
+
+    async def session(url: str, after_s: float = 0) -> list[dict]:
+        await asyncio.sleep(after_s)    # > 1 s of market time: a fetch loss is due for each
+        async with websockets.connect(url) as ws:
+            for request in ({"type": "subscribe", "channel": "v4_trades", "id": "BTC-USD"},
+                            {"type": "subscribe", "channel": "v4_trades", "id": "BTC-USD"},
+                            {"type": "subscribe", "channel": "v4_candles", "id": "BTC-USD/1MIN"},
+                            {"type": "subscribe", "channel": "v4_orderbook", "id": "DOGE-USD"},
+                            {"type": "ping"}, "not json",
+                            {"type": "subscribe", "channel": "v4_markets"},
+                            {"type": "subscribe", "channel": "v4_orderbook", "id": "ETH-USD"}):
+                await ws.send(request if isinstance(request, str) else orjson.dumps(request).decode())
+            frames = []
+            while len(frames) < 300:
+                frames.append(orjson.loads(await ws.recv()))
+            return frames
+
+    async def rest(base: str) -> dict:
+        async with aiohttp.ClientSession() as http:
+            out = {}
+            for name, path in (("markets", "/v4/perpetualMarkets"), ("book", "/v4/orderbooks/perpetualMarket/BTC-USD"),
+                               ("trades", "/v4/trades/perpetualMarket/BTC-USD?limit=5"),
+                               ("funding", "/v4/historicalFunding/BTC-USD"),
+                               ("bad", "/v4/trades/perpetualMarket/DOGE-USD")):
+                async with http.get(base + path) as response:
+                    out[name] = (response.status, await response.json())
+            return out
+
+    async def both(sim):
+        await asyncio.sleep(2)
+        url = sim.ws_url + DYDX_PREFIX + venue.WS_PATH
+        first, second = await asyncio.gather(session(url), session(url, 0.25))
+        return first, second, await rest(sim.http_url + DYDX_PREFIX)
+
+    with SimulatorThread(config) as sim:
+        first, second, answers = asyncio.run(both(sim))
+    for frames in (first, second):
+        ids = [f["message_id"] for f in frames]
+        assert frames[0]["type"] == "connected" and ids[0] == 0
+        assert sorted(ids) == list(range(len(ids))) and len({f["connection_id"] for f in frames}) == 1
+        errors = [f["message"] for f in frames if f["type"] == "error"]
+        assert len(errors) == 4 and any("already subscribed" in e for e in errors) and \
+            any("not a valid channel" in e for e in errors) and any("DOGE-USD" in e for e in errors)
+        book = next(f for f in frames if f["type"] == "subscribed" and f["channel"] == "v4_orderbook")
+        assert book["message_id"] < ids[frames.index(book) - 1]           # sent after the fetch: late
+        assert 0 < len(book["contents"]["bids"]) <= 100 and set(book["contents"]["bids"][0]) == {"price", "size"}
+        assert any(f["type"] == "channel_data" and f["channel"] == "v4_markets" for f in frames)
+    assert first[0]["connection_id"] != second[0]["connection_id"]
+    losses = [f for f in load_truth(tmp_path / "truth.jsonl")["fault"] if f["fault"] == "fetch_loss"]
+    assert len(losses) == 2 and {f["ticker"] for f in losses} == {"ETH-USD"} and all(f["steps"] == 30 for f in losses)
+
+    assert answers["bad"][0] == 400 and "errors" in answers["bad"][1]
+    instruments = venue.map_rest(sim.http_url + DYDX_PREFIX + "/v4/perpetualMarkets", answers["markets"][1], 0)
+    assert {i.symbol_native for i in instruments} == set(DYDX_TICKERS.values())
+    assert venue.tradable_symbols() == set(DYDX_TICKERS.values())
+    trades = venue.map_rest(venue.trades_page_url(sim.http_url + DYDX_PREFIX, "BTC-USD", limit=5),
+                            answers["trades"][1], 0)
+    assert 0 < len(trades) <= 5
+    assert answers["funding"] == (200, {"historicalFunding": []})    # no hour has settled yet
+    bids, asks = answers["book"][1]["bids"], answers["book"][1]["asks"]
+    assert len(bids) == len(asks) == 100 and float(bids[0]["price"]) < float(asks[0]["price"])

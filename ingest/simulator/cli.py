@@ -106,6 +106,13 @@ def _venues(ctx, param, value: str) -> tuple[str, ...]:
               help="Silence a stream for a while, e.g. markPrice@1s:600:120 (repeatable).")
 @click.option("--rest-error-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
               metavar="FRACTION", help="Fraction of REST calls answered with 429/503/500.")
+@click.option("--fetch-loss-every", type=_SECONDS, default=0.0, metavar="SECONDS",
+              help="dYdX: the first order-book subscription after every SECONDS gets a snapshot taken "
+                   "--fetch-loss-steps market steps before its updates start (those updates are lost to it).")
+@click.option("--fetch-loss-steps", type=click.IntRange(1, 600), default=5, show_default=True, metavar="STEPS",
+              help="dYdX: market steps (100 ms) a lossy order-book subscription misses.")
+@click.option("--stale-level-every", type=_SECONDS, default=0.0, metavar="SECONDS",
+              help="dYdX: every SECONDS one deleted book level is never deleted for subscribers (a stale level).")
 @click.option("--ping-interval", type=click.FloatRange(min=0.0, min_open=True), default=180.0, show_default=True,
               metavar="SECONDS", help="Wall seconds between server ping frames (Binance: 180).")
 @click.option("--max-lifetime", type=click.FloatRange(min=0.0, min_open=True), default=86_400.0, show_default=True,
@@ -114,10 +121,11 @@ def _venues(ctx, param, value: str) -> tuple[str, ...]:
               help="Wire formats to serve on the one market (all on the same port).")
 def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_path, checkpoint_every,
              drop_every, drop_mode, gap_every, malformed_every, hostile_every, hostile_size, stalls, rest_error_rate,
-             ping_interval, max_lifetime, venues):
+             fetch_loss_every, fetch_loss_steps, stale_level_every, ping_interval, max_lifetime, venues):
     """Serve a simulated futures market locally in each venue's wire format: Binance USD-M
     (websocket streams + /fapi REST), Binance COIN-M (/coinm + /dapi), OKX v5 (/ws/v5/public,
-    /api/v5) and Bybit v5 linear (/v5/public/linear, /v5/market)."""
+    /api/v5), Bybit v5 linear (/v5/public/linear, /v5/market) and, under their own prefixes,
+    Hyperliquid (/hyperliquid) and the dYdX v4 indexer (/dydx/v4/ws, /dydx/v4)."""
     config = SimConfig(
         venues=venues,
         scenario=scenario, seed=seed, hours=hours, start_ms=start_ms, symbols=symbols, speed=speed,
@@ -125,7 +133,9 @@ def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_
         ws_ping_interval_s=ping_interval, ws_max_lifetime_s=max_lifetime,
         faults=FaultConfig(drop_every_s=drop_every, gap_every_s=gap_every, malformed_every_s=malformed_every,
                            stalls=tuple(stalls), rest_error_rate=rest_error_rate, drop_mode=drop_mode,
-                           hostile_every_s=hostile_every, hostile_frame_bytes=hostile_size),
+                           hostile_every_s=hostile_every, hostile_frame_bytes=hostile_size,
+                           fetch_loss_every_s=fetch_loss_every, fetch_loss_steps=fetch_loss_steps,
+                           stale_level_every_s=stale_level_every),
     )
     try:
         config = config.resolved()
@@ -184,6 +194,9 @@ async def _serve(config: SimConfig, host: str, port: int, console: Console) -> N
         if "bybit-linear" in config.venues:
             console.print(f"  Bybit     : {sim.ws_url}/v5/public/linear  "
                           f"{sim.http_url}/v5/market/instruments-info?category=linear", soft_wrap=True, highlight=False)
+        if "dydx-v4" in config.venues:
+            console.print(f"  dYdX v4   : {sim.ws_url}/dydx (as --ws-url)  {sim.http_url}/dydx/v4/perpetualMarkets",
+                          soft_wrap=True, highlight=False)
         if config.truth_path:
             console.print(f"  truth     : {config.truth_path}", soft_wrap=True, highlight=False)
         finished = asyncio.create_task(sim.finished())

@@ -104,7 +104,7 @@ STREAM_KINDS = PUBLIC_STREAM_KINDS + MARKET_STREAM_KINDS
 DROP_MODES = ("all", "one")
 # Wire formats the server speaks on the one market (ingest.simulator.dialects); Binance USD-M is
 # the feed's own and always served.
-VENUES = ("binance-usdm", "binance-coinm", "okx-swap", "bybit-linear", "hyperliquid")
+VENUES = ("binance-usdm", "binance-coinm", "okx-swap", "bybit-linear", "hyperliquid", "gmx-v2", "dydx-v4")
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,14 @@ class FaultConfig:
     ``drop_mode``: ``all`` drops every connection at once; ``one`` drops only the longest-open
     connection, and the next drop waits until a connection with the victim's streams has been
     opened again (one connection down at a time: what redundant connections must survive). ``hostile_every_s`` alternates a text
-    frame that is not UTF-8 and a valid frame of ``hostile_frame_bytes`` to every connection."""
+    frame that is not UTF-8 and a valid frame of ``hostile_frame_bytes`` to every connection.
+
+    dYdX's book integrity (the ``dydx-v4`` dialect, exchanges.md §2.5): ``fetch_loss_every_s``: the
+    first order-book subscription after each period gets a snapshot taken ``fetch_loss_steps``
+    market steps before its updates start (the indexer fetches the snapshot before registering
+    the subscription), so that subscriber never sees those steps' updates; ``stale_level_every_s``:
+    after each period one level the book deletes is never deleted for subscribers (the indexer's
+    uncross task removes stale crossing levels without telling websocket clients)."""
 
     drop_every_s: float = 0.0
     gap_every_s: float = 0.0
@@ -168,14 +175,20 @@ class FaultConfig:
     drop_mode: str = "all"
     hostile_every_s: float = 0.0
     hostile_frame_bytes: int = 50_000_000
+    fetch_loss_every_s: float = 0.0
+    fetch_loss_steps: int = 5
+    stale_level_every_s: float = 0.0
 
     def validate(self) -> None:
-        for name in ("drop_every_s", "gap_every_s", "malformed_every_s", "hostile_every_s"):
+        for name in ("drop_every_s", "gap_every_s", "malformed_every_s", "hostile_every_s", "fetch_loss_every_s",
+                     "stale_level_every_s"):
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0 simulated seconds (0 disables it), got {value:g}")
         if self.drop_mode not in DROP_MODES:
             raise ConfigError(f"drop mode {self.drop_mode!r} is not one of {', '.join(DROP_MODES)}")
+        if not 1 <= self.fetch_loss_steps <= 600:
+            raise ConfigError(f"fetch-loss steps must be 1..600 market steps of 100 ms, got {self.fetch_loss_steps}")
         if self.hostile_frame_bytes < 1024:
             raise ConfigError(f"hostile frame size must be >= 1024 bytes, got {self.hostile_frame_bytes}")
         if not 0.0 <= self.rest_error_rate < 1.0:
@@ -195,6 +208,9 @@ class FaultConfig:
             "drop_mode": self.drop_mode,
             "hostile_every_s": self.hostile_every_s,
             "hostile_frame_bytes": self.hostile_frame_bytes,
+            "fetch_loss_every_s": self.fetch_loss_every_s,
+            "fetch_loss_steps": self.fetch_loss_steps,
+            "stale_level_every_s": self.stale_level_every_s,
         }
 
 

@@ -86,6 +86,8 @@ class FaultSchedule:
         self._malformed_k = 0
         self._drop_k = 0
         self._hostile_k = 0
+        self._fetch_loss_k = 0
+        self._stale_level_k = 0
         self._rest_rng = np.random.Generator(np.random.PCG64([seed, 0xFA17]))
         self.stalls = [(s, start_ms + int(round(s.start_s * 1000)),
                         start_ms + int(round((s.start_s + s.duration_s) * 1000)))
@@ -124,6 +126,22 @@ class FaultSchedule:
         kind = HOSTILE_KINDS[self._hostile_k % len(HOSTILE_KINDS)]
         self._hostile_k += 1
         return kind
+
+    def fetch_loss_due(self, now_ms: int) -> bool:
+        """Whether an order-book subscription made now loses the updates of its snapshot fetch
+        (dYdX): once per elapsed period, however many periods passed without a subscription."""
+        due = False
+        while self._due(self.config.fetch_loss_every_s, self._start, self._fetch_loss_k, now_ms):
+            self._fetch_loss_k += 1
+            due = True
+        return due
+
+    def stale_level_due(self, now_ms: int) -> bool:
+        """Whether a level deletion is due to be withheld from book subscribers (dYdX)."""
+        if not self._due(self.config.stale_level_every_s, self._start, self._stale_level_k, now_ms):
+            return False
+        self._stale_level_k += 1
+        return True
 
     def stalled(self, stream: str, ts_ms: int) -> bool:
         for spec, start, end in self.stalls:

@@ -29,7 +29,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .config import ALL_LIQUIDATIONS_STREAM, MARKET_STREAM_KINDS, PUBLIC_STREAM_KINDS, SimConfig
-from .dialects import dialect_classes
+from .dialects import Dialect, dialect_classes
 from .feed import DEPTH_LIMITS, ExchangeFeed, Message, UnknownSymbol
 from .faults import MalformedFrame, hostile_frame
 from .market import STEP_MS
@@ -94,6 +94,7 @@ class Simulator:
         self._done = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.dialects: dict = {}
+        self._stepping: list = []       # dialects with work of their own after each market step
         self._tasks: list[asyncio.Task] = []
         self._error: Exception | None = None
         self.frames_sent = 0
@@ -140,6 +141,7 @@ class Simulator:
         self.dialects = {name: cls(self) for name, cls in dialect_classes().items() if name in self.config.venues}
         for dialect in self.dialects.values():
             dialect.add_routes(app)
+        self._stepping = [d for d in self.dialects.values() if type(d).on_step is not Dialect.on_step]
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_port)
@@ -181,6 +183,8 @@ class Simulator:
                 steps = 0
                 while feed.now_ms < target and not feed.finished and steps < MAX_STEPS_PER_TICK:
                     self._dispatch(feed.step(wanted))
+                    for dialect in self._stepping:
+                        self._dispatch_step(dialect)
                     if feed.pending_drops:
                         self._drop_connections()
                     if feed.pending_hostile:
@@ -233,12 +237,30 @@ class Simulator:
                 frames = {topic: [payload.text.encode()] for c in members for topic in c.underlying[stream]}
             else:
                 frames = dialect.encode(stream, payload, set().union(*(c.underlying[stream] for c in members)))
+            stamp = dialect.frame_for if type(dialect).frame_for is not Dialect.frame_for else None
             for conn in members:
                 for topic in conn.underlying[stream]:
                     for frame in frames.get(topic, ()):
-                        conn.outbox.append(frame)
+                        conn.outbox.append(frame if stamp is None else stamp(conn, frame))
                         touched.add(conn)
                         self.frames_sent += 1
+
+    def _dispatch_step(self, dialect) -> None:
+        """A dialect's own work after a market step (``Dialect.on_step``): its frames go to the
+        connections subscribed to their topics, each through ``frame_for``."""
+        members = [c for c in self._connections if c.dialect is dialect]
+        frames = dialect.on_step({t for c in members for t in c.subscriptions})
+        if not frames:
+            return
+        for conn in members:
+            for topic in conn.subscriptions:
+                for frame in frames.get(topic, ()):
+                    conn.outbox.append(dialect.frame_for(conn, frame))
+                    self.frames_sent += 1
+            if len(conn.outbox) > MAX_OUTBOX:
+                conn.outbox.clear()
+                conn.close_soon(CLOSE_POLICY, b"too slow: outbound queue overflow")
+            conn.wake.set()
 
     def subscribe_topic(self, conn: Connection, topic: str, streams: list[str]) -> None:
         """A dialect client's ``topic``, fed by the feed's ``streams``."""

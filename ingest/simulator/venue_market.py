@@ -51,6 +51,10 @@ VENUE_MARKETS: dict[str, VenueMarketParams] = {
     "okx-swap": VenueMarketParams(share=0.55, offset_bp=2.0, index_bias_bp=-0.8, premium_noise_bp=0.6),
     "bybit-linear": VenueMarketParams(share=0.7, offset_bp=-1.0, index_bias_bp=0.3, premium_noise_bp=0.5),
     "hyperliquid": VenueMarketParams(share=0.35, offset_bp=3.0, index_bias_bp=-1.0, premium_noise_bp=1.5),
+    # GMX trades at its oracle: no book offset; its oracle is its own median of CEX prices
+    "gmx-v2": VenueMarketParams(share=0.1, index_bias_bp=0.5),
+    # dYdX has no mark and no index of its own: its oracle is the index; no premium noise
+    "dydx-v4": VenueMarketParams(share=0.15, offset_bp=4.0),
 }
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)

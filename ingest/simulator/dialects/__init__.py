@@ -15,13 +15,20 @@ sequence too, so clients' resync paths are exercised. All dialects are served fr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import orjson
 from aiohttp import web
 
 from ..feed import ExchangeFeed
 from ..venue_market import VenueMarket
+
+
+def address(*parts) -> str:
+    """A stable made-up 20-byte address (wallets, tokens, markets of the on-chain venues)."""
+    return "0x" + hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=20).hexdigest()
 
 
 @dataclass
@@ -103,21 +110,36 @@ class Dialect:
     def on_close(self, conn) -> None:
         """A client connection went away."""
 
+    def frame_for(self, conn, frame: bytes) -> bytes:
+        """The bytes one connection gets for a frame the dialect built once for every subscriber
+        (called per connection, in sending order). The default is the frame itself; a venue whose
+        frames carry per-connection fields (dYdX's ``message_id`` counter) stamps them here."""
+        return frame
+
+    def on_step(self, topics: set[str]) -> dict[str, list[bytes]]:
+        """Called once each market step's messages have been dispatched: the venue's clock-driven
+        work (pushes on its own cadence, deferred subscriptions). Returns frames per topic, like
+        ``encode``, for the connections subscribed to those topics (``topics``: those with
+        subscribers). Only dialects that override it are called."""
+        return {}
+
     # --- helpers for subclasses ------------------------------------------------------------
 
     def send(self, conn, body) -> None:
-        conn.outbox.append(body if isinstance(body, bytes) else orjson.dumps(body))
+        frame = body if isinstance(body, bytes) else orjson.dumps(body)
+        conn.outbox.append(self.frame_for(conn, frame))
         conn.wake.set()
 
-    def rest(self, compute):
-        """An aiohttp handler answering ``compute(query)``'s JSON, with the feed's REST faults."""
+    def rest(self, compute, path_args: bool = False):
+        """An aiohttp handler answering ``compute(query)``'s JSON (``compute(query, **path
+        parameters)`` with ``path_args``), with the feed's REST faults."""
         async def handler(request: web.Request) -> web.Response:
             failure = self.feed.faults.rest_failure()
             if failure is not None:
                 status, body = failure
                 self.feed.record_fault(self.feed.now_ms, "rest_error", path=request.path, status=status)
                 return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-            status, body = compute(request.query)
+            status, body = compute(request.query, **request.match_info) if path_args else compute(request.query)
             return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
         return handler
 
@@ -127,26 +149,34 @@ def offline_frames(exchange: str, feed: ExchangeFeed, topics: list[str], limit: 
     snapshots first, then the feed stepped forward (benchmarks, offline tests)."""
     holder = type("OfflineServer", (), {"feed": feed})()
     dialect = dialect_classes()[exchange](holder)
+    conn = SimpleNamespace()            # the one subscriber, for per-connection fields
     by_stream: dict[str, set[str]] = {}
     for topic in topics:
         for stream in dialect.streams_for(topic) or ():
             by_stream.setdefault(stream, set()).add(topic)
+    stepping = type(dialect).on_step is not Dialect.on_step
     frames = [frame for frame in map(dialect.snapshot, topics) if frame is not None]
     while len(frames) < limit and not feed.finished:
         for message in feed.step(by_stream.__contains__):
             if isinstance(message.payload, dict):
                 for produced in dialect.encode(message.stream, message.payload, by_stream[message.stream]).values():
                     frames += produced
-    return frames[:limit]
+        if stepping:
+            for produced in dialect.on_step(set(topics)).values():
+                frames += produced
+    return [dialect.frame_for(conn, frame) for frame in frames[:limit]]
 
 
 def dialect_classes() -> dict[str, type[Dialect]]:
     from .binance_coinm import BinanceCoinmDialect
     from .bybit import BybitLinearDialect
+    from .dydx_v4 import DydxV4Dialect
+    from .gmx import GmxDialect
     from .hyperliquid import HyperliquidDialect
     from .okx import OkxSwapDialect
 
-    return {cls.name: cls for cls in (BinanceCoinmDialect, OkxSwapDialect, BybitLinearDialect, HyperliquidDialect)}
+    return {cls.name: cls for cls in (BinanceCoinmDialect, OkxSwapDialect, BybitLinearDialect, HyperliquidDialect,
+                                      GmxDialect, DydxV4Dialect)}
 
 
 def url_prefix(exchange: str) -> str:
