@@ -19,20 +19,19 @@ Served under the prefix ``/hyperliquid`` (Hyperliquid's own host; point ``--ws-u
 * ``activeAssetCtx`` each second: hourly ``funding`` (the market's rate over its interval),
   one-sided ``openInterest`` in coin, ``markPx``, ``oraclePx`` (Hyperliquid's own market:
   ``ingest.simulator.venue_market``), ``midPx``, ``premium``.
-* ``POST /hyperliquid/info`` with ``{"type": "meta" | "metaAndAssetCtxs" | "l2Book"}``; anything
+* ``POST /hyperliquid/info`` with ``{"type": "meta" | "metaAndAssetCtxs" | "predictedFundings" |
+  "l2Book"}``; anything
   else is a 422 as Hyperliquid answers a body it cannot read.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
 
 import orjson
 from aiohttp import web
 
 from ..feed import LIQUIDATION_EVENTS_STREAM
-from . import BookView, Dialect
+from . import BookView, Dialect, address
 
 PREFIX = "/hyperliquid"
 BOOK_LEVELS = 20
@@ -42,11 +41,6 @@ LIQUIDATOR = "0x2e3d94f0562703b25c83308a05046ddaf9a8dd14"
 TYPES = ("trades", "l2Book", "activeAssetCtx")
 BACKSTOP_TID_BASE = 1 << 50       # backstop trades: a tid range the market's trades never reach
 MAX_LEVERAGE = {"BTC": 40, "ETH": 25}
-
-
-def address(*parts) -> str:
-    """A stable made-up wallet address."""
-    return "0x" + hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=20).hexdigest()
 
 
 class HyperliquidDialect(Dialect):
@@ -98,9 +92,19 @@ class HyperliquidDialect(Dialect):
         if kind == "metaAndAssetCtxs":
             return web.json_response([self._meta(), [self._ctx(s, self.feed.now_ms)
                                                      for s in range(self.feed.model.n)]])
+        if kind == "predictedFundings":
+            return web.json_response(self._predicted_fundings())
         if kind == "l2Book" and self._index(query.get("coin")) is not None:
             return web.json_response(self._book(self._index(query["coin"]), self.feed.now_ms))
         return web.Response(status=422, text="Failed to deserialize the JSON body into the target type")
+
+    def _predicted_fundings(self) -> list:
+        """Hyperliquid's next hourly rate per coin (``HlPerp``); the other venues' entries are theirs."""
+        m = self.feed.model
+        next_hour = (self.feed.now_ms // 3_600_000 + 1) * 3_600_000
+        return [[self.coin(s), [["HlPerp", {"fundingRate": f"{m.funding_rate[s] / spec.funding_interval_hours:.10f}",
+                                            "nextFundingTime": next_hour, "fundingIntervalHours": 1}]]]
+                for s, spec in enumerate(m.specs)]
 
     def _meta(self) -> dict:
         return {"universe": [{"name": self.coin(s), "szDecimals": spec.quantity_precision,
