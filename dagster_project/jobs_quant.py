@@ -5,11 +5,10 @@ import datetime as dt
 import dagster as dg
 
 from dagster_project.assets.quant import OHLCV_1M
-from dagster_project.partitions import daily_partitions
 
 quant_job = dg.define_asset_job(
     "quant_job", selection=dg.AssetSelection.assets(OHLCV_1M) | dg.AssetSelection.groups("quant"),
-    partitions_def=daily_partitions, executor_def=dg.in_process_executor,
+    executor_def=dg.in_process_executor,
     description="analytics.ohlcv_1m and every quant asset for one UTC day.")
 
 
