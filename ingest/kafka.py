@@ -195,8 +195,12 @@ def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], timeout: flo
 
 
 def group_lag(bootstrap: str, topics=records.TOPICS, group_id: str = LOADER_GROUP) -> dict[str, int]:
-    """Messages per topic not yet mirrored as loaded by the warehouse loader (Kafka-only view)."""
-    consumer = new_consumer(bootstrap, group_id=group_id, client_id="perpflow-lag")
+    """Messages per topic not yet mirrored as loaded by the warehouse loader (Kafka-only view);
+    BrokerUnavailable when no broker answers (the sensor then skips with that reason)."""
+    try:
+        consumer = new_consumer(bootstrap, group_id=group_id, client_id="perpflow-lag")
+    except (KafkaError, OSError) as exc:
+        raise _unavailable(bootstrap, exc) from exc
     try:
         tps = partitions_of(consumer, topics)
         if not tps:

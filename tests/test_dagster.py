@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import warnings
 
 import dagster as dg
@@ -94,6 +95,18 @@ def test_lag_sensor_requests_a_run_only_when_kafka_has_unloaded_data(loaded):
         assert dg.materialize([raw_tables], resources=resources).success
         skip = kafka_lag_sensor(dg.build_sensor_context(instance=instance, resources={"kafka": resources["kafka"]}))
         assert isinstance(skip, dg.SkipReason) and "no new messages" in skip.skip_message
+
+
+def test_lag_sensor_skips_with_the_reason_when_no_broker_answers():
+    with socket.socket() as probe:               # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{probe.getsockname()[1]}"
+    with dg.DagsterInstance.ephemeral() as instance:
+        skip = kafka_lag_sensor(dg.build_sensor_context(instance=instance,
+                                                        resources={"kafka": KafkaResource(bootstrap=bootstrap)}))
+    assert isinstance(skip, dg.SkipReason)
+    assert f"no Kafka broker answered at {bootstrap}" in skip.skip_message
+    assert "perpflow broker start" in skip.skip_message
 
 
 def test_instance_serializes_duckdb_writers(tmp_path):
