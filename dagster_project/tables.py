@@ -111,6 +111,8 @@ class TableRun:
 
     def rewrite_each_day(self, rows_of_day: Callable[[dt.datetime, dt.datetime], Rows]) -> None:
         """Compute and replace one day at a time (a long backfill never holds more than a day)."""
+        if self.partition_column is None:
+            raise TypeError(f"{self.table} is rebuilt whole (no partition column): use run.rewrite(rows)")
         for start, end in self.days:
             written = rewrite(self.con, self.table, self.partition_column, start, end, rows_of_day(start, end))
             self.context.log.info(f"{self.table} {start:%Y-%m-%d}: {written} rows")
@@ -250,6 +252,9 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
         with warehouse.get().writer() as con:
             run = TableRun(context, con, f"analytics.{table}", partition_column, days)
             metadata = body(run) if run_config is None else body(run, run_config)
+            if not isinstance(metadata, dict):
+                raise TypeError(f"analytics.{table}: the asset body must return its metadata as a dict, "
+                                f"not {type(metadata).__name__}")
             if not run.written:
                 raise RuntimeError(f"analytics.{table}: the asset body returned without run.rewrite(...)")
             results = [check.evaluate(run) for check in checks]
