@@ -9,8 +9,8 @@ of the partition, the declared checks evaluated on the rows the run wrote, the r
 replica publish. The decorated function is the table's body: it gets a :class:`TableRun`, writes
 with ``run.rewrite(...)`` and returns the materialization metadata (pictures as :class:`Picture`)::
 
-    @table_asset(MICROSTRUCTURE, "liquidations_1m", deps=[RAW_LIQUIDATIONS], description="...",
-                 partition_column="day",
+    @table_asset(MICROSTRUCTURE, "liquidations_1m", deps=[dg.AssetKey(["raw", "liquidations"])],
+                 description="Liquidated notional per exchange, symbol and minute ...",
                  checks=[no_duplicates("exchange, symbol, minute"), units_convertible("liquidations")])
     def liquidations_1m(run: TableRun) -> dict:
         run.rewrite_each_day(lambda start, end: liquidations.LIQUIDATIONS_1M_SELECT)
@@ -20,10 +20,8 @@ Register the asset in its family's list (``dagster_project/assets/<family>.py``)
 ``dagster_project.definitions`` loads.
 """
 
-
 import base64
 import datetime as dt
-import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -52,6 +50,11 @@ class Family:
 
     group: str
     summarize_backfills: bool = False
+
+
+MICROSTRUCTURE = Family("microstructure")
+QUANT = Family("quant", summarize_backfills=True)
+ANALYTICS = Family("analytics")   # tables built straight from the raw feed (ohlcv_1m)
 
 
 @dataclass(frozen=True)
@@ -224,17 +227,17 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
         if not check.description:
             raise ValueError(f"analytics.{table}: check {check.name!r} needs a description")
 
-    def decorate(body: Callable[..., dict]) -> dg.AssetsDefinition:
-        def compute(context: dg.AssetExecutionContext, warehouse: WarehouseResource, config=None):
-            yield from _run(context, warehouse, body, config)
+    config_class = config
 
-        if config is not None:
-            # Dagster reads the run config's schema from the annotation of the ``config`` parameter.
-            parameters = list(inspect.signature(compute).parameters.values())
-            compute.__signature__ = inspect.Signature(
-                [*parameters[:2], parameters[2].replace(annotation=config, default=inspect.Parameter.empty)])
+    def decorate(body: Callable[..., dict]) -> dg.AssetsDefinition:
+        if config_class is None:
+            def compute(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+                yield from _run(context, warehouse, body)
         else:
-            compute.__signature__ = inspect.Signature(list(inspect.signature(compute).parameters.values())[:2])
+            def compute(context: dg.AssetExecutionContext, warehouse: WarehouseResource, config):
+                yield from _run(context, warehouse, lambda run: body(run, config))
+            # Dagster reads the run config's schema from the annotation of the ``config`` parameter.
+            compute.__annotations__["config"] = config_class
         compute.__name__ = body.__name__
         compute.__doc__ = body.__doc__
 
@@ -246,12 +249,12 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
                                      for c in checks],
                         backfill_policy=dg.BackfillPolicy.single_run(), description=description)(compute)
 
-    def _run(context, warehouse: WarehouseResource, body, run_config) -> Iterator:
+    def _run(context, warehouse: WarehouseResource, body: Callable[[TableRun], dict]) -> Iterator:
         days = [] if partition_column is None else partition_days(context)
         partitions = len(context.partition_keys) if days else 1
         with warehouse.get().writer() as con:
             run = TableRun(context, con, f"analytics.{table}", partition_column, days)
-            metadata = body(run) if run_config is None else body(run, run_config)
+            metadata = body(run)
             if not isinstance(metadata, dict):
                 raise TypeError(f"analytics.{table}: the asset body must return its metadata as a dict, "
                                 f"not {type(metadata).__name__}")
@@ -276,8 +279,3 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
         yield from results
 
     return decorate
-
-
-MICROSTRUCTURE = Family("microstructure")
-QUANT = Family("quant", summarize_backfills=True)
-ANALYTICS = Family("analytics")   # tables built straight from the raw feed (ohlcv_1m)
