@@ -95,12 +95,14 @@ def run(tmp: Path, n: int, console) -> list[dict]:
         e2e = _end_to_end(tmp, broker.bootstrap, seconds=30)
     bare_rate = len(encoded) / bare_s
     return [
-        {"name": "bare kafka-python producer, pre-serialized records (baseline)", "records": len(encoded),
+        {"name": "bare kafka-python producer, pre-serialized records (baseline)", "label": "bare producer",
+         "baseline": True, "records": len(encoded),
          "messages": len(frames), "seconds": bare_s, "rate": bare_rate},
-        {"name": "ingest message path: frames -> records -> Kafka", "records": len(produced), "messages": len(frames),
+        {"name": "ingest message path: frames -> records -> Kafka", "label": "ingest message path", "records": len(produced), "messages": len(frames),
          "seconds": path_s, "rate": len(produced) / path_s, "messages_per_s": len(frames) / path_s,
          "ratio": (len(produced) / path_s) / bare_rate},
-        {"name": "end to end from the simulator over websockets (speed 100)", "records": e2e["records"],
+        {"name": "end to end from the simulator over websockets (speed 100)",
+         "label": "end to end (simulator)", "records": e2e["records"],
          "messages": e2e["messages"], "seconds": e2e["seconds"], "rate": e2e["records"] / e2e["seconds"],
          "messages_per_s": e2e["messages"] / e2e["seconds"], "ratio": (e2e["records"] / e2e["seconds"]) / bare_rate,
          "reconnects": e2e["reconnects"]},
@@ -133,13 +135,14 @@ def per_venue(n: int, console) -> list[dict]:
                 handler.on_rest(source, body, 0)
         seconds = time.perf_counter() - started
         stats = handler.stats
-        rows.append({"name": f"{exchange}: frames -> records (mapper + book sync)", "messages": len(frames),
+        rows.append({"name": f"{exchange}: frames -> records (mapper + book sync)", "label": exchange, "messages": len(frames),
                      "records": sum(stats.records.values()), "seconds": seconds, "rate": sum(stats.records.values()) / seconds,
                      "messages_per_s": len(frames) / seconds, "mapped": stats.mapped,
                      "skipped": sum(stats.skipped.values()), "dead_letters": sum(stats.dead_letters.values()),
                      "gaps": handler.book_sync.counts["gaps"]})
     for row in rows:
-        row["ratio"] = row["messages_per_s"] / rows[0]["messages_per_s"] if row is not rows[0] else None
+        row["ratio"] = row["messages_per_s"] / rows[0]["messages_per_s"]
+    rows[0]["baseline"] = True
     return rows
 
 
