@@ -67,7 +67,7 @@ def run(tmp: Path, n: int, console) -> list[dict]:
             produce_s = produce(broker.bootstrap, values)
             console.print("bare kafka-python consume loop")
             bare_s = min(bare_consume(broker.bootstrap, n) for _ in range(2))
-            console.print("perpflow loader pass (parse, Arrow, DuckDB insert + offsets, one transaction per 250k)")
+            console.print("perpflow loader pass (parse, Arrow, DuckDB insert + offsets, one transaction per 50k, committed while the next is read)")
             warehouse = Warehouse(tmp / "bench.duckdb")
             with warehouse.writer():
                 pass   # schema creation is not part of the measurement

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ingest.venues import venue_names
 from warehouse.settings import ConfigError, load_settings
+from warehouse.loader import DEFAULT_BATCH_ROWS
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -187,7 +188,7 @@ def print_replay_report(report) -> None:
 
 
 @main.command()
-@click.option("--batch-rows", type=click.IntRange(1000, 10_000_000), default=250_000, show_default=True,
+@click.option("--batch-rows", type=click.IntRange(1000, 10_000_000), default=DEFAULT_BATCH_ROWS, show_default=True,
               help="Rows per DuckDB transaction.")
 def load(batch_rows: int) -> None:
     """One loader pass, Kafka -> DuckDB, exactly once (same code and lock as Dagster)."""
