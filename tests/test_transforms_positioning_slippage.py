@@ -1,8 +1,12 @@
 """Slippage of market orders (analytics.md §9.5, Kaiko) and depth bands wider than the visible book."""
 
+from decimal import Decimal
+
 import numpy as np
+import orjson
 import pytest
 
+from conftest import SHARED_DATA
 from transforms.depth import BANDS, depth_bands, depth_bands_batch
 from transforms.slippage import ORDER_SIZES_USD, size_label, slippage, slippage_batch
 
@@ -163,3 +167,55 @@ def test_batch_flags_equal_single_book_flags_and_invalid_books_are_unflagged():
     assert not batch.band_exceeds_book[2].any() and not batch.valid[2]
     assert not depth_bands_batch(bid_p, bid_q, bid_off, ask_p, ask_q, ask_off,
                                  complete_within=0.1).band_exceeds_book.any()
+
+
+# --- a real book: Hyperliquid's 20-level DYDX l2Book of 2023-07-17 (SDK cassette) ----------------
+
+def _real_l2_book():
+    yaml = pytest.importorskip("yaml")
+    path = SHARED_DATA / "hyperliquid-sdk-cassettes" / "test_get_l2_snapshot.yaml"
+    if not path.exists():
+        pytest.skip("../shared/data/hyperliquid-sdk-cassettes is not available")
+    for interaction in yaml.safe_load(path.read_text())["interactions"]:
+        if orjson.loads(interaction["request"]["body"]).get("type") == "l2Book":
+            bids, asks = orjson.loads(interaction["response"]["body"]["string"])["levels"]
+            return [(lvl["px"], lvl["sz"]) for lvl in bids], [(lvl["px"], lvl["sz"]) for lvl in asks]
+    raise LookupError("no l2Book response in the cassette")
+
+
+def _decimal_walk(levels, x: Decimal) -> Decimal | None:
+    """The spec's walk in Decimal arithmetic, as written: q_i = min(size_i, remaining / p_i)."""
+    remaining, bought = x, Decimal(0)
+    for price, size in levels:
+        q = min(size, remaining / price)
+        bought += q
+        remaining -= q * price
+        if remaining <= 0:
+            return x / bought
+    return None
+
+
+def test_real_twenty_level_book_matches_the_decimal_walk_and_says_what_it_cannot_measure():
+    bids, asks = _real_l2_book()
+    assert len(bids) == len(asks) == 20
+    float_book = [[(float(p), float(q)) for p, q in side] for side in (bids, asks)]
+    r = slippage(*float_book, sizes_usd=[1_000, 10_000, 100_000])
+    dec_bids = sorted(((Decimal(p), Decimal(q)) for p, q in bids), reverse=True)
+    dec_asks = sorted((Decimal(p), Decimal(q)) for p, q in asks)
+    mid = (dec_bids[0][0] + dec_asks[0][0]) / 2
+    for j, x in enumerate((1_000, 10_000, 100_000)):
+        buy, sell = _decimal_walk(dec_asks, Decimal(x)), _decimal_walk(dec_bids, Decimal(x))
+        for side, expected, got, flag in (("ask", buy, r.ask_slippage[0, j], r.ask_too_shallow[0, j]),
+                                          ("bid", sell, r.bid_slippage[0, j], r.bid_too_shallow[0, j])):
+            if expected is None:
+                assert np.isnan(got) and flag, (side, x)
+            else:
+                want = float(expected / mid - 1) if side == "ask" else float(1 - expected / mid)
+                assert got == pytest.approx(want, rel=1e-9, abs=1e-12) and not flag, (side, x)
+    # The asks hold about $75k: $100k cannot be bought; $10k is filled at the 4th level, far from the edge.
+    assert r.ask_too_shallow[0, 2] and not r.ask_book_truncated[0, 1]
+    # The 20 asks end 1.9 % above mid: the 2 % band and wider ones are lower bounds, and flagged;
+    # a lone bid at 1.81 (-14 %) makes every bid band measurable.
+    depth = depth_bands(*float_book)
+    assert depth.ask_exceeds_book.tolist() == [False, False, False, False, True, True, True]
+    assert not depth.bid_exceeds_book.any()
