@@ -106,6 +106,19 @@ def test_batch_equals_single_books():
             np.testing.assert_array_equal(getattr(batch, name)[i], getattr(one, name)[0])
 
 
+def test_empty_batch_and_chunked_batch():
+    empty = slippage_batch([], [], [0], [], [], [0], sizes_usd=[100])
+    assert empty.valid.shape == (0,) and empty.ask_slippage.shape == (0, 1)
+    # More levels than one chunk holds: the chunks' results line up with the books.
+    n, k = 1_200, 2_000
+    steps = np.tile(np.arange(1, k + 1) * 0.01, n)
+    off = np.arange(n + 1) * k
+    r = slippage_batch(100 - steps, np.ones(n * k), off, 100 + steps, np.ones(n * k), off, sizes_usd=[250])
+    # Each ask book: 1 coin at 100.01, 100.02, 100.03 -> $250 fills 2 levels and 49.97 / 100.03.
+    expected = 250 / (2 + (250 - 200.03) / 100.03) / 100 - 1
+    assert r.valid.all() and np.allclose(r.ask_slippage[:, 0], expected, rtol=1e-9)
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="sizes_usd"):
         slippage(SPEC_BIDS, SPEC_ASKS, sizes_usd=[0])

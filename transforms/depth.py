@@ -352,7 +352,9 @@ def _batch_chunk(
     return out
 
 
-def _chunk_bounds(bid_offsets: NDArray, ask_offsets: NDArray) -> list[tuple[int, int]]:
+def level_chunks(bid_offsets: NDArray, ask_offsets: NDArray) -> list[tuple[int, int]]:
+    """Snapshot ranges ``[lo, hi)`` of about ``_BATCH_CHUNK_LEVELS`` levels (both sides) each, at
+    least one snapshot per range, so batch paths bound their memory."""
     levels = bid_offsets + ask_offsets
     bounds, start, n = [], 0, bid_offsets.size - 1
     if n == 0:
@@ -409,7 +411,7 @@ def depth_bands_batch(
     inverse_arr = np.broadcast_to(np.asarray(inverse, dtype=bool), (n,))
 
     parts = []
-    for lo, hi in _chunk_bounds(bid_offsets, ask_offsets):
+    for lo, hi in level_chunks(bid_offsets, ask_offsets):
         b0, b1, a0, a1 = bid_offsets[lo], bid_offsets[hi], ask_offsets[lo], ask_offsets[hi]
         parts.append(_batch_chunk(
             arrays[0][b0:b1], arrays[1][b0:b1], bid_offsets[lo:hi + 1] - b0,

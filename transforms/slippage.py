@@ -36,6 +36,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from transforms.depth import level_chunks
+
 ORDER_SIZES_USD: tuple[float, ...] = (10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
 
 SlippageReference = Literal["mid", "best"]
@@ -99,48 +101,57 @@ def _walk(price: NDArray, qty: NDArray, offsets: NDArray, is_bid: bool, sizes: N
     n, k = offsets.size - 1, sizes.size
     snapshot = np.repeat(np.arange(n), np.diff(offsets))
     keep = np.isfinite(price) & (price > 0) & np.isfinite(qty) & (qty > 0)
-    snapshot, price, qty = snapshot[keep], price[keep], qty[keep]
-    # Best level first within each snapshot: bids descending, asks ascending.
-    order = np.lexsort((-price if is_bid else price, snapshot))
-    snapshot, price, qty = snapshot[order], price[order], qty[order]
-    size, inv = contract_size[snapshot], inverse[snapshot]
-    # USD notional and base units of each level.
-    usd = np.where(inv, qty * size, qty * size * price) * quote_usd_rate[snapshot]
-    base = np.where(inv, qty * size / price, qty * size)
+    if not keep.all():
+        snapshot, price, qty = snapshot[keep], price[keep], qty[keep]
+    # Best level first within each snapshot: bids descending, asks ascending. Stored books are
+    # already in that order (records keep them best first), so the sort is usually skipped;
+    # otherwise two stable argsorts, several times faster than np.lexsort on millions of levels.
+    key = -price if is_bid else price
+    if np.any((snapshot[1:] == snapshot[:-1]) & (key[1:] < key[:-1])):
+        by_price = np.argsort(key, kind="stable")
+        order = by_price[np.argsort(snapshot[by_price], kind="stable")]
+        snapshot, price, qty = snapshot[order], price[order], qty[order]
+    # Per level, notional and base in units of one contract; each book's contract size and quote
+    # rate scale its sums afterwards (linear: notional = qty * price; inverse: notional = qty).
+    if inverse.any():
+        level_inverse = inverse[snapshot]
+        notional, base = np.where(level_inverse, qty, qty * price), np.where(level_inverse, qty / price, qty)
+    else:
+        notional, base = qty * price, qty
+    usd_per_unit = contract_size * quote_usd_rate
 
     counts = np.bincount(snapshot, minlength=n)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    starts = np.cumsum(counts) - counts
+    ends = starts + counts
     nonempty = counts > 0
     best = np.full(n, np.nan)
     best[nonempty] = price[starts[nonempty]]
-    # Segmented cumulative sums: the running total minus what came before the snapshot's first level.
-    running_usd, running_base = np.r_[0.0, np.cumsum(usd)], np.r_[0.0, np.cumsum(base)]
-    cum_usd = running_usd[1:] - running_usd[starts][snapshot]
-    cum_base = running_base[1:] - running_base[starts][snapshot]
-    total = np.zeros(n)
-    total[nonempty] = cum_usd[starts[nonempty] + counts[nonempty] - 1]
+    # Running totals over every book of the batch; a book's sums are differences of them.
+    running_notional, running_base = np.r_[0.0, np.cumsum(notional)], np.r_[0.0, np.cumsum(base)]
+    total_usd = (running_notional[ends] - running_notional[starts]) * usd_per_unit
 
     avg = np.full((n, k), np.nan)
     shallow = np.zeros((n, k), bool)
     truncated = np.zeros((n, k), bool)
-    index = np.arange(price.size)
     for j, x in enumerate(sizes):
-        fillable = total >= x
+        fillable = total_usd >= x
         shallow[:, j] = ~fillable
         if not fillable.any():
             continue
-        # The level completing the order: the first whose cumulative notional reaches X.
-        reached = np.where(cum_usd >= x, index, price.size)
-        first = np.full(n, price.size)
-        first[nonempty] = np.minimum.reduceat(reached, starts[nonempty])
         rows = np.flatnonzero(fillable)
-        last = first[rows]
-        prior_usd = np.where(last > starts[rows], cum_usd[np.maximum(last - 1, 0)], 0.0)
-        prior_base = np.where(last > starts[rows], cum_base[np.maximum(last - 1, 0)], 0.0)
-        # The remaining notional buys base at the completing level's price (USD -> quote first).
-        filled_base = prior_base + (x - prior_usd) / quote_usd_rate[rows] / price[last]
+        first, scale = starts[rows], usd_per_unit[rows]
+        want = x / scale   # the order in the book's own units
+        # The level completing the order: the first whose cumulative notional reaches it, found in
+        # the running total (non-decreasing), kept inside the book against rounding.
+        last = np.searchsorted(running_notional[1:], running_notional[first] + want, side="left")
+        last = np.clip(last, first, ends[rows] - 1)
+        prior_notional = running_notional[last] - running_notional[first]
+        prior_base = running_base[last] - running_base[first]
+        # What remains of the order is bought at the completing level: notional / price in base
+        # units for linear books; for inverse books notional is quote, also / price.
+        filled_base = (prior_base + (want - prior_notional) / price[last]) * contract_size[rows]
         avg[rows, j] = x / quote_usd_rate[rows] / filled_base
-        truncated[rows, j] = last == starts[rows] + counts[rows] - 1
+        truncated[rows, j] = last == ends[rows] - 1
     return avg, shallow, truncated, best
 
 
@@ -180,8 +191,16 @@ def slippage_batch(
     size = np.broadcast_to(np.asarray(contract_size, dtype=np.float64), (n,))
     inv = np.broadcast_to(np.asarray(inverse, dtype=bool), (n,))
 
-    ask_avg, ask_shallow, ask_trunc, best_ask = _walk(arrays[2], arrays[3], ask_offsets, False, sizes, rate, size, inv)
-    bid_avg, bid_shallow, bid_trunc, best_bid = _walk(arrays[0], arrays[1], bid_offsets, True, sizes, rate, size, inv)
+    parts = {"ask": [], "bid": []}
+    # Chunks bound memory and keep the running totals the walk subtracts small (float precision).
+    for lo, hi in level_chunks(bid_offsets, ask_offsets):
+        for side, price, qty, offsets, is_bid in (("ask", arrays[2], arrays[3], ask_offsets, False),
+                                                  ("bid", arrays[0], arrays[1], bid_offsets, True)):
+            a, b = offsets[lo], offsets[hi]
+            parts[side].append(_walk(price[a:b], qty[a:b], offsets[lo:hi + 1] - a, is_bid, sizes,
+                                     rate[lo:hi], size[lo:hi], inv[lo:hi]))
+    ask_avg, ask_shallow, ask_trunc, best_ask = (np.concatenate(p) for p in zip(*parts["ask"], strict=True))
+    bid_avg, bid_shallow, bid_trunc, best_bid = (np.concatenate(p) for p in zip(*parts["bid"], strict=True))
     valid = np.isfinite(best_bid) & np.isfinite(best_ask) & (best_bid < best_ask)
     mid = np.where(valid, (best_bid + best_ask) / 2.0, np.nan)
     ask_ref = mid if reference == "mid" else np.where(valid, best_ask, np.nan)
