@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transforms.positioning import ALL_VENUES, GRAINS, funding_by_venue, open_interest_by_venue
+from transforms.positioning import ALL_VENUES, GRAINS, funding_by_venue, oi_observations, open_interest_by_venue
 
 T0 = 1_760_054_400  # 2025-10-10 00:00 UTC
 B = GRAINS["5m"]
@@ -191,3 +191,28 @@ def test_assets_are_aggregated_separately():
     out = open_interest_by_venue(both, bucket_s=B)
     assert _one(out, venue=ALL_VENUES, asset="ETH")["oi_usd"] == 4e4
     assert _one(out, venue=ALL_VENUES, asset="BTC")["oi_coin"] == 1.0
+
+
+def test_raw_rows_of_linear_inverse_coin_and_pool_markets_convert_and_aggregate():
+    # OKX linear 0.01 BTC contracts, Binance COIN-M 100 USD contracts, Hyperliquid coins, GMX USD sizes
+    # (pool venue: long and short), all at mark 50,000.
+    rows = {
+        "exchange": ["okx-swap", "binance-coinm", "hyperliquid", "gmx-v2"],
+        "symbol": ["BTC-USDT-PERP", "BTC-USD-PERP", "BTC-USD-PERP", "BTC-USD-PERP"],
+        "ts": [T0 + 1, T0 + 2, T0 + 3, T0 + 4],
+        "open_interest": [300.0, 1_000.0, 2.5, 4e6],
+        "open_interest_short": [np.nan, np.nan, np.nan, 1e6],
+        "qty_multiplier": [0.01, 100.0, 1.0, 1.0],
+        "inverse": [False, True, False, True],
+        "mark_price": [50_000.0] * 4,
+    }
+    obs = oi_observations(rows)
+    assert obs["asset"].tolist() == ["BTC"] * 4
+    assert obs["coin"].tolist() == pytest.approx([3.0, 2.0, 2.5, 80.0])
+    assert obs["usd"].tolist() == pytest.approx([150_000.0, 100_000.0, 125_000.0, 4e6])
+    out = open_interest_by_venue(obs, bucket_s=B)
+    one_sided = _one(out, venue=ALL_VENUES, pool_counterparty=False)
+    assert one_sided["oi_coin"] == pytest.approx(7.5) and one_sided["oi_usd"] == pytest.approx(375_000.0)
+    gmx = _one(out, venue="gmx-v2")
+    assert (gmx["oi_long_usd"], gmx["oi_short_usd"], gmx["oi_usd"]) == pytest.approx((4e6, 1e6, 5e6))
+    assert gmx["oi_short_coin"] == pytest.approx(20.0)

@@ -57,7 +57,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from transforms.funding import annualize_8h, to_8h
-from transforms.open_interest import asof_values
+from transforms.open_interest import asof_values, open_interest_value
 
 GRAINS: dict[str, int] = {"5m": 300, "1h": 3_600}
 ALL_VENUES = "all"
@@ -111,6 +111,25 @@ def _changes(total: NDArray, composition: NDArray, present: NDArray) -> tuple[ND
 
 
 _OI_VALUES = ("coin", "usd", "short_coin", "short_usd")
+
+
+def oi_observations(rows: Frame) -> dict[str, NDArray]:
+    """The input of :func:`open_interest_by_venue` from raw open-interest rows with their unit and
+    mark (the columns of the ``open_interest`` asset's ``OI_OBSERVATIONS`` query plus
+    ``open_interest_short``): ``exchange``, ``symbol``, ``ts``, ``open_interest``,
+    ``open_interest_short`` (NULL/NaN except on pool venues), ``qty_multiplier``, ``inverse``,
+    ``mark_price``. Both sides convert with ``transforms.open_interest.open_interest_value``; the
+    asset is the symbol's base (``BTC-USDT-PERP`` -> ``BTC``)."""
+    symbol = _column(rows, "symbol", object)
+    mark = _column(rows, "mark_price", np.float64)
+    size = _column(rows, "qty_multiplier", np.float64)
+    inverse = _column(rows, "inverse", bool)
+    one = open_interest_value(_column(rows, "open_interest", np.float64), mark, contract_size=size, inverse=inverse)
+    short = open_interest_value(_column(rows, "open_interest_short", np.float64), mark, contract_size=size,
+                                inverse=inverse)
+    return {"ts": _column(rows, "ts", np.float64), "asset": np.array([s.split("-", 1)[0] for s in symbol], object),
+            "venue": _column(rows, "exchange", object), "market": symbol, "coin": one.coin, "usd": one.usd,
+            "short_coin": short.coin, "short_usd": short.usd}
 
 
 def open_interest_by_venue(observations: Frame, *, bucket_s: int, max_stale_buckets: int = 1) -> dict[str, NDArray]:
