@@ -127,6 +127,7 @@ def test_venue_sums_its_markets_and_totals_keep_pool_venues_apart():
         (T0 + 10, "binance", "BTC-USDT-PERP", 100.0, 10e6), (T0 + 20, "binance", "BTC-USD-PERP", 50.0, 5e6),
         (T0 + 30, "okx", "BTC-USDT-PERP", 40.0, 4e6),
         (T0 + 40, "gmx", "BTC-USD-PERP", 20.0, 2e6, 30.0, 3e6),
+        (T0 + 50, "gmx", "BTC-USD-PERP", 99.0, 9.9e6, np.nan, np.nan),   # no short side: not an observation
     ])
     out = open_interest_by_venue(obs, bucket_s=B)
     binance = _one(out, venue="binance")

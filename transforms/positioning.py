@@ -138,7 +138,7 @@ def open_interest_by_venue(observations: Frame, *, bucket_s: int, max_stale_buck
     ``observations`` columns: ``ts``, ``asset``, ``venue``, ``market`` (the symbol), ``coin``,
     ``usd`` (one side; the long side on pool venues) and optionally ``short_coin``, ``short_usd``
     (the short side on pool venues, NaN elsewhere). Rows whose ``coin`` or ``usd`` is not finite are
-    ignored. Output columns: ``asset``, ``venue``, ``pool_counterparty``, ``bucket_start``,
+    ignored, and so are a pool market's rows without a finite short side. Output columns: ``asset``, ``venue``, ``pool_counterparty``, ``bucket_start``,
     ``oi_coin``, ``oi_usd``, ``oi_long_coin``, ``oi_long_usd``, ``oi_short_coin``,
     ``oi_short_usd``, ``n_markets``, ``n_venues``, ``oi_coin_change``, ``oi_usd_change``,
     ``oi_coin_change_pct``, ``oi_usd_change_pct``; only buckets with at least one market."""
@@ -162,9 +162,12 @@ def open_interest_by_venue(observations: Frame, *, bucket_s: int, max_stale_buck
         series, pool = [], []
         for v, m in keys:
             rows = np.flatnonzero(mine & (venue == v) & (market == m))
+            is_pool = bool(np.isfinite(values[rows, 2]).any())
+            if is_pool:   # a pool market's observation without its short side is half an observation
+                rows = rows[np.isfinite(values[rows, 2:]).all(axis=1)]
             last, buckets = _last_per_bucket(ts[rows], bucket_s)
             series.append((buckets, values[rows[last]]))
-            pool.append(bool(np.isfinite(values[rows, 2]).any()))
+            pool.append(is_pool)
         matrix, usable = _grid_matrix(grid, series, len(_OI_VALUES), max_stale_buckets)
         pool_arr, venue_of = np.array(pool), np.array([v for v, _ in keys])
         groups = [(v, p, (venue_of == v) & (pool_arr == p)) for v, p in sorted(set(zip(venue_of.tolist(), pool)))]
@@ -197,7 +200,8 @@ def open_interest_by_venue(observations: Frame, *, bucket_s: int, max_stale_buck
     return _as_arrays(out, ints=("bucket_start", "n_markets", "n_venues"), bools=("pool_counterparty",))
 
 
-def _as_arrays(columns: dict[str, list], *, ints: tuple[str, ...] = (), bools: tuple[str, ...] = ()) -> dict[str, NDArray]:
+def _as_arrays(columns: dict[str, list], *, ints: tuple[str, ...] = (),
+               bools: tuple[str, ...] = ()) -> dict[str, NDArray]:
     """Lists -> arrays: names (``asset``, ``venue``, ``*_venue``) as objects, the rest as given or float."""
     def dtype(name: str):
         if name in ints:
@@ -228,7 +232,7 @@ def funding_by_venue(funding: Frame, open_interest: Frame, *, bucket_s: int,
     oi_ts = _column(open_interest, "ts", np.float64)
     oi_venue, oi_market = _column(open_interest, "venue"), _column(open_interest, "market")
     oi_usd = _column(open_interest, "usd", np.float64)
-    oi_order = np.lexsort((oi_ts,))
+    oi_order = np.argsort(oi_ts, kind="stable")
     oi_ts, oi_venue, oi_market, oi_usd = oi_ts[oi_order], oi_venue[oi_order], oi_market[oi_order], oi_usd[oi_order]
 
     # One row per market and bucket: its last rate and the OI weight as of that rate's time.

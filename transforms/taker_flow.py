@@ -111,7 +111,8 @@ FROM minutes ORDER BY exchange, symbol, minute
 """
 
 
-def cumulative_volume_delta(bucket_start: ArrayLike, delta: ArrayLike, *, anchor: float | None = None) -> NDArray[np.float64]:
+def cumulative_volume_delta(bucket_start: ArrayLike, delta: ArrayLike, *,
+                            anchor: float | None = None) -> NDArray[np.float64]:
     """Running sum of ``delta`` over one series' rows sorted by ``bucket_start``, from the first
     row at or after ``anchor`` (default: the first row); rows before the anchor are NaN. A NaN
     delta is an error, not a zero: the caller must decide what a hole means."""
