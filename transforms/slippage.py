@@ -16,7 +16,11 @@ Definition
   level, ``book_truncated`` is True: the venue may have had more levels than it showed (a 20-level
   Hyperliquid book), so the figure rests on the edge of what was seen. A crossed, locked or
   one-sided book is invalid (``valid`` False, everything NaN, no flags): its mid means nothing.
-* Levels with non-finite or non-positive price or quantity are ignored.
+* Levels with non-finite or non-positive price or quantity are ignored. Books perpflow had to
+  uncross locally (dYdX, ``uncrossed`` > 0) are the caller's to leave out, as the depth asset does.
+* Kaiko's aggregation is the mean of the snapshots in an interval: ``transforms.depth.aggregate_buckets``
+  over the numeric :meth:`Slippage.columns` gives the 1-minute mean (NaN snapshots drop out, so
+  pair it with the count of ``too_shallow`` ones).
 
 Layout
 ------
