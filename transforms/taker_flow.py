@@ -10,8 +10,9 @@ in contracts without an instrument cannot be converted and are left out (``wareh
 counts them). Every trade counts, off-book prints included, and the forced fills among them are
 summed apart too (``forced_*``): fills the venue forced, told by their ``trade_type`` per venue
 (``ingest.venues.forced_trade_types()``: Binance ``@trade`` ``X`` INSURANCE_FUND/ADL, dYdX
-LIQUIDATED/DELEVERAGED; venues whose public tape does not mark them contribute none, so
-``delta_ex_forced_usd`` is "without the forced fills the venue identifies"). ``n_buy``/``n_sell``
+LIQUIDATED/DELEVERAGED; venues whose public tape does not mark them contribute none, and neither
+does Binance's ``aggTrade``, which has no ``X``: ``delta_ex_forced_usd`` is "without the forced
+fills the tape identifies", an upper bound on the unforced delta's size, not an exact split). ``n_buy``/``n_sell``
 count fills (an aggregated trade counts each fill it folds). Trades whose taker side is unknown are
 in neither side and counted in ``n_unknown_side`` / ``unknown_side_usd``, so a gap between the
 venue's volume and buy + sell is visible.
