@@ -12,7 +12,7 @@ summed apart too (``forced_*``): fills the venue forced, told by their ``trade_t
 (``ingest.venues.forced_trade_types()``: Binance ``@trade`` ``X`` INSURANCE_FUND/ADL, dYdX
 LIQUIDATED/DELEVERAGED; venues whose public tape does not mark them contribute none, and neither
 does Binance's ``aggTrade``, which has no ``X``: ``delta_ex_forced_usd`` is "without the forced
-fills the tape identifies", an upper bound on the unforced delta's size, not an exact split). ``n_buy``/``n_sell``
+fills the tape identifies" and still holds those it does not mark). ``n_buy``/``n_sell``
 count fills (an aggregated trade counts each fill it folds). Trades whose taker side is unknown are
 in neither side and counted in ``n_unknown_side`` / ``unknown_side_usd``, so a gap between the
 venue's volume and buy + sell is visible.
