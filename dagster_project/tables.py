@@ -3,8 +3,8 @@
 An analytics table is declared with :func:`table_asset` beside its checks and metadata; its SQL
 and row building live in ``warehouse/analytics/<area>.py`` (plain functions of a connection and a
 window) and its pictures in ``transforms/figures.py`` (data in, PNG bytes out). The declaration
-fixes what every table shares: the asset key ``analytics/<table>``, UTC-day partitions (or none:
-the table is rebuilt whole), the DuckDB writer pool, single-run backfills, the delete+insert rewrite
+fixes what every table shares: the asset key ``analytics/<table>``, UTC-day partitions (or hourly, or
+none: the table is rebuilt whole), the DuckDB writer pool, single-run backfills, the delete+insert rewrite
 of the partition, the declared checks evaluated on the rows the run wrote, the row count, and the
 replica publish. The decorated function is the table's body: it gets a :class:`TableRun`, writes
 with ``run.rewrite(...)`` and returns the materialization metadata (pictures as :class:`Picture`)::
@@ -204,21 +204,24 @@ def units_convertible(raw_table: str, where: str = "TRUE") -> Check:
 # --- the declaration ----------------------------------------------------------------------------
 
 def partition_days(context: dg.AssetExecutionContext) -> list[tuple[dt.datetime, dt.datetime]]:
-    """The UTC days of the run: one for a partition, several for a single-run backfill."""
+    """The UTC days of the run: one for a daily partition, several for a single-run backfill; an
+    hourly partition's window is one (short) day."""
     start, end = (t.replace(tzinfo=None) for t in context.partition_time_window)
     days = []
     while start < end:
-        days.append((start, start + DAY))
+        days.append((start, min(start + DAY, end)))
         start += DAY
     return days
 
 
 def table_asset(family: Family, table: str, *, deps: list, description: str, checks: list[Check],
-                partition_column: str | None = "day", config: type[dg.Config] | None = None):
+                partition_column: str | None = "day",
+                partitions: dg.TimeWindowPartitionsDefinition = daily_partitions,
+                config: type[dg.Config] | None = None):
     """Declare ``analytics.<table>`` as the asset ``analytics/<table>`` of ``family``.
 
-    ``partition_column`` places each row in its UTC day (daily partitions; None: unpartitioned,
-    the table is rebuilt whole). ``config``: a ``dg.Config`` class passed to the body as its second
+    ``partition_column`` places each row in its partition of ``partitions`` (UTC days unless, say,
+    a ``dg.HourlyPartitionsDefinition`` is given; None: unpartitioned, the table is rebuilt whole). ``config``: a ``dg.Config`` class passed to the body as its second
     argument. The body ``(run[, config]) -> metadata`` must write with ``run.rewrite``/
     ``run.rewrite_each_day``; values that are :class:`Picture` become embedded PNGs.
     """
@@ -244,7 +247,7 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
         # single_run on unpartitioned tables too: `dagster asset materialize --partition-range`
         # refuses a selection where any asset lacks it.
         return dg.asset(key=key, deps=deps, group_name=family.group, pool="duckdb_writer", kinds={"duckdb"},
-                        partitions_def=None if partition_column is None else daily_partitions,
+                        partitions_def=None if partition_column is None else partitions,
                         check_specs=[dg.AssetCheckSpec(c.name, asset=key, description=c.description)
                                      for c in checks],
                         backfill_policy=dg.BackfillPolicy.single_run(), description=description)(compute)
