@@ -241,7 +241,7 @@ class LongShortRatio(MarketRecord):
                       positions"; OKX long-short-account-ratio-contract)
       top_accounts    the venue's top traders, each account counted once (Binance
                       topLongShortAccountRatio: the top 20% by margin balance; OKX
-                      long-short-account-ratio-contract-top-trader: OKX's top traders by position
+                      long-short-account-ratio-contract-top-trader: the top 5% by open position
                       value). Binance's and OKX's cut differ: compare venues on all_accounts
       top_positions   the same top traders, weighted by position size: the share of their
                       positions' size that is long (Binance topLongShortPositionRatio, OKX
