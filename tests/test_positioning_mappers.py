@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import orjson
 import pytest
 
@@ -16,6 +17,7 @@ from ingest.venue import MalformedMessage
 from ingest.venues import venue as venue_for
 from ingest.venues.binance import FUTURES_DATA_WEIGHT
 from warehouse.loader import insert_records
+from warehouse.schema import migrate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "positioning"
 TS = 1_700_000_000_000_000_000
@@ -161,3 +163,17 @@ def test_the_warehouse_stores_each_period_once_however_often_it_is_polled(wareho
         rows = con.execute("SELECT epoch_ms(ts_exchange), long_share, short_share FROM raw.long_short_ratios "
                            "ORDER BY 1").fetchall()
     assert rows == [(1695772800000, 0.5777, 0.4223), (1695773100000, 0.5801, 0.4199)]
+
+
+def test_an_existing_warehouse_gets_the_positioning_tables_from_migration_10(tmp_path):
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    migrate(con)
+    con.execute("DROP TABLE raw.long_short_ratios")
+    con.execute("DROP TABLE raw.taker_volumes")
+    con.execute("DELETE FROM meta.schema_migrations WHERE version >= 10")
+    migrate(con)
+    columns = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                               "WHERE table_name = 'long_short_ratios'").fetchall())
+    assert columns["long_share"] == "DOUBLE" and columns["population"] == "VARCHAR"
+    assert columns["ts_exchange"] == "TIMESTAMP" and "kafka_offset" in columns
+    assert con.execute("SELECT count(*) FROM raw.taker_volumes").fetchone() == (0,)
