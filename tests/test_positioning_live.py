@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
+import urllib.request
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from ingest.service import IngestConfig, IngestService
-from ingest.simulator import SimConfig, SimulatorThread, load_truth
+from ingest.simulator import SimConfig, SimulatorThread, load_truth, server
 from ingest.simulator.config import SYMBOL_SPECS
 from ingest.simulator.dialects import url_prefix
 from ingest.simulator.dialects.okx import CONTRACT_VALUE
@@ -129,3 +132,46 @@ def test_each_venue_stores_every_closed_period_once_equal_to_the_truth(tmp_path,
             assert unit == ("base" if exchange == "binance-usdm" else "contracts")
             assert (buy, sell) == (to_venue(closed[start]["taker_buy_lots"]), to_venue(closed[start]["taker_sell_lots"]))
             assert buy > 0 and sell > 0
+
+
+def get_json(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_the_simulator_serves_closed_periods_then_the_open_one_within_binances_separate_limit(monkeypatch):
+    monkeypatch.setattr(server, "FUTURES_DATA_LIMIT", (6, 300.0))
+    # 18 minutes of market, then it stands still (the server keeps answering): three closed periods
+    # and the open one, 3 minutes into it.
+    config = SimConfig(scenario="calm", seed=5, hours=0.3, speed=600, symbols=("BTCUSDT",), venues=tuple(NATIVE))
+    with SimulatorThread(config) as sim:
+        feed = sim.simulator.feed
+        deadline = time.monotonic() + 120
+        while not feed.finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+        base = f"{sim.http_url}/futures/data"
+        status, rows = get_json(f"{base}/topLongShortPositionRatio?symbol=BTCUSDT&period=5m&limit=30")
+        assert status == 200 and len(rows) == 4          # three closed periods, then the open one
+        starts = [int(r["timestamp"]) for r in rows]
+        assert starts == sorted(starts) and all(b - a == 300_000 for a, b in zip(starts, starts[1:]))
+        closed = feed.positioning.closed[0]
+        assert [p.start_ms for p in closed[-3:]] == starts[:3]
+        assert [r["longAccount"] for r in rows[:3]] == [share(p.top[(0.2, "margin")][1]) for p in closed[-3:]]
+        status, rows = get_json(f"{base}/takerlongshortRatio?symbol=BTCUSDT&period=5m&limit=2")
+        assert status == 200 and len(rows) == 2 and float(rows[0]["buyVol"]) > float(rows[1]["buyVol"]) > 0
+        assert get_json(f"{base}/globalLongShortAccountRatio?symbol=BTCUSDT&period=1h")[0] == 400
+        assert get_json(f"{base}/globalLongShortAccountRatio?symbol=NOPE&period=5m")[0] == 400
+        # Three requests counted so far (the unknown symbol is refused before): three more pass.
+        answers = [get_json(f"{base}/globalLongShortAccountRatio?symbol=BTCUSDT&period=5m") for _ in range(5)]
+        assert [status for status, _ in answers] == [200, 200, 200, 429, 429]
+        assert "1000 requests/5min" in answers[-1][1]["msg"]
+        okx = f"{sim.http_url}{url_prefix('okx-swap')}/api/v5/rubik/stat"
+        status, body = get_json(f"{okx}/taker-volume-contract?instId=BTC-USDT-SWAP&period=5m&limit=2")
+        assert status == 200 and [int(row[0]) for row in body["data"]] == sorted(starts[-2:], reverse=True)
+        status, body = get_json(f"{sim.http_url}{url_prefix('bybit-linear')}/v5/market/account-ratio"
+                                f"?category=linear&symbol=BTCUSDT&period=5min&limit=3")
+        assert status == 200 and body["retCode"] == 0
+        assert all(Decimal(r["buyRatio"]) + Decimal(r["sellRatio"]) == 1 for r in body["result"]["list"])
