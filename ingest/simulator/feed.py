@@ -26,6 +26,7 @@ import numpy as np
 from .config import ALL_LIQUIDATIONS_STREAM, SimConfig
 from .faults import FaultSchedule, MalformedFrame, corrupt
 from .market import STEP_MS, Fill, Liquidation, MarketModel, StepResult
+from .positioning import PERIOD_MS, PositioningStats
 from .truth import TRUTH_VERSION, TruthWriter
 from .venue_market import VENUE_MARKETS
 from . import wire
@@ -94,6 +95,8 @@ class ExchangeFeed:
         self._recent_agg: list[deque] = [deque(maxlen=RECENT_AGG_TRADES) for _ in range(n)]
         # Every liquidation once its second is over, newest last (venues that list them all over REST).
         self.recent_liquidations: deque[Liquidation] = deque(maxlen=RECENT_LIQUIDATIONS)
+        # The venues' positioning statistics per 5-minute period (ingest.simulator.positioning).
+        self.positioning = PositioningStats(m.positions, m.start_ms)
         self.pending_drops = 0
         self.pending_hostile: list[str] = []    # kinds of hostile frames the server sends next
         self.liquidation_count = 0
@@ -130,6 +133,12 @@ class ExchangeFeed:
         t1 = r.t1_ms
         out: list[Message] = []
         self._schedule_faults(t1)
+        for f in r.fills:
+            self.positioning.add_fill(f.symbol_index, f.ts_ms, f.lots, taker_buys=not f.buyer_is_maker)
+        if t1 % PERIOD_MS == 0:
+            for s, period in enumerate(self.positioning.close_period(t1)):
+                if period is not None and self.truth:
+                    self.truth.write(period.truth(self.symbols[s]))
         if r.fills:
             self._emit_trades(r.fills, out, wanted)
         self._emit_depth(r, out, wanted)
