@@ -81,12 +81,14 @@ def materializable_quant_assets() -> list:
     return [a for a in QUANT_ASSETS if isinstance(a, dg.AssetsDefinition)]
 
 
-def run_quant(dg, instance, resources, run_config, warehouse, console: Console) -> QuantRun:
-    """Import the shipped history, then materialize every quant asset over its days in one run
-    (the quant assets backfill a partition range in a single run)."""
+def run_quant(dg, instance, resources, run_config, warehouse, console: Console,
+              days: tuple[str, str] | None = None) -> QuantRun:
+    """Import the shipped history, then materialize every quant asset over the hourly history's
+    days (or ``days``, first and last) in one run (the quant assets backfill a range in one run)."""
     started = time.perf_counter()
     try:
         bars, first, last = import_history(warehouse)
+        first, last = days or (first, last)
     except ValueError as exc:
         raise QuantDemoError(f"the shipped price history does not import: {exc}; reinstall perpflow") from None
     warehouse.publish_replica()
