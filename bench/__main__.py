@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from bench import fault_matrix, ingest_bench, loader_bench, microstructure_bench
+from bench import fault_matrix, ingest_bench, loader_bench, microstructure_bench, tables
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--day-trades", type=int, default=2_000_000,
                         help="trades in the simulated day of the microstructure benchmark")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=min(Console().width, tables.WIDTH))
     cores = sorted(os.sched_getaffinity(0))
     console.print(f"perpflow bench on {platform.processor() or platform.machine()}, {len(cores)} cores available")
     rows, ingest_rows, micro, detection, faults = [], None, None, None, None
@@ -52,61 +51,25 @@ def main() -> None:
     if args.only in (None, "loader"):
         with tempfile.TemporaryDirectory() as tmp:
             rows += loader_bench.run(Path(tmp), args.trades, console)
-        table = Table(title="throughput (same run, same topic)")
-        for column in ("measurement", "records", "seconds", "records/s", "vs baseline"):
-            table.add_column(column, justify="left" if column == "measurement" else "right")
-        for row in rows:
-            table.add_row(row["name"], f"{row['records']:,}", f"{row['seconds']:.2f}", f"{row['rate']:,.0f}",
-                          f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
-        console.print(table)
+        console.print(tables.throughput(rows))
     if args.only in (None, "ingest"):
         with tempfile.TemporaryDirectory() as tmp:
             ingest_rows = ingest_bench.run(Path(tmp), args.frames, console)
-        table = Table(title="ingest: venue frames -> normalized records -> Kafka (same run)")
-        for column in ("measurement", "frames", "records", "seconds", "frames/s", "records/s", "vs baseline"):
-            table.add_column(column, justify="left" if column == "measurement" else "right")
-        for row in ingest_rows:
-            table.add_row(row["name"], f"{row['messages']:,}", f"{row['records']:,}", f"{row['seconds']:.2f}",
-                          f"{row.get('messages_per_s', 0):,.0f}", f"{row['rate']:,.0f}",
-                          f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
-        console.print(table)
+        console.print(tables.ingest(ingest_rows))
         venue_rows = ingest_bench.per_venue(args.frames, console)
         ingest_rows += venue_rows
-        table = Table(title="per venue: the same market in each venue's wire format, mapper + book sync (same run)")
-        for column in ("venue", "frames", "mapped", "skipped", "dead letters", "book gaps", "records", "frames/s",
-                       "vs binance-usdm"):
-            table.add_column(column, justify="left" if column == "venue" else "right")
-        for row in venue_rows:
-            table.add_row(row["name"].split(":")[0], f"{row['messages']:,}", f"{row['mapped']:,}",
-                          f"{row['skipped']:,}", f"{row['dead_letters']:,}", f"{row['gaps']:,}",
-                          f"{row['records']:,}", f"{row['messages_per_s']:,.0f}",
-                          f"{row['ratio']:.2f}x" if row.get("ratio") else "baseline")
-        console.print(table)
+        console.print(tables.venues(venue_rows))
     if args.only in (None, "microstructure"):
         with tempfile.TemporaryDirectory() as tmp:
             micro = microstructure_bench.run(Path(tmp), args.day_trades, console)
-        console.print(microstructure_table(micro))
+        console.print(tables.microstructure(micro))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"loader": rows, "ingest": ingest_rows, "microstructure": micro,
+    machine = {"processor": platform.processor() or platform.machine(), "cores": len(cores),
+               "load_average_at_end": os.getloadavg(), "python": platform.python_version()}
+    out.write_text(json.dumps({"machine": machine, "loader": rows, "ingest": ingest_rows, "microstructure": micro,
                                "detection": detection, "faults": faults}, indent=2))
     console.print(f"saved {out}")
-
-
-def microstructure_table(micro: dict) -> Table:
-    baseline = micro["baseline"]
-    table = Table(title=f"daily assets on one simulated day ({micro['inputs']['trades']:,} trades, "
-                        f"{micro['inputs']['book_snapshots']:,} book snapshots, {micro['inputs']['book_levels']:,} "
-                        "levels); baseline = ohlcv_1m on the same trades")
-    for column in ("asset", "rows written", "seconds", "vs ohlcv_1m"):
-        table.add_column(column, justify="left" if column == "asset" else "right")
-    table.add_row(f"{baseline['asset']} (baseline)", f"{baseline['rows']:,}", f"{baseline['seconds']:.2f}", "1.00x")
-    for row in micro["assets"]:
-        table.add_row(row["asset"], f"{row['rows']:,}", f"{row['seconds']:.2f}", f"{row['ratio']:.2f}x")
-    total = micro["total_seconds"]
-    table.add_row("all microstructure assets (target < 60 s on 2 cores)", "", f"{total:.2f}",
-                  f"{total / baseline['seconds']:.2f}x")
-    return table
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from ingest.simulator.dialects import dialect_classes, offline_frames
 from ingest.venues import venue as venue_for
 from ingest.venues.binance_usdm import BinanceUsdm
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
-from ingest.kafka import ensure_topics, new_producer
+from ingest.kafka import RecordProducer, ensure_topics, new_producer
+from pipelines.replay import replay
 
 SUBSCRIBED = ("depth@100ms", "aggTrade", "markPrice@1s", "forceOrder")
 
@@ -91,16 +92,25 @@ def run(tmp: Path, n: int, console) -> list[dict]:
         bare_s = time.perf_counter() - started
         producer.close()
 
+        console.print("replay: the same frames as a recording file -> perpflow replay's path -> Kafka")
+        replayed = _replay(tmp, broker.bootstrap, frames)
+
         console.print("end to end: simulator process (speed 100) -> websockets -> IngestService -> Kafka, 30 s")
         e2e = _end_to_end(tmp, broker.bootstrap, seconds=30)
     bare_rate = len(encoded) / bare_s
     return [
-        {"name": "bare kafka-python producer, pre-serialized records (baseline)", "records": len(encoded),
+        {"name": "bare kafka-python producer, pre-serialized records (baseline)", "label": "bare producer",
+         "baseline": True, "records": len(encoded),
          "messages": len(frames), "seconds": bare_s, "rate": bare_rate},
-        {"name": "ingest message path: frames -> records -> Kafka", "records": len(produced), "messages": len(frames),
+        {"name": "ingest message path: frames -> records -> Kafka", "label": "ingest message path", "records": len(produced), "messages": len(frames),
          "seconds": path_s, "rate": len(produced) / path_s, "messages_per_s": len(frames) / path_s,
          "ratio": (len(produced) / path_s) / bare_rate},
-        {"name": "end to end from the simulator over websockets (speed 100)", "records": e2e["records"],
+        {"name": "replay of a recording file (perpflow's JSONL) -> Kafka", "label": "replay (recording)",
+         "records": replayed["records"], "messages": len(frames), "seconds": replayed["seconds"],
+         "rate": replayed["records"] / replayed["seconds"], "messages_per_s": len(frames) / replayed["seconds"],
+         "ratio": (replayed["records"] / replayed["seconds"]) / bare_rate},
+        {"name": "end to end from the simulator over websockets (speed 100)",
+         "label": "end to end (simulator)", "records": e2e["records"],
          "messages": e2e["messages"], "seconds": e2e["seconds"], "rate": e2e["records"] / e2e["seconds"],
          "messages_per_s": e2e["messages"] / e2e["seconds"], "ratio": (e2e["records"] / e2e["seconds"]) / bare_rate,
          "reconnects": e2e["reconnects"]},
@@ -133,14 +143,30 @@ def per_venue(n: int, console) -> list[dict]:
                 handler.on_rest(source, body, 0)
         seconds = time.perf_counter() - started
         stats = handler.stats
-        rows.append({"name": f"{exchange}: frames -> records (mapper + book sync)", "messages": len(frames),
+        rows.append({"name": f"{exchange}: frames -> records (mapper + book sync)", "label": exchange, "messages": len(frames),
                      "records": sum(stats.records.values()), "seconds": seconds, "rate": sum(stats.records.values()) / seconds,
                      "messages_per_s": len(frames) / seconds, "mapped": stats.mapped,
                      "skipped": sum(stats.skipped.values()), "dead_letters": sum(stats.dead_letters.values()),
                      "gaps": handler.book_sync.counts["gaps"]})
     for row in rows:
-        row["ratio"] = row["messages_per_s"] / rows[0]["messages_per_s"] if row is not rows[0] else None
+        row["ratio"] = row["messages_per_s"] / rows[0]["messages_per_s"]
+    rows[0]["baseline"] = True
     return rows
+
+
+def _replay(tmp: Path, bootstrap: str, frames: list[tuple[str, str, str]]) -> dict:
+    """Frames written as perpflow's recorder JSONL, read back and published exactly as `perpflow replay` does."""
+    recording = tmp / "bench-recording.jsonl"
+    with recording.open("wb") as out:
+        for seq, (kind, source, body) in enumerate(frames):
+            out.write(orjson.dumps({"recv_ns": seq, "kind": kind, "source": source, "msg": orjson.loads(body)}) + b"\n")
+    producer = RecordProducer(bootstrap)
+    started = time.perf_counter()
+    report = replay("binance-usdm", [recording], producer.send)
+    producer.flush()
+    seconds = time.perf_counter() - started
+    producer.close()
+    return {"records": sum(report.stats.records.values()), "seconds": seconds}
 
 
 def _end_to_end(tmp: Path, bootstrap: str, seconds: float) -> dict:

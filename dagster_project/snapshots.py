@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.assets.microstructure_common import partition_days
+from dagster_project.tables import partition_days
 from dagster_project.assets.microstructure_depth import BOOK_DEPTH, LIQUIDITY_WITHDRAWALS
 from dagster_project.assets.microstructure_derivatives import FUNDING, OPEN_INTEREST
 from dagster_project.assets.microstructure_liquidations import LIQUIDATION_CASCADES, LIQUIDATIONS_1M

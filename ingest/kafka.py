@@ -160,8 +160,15 @@ def new_consumer(bootstrap: str, group_id: str | None = None, **overrides) -> Ka
 
 
 def partitions_of(consumer: KafkaConsumer, topics) -> list[TopicPartition]:
+    """The partitions of those ``topics`` that exist, from one metadata request.
+
+    Asking per topic costs a metadata round trip for each topic the broker does not have yet.
+    """
+    existing = consumer.topics()
     tps = []
     for topic in topics:
+        if topic not in existing:
+            continue
         parts = consumer.partitions_for_topic(topic) or set()
         tps.extend(TopicPartition(topic, p) for p in sorted(parts))
     return tps

@@ -28,6 +28,9 @@ What a venue describes:
   has none, and depth analytics have nothing to read there).
 * **REST limits**: the weight budget and the header that reports what is used; for venues whose
   REST API is POST-only, how a request URL is sent (``rest_request``).
+* **Forced fills** (``FORCED_TRADE_TYPES``): the ``Trade.trade_type`` words that mark a fill the
+  venue forced (liquidation, auto-deleveraging, insurance fund), so taker-flow analytics can
+  leave them out; empty where the public tape does not tell them apart.
 * **Coverage** (``COVERAGE``): for each kind of data, whether the venue's public feeds give all
   of it, a sample, a lower bound, a model or nothing, with the reason; users see it in
   ``perpflow venues`` and ``meta.venue_coverage``, analytics label their totals with it.
@@ -143,6 +146,8 @@ class Venue(ABC):
     #: Per ``DATA_KINDS`` key: how complete the venue's public data is, and why (``perpflow venues``,
     #: ``meta.venue_coverage``).
     COVERAGE: ClassVar[dict[str, tuple[Coverage, str]]] = {}
+    #: ``Trade.trade_type`` values of forced fills (see the module docstring).
+    FORCED_TRADE_TYPES: ClassVar[frozenset[str]] = frozenset()
 
     # --- symbols and streams ---------------------------------------------------------------
 

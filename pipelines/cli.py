@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from ingest.venues import venue_names
 from warehouse.settings import ConfigError, load_settings
+from warehouse.loader import DEFAULT_BATCH_ROWS
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -186,7 +188,7 @@ def print_replay_report(report) -> None:
 
 
 @main.command()
-@click.option("--batch-rows", type=click.IntRange(1000, 10_000_000), default=250_000, show_default=True,
+@click.option("--batch-rows", type=click.IntRange(1000, 10_000_000), default=DEFAULT_BATCH_ROWS, show_default=True,
               help="Rows per DuckDB transaction.")
 def load(batch_rows: int) -> None:
     """One loader pass, Kafka -> DuckDB, exactly once (same code and lock as Dagster)."""
@@ -498,17 +500,26 @@ def demo(recordings: tuple[Path, ...], speed: float, keep_broker: bool) -> None:
 @main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 def ui(port: int) -> None:
-    """Open the Dagster UI (webserver + daemon) on this project."""
+    """Open the Dagster UI (webserver + daemon) on this project; Ctrl-C or SIGTERM stops all of it."""
     from dagster_project.instance import prepare_dagster_home
+    from pipelines.process_group import run_process_group
+    from warehouse.store import Warehouse
 
     settings = _settings()
     home = prepare_dagster_home(settings)
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ["PERPFLOW_HOME"] = str(settings.home)
-    console.print(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
+    if "PERPFLOW_PARTITION_START" not in os.environ:
+        # Partitions from the first day of data, not from 2021: thousands of empty days hide the real ones.
+        first_day = Warehouse.from_settings(settings).first_data_day() or datetime.datetime.now(datetime.UTC).date()
+        os.environ["PERPFLOW_PARTITION_START"] = first_day.isoformat()
+    console.print(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home}); daily partitions from "
+                  f"{os.environ['PERPFLOW_PARTITION_START']}; Ctrl-C stops it")
     # The interpreter running perpflow, so an un-activated venv works too.
-    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions",
-                              "-h", "127.0.0.1", "-p", str(port)])
+    sys.exit(run_process_group(
+        [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
+         "-p", str(port)],
+        on_start=lambda pgid: console.print(f"dagster dev runs as process group {pgid}")))
 
 
 # Commands that live beside the code they drive.

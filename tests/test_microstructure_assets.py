@@ -21,7 +21,7 @@ from warehouse.store import Warehouse
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from dagster_project.assets.microstructure import MICROSTRUCTURE_ASSETS  # noqa: E402
-from dagster_project.assets.microstructure_liquidations import cascade_thresholds  # noqa: E402
+from warehouse.analytics.liquidations import cascade_thresholds  # noqa: E402
 from dagster_project.assets.ohlcv import ohlcv_1m  # noqa: E402
 from dagster_project.definitions import defs  # noqa: E402
 from dagster_project.resources import WarehouseResource  # noqa: E402

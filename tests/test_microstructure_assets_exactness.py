@@ -28,7 +28,7 @@ from warehouse.store import Warehouse
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from dagster_project.assets.microstructure import MICROSTRUCTURE_ASSETS  # noqa: E402
-from dagster_project.assets.microstructure_depth import snapshot_depths  # noqa: E402
+from warehouse.analytics.depth import snapshot_depths  # noqa: E402
 from dagster_project.resources import WarehouseResource  # noqa: E402
 
 RAW = [dg.AssetSpec(["raw", t]) for t in ("trades", "book_snapshots", "open_interest", "funding", "liquidations")]

@@ -22,7 +22,7 @@ from transforms.signals import HOURLY_HORIZONS, compute_signals, evaluate_signal
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from dagster_project.assets import quant_compute as qc  # noqa: E402
+from warehouse.analytics import quant as qc  # noqa: E402
 from dagster_project.assets.quant import QUANT_ASSETS, candles_1d, candles_1h  # noqa: E402
 from dagster_project.definitions import defs  # noqa: E402
 from dagster_project.jobs_quant import quant_hourly_schedule  # noqa: E402

@@ -23,6 +23,14 @@ Definitions
   meaningless, and silently reporting depth around it would pollute per-minute aggregates.
 * Levels with non-finite or non-positive price, or non-positive quantity, are ignored (a zero
   quantity is a deletion in L2 diff feeds, so it can appear in a book that was assembled naively).
+* A band wider than the visible book is flagged, not passed off as measured: ``bid_exceeds_book``
+  / ``ask_exceeds_book`` (per band) are True where the side's deepest visible level is nearer to
+  the reference than the band's bound, so the book the venue sent (a 20-level Hyperliquid push, a
+  500-level snapshot spanning +-2.6 %) ends inside the band and the depth is only a lower bound. The
+  sums keep that lower bound. ``complete_within`` is how far from the reference the caller knows the
+  book to be complete (perpflow's periodic snapshots carry every level within +-10 % of mid): bands
+  up to it are never flagged, because an empty stretch there is real. Invalid books are not
+  flagged (``valid`` already says they measure nothing).
 
 Float robustness of the inclusive bounds
 ----------------------------------------
@@ -94,6 +102,19 @@ class DepthBands:
     bid_usd: NDArray[np.float64]
     ask_usd: NDArray[np.float64]
     imbalance: NDArray[np.float64]
+    bid_exceeds_book: NDArray[np.bool_]
+    ask_exceeds_book: NDArray[np.bool_]
+
+    @property
+    def band_exceeds_book(self) -> NDArray[np.bool_]:
+        """Per band: either side's visible book ends inside it (its depth is a lower bound)."""
+        return self.bid_exceeds_book | self.ask_exceeds_book
+
+    def flag_columns(self) -> dict[str, NDArray[np.bool_]]:
+        """``{bid,ask}_exceeds_book_<label>`` per band (kept out of :meth:`columns`, whose numeric
+        columns :func:`depth_per_minute` averages)."""
+        return {f"{side}_exceeds_book_{band_label(band)}": getattr(self, f"{side}_exceeds_book")[..., j]
+                for side in ("bid", "ask") for j, band in enumerate(self.bands)}
 
     def columns(self) -> dict[str, NDArray]:
         """Flat columns for a table: ``valid``, ``best_bid``, ``best_ask``, ``mid``, ``spread_bps``
@@ -166,8 +187,12 @@ def depth_bands(
     contract_size: float = 1.0,
     inverse: bool = False,
     rel_tol: float = REL_TOL,
+    complete_within: float = 0.0,
 ) -> DepthBands:
-    """Depth bands of one L2 book given as ``(k, 2)`` ``(price, qty)`` arrays or lists, any order."""
+    """Depth bands of one L2 book given as ``(k, 2)`` ``(price, qty)`` arrays or lists, any order.
+
+    ``complete_within``: the fraction from the reference up to which the book is known complete
+    (see the module docstring: wider bands that reach past the deepest level are flagged)."""
     band_arr = _check_bands(bands)
     bid_p, bid_q = _levels(bids)
     ask_p, ask_q = _levels(asks)
@@ -177,6 +202,8 @@ def depth_bands(
             valid=np.bool_(False),
             **{name: np.float64(np.nan) for name in _SCALAR_FIELDS},
             **{name: np.full(band_arr.size, np.nan) for name in _SIDE_FIELDS},
+            bid_exceeds_book=np.zeros(band_arr.size, bool),
+            ask_exceeds_book=np.zeros(band_arr.size, bool),
         )
 
     best_bid, best_ask = bid_p.max(), ask_p.min()
@@ -188,6 +215,7 @@ def depth_bands(
         inside = [dist - rel_tol <= band for band in band_arr]
         sums[f"{name}_base"] = np.array([base[m].sum() for m in inside])
         sums[f"{name}_quote"] = np.array([quote[m].sum() for m in inside])
+        sums[f"{name}_exceeds_book"] = _exceeds_book(band_arr, dist.max(), rel_tol, complete_within)
     return DepthBands(
         bands=tuple(band_arr.tolist()),
         valid=np.bool_(True),
@@ -200,6 +228,14 @@ def depth_bands(
         imbalance=_imbalance(sums["bid_quote"], sums["ask_quote"]),
         **sums,
     )
+
+
+def _exceeds_book(band_arr: NDArray, deepest: NDArray | float, rel_tol: float, complete_within: float) -> NDArray:
+    """Bands whose bound lies beyond the deepest visible level (``deepest``: its distance from the
+    reference, one per book) and beyond ``complete_within``; mirror of the inclusion test, so a
+    level exactly on a bound covers that band."""
+    deepest = np.asarray(deepest, dtype=np.float64)[..., None]
+    return (band_arr > deepest + rel_tol) & (band_arr > complete_within + rel_tol)
 
 
 def offsets_from_sorted_ids(snapshot_ids: ArrayLike, n_snapshots: int) -> NDArray[np.int64]:
@@ -224,6 +260,14 @@ def _best_per_snapshot(price: NDArray, usable: NDArray, offsets: NDArray, is_bid
         reduce = np.maximum.reduceat if is_bid else np.minimum.reduceat
         best[nonempty] = reduce(masked, offsets[:-1][nonempty])
     return best
+
+
+def _deepest_distance(price: NDArray, usable: NDArray, offsets: NDArray, ref: NDArray, is_bid: bool) -> NDArray:
+    """Distance from the reference of each snapshot's deepest usable level (the lowest bid or the
+    highest ask); -inf for an empty side."""
+    deepest = _best_per_snapshot(price, usable, offsets, is_bid=not is_bid)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(deepest), _distance(deepest, ref, is_bid), -np.inf)
 
 
 def _side_sums(
@@ -274,6 +318,7 @@ def _batch_chunk(
     contract_size: NDArray,
     inverse: NDArray,
     rel_tol: float,
+    complete_within: float,
 ) -> dict[str, NDArray]:
     bid_ok, ask_ok = _usable(bid_price, bid_qty), _usable(ask_price, ask_qty)
     best_bid = _best_per_snapshot(bid_price, bid_ok, bid_offsets, is_bid=True)
@@ -300,10 +345,16 @@ def _batch_chunk(
     }
     for name in _SIDE_FIELDS:
         out[name][~valid] = np.nan
+    for name, price, ok, offsets, ref, is_bid in (("bid", bid_price, bid_ok, bid_offsets, bid_ref, True),
+                                                  ("ask", ask_price, ask_ok, ask_offsets, ask_ref, False)):
+        deepest = _deepest_distance(price, ok, offsets, ref, is_bid)
+        out[f"{name}_exceeds_book"] = _exceeds_book(band_arr, deepest, rel_tol, complete_within) & valid[:, None]
     return out
 
 
-def _chunk_bounds(bid_offsets: NDArray, ask_offsets: NDArray) -> list[tuple[int, int]]:
+def level_chunks(bid_offsets: NDArray, ask_offsets: NDArray) -> list[tuple[int, int]]:
+    """Snapshot ranges ``[lo, hi)`` of about ``_BATCH_CHUNK_LEVELS`` levels (both sides) each, at
+    least one snapshot per range, so batch paths bound their memory."""
     levels = bid_offsets + ask_offsets
     bounds, start, n = [], 0, bid_offsets.size - 1
     if n == 0:
@@ -330,6 +381,7 @@ def depth_bands_batch(
     contract_size: float | ArrayLike = 1.0,
     inverse: bool | ArrayLike = False,
     rel_tol: float = REL_TOL,
+    complete_within: float = 0.0,
 ) -> DepthBands:
     """Depth bands for ``n = len(bid_offsets) - 1`` books in Arrow list layout.
 
@@ -359,12 +411,12 @@ def depth_bands_batch(
     inverse_arr = np.broadcast_to(np.asarray(inverse, dtype=bool), (n,))
 
     parts = []
-    for lo, hi in _chunk_bounds(bid_offsets, ask_offsets):
+    for lo, hi in level_chunks(bid_offsets, ask_offsets):
         b0, b1, a0, a1 = bid_offsets[lo], bid_offsets[hi], ask_offsets[lo], ask_offsets[hi]
         parts.append(_batch_chunk(
             arrays[0][b0:b1], arrays[1][b0:b1], bid_offsets[lo:hi + 1] - b0,
             arrays[2][a0:a1], arrays[3][a0:a1], ask_offsets[lo:hi + 1] - a0,
-            band_arr, reference, rate[lo:hi], size[lo:hi], inverse_arr[lo:hi], rel_tol,
+            band_arr, reference, rate[lo:hi], size[lo:hi], inverse_arr[lo:hi], rel_tol, complete_within,
         ))
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return DepthBands(bands=tuple(band_arr.tolist()), **merged)

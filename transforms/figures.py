@@ -1,18 +1,158 @@
-"""Figures of the analytics tables: data in, PNG bytes out, no I/O (matplotlib's Agg backend).
+"""PNG charts of analytics tables: data in, PNG bytes out, no I/O (matplotlib's Agg backend).
 
-The report figures below take plain arrays (timestamps as ``datetime64``), so the HTML report
-(``pipelines/report.py``) and Dagster metadata can draw the same picture from the same rows. A
-figure whose data is missing still renders, with the reason written in the panel, so a reader
-sees what is absent and why rather than an empty page.
+Dagster keeps every picture in its event log (``dagster_project.tables`` embeds them in the
+materialization metadata), so its figures are small: 7 x 2.6 inches at 80 dpi by default.
+
+The report figures (``render_panels`` and below) are larger, several panels on one time axis, and
+take plain arrays (timestamps as ``datetime64``), so the HTML report (``pipelines/report.py``) and
+Dagster metadata can draw the same picture from the same rows. A report figure whose data is
+missing still renders, with the reason written in the panel, so a reader sees what is absent and
+why rather than an empty page.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+SIZE = (7, 2.6)
+DPI = 80
+MAX_LINES = 8
+CHART_BARS = 180
+
+Series = list[tuple[str, dt.datetime, float | None]]
+Spans = list[tuple[dt.datetime, dt.datetime]]
+
+
+def _render(title: str, draw: Callable[[object], None], size=SIZE) -> bytes:
+    import matplotlib
+
+    # Agg renders without a display: assets run in daemons and containers.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=DPI)
+    try:
+        draw(ax)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        return png.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _lines(ax, series: Series, log: bool = False) -> None:
+    by_label: dict[str, tuple[list, list]] = {}
+    for label, x, y in series:
+        xs, ys = by_label.setdefault(label, ([], []))
+        xs.append(x)
+        ys.append(np.nan if y is None else y)
+    for label, (xs, ys) in sorted(by_label.items())[:MAX_LINES]:
+        ax.plot(xs, ys, label=label, linewidth=0.8)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=6)
+
+
+def _shade(ax, spans: Spans, color: str) -> None:
+    for start, end in spans:
+        ax.axvspan(start, end, color=color, alpha=0.25, linewidth=0)
+
+
+def lines(series: Series, title: str, *, log: bool = False, spans: Spans = (),
+          span_color: str = "tab:orange") -> bytes:
+    """One line per label (the first eight labels in order) of (label, x, y) points; ``spans``
+    shaded (episodes, cascades)."""
+    def draw(ax):
+        _lines(ax, series, log=log)
+        _shade(ax, spans, span_color)
+    return _render(title, draw)
+
+
+def open_interest_and_price(series: list[tuple[str, dt.datetime, float | None, float | None]], title: str) -> bytes:
+    """Per asset (the first four): USD open interest (solid) and price (dotted, right axis), each
+    relative to its first value, from (asset, time, OI USD, price) points."""
+    def draw(ax):
+        by_asset: dict[str, list] = {}
+        for asset, bucket, usd, price in series:
+            by_asset.setdefault(asset, []).append((bucket, usd, price))
+        twin = ax.twinx()
+        for i, (asset, rows) in enumerate(sorted(by_asset.items())[:4]):
+            xs = [r[0] for r in rows]
+            first_usd = next((r[1] for r in rows if r[1]), None) or 1.0
+            first_price = next((r[2] for r in rows if r[2]), None) or 1.0
+            ax.plot(xs, [(r[1] or np.nan) / first_usd for r in rows], color=f"C{i}", linewidth=0.9,
+                    label=f"{asset} OI")
+            twin.plot(xs, [(r[2] or np.nan) / first_price for r in rows], color=f"C{i}", linewidth=0.7,
+                      linestyle=":", label=f"{asset} price")
+        ax.set_ylabel("OI / first", fontsize=7)
+        twin.set_ylabel("price / first (dotted)", fontsize=7)
+        twin.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="lower left")
+    return _render(title, draw)
+
+
+def liquidations(minutes: list[tuple[dt.datetime, float, float]], cascades: Spans, title: str) -> bytes:
+    """Liquidated USD per minute from (minute, longs, shorts): longs down, shorts up, in $M; the
+    cascades' minutes shaded."""
+    def draw(ax):
+        xs = [m[0] for m in minutes]
+        width = 1 / 1440
+        ax.bar(xs, [-m[1] / 1e6 for m in minutes], width=width, color="tab:red", label="longs liquidated")
+        ax.bar(xs, [m[2] / 1e6 for m in minutes], width=width, color="tab:green", label="shorts liquidated")
+        _shade(ax, [(s, e + dt.timedelta(minutes=1)) for s, e in cascades], "tab:orange")
+        ax.set_ylabel("$M", fontsize=7)
+        ax.legend(fontsize=6)
+    return _render(title, draw)
+
+
+def _date_axis(ax) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator(maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def levels(ts: np.ndarray, close: np.ndarray, rows: list[dict], title: str, *, swing_method: str) -> bytes:
+    """The close of the last bars with the swing levels (``method == swing_method``; line width
+    ~ strength) and the classic pivot point P."""
+    def draw(ax):
+        ax.plot(ts[-CHART_BARS:], close[-CHART_BARS:], color="black", linewidth=0.8)
+        for row in rows:
+            if row["method"] == swing_method:
+                color = "tab:green" if row["kind"] == "support" else "tab:red"
+                ax.axhline(row["price"], color=color, linewidth=0.4 + 2 * row["strength"] / 100, alpha=0.6)
+                ax.annotate(f"{row['name']} {row['strength']:.0f}", (0.995, row["price"]),
+                            xycoords=("axes fraction", "data"), fontsize=6, color=color, ha="right", va="bottom")
+            elif row["name"] == "P":
+                ax.axhline(row["price"], color="tab:blue", linewidth=0.6, linestyle="--")
+        _date_axis(ax)
+    return _render(title, draw)
+
+
+def equity(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]], title: str) -> bytes:
+    """Growth of 1 for the signal strategy (solid) and buy-and-hold (dashed), per market (the
+    first four), from (ts, strategy return, holding return) per (exchange, symbol)."""
+    def draw(ax):
+        for index, ((_, symbol), (ts, strategy, holding)) in enumerate(sorted(curves.items())[:4]):
+            color = f"C{index}"
+            ax.plot(ts, 1 + strategy, color=color, linewidth=0.9, label=f"{symbol} signals")
+            ax.plot(ts, 1 + holding, color=color, linewidth=0.7, linestyle="--", label=f"{symbol} hold")
+        ax.axhline(1.0, color="grey", linewidth=0.5)
+        ax.legend(fontsize=6, ncol=2)
+        _date_axis(ax)
+    return _render(title, draw)
+
+
+# --- report figures ----------------------------------------------------------------------------
 
 REPORT_PANEL = (10.0, 2.8)   # inches per panel: wide enough for a day of minutes
 REPORT_DPI = 90
@@ -62,7 +202,7 @@ def render_panels(title: str, panels: Sequence[Panel], *, sharex: bool = True, p
                         transform=ax.transAxes, color="dimgray")
             else:
                 panel.draw(ax)
-                _time_axis(ax)
+                _date_axis(ax)
         fig.suptitle(title, fontsize=11)
         fig.tight_layout()
         png = io.BytesIO()
@@ -72,18 +212,8 @@ def render_panels(title: str, panels: Sequence[Panel], *, sharex: bool = True, p
         plt.close(fig)
 
 
-def _time_axis(ax) -> None:
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-
-    locator = AutoDateLocator(maxticks=8)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-
-
-def _shade(ax, spans: Sequence[Span]) -> None:
-    for index, span in enumerate(spans):
-        ax.axvspan(span.start, span.end, color=SPAN_COLOR, alpha=0.2, linewidth=0,
-                   label="detected cascade" if index == 0 else None)
+def _shade_cascades(ax, spans: Sequence[Span]) -> None:
+    _shade(ax, [(span.start, span.end) for span in spans], SPAN_COLOR)
 
 
 def _has_values(series: TimeSeries | None) -> bool:
@@ -98,14 +228,12 @@ def cascade_price_depth_liquidations(title: str, price: TimeSeries | None, depth
     (longs down, shorts up); detected cascades shaded in each."""
     def price_panel(ax):
         ax.plot(price.ts, price.values, color="black", linewidth=0.9)
-        _shade(ax, cascades)
+        _shade_cascades(ax, cascades)
         ax.set_ylabel("price", fontsize=8)
-        if cascades:
-            ax.legend(fontsize=7, loc="lower left")
 
     def depth_panel(ax):
         ax.plot(depth_2pct_usd.ts, depth_2pct_usd.values / 1e6, color="tab:blue", linewidth=0.9)
-        _shade(ax, cascades)
+        _shade_cascades(ax, cascades)
         ax.set_ylabel("$M within ±2%", fontsize=8)
         ax.set_ylim(bottom=0)
 
@@ -117,7 +245,7 @@ def cascade_price_depth_liquidations(title: str, price: TimeSeries | None, depth
         if _has_values(liquidated_short_usd):
             ax.bar(liquidated_short_usd.ts, liquidated_short_usd.values / 1e6, width=width, color=SHORT_COLOR,
                    label="shorts liquidated")
-        _shade(ax, cascades)
+        _shade_cascades(ax, cascades)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_ylabel("$M per minute", fontsize=8)
         ax.legend(fontsize=7, loc="lower left")
@@ -141,7 +269,7 @@ def stress_index(title: str, index_by_asset: Mapping[str, TimeSeries], threshold
         for index, (label, level) in enumerate(sorted(thresholds.items(), key=lambda item: item[1])):
             ax.axhline(level, color="black", linestyle=("--", ":", "-.")[index % 3], linewidth=0.8,
                        label=f"{label} ({level:g})")
-        _shade(ax, cascades)
+        _shade_cascades(ax, cascades)
         ax.set_ylim(0, 100)
         ax.set_ylabel("stress index", fontsize=8)
         ax.legend(fontsize=7, loc="upper left", ncol=2)
@@ -158,7 +286,7 @@ def open_interest_by_venue(title: str, usd_by_asset_venue: Mapping[str, Mapping[
         def draw(ax):
             for venue, series in sorted(by_venue.items()):
                 ax.plot(series.ts, series.values / 1e9, linewidth=0.9, label=venue)
-            _shade(ax, cascades)
+            _shade_cascades(ax, cascades)
             ax.set_ylabel("$B", fontsize=8)
             ax.legend(fontsize=7, loc="lower left", ncol=3)
         return draw

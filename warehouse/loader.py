@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -42,7 +43,7 @@ from warehouse.transaction import transaction
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_ROWS = 250_000
+DEFAULT_BATCH_ROWS = 50_000
 STALL_SECONDS = 30
 MIRROR_TIMEOUT_MS = 10_000
 _TYPE_PREFIX = b'{"type":"'
@@ -272,11 +273,45 @@ def insert_records(con, items) -> Counter:
     return counts
 
 
+class _Committer:
+    """Commits batches on a second thread, one at a time and in order, while the next one is read.
+
+    DuckDB parses and writes without the GIL, so decoding Kafka records (pure Python in
+    kafka-python) overlaps with the previous batch's transaction. A batch is only handed over
+    whole, with its offsets, so each transaction still holds rows and offsets together; a
+    failed commit is raised in the reading thread at its next check.
+    """
+
+    def __init__(self, con, report: LoadReport, progress: Callable[[LoadReport], None] | None):
+        self.con, self.report, self.progress = con, report, progress
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perpflow-loader-commit")
+        self.in_flight: Future | None = None
+
+    def check(self) -> None:
+        if self.in_flight is not None and self.in_flight.done():
+            self.wait()
+
+    def wait(self) -> None:
+        if self.in_flight is not None:
+            in_flight, self.in_flight = self.in_flight, None
+            in_flight.result()
+            if self.progress:
+                self.progress(self.report)
+
+    def submit(self, batch: _Batch) -> None:
+        self.wait()
+        self.in_flight = self.pool.submit(_commit, self.con, batch, self.report)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT_BATCH_ROWS,
               topics=records.TOPICS, progress: Callable[[LoadReport], None] | None = None) -> LoadReport:
     """One bounded pass: everything that was in Kafka when it started, then return."""
     started = time.time()
     report = LoadReport()
+    committer = None
     consumer = new_consumer(bootstrap, group_id=LOADER_GROUP, client_id="perpflow-loader")
     try:
         with warehouse.writer() as con:
@@ -296,6 +331,7 @@ def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT
                     verify[tp] = check
             remaining = {tp for tp in tps if consumer.position(tp) < ends[tp] or tp in verify}
             last_progress = time.monotonic()
+            committer = _Committer(con, report, progress)
             while remaining:
                 polled = consumer.poll(timeout_ms=1000, max_records=50_000)
                 if polled:
@@ -320,11 +356,11 @@ def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT
                     batch.extend(tp, messages)
                     if tp not in verify and consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
+                committer.check()
                 if batch.size >= batch_rows or (not remaining and (batch.size or batch.events)):
-                    _commit(con, batch, report)
+                    committer.submit(batch)
                     batch = _Batch()
-                    if progress:
-                        progress(report)
+            committer.wait()
             if batch.events:
                 _commit(con, batch, report)
             con.execute("INSERT INTO meta.loader_runs VALUES (to_timestamp(?), now(), ?, ?, ?, ?, ?)",
@@ -332,6 +368,8 @@ def load_once(warehouse: Warehouse, bootstrap: str, *, batch_rows: int = DEFAULT
                          len(report.broker_resets), bootstrap])
         _mirror_offsets(consumer, report)
     finally:
+        if committer is not None:
+            committer.close()
         consumer.close()
         report.seconds = time.time() - started
     return report

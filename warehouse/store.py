@@ -9,6 +9,7 @@ under that lock. Readers of the old replica keep their inode; new readers see th
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock, Timeout
 
+from ingest.records import RECORD_TYPES, MarketRecord
 from warehouse.coverage import publish_venue_coverage
 from warehouse.schema import migrate
 
@@ -90,6 +92,22 @@ class Warehouse:
                 raise FileNotFoundError(f"no warehouse at {self.path} yet; run `perpflow load` or `perpflow demo` first")
             with duckdb.connect(str(self.path), read_only=True, config=config) as con:
                 yield con
+
+    def first_data_day(self) -> datetime.date | None:
+        """The first UTC day any raw market table or imported candle has data for, read from the replica."""
+        if not self.replica_path.exists():
+            return None
+        with self.reader() as con:
+            tables = {name for (name,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'").fetchall()}
+            firsts = [f"SELECT min(ts_exchange) AS ts FROM raw.{cls.table}"
+                      for cls in RECORD_TYPES if issubclass(cls, MarketRecord) and cls.table in tables]
+            if "candles" in tables:
+                firsts.append("SELECT min(ts) AS ts FROM raw.candles")
+            if not firsts:
+                return None
+            first = con.execute(f"SELECT min(ts) FROM ({' UNION ALL '.join(firsts)})").fetchone()[0]
+        return first.date() if first is not None else None
 
     def publish_replica(self) -> float:
         """Atomically replace the replica with a copy of the live file; returns seconds taken.

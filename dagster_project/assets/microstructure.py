@@ -2,7 +2,7 @@
 
 from dagster_project.assets.microstructure_depth import (
                          book_depth,
-                         liquidity_withdrawals_asset,
+                         liquidity_withdrawals,
 )
 from dagster_project.assets.microstructure_adl import adl_events
 from dagster_project.assets.microstructure_derivatives import funding, open_interest
@@ -12,5 +12,5 @@ from dagster_project.assets.microstructure_liquidations import (
 )
 from dagster_project.assets.microstructure_stress import market_stress
 
-MICROSTRUCTURE_ASSETS = [book_depth, liquidity_withdrawals_asset, open_interest, funding, liquidations_1m,
+MICROSTRUCTURE_ASSETS = [book_depth, liquidity_withdrawals, open_interest, funding, liquidations_1m,
                          liquidation_cascades, market_stress, adl_events]

@@ -38,6 +38,12 @@ def venue(name: str) -> Venue:
         raise ValueError(f"unknown exchange {name!r}; supported: {', '.join(venue_names())}") from None
 
 
+def forced_trade_types() -> dict[str, frozenset[str]]:
+    """Per venue, the ``trade_type`` words of forced fills (``Venue.FORCED_TRADE_TYPES``), for
+    ``transforms.taker_flow.taker_flow_sql``."""
+    return {name: cls.FORCED_TRADE_TYPES for name, cls in REGISTRY.items() if cls.FORCED_TRADE_TYPES}
+
+
 def likely_venues(messages: list) -> list[tuple[str, int]]:
     """Venues that recognize some of the parsed ``messages``, most first, with their counts."""
     counts = []

@@ -98,6 +98,9 @@ class BinanceFutures(Venue):
     SILENCE_LIMIT_S = {"depth@100ms": 30.0, "aggTrade": 120.0, "markPrice@1s": 5.0, "forceOrder": None}
     TRADE_STREAM = "aggTrade"
     BOOK_STREAM = "depth@100ms"
+    # `@trade`'s X: liquidations the insurance fund took over and ADL fills (aggTrade carries no X:
+    # its forced fills are indistinguishable MARKET prints).
+    FORCED_TRADE_TYPES = frozenset({"INSURANCE_FUND", "ADL"})
     COVERAGE = {
         "trades": (Coverage.COMPLETE, "aggTrade ids are consecutive: a lost id is a gap, backfilled from REST aggTrades"),
         "book": (Coverage.COMPLETE, "diff depth every 100 ms bridged to REST snapshots (U/u/pu)"),

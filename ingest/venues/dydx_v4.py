@@ -300,6 +300,7 @@ class DydxV4(Venue):
     SYMBOL_EXAMPLES = "BTC-USD,ETH-USD,SOL-USD"
     TRADE_STREAM = "v4_trades"
     BOOK_STREAM = "v4_orderbook"
+    FORCED_TRADE_TYPES = frozenset({"LIQUIDATED", "DELEVERAGED"})
     #: Short-term orders live at most 20 blocks, so market makers requote every book within
     #: seconds; oracle prices change every block or two and trading updates come every 30 s.
     SILENCE_LIMIT_S: ClassVar[dict[str, float | None]] = {

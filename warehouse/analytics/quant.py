@@ -1,5 +1,6 @@
 """Issue 5 analytics as plain functions: read price history from DuckDB, compute with ``transforms``,
-rewrite tables or partitions. The assets in ``quant.py`` only add Dagster metadata around them.
+return the rows of the days [start, end). The assets in ``dagster_project/assets/quant.py``
+declare the tables, their checks and metadata.
 
 No look-ahead at the warehouse level: rows for the days [start, end) are computed from bars that
 *open* before ``end`` and nothing later, and every transform used is causal, so materializing a
@@ -16,7 +17,6 @@ from dataclasses import dataclass, fields
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from transforms.candles import Candles
 from transforms.levels import DAILY_LEVELS, HOURLY_LEVELS, LevelParams, pivot_points, support_resistance_levels
@@ -52,136 +52,6 @@ HOURLY = Timeframe("1h", "analytics.candles_1h", "analytics.hourly_trading_signa
 TIMEFRAMES = (DAILY, HOURLY)
 
 Markets = dict[tuple[str, str], Candles]
-
-
-# --- tables and their invariants ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TableSpec:
-    """An analytics table: ``time_column`` places each row in its daily partition (None: the table
-    is rebuilt whole); ``invariants`` maps a check name to (description, SQL predicate every row
-    must satisfy)."""
-
-    table: str
-    time_column: str | None
-    key: tuple[str, ...]
-    invariants: dict[str, tuple[str, str]]
-    preview: tuple[str, ...]
-
-
-OHLC_OK = ("ohlc_consistent", ("low <= min(open, close) <= max(open, close) <= high, volume >= 0.",
-                               "low <= least(open, close) AND greatest(open, close) <= high AND volume >= 0"))
-
-
-def _candles_spec(tf: Timeframe) -> TableSpec:
-    return TableSpec(tf.candles, None, ("exchange", "symbol", "ts"), dict([OHLC_OK]),
-                     ("exchange", "symbol", "ts", "open", "high", "low", "close", "volume", "source"))
-
-
-def _signals_spec(tf: Timeframe) -> TableSpec:
-    return TableSpec(tf.signals, "day", ("exchange", "symbol", "ts"), {
-        "signal_values": ("trading_signal and token_trend in {-1, 0, 1}; a non-zero signal equals the new trend; "
-                          "confidence in [0, 1].",
-                          "trading_signal IN (-1, 0, 1) AND token_trend IN (-1, 0, 1) "
-                          "AND (trading_signal = 0 OR trading_signal = token_trend) AND confidence BETWEEN 0 AND 1"),
-        "votes_complete": ("Every vote is defined on a signal row (rows start after warm-up) and score = sum / 5.",
-                           "abs(score * 5 - (vote_supertrend + vote_ema_cross + vote_sma_regime + vote_donchian "
-                           "+ vote_macd)) < 1e-9"),
-    }, ("exchange", "symbol", "ts", "close", "score", "token_trend", "trading_signal", "confidence",
-        "trading_signals_returns", "holding_returns"))
-
-
-CANDLES_1D = _candles_spec(DAILY)
-CANDLES_1H = _candles_spec(HOURLY)
-TRADING_SIGNALS = _signals_spec(DAILY)
-HOURLY_TRADING_SIGNALS = _signals_spec(HOURLY)
-QUANTMETRICS = TableSpec("analytics.quantmetrics", "as_of", ("exchange", "symbol", "as_of", "lookback"), {
-    "null_iff_under_covered": ("Metrics are NULL exactly where the window is under 90% covered.",
-                               # the transform's rule: at least ceil(90 % of the window) returns
-                               "CASE WHEN lookback_days > 0 AND n_returns >= ceil(0.9 * lookback_days - 1e-9) "
-                               "THEN total_return IS NOT NULL AND max_drawdown IS NOT NULL AND best_month IS NOT NULL "
-                               "AND (n_returns < 2 OR volatility IS NOT NULL) "
-                               "ELSE sharpe IS NULL AND volatility IS NULL AND total_return IS NULL END"),
-    "values_in_range": ("max_drawdown in [-1, 0], volatility >= 0, coverage in [0, 1], worst <= best, "
-                        "cvar_95 <= var_95.",
-                        "coverage BETWEEN 0 AND 1 AND coalesce(max_drawdown BETWEEN -1 AND 0, true) "
-                        "AND coalesce(volatility >= 0, true) AND coalesce(worst <= best, true) "
-                        "AND coalesce(cvar_95 <= var_95 + 1e-12, true)"),
-}, ("exchange", "symbol", "as_of", "lookback", "coverage", "sharpe", "volatility", "max_drawdown", "cagr",
-    "best_month", "worst_month"))
-LEVELS = TableSpec("analytics.support_resistance_levels", "day",
-                   ("exchange", "symbol", "timeframe", "day", "method", "name"), {
-    "strength_in_range": ("Swing levels have strength in [0, 100] and touches >= pivots >= 1.",
-                          f"method <> '{SWING_METHOD}' OR (strength BETWEEN 0 AND 100 AND pivots >= 1 "
-                          "AND touches >= pivots)"),
-    "kind_matches_price": ("kind is support below the last close and resistance otherwise.",
-                           "kind = CASE WHEN price < close THEN 'support' ELSE 'resistance' END "
-                           "AND abs(distance_pct - (price / close - 1) * 100) < 1e-9"),
-}, ("exchange", "symbol", "timeframe", "day", "method", "name", "price", "kind", "strength", "touches",
-    "distance_pct"))
-SIGNAL_PERFORMANCE = TableSpec("analytics.signal_performance", "day",
-                               ("exchange", "symbol", "timeframe", "day", "horizon"), {
-    "rates_in_range": ("Hit and win rates lie in [0, 1] inside their Wilson intervals; hits <= events.",
-                       # 1e-12: at a rate of 0 or 1 the Wilson bound equals the rate up to rounding
-                       "hits <= events AND events <= n_signals AND coalesce(hit_ci_low <= hit_rate + 1e-12 AND "
-                       "hit_rate <= hit_ci_high + 1e-12 AND hit_ci_low >= 0 AND hit_ci_high <= 1, events = 0) AND "
-                       "coalesce(win_ci_low <= win_rate + 1e-12 AND win_rate <= win_ci_high + 1e-12, "
-                       "trades_closed = 0)"),
-}, ("exchange", "symbol", "timeframe", "day", "horizon", "n_signals", "events", "hit_rate", "win_rate",
-    "profit_factor", "strategy_total_return", "holding_total_return"))
-
-
-@dataclass(frozen=True)
-class WriteReport:
-    rows: int
-    violations: dict[str, int]
-    preview: list[tuple]
-
-
-def replace_rows(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: pa.Table | str,
-                 start: dt.datetime | None = None, end: dt.datetime | None = None) -> WriteReport:
-    """Replace the days [start, end) of ``spec.table`` (or all of it when the spec has no time
-    column) with ``rows``, an Arrow table or a SELECT, in one transaction; then evaluate the
-    invariants on what was written."""
-    if spec.time_column is None:
-        where, window = f"FROM {spec.table}", {}
-    else:
-        where = f"FROM {spec.table} WHERE {spec.time_column} >= $start AND {spec.time_column} < $end"
-        window = {"start": start, "end": end}
-    con.execute("BEGIN")
-    try:
-        con.execute(f"DELETE {where}", window)
-        if isinstance(rows, str):
-            con.execute(f"INSERT INTO {spec.table} BY NAME {rows}")
-        elif rows.num_rows:
-            con.register("quant_incoming", rows)
-            con.execute(f"INSERT INTO {spec.table} BY NAME SELECT * FROM quant_incoming")
-            con.unregister("quant_incoming")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    filters = ", ".join(f"count(*) FILTER (WHERE NOT coalesce(({predicate}), false))"
-                        for _, predicate in spec.invariants.values())
-    counts = con.execute(f"SELECT count(*), {filters} {where}", window).fetchone()
-    key = ", ".join(spec.key)
-    duplicates = con.execute(f"SELECT count(*) FROM (SELECT {key} {where} GROUP BY ALL HAVING count(*) > 1)",
-                             window).fetchone()[0]
-    newest_first = ", ".join(f"{column} DESC" for column in (spec.time_column or spec.key[-1], *spec.key))
-    preview = con.execute(f"SELECT {', '.join(spec.preview)} {where} ORDER BY {newest_first} LIMIT 10",
-                          window).fetchall()
-    return WriteReport(counts[0], {"unique_key": duplicates, **dict(zip(spec.invariants, counts[1:]))}, preview)
-
-
-def arrow_table(columns: dict[str, np.ndarray]) -> pa.Table:
-    """numpy columns -> Arrow, NaN/NaT becoming NULL (the warehouse's "undefined")."""
-    return pa.table({name: pa.array(values, from_pandas=True) for name, values in columns.items()})
-
-
-def rows_table(rows: list[dict]) -> pa.Table:
-    """Row dicts -> Arrow over the union of their keys (a missing key is NULL), NaN becoming NULL."""
-    names = list(dict.fromkeys(name for row in rows for name in row))
-    return pa.table({name: pa.array([row.get(name) for row in rows], from_pandas=True) for name in names})
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -427,42 +297,3 @@ def _evaluation_fields(tf: Timeframe, evaluation, rate) -> dict:
         for key, value in getattr(evaluation, side).items():
             row[f"{side}_{key}"] = value
     return {name: _number(value) if isinstance(value, float) else value for name, value in row.items()}
-
-
-# --- charts -------------------------------------------------------------------------------------
-
-CHART_BARS = 180
-
-
-def _date_axis(ax) -> None:
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-
-    locator = AutoDateLocator(maxticks=7)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-
-
-def plot_levels(ax, history: Candles, rows: list[dict]) -> None:
-    """Close of the last bars with the swing levels (line width ~ strength) and the pivot point P."""
-    shown = history[-CHART_BARS:]
-    ax.plot(shown.ts, shown.close, color="black", linewidth=0.8)
-    for row in rows:
-        if row["method"] == SWING_METHOD:
-            color = "tab:green" if row["kind"] == "support" else "tab:red"
-            ax.axhline(row["price"], color=color, linewidth=0.4 + 2 * row["strength"] / 100, alpha=0.6)
-            ax.annotate(f"{row['name']} {row['strength']:.0f}", (0.995, row["price"]),
-                        xycoords=("axes fraction", "data"), fontsize=6, color=color, ha="right", va="bottom")
-        elif row["name"] == "P":
-            ax.axhline(row["price"], color="tab:blue", linewidth=0.6, linestyle="--")
-    _date_axis(ax)
-
-
-def plot_equity(ax, curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Growth of 1 for the signal strategy (solid) and buy-and-hold (dashed), per market."""
-    for index, ((_, symbol), (ts, strategy, holding)) in enumerate(sorted(curves.items())[:4]):
-        color = f"C{index}"
-        ax.plot(ts, 1 + strategy, color=color, linewidth=0.9, label=f"{symbol} signals")
-        ax.plot(ts, 1 + holding, color=color, linewidth=0.7, linestyle="--", label=f"{symbol} hold")
-    ax.axhline(1.0, color="grey", linewidth=0.5)
-    ax.legend(fontsize=6, ncol=2)
-    _date_axis(ax)

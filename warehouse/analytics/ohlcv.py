@@ -8,7 +8,7 @@ are left out.
 Sizes go through the warehouse's unit macros (``warehouse.units``): volumes are base units and
 ``quote_volume`` is USD notional (inverse contracts: contracts x USD per contract, exactly).
 Trades in contracts of a market without an instrument cannot be converted and are left out; the
-asset counts them (``warehouse.units.unconvertible_rows`` with ``MARKET_TRADES``).
+table's `units_convertible` check counts them (``warehouse.units.unconvertible_rows`` with ``MARKET_TRADES``).
 """
 
 # The trades a bar is made of (raw.trades aliased ``r``): market prints only.
@@ -43,4 +43,10 @@ SELECT exchange, symbol,
        CAST(time_bucket(INTERVAL '1 minute', ts_exchange) AS DATE) AS day
 FROM trades
 GROUP BY exchange, symbol, minute
+"""
+
+# Each symbol's close relative to its first close of the window, for the day's picture.
+RELATIVE_CLOSE = """
+SELECT symbol, minute, close / first(close) OVER (PARTITION BY symbol ORDER BY minute)
+FROM analytics.ohlcv_1m WHERE minute >= $start AND minute < $end ORDER BY symbol, minute
 """
