@@ -27,10 +27,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest import records
+from pipelines import demo_quant
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
 from ingest.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
 from ingest.simulator.dialects import url_prefix
 from pipelines.replay import replay
+from pipelines.report import ReportError
 from warehouse.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,16 +87,22 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
             truth = _stream_cascade(settings, console, speed, pipeline, children)
             report = None
         days = pipeline.daily_assets()
-        console.print("[bold]5/5[/] summary")
         from warehouse.store import Warehouse
 
+        quant = demo_quant.run_quant(pipeline.dg, pipeline.instance, pipeline.resources, pipeline.quiet,
+                                     Warehouse.from_settings(settings), console)
+        console.print("[bold]5/5[/] summary")
         Warehouse.from_settings(settings).publish_replica()
         _summary(settings, report, truth, days, console, time.perf_counter() - started)
+        demo_quant.show(settings, quant, console, cascade_source=(
+            f"replayed recordings ({len(recordings)} files)" if recordings else
+            f"simulated by perpflow simulate (cascade scenario, seed {SIM_SEED}, {SIM_HOURS} h from {SIM_START}), "
+            "a model of 2025-10-10, not a replay"))
         return 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping what the demo started[/]")
         return 130
-    except (BrokerUnavailable, DemoError) as exc:
+    except (BrokerUnavailable, DemoError, demo_quant.QuantDemoError, ReportError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
     finally:
