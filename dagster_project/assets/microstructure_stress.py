@@ -35,7 +35,7 @@ from dagster_project.assets.microstructure_liquidations import (
 )
 from dagster_project.charts import png_markdown, table_preview
 from dagster_project.resources import WarehouseResource
-from transforms.market_stress import lead_time_minutes, market_stress_index
+from transforms.market_stress import StressConfig, lead_time_minutes, market_stress_index
 from transforms.open_interest import asof_values
 
 MARKET_STRESS = ["analytics", "market_stress"]
@@ -60,7 +60,7 @@ INPUTS = {
 }
 
 
-def stress_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
+def stress_rows(con, start: dt.datetime, end: dt.datetime, config: StressConfig = StressConfig()) -> list[pa.Table]:
     """The minutes of [start, end) in which an asset had depth, a market stream or a forced order.
     The previous 24 h are read so the trailing baselines are warm (the index only looks back); the
     grid skips minutes without data, so a feed outage neither fakes calm nor counts as history."""
@@ -82,7 +82,7 @@ def stress_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
         order = np.argsort(oi_ts)
         # OI of a minute = the latest 5-minute total known when the minute closes.
         oi = asof_values(grid + 60, oi_ts[order], oi_usd[order], tolerance_s=WEIGHT_TOLERANCE_S)
-        stress = market_stress_index(grid, depth, liquidated, oi, funding)
+        stress = market_stress_index(grid, depth, liquidated, oi, funding, config=config)
         parts.append(arrow_rows({
             "asset": [asset] * int(today.sum()), "minute": timestamps(grid[today]),
             "stress_index": stress.index[today], "depth_component": stress.depth[today],
@@ -124,6 +124,8 @@ def stress_lead_times(con, days, threshold: float) -> list[dict]:
 
 class MarketStressConfig(dg.Config):
     lead_threshold: float = 50.0   # index level that counts as "risen" for the lead-time metadata
+    # Finite prior minutes a trailing baseline needs before its component counts (transforms.market_stress).
+    min_baseline_minutes: int = StressConfig.min_periods
 
 
 STRESS_CHECKS = {
@@ -152,7 +154,8 @@ def market_stress(context: dg.AssetExecutionContext, config: MarketStressConfig,
     days = partition_days(context)
     with warehouse.get().writer() as con:
         for start, end in days:
-            replace_day(con, "market_stress", start, stress_rows(con, start, end))
+            replace_day(con, "market_stress", start,
+                        stress_rows(con, start, end, StressConfig(min_periods=config.min_baseline_minutes)))
         checks = PartitionChecks(con, "market_stress", days)
         results = [
             checks.covers_feed(f"SELECT DISTINCT split_part(symbol, '-', 1) AS asset, minute FROM analytics.book_depth "
