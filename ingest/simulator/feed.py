@@ -65,8 +65,15 @@ class UnknownSymbol(KeyError):
 
 
 class ExchangeFeed:
-    def __init__(self, config: SimConfig, truth_path: str | Path | None = None):
+    """``book_interval_ms`` replaces every depth stream's own interval (100/250/500 ms) with a
+    coarser one: each event then carries the net changes since the previous one, chained by
+    U/u/pu like any diff-depth event. Binance offers no such stream; it is for long stretches of
+    calm history whose consumers want a book a minute, not ten a second (the demo's warm-up day)."""
+
+    def __init__(self, config: SimConfig, truth_path: str | Path | None = None, *,
+                 book_interval_ms: int | None = None):
         self.config = config.resolved()
+        self._depth_intervals = [(name, book_interval_ms or interval) for name, interval in DEPTH_STREAMS]
         self.model = MarketModel(self.config)
         m = self.model
         self.symbols = [s.symbol for s in m.specs]
@@ -273,7 +280,7 @@ class ExchangeFeed:
                         ids[s] = (ids[s][0] if ids[s] else step_ids[0], step_ids[1])
         t1 = r.t1_ms
         event_ms = t1 + DEPTH_LATENCY_MS
-        for name, interval in DEPTH_STREAMS:
+        for name, interval in self._depth_intervals:
             if t1 // interval == r.t0_ms // interval:
                 continue            # no interval boundary in this step (250 ms falls mid-step)
             ids = self._depth_ids[name]
