@@ -19,6 +19,22 @@ So the model has the causal chain of a real perp venue, stepped every 100 ms:
   into the same book; what the book cannot absorb goes to the insurance fund. Sweeps move the
   centre, the mark follows, more positions cross: the cascade.
 
+**Causal truth of the cascade** (what endogeneity estimators are scored against): every
+liquidation's fills move the mid, and the market makers keep ``IMPACT_RETENTION`` of the move in
+their premium, which then relaxes (a share ``ARB_INDEX_SHARE`` of it passing into the index for
+good). The model keeps each liquidation's log-price contribution through that relaxation, so at any
+step the centre carries a known total impact of earlier liquidations (``liquidation_impact``) and
+``mark · exp(−impact)`` is the mark without it. A position is *triggered by earlier liquidations*
+when the mark crossed its liquidation price but the mark without the impact has not reached that
+price at any time so far in the run (its running low for longs, high for shorts): but for the
+earlier liquidations it would still be open. Its ``parent_id`` is the earlier liquidation
+contributing most to the move in the crossing direction at that moment; None when not triggered.
+This is a first-order counterfactual: it removes the impact from the price but not the other flows
+the impact changed (takers leaning on the premium, the mark's EMA basis, positions opened at the
+depressed price). A step's mid move is shared among the same-direction liquidation orders of that
+step by filled lots over all filled lots in that direction (taker orders take their share, which is
+not liquidation impact); a liquidation filled against the net move contributes nothing.
+
 Book state lives in one dense integer array (lots) over absolute tick indices of every symbol
 and side, so a price level keeps its identity while the ladder moves and every change is known
 exactly: the depth stream's diffs and update ids are derived from it, never approximated.
@@ -97,6 +113,8 @@ class Liquidation:
     avg_price: float = 0.0
     last_fill_lots: int = 0
     last_fill_ms: int = 0
+    liq_id: int = 0                 # sequential over the run, across symbols
+    parent_id: int | None = None    # the earlier liquidation whose price impact triggered it
 
 
 class Fill(NamedTuple):
@@ -179,6 +197,19 @@ class MarketModel:
         self.funding_rate = [INTEREST_RATE] * n
         self.liquidity = np.ones(n)
         self.backoff_bps = np.zeros(n)
+        self.next_liquidation_id = 1
+        # Causal bookkeeping (module docstring): per symbol the impact of earlier liquidations still
+        # in the premium and already passed into the index (log), the running low and high of the
+        # mark without it, and per contribution the liquidation id, its log impact when made and
+        # the premium's cumulative log-decay at that time (to rank contributors when needed).
+        self._impact_premium = [0.0] * n
+        self._impact_index = [0.0] * n
+        self._counterfactual_low = [math.inf] * n
+        self._counterfactual_high = [0.0] * n
+        self._log_premium_decay = 0.0
+        self._impact_ids: list[list[int]] = [[] for _ in range(n)]
+        self._impact_log: list[list[float]] = [[] for _ in range(n)]
+        self._impact_decay_at: list[list[float]] = [[] for _ in range(n)]
 
         self._build_ladder(p0)
         self._noise_table = np.exp(QUOTE_NOISE * self._rng_mm.standard_normal(RANDOM_TABLE_SIZE))
@@ -383,7 +414,10 @@ class MarketModel:
         self.mid = self._mids(row_best)
         for s, (buys, sells) in enumerate(orders):
             if buys or sells:
-                self.premium[s] += IMPACT_RETENTION * math.log(self.mid[s] / mid_before[s])
+                retained = IMPACT_RETENTION * math.log(self.mid[s] / mid_before[s])
+                self.premium[s] += retained
+                if liquidations and retained:
+                    self._record_impact(s, retained, fills, liquidations)
         for fill in fills:
             self.last_price[fill.symbol_index] = fill.tick * self.tick_list[fill.symbol_index]
         self._update_mark(t1)
@@ -423,6 +457,10 @@ class MarketModel:
             converge = (self.premium[s] - PREMIUM_MEAN) * decay
             self.index[s] *= math.exp(dlog + ARB_INDEX_SHARE * converge)
             self.premium[s] += noise * shocks[1 + self.n + s] - converge
+            relaxed = self._impact_premium[s] * decay
+            self._impact_premium[s] -= relaxed
+            self._impact_index[s] += ARB_INDEX_SHARE * relaxed
+        self._log_premium_decay += math.log1p(-decay)
 
     def _requote(self, sub_step: int) -> tuple[np.ndarray, np.ndarray]:
         """Market makers move their ladder to the new centre and work quotes toward target.
@@ -476,11 +514,19 @@ class MarketModel:
             n = len(batch)
             mark = self.mark[s]
             tick = self.tick_list[s]
+            without_impact = mark * math.exp(-self.liquidation_impact(s))
+            low = self._counterfactual_low[s] = min(self._counterfactual_low[s], without_impact)
+            high = self._counterfactual_high[s] = max(self._counterfactual_high[s], without_impact)
+            parents = self._largest_contributors(s)
             for i, (is_long, lots, entry, lev, liq_px, bkr) in enumerate(zip(
                     batch.is_long.tolist(), batch.lots.tolist(), batch.entry.tolist(), batch.leverage.tolist(),
                     batch.liquidation_price.tolist(), batch.bankruptcy_price.tolist())):
                 offset = LIQUIDATION_DELAY_MS + (i * (STEP_MS - 2 * LIQUIDATION_DELAY_MS)) // n
-                liq = Liquidation(t0 + offset, s, is_long, lots, bkr, liq_px, entry, lev, mark)
+                triggered = liq_px < low if is_long else liq_px > high
+                liq = Liquidation(t0 + offset, s, is_long, lots, bkr, liq_px, entry, lev, mark,
+                                  liq_id=self.next_liquidation_id,
+                                  parent_id=parents[is_long] if triggered else None)
+                self.next_liquidation_id += 1
                 liquidations.append(liq)
                 if is_long:
                     orders[s][1].append([offset, lots, math.ceil(bkr / tick - 1e-9), liq])
@@ -488,6 +534,41 @@ class MarketModel:
                     orders[s][0].append([offset, lots, math.floor(bkr / tick + 1e-9), liq])
             orders[s][0].sort(key=lambda o: o[0])
             orders[s][1].sort(key=lambda o: o[0])
+
+    def liquidation_impact(self, s: int) -> float:
+        """The log move of symbol ``s``'s centre due to all earlier liquidations (negative: down)."""
+        return self._impact_premium[s] + self._impact_index[s]
+
+    def _largest_contributors(self, s: int) -> dict[bool, int | None]:
+        """Per side liquidated (long: a downward move) the id of the earlier liquidation of symbol
+        ``s`` whose impact now pushes that way most, or None."""
+        if not self._impact_ids[s]:
+            return {True: None, False: None}
+        made = np.array(self._impact_log[s])
+        left_in_premium = np.exp(self._log_premium_decay - np.array(self._impact_decay_at[s]))
+        now = made * (ARB_INDEX_SHARE + (1.0 - ARB_INDEX_SHARE) * left_in_premium)
+        parents: dict[bool, int | None] = {}
+        for is_long, pick in ((True, np.argmin), (False, np.argmax)):
+            i = int(pick(now))
+            parents[is_long] = self._impact_ids[s][i] if (now[i] < 0 if is_long else now[i] > 0) else None
+        return parents
+
+    def _record_impact(self, s: int, retained: float, fills: list[Fill], liquidations: list[Liquidation]) -> None:
+        """Share the step's retained log move of symbol ``s`` among its liquidations that pushed the
+        same way, by their filled lots over all filled lots in that direction."""
+        pushing_down = retained < 0
+        ours = [liq for liq in liquidations
+                if liq.symbol_index == s and liq.is_long == pushing_down and liq.filled_lots]
+        if not ours:
+            return
+        # A forced sell (long liquidated) is a sell aggressor: the buyer is the maker.
+        total = sum(f.lots for f in fills if f.symbol_index == s and f.buyer_is_maker == pushing_down)
+        for liq in ours:
+            impact = retained * liq.filled_lots / total
+            self._impact_premium[s] += impact
+            self._impact_ids[s].append(liq.liq_id)
+            self._impact_log[s].append(impact)
+            self._impact_decay_at[s].append(self._log_premium_decay)
 
     def _execute(self, orders: list[tuple[list, list]], row_best: list[tuple[int, int]], t0: int) -> list[Fill]:
         """Sweep each side with its orders in time order; updates row_best; assigns trade ids."""

@@ -205,6 +205,22 @@ class PositionBook:
             else:
                 self._insert_into_order(np.arange(first, first + n_open))
 
+    def liquidation_levels(self, width: float, lo: float, hi: float) -> dict:
+        """Open levered positions' entry notional (USD) bucketed by liquidation price into bins
+        ``[k·width, (k+1)·width)`` within ``[lo, hi)``, per side, plus what lies outside."""
+        live = self.lots[:self.used] > 0
+        is_long = self.is_long[:self.used][live]
+        liq = self.liq[:self.used][live]
+        usd = self.lots[:self.used][live] * self.spec.step * self.entry[:self.used][live]
+        inside = (liq >= lo) & (liq < hi)
+        k = np.floor(liq[inside] / width).astype(np.int64)
+        keys, inverse = np.unique(k, return_inverse=True)
+        sides = [np.bincount(inverse, weights=usd[inside] * (is_long[inside] == side), minlength=keys.size)
+                 for side in (True, False)]
+        return {"bin_lo": (keys * width).tolist(), "long_usd": sides[0].tolist(), "short_usd": sides[1].tolist(),
+                "outside_long_usd": float(usd[~inside & is_long].sum()),
+                "outside_short_usd": float(usd[~inside & ~is_long].sum())}
+
     def _insert_into_order(self, new: np.ndarray) -> None:
         """Merge freshly appended positions into the sorted liquidation orders (never ahead of
         the already-processed head, so they are always checked)."""
@@ -216,8 +232,12 @@ class PositionBook:
             ptr = self._long_ptr if side else self._short_ptr
             sign = -1.0 if side else 1.0
             idx = idx[np.argsort(sign * self.liq[idx], kind="stable")]
-            pos = np.searchsorted(sign * self.liq[order], sign * self.liq[idx], side="right")
-            order = np.insert(order, np.maximum(pos, ptr), idx)
+            # Only the unprocessed tail is kept sorted (a position inserted at the head may be
+            # more urgent than ones already processed), so search the tail alone: a search over
+            # the whole order could place a position behind less urgent ones, where the
+            # liquidation check, which looks at the head, would not reach it.
+            pos = ptr + np.searchsorted(sign * self.liq[order[ptr:]], sign * self.liq[idx], side="right")
+            order = np.insert(order, pos, idx)
             if side:
                 self._long_order = order
             else:
