@@ -94,22 +94,27 @@ def test_liquidation_ids_and_causal_parents(cascade_truth):
     assert all(liq["parent_id"] is None for liq in first.values())
 
 
-def test_the_cascade_is_mostly_endogenous_by_the_time_counterfactual(cascade_truth):
-    """Share of liquidations (count) with a causal parent, and the stricter share never reached by
-    the mark without liquidation impact within the run (from the seconds' ``liquidation_impact``)."""
+def test_the_cascade_is_endogenous_by_both_counterfactuals(cascade_truth):
+    """Share of liquidations with a causal parent (liquidated *then* because of earlier ones), and the
+    stricter share whose price the mark without earlier liquidations pushing that way never reached
+    between the position's opening and the end of the run (from the seconds' ``liquidation_impact``)."""
     liqs = cascade_truth["liquidation"]
     seconds = defaultdict(list)
     for r in cascade_truth["second"]:
         seconds[r["symbol"]].append(r)
     for symbol in SYMBOLS:
-        mine = [liq for liq in liqs if liq["symbol"] == symbol]
-        triggered = sum(liq["parent_id"] is not None for liq in mine) / len(mine)
-        without = [r["mark"] * math.exp(-r["liquidation_impact"]) for r in seconds[symbol]]
-        never = sum(liq["liquidation_price"] < min(without) if liq["position"] == "long"
-                    else liq["liquidation_price"] > max(without) for liq in mine) / len(mine)
-        assert min(r["liquidation_impact"] for r in seconds[symbol]) < -0.02
-        assert 0.5 < triggered < 0.95, (symbol, triggered)
-        assert 0.1 < never < triggered, (symbol, never)
+        ts = np.array([r["ts"] for r in seconds[symbol]])
+        without = {"long": np.array([r["mark"] * math.exp(-r["liquidation_impact"][0]) for r in seconds[symbol]]),
+                   "short": np.array([r["mark"] * math.exp(-r["liquidation_impact"][1]) for r in seconds[symbol]])}
+        assert without["long"].min() > min(r["mark"] for r in seconds[symbol]) * 1.02
+        for position in ("long", "short"):
+            mine = [liq for liq in liqs if liq["symbol"] == symbol and liq["position"] == position]
+            triggered = np.mean([liq["parent_id"] is not None for liq in mine])
+            reach = [without[position][ts >= liq["opened_ms"]] for liq in mine]
+            never = np.mean([liq["liquidation_price"] < r.min() if position == "long" else liq["liquidation_price"] > r.max()
+                             for liq, r in zip(mine, reach, strict=True)])
+            assert triggered > 0.95, (symbol, position, triggered)
+            assert 0.2 < never < 0.8, (symbol, position, never)
 
 
 def test_no_crossed_position_survives_a_liquidation_check():

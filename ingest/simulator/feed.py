@@ -454,6 +454,7 @@ class ExchangeFeed:
             "bankruptcy_price": liq.bankruptcy_price, "liquidation_price": liq.liquidation_price,
             "entry_price": liq.entry_price, "leverage": liq.leverage, "mark_price": liq.mark_price,
             "published": published, "id": liq.liq_id, "parent_id": liq.parent_id,
+            "opened_ms": liq.opened_ms,
         })
 
     def _write_second(self, t1: int) -> None:
@@ -478,7 +479,7 @@ class ExchangeFeed:
                 "liq_long_usd": self._second_liq[s][0], "liq_short_usd": self._second_liq[s][1],
                 "taker_buy_usd": self._second_flow[s][0], "taker_sell_usd": self._second_flow[s][1],
                 "volume": self._second_flow[s][2], "high": self._second_flow[s][3], "low": self._second_flow[s][4],
-                "liquidation_impact": m.liquidation_impact(s),
+                "liquidation_impact": list(m.liquidation_impact(s)),
             })
             self._second_flow[s] = [0.0, 0.0, 0.0, None, None]
             self._second_agg[s], self._second_trade[s] = agg1, tr1

@@ -44,16 +44,18 @@ class LiquidatedPositions:
     leverage: np.ndarray
     liquidation_price: np.ndarray
     bankruptcy_price: np.ndarray
+    opened_ms: np.ndarray
 
     def __len__(self) -> int:
         return len(self.lots)
 
 
 class PositionBook:
-    _FIELDS = ("is_long", "entry", "leverage", "liq", "bankrupt", "lots")
+    _FIELDS = ("is_long", "entry", "leverage", "liq", "bankrupt", "lots", "opened_ms")
 
-    def __init__(self, spec: SymbolSpec, price: float, rng: np.random.Generator):
+    def __init__(self, spec: SymbolSpec, price: float, rng: np.random.Generator, now_ms: int = 0):
         self.spec = spec
+        self.now_ms = now_ms    # the owner advances it; new positions are stamped with it
         self._rng = rng
         weights = np.array([w for _, w in spec.leverage_weights], dtype=np.float64)
         self._leverages = np.array([lev for lev, _ in spec.leverage_weights], dtype=np.float64)
@@ -90,6 +92,7 @@ class PositionBook:
         self.liq = np.zeros(capacity)
         self.bankrupt = np.zeros(capacity)
         self.lots = np.zeros(capacity, dtype=np.int64)
+        self.opened_ms = np.zeros(capacity, dtype=np.int64)
         self.used = 0
         self._append(is_long, entry, leverage, liq, bankrupt, lots)
         self.long_lots = int(lots[is_long].sum())
@@ -164,7 +167,7 @@ class PositionBook:
         batch = LiquidatedPositions(
             is_long=self.is_long[idx].copy(), lots=self.lots[idx].copy(), entry=self.entry[idx].copy(),
             leverage=self.leverage[idx].copy(), liquidation_price=self.liq[idx].copy(),
-            bankruptcy_price=self.bankrupt[idx].copy(),
+            bankruptcy_price=self.bankrupt[idx].copy(), opened_ms=self.opened_ms[idx].copy(),
         )
         for side, size in zip(batch.is_long.tolist(), batch.lots.tolist()):
             self._close(side, size)
@@ -262,5 +265,6 @@ class PositionBook:
         sl = slice(first, first + k)
         self.is_long[sl], self.entry[sl], self.leverage[sl] = is_long, entry, leverage
         self.liq[sl], self.bankrupt[sl], self.lots[sl] = liq, bankrupt, lots
+        self.opened_ms[sl] = self.now_ms
         self.used += k
         return None if compacted else first
