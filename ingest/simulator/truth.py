@@ -43,6 +43,12 @@ Format: JSON Lines (one object per line, written with orjson), every record has 
   asks ascending); equal to any correctly synced local book after the event with ``u ==
   last_update_id``.
 * ``funding``: ``ts, symbol, rate, mark`` at each funding settlement.
+* ``positioning`` (one per symbol per closed 5-minute period, taken at its close; none for a period
+  the market did not run from its start): ``ts`` (the period's start), ``symbol, long_accounts``
+  (long share of all accounts: live levered positions, one account each), ``top`` (per cut
+  ``"<fraction>/<margin|value>"``: ``[long share of those accounts, long share of their size]``),
+  ``taker_buy_lots, taker_sell_lots`` (the market's, in lots of ``step_size``; a venue publishes
+  its share). See ``ingest.simulator.positioning``.
 * ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error``), ``ts`` and
   details (``stream, symbol, U, u, kind, end_ts, connections, path, status``; a drop also has
   ``mode`` and, in mode ``one``, ``route`` and ``siblings`` (other open connections with the same
