@@ -8,7 +8,6 @@ import pytest
 
 from transforms.cascades import CascadeConfig, CascadeThresholds
 from transforms.cross_venue import (
-    CrossVenueConfig,
     cross_venue_cascades,
     first_crossing,
     lagged_correlation,
