@@ -218,7 +218,7 @@ def warm_summary(con, truth: dict, console: Console, *, stress_threshold: float 
     table = Table(title=f"warm baselines: first signal vs the cascade's true start (ground truth; "
                         f"stress >= {stress_threshold:g}, withdrawal = 2% depth < 0.1x its 24 h median)")
     for column in ("asset", "true start", f"withdrawal ({NATIVE_VENUE})", "stress index", "stress peak",
-                   "baseline minutes", "stress NULL"):
+                   "depth minutes in the 24 h before", "stress NULL (warming up)"):
         table.add_column(column, justify="left" if column == "asset" else "right")
     for window in sorted(truth["cascade_window"], key=lambda w: w["symbol"]):
         asset = window["symbol"].removesuffix("USDT")
@@ -256,6 +256,8 @@ def warm_summary(con, truth: dict, console: Console, *, stress_threshold: float 
 def _offset(minutes: float) -> str:
     if np.isnan(minutes):
         return "not crossed"
+    if minutes == 0:
+        return "at the start"
     return f"{-minutes:.0f} min ahead" if minutes < 0 else f"{minutes:.0f} min after"
 
 
