@@ -5,7 +5,9 @@ exchange simulator (``perpflow simulate``, speaking Binance USD-M, OKX and Bybit
 one live ingest service per venue (``perpflow ingest`` pointed at it) run as real processes; while
 the simulated market streams, the loader runs as Dagster micro-batches; then the daily analytics
 are materialized, the read replica published, the cascade summarized (price path, depth before and
-during, liquidations by side, open interest) and the venues compared.
+during, liquidations by side, open interest) and the venues compared. A process of its own
+publishes the sampled calm day before the cascade (``pipelines/demo_history.py``) while it streams,
+so the trailing 24 h baselines are warm; the summary says how early each signal was.
 
 ``--recording`` replays recorded traffic instead (the real Binance capture in ../shared/data).
 Everything the demo started is stopped again, also on Ctrl-C or SIGTERM. All runs land on the

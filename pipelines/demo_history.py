@@ -15,9 +15,11 @@ is a sampled feed, and says so in ``raw.feed_events`` (kind ``sampled_history``)
 * liquidations: every forced order the venue publishes;
 * trades: none (nothing the warm baselines read; ``analytics.ohlcv_1m`` starts with the cascade).
 
-Only the simulator's own wire format (Binance USD-M) is generated here: the other venues' formats
-are dialects of a live server connection. Their depth joins the market-stress sum when the live
-part starts, which the demo summary states next to the stress figures.
+Only the simulator's own wire format (Binance USD-M) is generated here. The other venues' dialects
+could be driven in-process too (``ingest.simulator.dialects.offline_frames`` does it for one topic
+list), but their subscriptions and REST polls would have to be played as their live services do;
+until then their depth joins the market-stress sum only when the live part starts, which the demo
+summary states next to the stress figures.
 
 ``python -m pipelines.demo_history`` runs it as its own process (the demo does, on the second core,
 while the live cascade streams), printing one JSON progress line per simulated quarter hour.
@@ -203,8 +205,8 @@ def start_history(settings, console: Console, live_start_ms: int, hours: float, 
                   symbols: list[str]) -> HistoryRun:
     """The ``hours`` before the live part, from the same market model (calm), into Kafka."""
     start_ms = live_start_ms - int(hours * 3_600_000)
-    console.print(f"[bold]history[/] (its own process, in parallel with the live part): {hours:g} simulated hours of calm market before it ({_utc(start_ms)} to "
-                  f"{_utc(live_start_ms)}, {NATIVE_VENUE} {','.join(symbols)}), sampled: a book a minute, a mark "
+    console.print(f"[bold]history[/] (its own process, in parallel with the live part): {hours:g} simulated hours "
+                  f"of calm market before it ({_utc(start_ms)} to {_utc(live_start_ms)}, {NATIVE_VENUE} {','.join(symbols)}), sampled: a book a minute, a mark "
                   "price a minute, open interest a minute, every published liquidation, no trades", highlight=False)
     env = {**os.environ, "PERPFLOW_HOME": str(settings.home), "PERPFLOW_KAFKA_BOOTSTRAP": settings.bootstrap}
     return HistoryRun(settings.bootstrap, symbols, start_ms, hours, seed, env,
@@ -218,7 +220,7 @@ def warm_summary(con, truth: dict, console: Console, *, stress_threshold: float 
     table = Table(title=f"warm baselines: first signal vs the cascade's true start (ground truth; "
                         f"stress >= {stress_threshold:g}, withdrawal = 2% depth < 0.1x its 24 h median)")
     for column in ("asset", "true start", f"withdrawal ({NATIVE_VENUE})", "stress index", "stress peak",
-                   "baseline minutes", "stress NULL"):
+                   "depth minutes in the 24 h before", "stress NULL (warming up)"):
         table.add_column(column, justify="left" if column == "asset" else "right")
     for window in sorted(truth["cascade_window"], key=lambda w: w["symbol"]):
         asset = window["symbol"].removesuffix("USDT")
@@ -256,6 +258,8 @@ def warm_summary(con, truth: dict, console: Console, *, stress_threshold: float 
 def _offset(minutes: float) -> str:
     if np.isnan(minutes):
         return "not crossed"
+    if minutes == 0:
+        return "at the start"
     return f"{-minutes:.0f} min ahead" if minutes < 0 else f"{minutes:.0f} min after"
 
 
