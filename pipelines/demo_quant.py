@@ -84,14 +84,14 @@ def materializable_quant_assets() -> list:
 def run_quant(dg, instance, resources, run_config, warehouse, console: Console,
               days: tuple[str, str] | None = None) -> QuantRun:
     """Import the shipped history, then materialize every quant asset over the hourly history's
-    days (or ``days``, first and last) in one run (the quant assets backfill a range in one run)."""
+    days (or ``days``, first and last) in one run (the quant assets backfill a range in one run).
+    The caller publishes the replica (copying the live file once, after everything it writes)."""
     started = time.perf_counter()
     try:
         bars, first, last = import_history(warehouse)
         first, last = days or (first, last)
     except ValueError as exc:
         raise QuantDemoError(f"the shipped price history does not import: {exc}; reinstall perpflow") from None
-    warehouse.publish_replica()
     imported = time.perf_counter()
     console.print(f"    quant: imported {bars:,} real {EXCHANGE} bars ({', '.join(BASES)}; 1d and 1h) shipped in "
                   f"{DEMO_DATA.name}/; materializing the quant assets for {first}..{last}", highlight=False)
@@ -101,7 +101,6 @@ def run_quant(dg, instance, resources, run_config, warehouse, console: Console,
                                   "dagster/asset_partition_range_end": last})
     if not result.success:
         raise QuantDemoError("the quant assets failed; see `make ui` for the run logs")
-    warehouse.publish_replica()
     failed = sorted(c.check_name for c in result.get_asset_check_evaluations() if not c.passed)
     run = QuantRun(bars, first, last, imported - started, time.perf_counter() - imported, failed)
     console.print(f"    quant: {len(assets)} assets in {run.materialize_s:.1f}s (import {run.import_s:.1f}s); checks "
