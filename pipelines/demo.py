@@ -114,12 +114,12 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
         console.print("[bold]5/5[/] summary")
         Warehouse.from_settings(settings).publish_replica()
         _summary(settings, report, truth, days, console, time.perf_counter() - started)
-        demo_quant.show(settings, quant, console, cascade_source=(
-            f"replayed recordings ({len(recordings)} files)" if recordings else
-            f"simulated by perpflow simulate (cascade scenario, seed {SIM_SEED}, {SIM_HOURS} h from {SIM_START}), "
-            "a model of 2025-10-10, not a replay"))
         console.print("phases: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in phases.items()),
                       highlight=False)
+        demo_quant.show(settings, quant, console, cascade_source=(
+            f"replayed recordings ({len(recordings)} files)" if recordings else
+            f"simulated by perpflow simulate (cascade scenario, seed {SIM_SEED}, {SIM_HOURS} h from {SIM_START}, "
+            f"after {HISTORY_HOURS:g} h of simulated calm history), a model of 2025-10-10, not a replay"))
         return 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping what the demo started[/]")

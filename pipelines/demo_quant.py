@@ -1,16 +1,17 @@
 """The demo's quant half: real shipped price history in, quant assets materialized, provenance shown.
 
-The simulated cascade gives a couple of hours of bars, far too few for metrics over years, levels or
-trend signals, so the demo imports real Bybit candles shipped in ``pipelines/demo_data`` (BTC, ETH,
-SOL; daily since 2023-01-27, hourly since 2025-09-11, both to 2025-10-22) through the
-``perpflow import-candles`` code path and then materializes the quant assets over every day the
-daily history covers, in one Dagster run.
+The simulated market gives a day of calm and the cascade's hours: far too few bars for metrics over
+years, levels or trend signals. So the demo imports real Bybit candles shipped in
+``pipelines/demo_data`` (BTC, ETH, SOL; daily since 2023-01-27, hourly since 2025-09-11, both to
+2025-10-22) through the ``perpflow import-candles`` code path, then materializes the quant assets
+for the as-of days of the hourly history in one Dagster run (each day reads all history before it;
+every day since 2023 would take a minute more and show nothing new).
 
 How the two relate: the shipped bars are exchange ``bybit-linear``, the real 2025-10-10 crash
 included; the simulated cascade (modelled on that evening) is ingested on four venues, Bybit among
 them. ``analytics.candles_1d``/``candles_1h`` prefer an imported bar over one resampled from trades,
-so every quant row of ``bybit-linear`` is real history, and only complete bars of the simulated
-minutes (``source = 'trades'``) stand for the other venues. ``provenance`` says which is which.
+so every quant row of ``bybit-linear`` is real history, and only complete bars of simulated minutes
+(``source = 'trades'``) stand for the other venues. ``provenance`` says which is which.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def materializable_quant_assets() -> list:
 def run_quant(dg, instance, resources, run_config, warehouse, console: Console,
               days: tuple[str, str] | None = None) -> QuantRun:
     """Import the shipped history, then materialize every quant asset over the hourly history's
-    days (or ``days``, first and last) in one run (the quant assets backfill a range in one run)."""
+    days (or ``days``, first and last) in one run (the quant assets backfill a range in one run).
+    The caller publishes the replica (copying the live file once, after everything it writes)."""
     started = time.perf_counter()
     try:
         bars, first, last = import_history(warehouse)
         first, last = days or (first, last)
     except ValueError as exc:
         raise QuantDemoError(f"the shipped price history does not import: {exc}; reinstall perpflow") from None
-    warehouse.publish_replica()
     imported = time.perf_counter()
     console.print(f"    quant: imported {bars:,} real {EXCHANGE} bars ({', '.join(BASES)}; 1d and 1h) shipped in "
                   f"{DEMO_DATA.name}/; materializing the quant assets for {first}..{last}", highlight=False)
@@ -101,7 +102,6 @@ def run_quant(dg, instance, resources, run_config, warehouse, console: Console,
                                   "dagster/asset_partition_range_end": last})
     if not result.success:
         raise QuantDemoError("the quant assets failed; see `make ui` for the run logs")
-    warehouse.publish_replica()
     failed = sorted(c.check_name for c in result.get_asset_check_evaluations() if not c.passed)
     run = QuantRun(bars, first, last, imported - started, time.perf_counter() - imported, failed)
     console.print(f"    quant: {len(assets)} assets in {run.materialize_s:.1f}s (import {run.import_s:.1f}s); checks "
@@ -130,13 +130,13 @@ def provenance(con) -> list[tuple[str, str, int, object, object]]:
                 FROM analytics.{table} t LEFT JOIN ({markets}) m USING (exchange, symbol)
                 GROUP BY 1 ORDER BY 1 DESC""").fetchall():
             rows.append((f"analytics.{table}", "real imported history" if is_real else
-                         "includes bars of the simulated cascade", n, first, last))
+                         "includes simulated bars (built from the simulator's trades)", n, first, last))
     return rows
 
 
 def _source_label(source: str, tf: str) -> str:
     return (f"real: {EXCHANGE} {tf} candles shipped in {DEMO_DATA.name}/" if source == "import" else
-            "simulated: complete bars of the simulated cascade's trades")
+            "simulated: complete bars built from the simulator's trades")
 
 
 def quant_summary(con, run: QuantRun, console: Console) -> None:

@@ -65,9 +65,9 @@ def _rows(con, table: str) -> int:
 def _cascades(con) -> list[tuple[str, Span]]:
     if not _rows(con, "analytics.liquidation_cascades"):
         return []
-    return [(asset, Span(np.datetime64(start, "ms"), np.datetime64(end, "ms"), f"{asset} {side}"))
-            for asset, side, start, end in con.execute(
-                "SELECT asset, side, cascade_start, cascade_end FROM analytics.liquidation_cascades "
+    return [(asset, Span(np.datetime64(start, "ms"), np.datetime64(end, "ms")))
+            for asset, start, end in con.execute(
+                "SELECT asset, cascade_start, cascade_end FROM analytics.liquidation_cascades "
                 "ORDER BY cascade_start").fetchall()]
 
 

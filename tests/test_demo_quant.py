@@ -36,6 +36,7 @@ def demo_home(tmp_path_factory) -> Path:
                                                 replica_min_interval_s=0)}
     run = demo_quant.run_quant(dg, None, resources, None, warehouse, Console(file=open(os.devnull, "w")))
     assert run.failed_checks == []
+    warehouse.publish_replica()
     assert (run.bars_imported, run.first_day, run.last_day) == (6000, "2025-09-11", "2025-10-22")
     return home
 

@@ -178,7 +178,6 @@ class TimeSeries:
 class Span:
     start: np.datetime64
     end: np.datetime64
-    label: str = ""
 
 
 def render_panels(title: str, panels: Sequence[Panel], *, sharex: bool = True, panel_size=REPORT_PANEL,
