@@ -51,8 +51,8 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trade_ids, load_state,
-                               plan_resume, save_state, spill_trade_ids)
+from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trades, load_state,
+                               plan_resume, save_state, sequence_ids, spill_trades)
 from ingest.book_sync import SYNCED
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
@@ -98,6 +98,8 @@ class IngestConfig:
     task_crash_limit: int = 5                         # crashes of one task within 5 min before giving up
     connections_per_stream: int = 1                   # >1: redundant replicas of each route, de-duplicated
     max_frame_bytes: int = 8 << 20                    # larger frames are dead-lettered
+    max_catch_up_pages: int = 200                     # per trade catch-up; older trades are reported lost
+    catch_up_lookback_ms: int = 60_000                # on start, caught up from this long before the newest durable trade
 
 
 @dataclass
@@ -134,6 +136,7 @@ class IngestService:
     RESUBSCRIBE_ATTEMPTS = 3    # the last one closes the connection instead
     RESUBSCRIBE_WAIT_S = 10.0   # for the snapshot a resubscribe should bring
     EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
+    CATCH_UP_ATTEMPTS = 8       # per page of a trade catch-up (429s wait out Retry-After within them)
     # The websockets library closes the connection (1009) above this; perpflow's own, much lower
     # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
     PROTOCOL_MAX_FRAME_BYTES = 1 << 28
@@ -162,6 +165,10 @@ class IngestService:
         self.rest_weight = 0
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
         self._catch_ups: dict[str, asyncio.Task] = {}   # per native symbol: the REST call after a reconnect
+        # Trade catch-ups by time (venues whose ids are no sequence), per native symbol: the one
+        # running and the next one asked for, each (since_ms, reason); both survive a stop.
+        self._catch_up_running: dict[str, tuple[int, str]] = {}
+        self._catch_up_owed: dict[str, tuple[int, str]] = {}
         self._sockets: dict[str, object] = {}             # per connection name, while connected
         self._instruments: dict[str, dict] = {}           # per native symbol: the last published content
         self._pong = self.venue.PONG_FRAME.encode() if self.venue.PONG_FRAME else None
@@ -494,6 +501,10 @@ class IngestService:
             for gap in self.handler.new_trade_gaps:
                 self._background(self._backfill_trades(gap))
             self.handler.new_trade_gaps.clear()
+        if self.handler.new_catch_ups:
+            for uncertain in self.handler.new_catch_ups:
+                self._request_catch_up(uncertain.symbol_native, uncertain.since_ms, uncertain.reason)
+            self.handler.new_catch_ups.clear()
 
     def _reset_books(self, conn: ConnectionState) -> None:
         """Forget the books a lost connection fed, except those a live replica still delivers
@@ -515,7 +526,8 @@ class IngestService:
         return task
 
     async def _resume_trades(self) -> None:
-        """Continue each symbol's trade sequence after what is durable; resume unfinished backfills."""
+        """Continue each symbol's trades after what is durable: the id sequence and its unfinished
+        backfills where the venue has one, else a catch-up by time from the newest durable trade."""
         if not self._state:
             # No earlier run from this run dir: whatever Kafka holds was published by someone else
             # (another home, another venue instance), so this run starts its own sequences. The
@@ -524,14 +536,16 @@ class IngestService:
             return
         natives = {self.venue.normalize_symbol(s): s for s in self.config.symbols}
         spill_path = getattr(self.sink, "spill_path", None)
-        spilled = await asyncio.to_thread(spill_trade_ids, self.venue, spill_path, set(natives)) if spill_path else {}
+        spilled = await asyncio.to_thread(spill_trades, spill_path, set(natives)) if spill_path else []
         try:
-            in_kafka = await asyncio.to_thread(kafka_trade_ids, self.venue, self.config.bootstrap, set(natives),
+            in_kafka = await asyncio.to_thread(kafka_trades, self.venue, self.config.bootstrap, set(natives),
                                                self.config.trade_tail_scan)
         except BrokerUnavailable as exc:
             log.warning("cannot read the trade tail from Kafka (%s); continuing from the state file", exc)
             in_kafka = None
-        for plan in plan_resume(set(natives), self._state, spilled, in_kafka):
+        self._resume_catch_ups(natives, spilled + (in_kafka or []))
+        kafka_ids = None if in_kafka is None else sequence_ids(self.venue, in_kafka)
+        for plan in plan_resume(set(natives), self._state, sequence_ids(self.venue, spilled), kafka_ids):
             native = natives[plan.symbol]
             gaps = self.handler.seed_trade_sequence(native, plan.last_id, plan.missing)
             self._feed_event("trade_resume", native, {
@@ -540,9 +554,116 @@ class IngestService:
             for gap in gaps:
                 self._background(self._backfill_trades(gap))
 
+    def _resume_catch_ups(self, natives: dict[str, str], durable: list[Trade]) -> None:
+        """Venues caught up by time: the trades durable in Kafka and the spill are made known to the
+        mapper (a backlog or REST page repeating them is dropped) and the restart window is caught
+        up from a little before the newest of them (records still in the killed producer's buffer
+        may be older than it), or from the previous run's unfinished catch-up if that is older."""
+        by_symbol: dict[str, list[Trade]] = {}
+        for trade in durable:
+            by_symbol.setdefault(trade.symbol, []).append(trade)
+        saved = self._state.get("catch_up", {})
+        for symbol, native in natives.items():
+            if not self._catches_up_by_time(native):
+                continue
+            trades = by_symbol.get(symbol, [])
+            entry = saved.get(symbol, {})
+            newest = max((t.ts_exchange for t in trades), default=entry.get("newest_ms"))
+            candidates = [] if newest is None else [newest - self.config.catch_up_lookback_ms]
+            if entry.get("owed_since_ms") is not None:
+                candidates.append(entry["owed_since_ms"])
+            if not candidates:
+                continue
+            self.venue.known_trades(native, [t.trade_id for t in trades])
+            if newest is not None:
+                self.handler.newest_trade_ms[native] = newest
+            since = min(candidates)
+            self._feed_event("trade_resume", native, {
+                "newest_ms": newest, "since_ms": since, "durable_trades": len(trades),
+                "source": "kafka" if trades else "state file", "owed_since_ms": entry.get("owed_since_ms")})
+            self._request_catch_up(native, since, "restart")
+
+    def _catches_up_by_time(self, native: str) -> bool:
+        """The venue's trade ids are no sequence, but its REST trade history can be paged back."""
+        return self.venue.trades_before_url(self.config.rest_url, native, None) is not None
+
+    def _request_catch_up(self, native: str, since_ms: int, reason: str) -> None:
+        """Catch up a market's trades since ``since_ms`` (venue time) from REST; a request made while
+        one runs is run after it (the running one may have paged past its window already)."""
+        if not self._catches_up_by_time(native):
+            return
+        owed = self._catch_up_owed.get(native)
+        self._catch_up_owed[native] = (since_ms, reason) if owed is None or since_ms < owed[0] else owed
+        task = self._catch_ups.get(native)
+        if task is None or task.done():
+            self._catch_ups[native] = self._background(
+                self._supervise(f"trade catch-up {native}", lambda: self._run_catch_ups(native), None))
+
+    async def _run_catch_ups(self, native: str) -> None:
+        while native in self._catch_up_running or native in self._catch_up_owed:
+            if native not in self._catch_up_running:       # a crashed one is run again
+                self._catch_up_running[native] = self._catch_up_owed.pop(native)
+            since, reason = self._catch_up_running[native]
+            await self._catch_up(native, since, reason)
+            del self._catch_up_running[native]
+
+    async def _catch_up(self, native: str, since: int, reason: str) -> None:
+        """Page the venue's trade history back from now until it reaches ``since``; the trades the
+        mapper does not have yet are published like live ones (liquidations and ADL fills with
+        them). A page that cannot be fetched after ``CATCH_UP_ATTEMPTS``, a history that ends
+        before ``since`` and a window over ``max_catch_up_pages`` are ``trade_lost`` events with the
+        time range left uncovered."""
+        cursor, pages, published, oldest, lost = None, 0, 0, None, None
+        while True:
+            url = self.venue.trades_before_url(self.config.rest_url, native, cursor)
+            try:
+                body, ts = await self._get(url, attempts=self.CATCH_UP_ATTEMPTS,
+                                           what=f"trade catch-up {native} since {since} ms")
+                page = self.venue.trade_page(url, orjson.loads(body))
+            except (IngestError, orjson.JSONDecodeError, MalformedMessage) as exc:
+                if not isinstance(exc, IngestError):
+                    self.handler.on_rest(url, body, ts)     # dead-lettered with the mapper's reason
+                lost = self._catch_up_lost(native, since, oldest, f"{exc.__class__.__name__}: {exc}")
+                break
+            before = self.handler.stats.records["trade"]
+            self.handler.on_rest(url, body, ts, since_ms=since)
+            published += self.handler.stats.records["trade"] - before
+            pages += 1
+            if page.oldest_ms is not None:
+                oldest = page.oldest_ms if oldest is None else min(oldest, page.oldest_ms)
+            if oldest is None or oldest < since:
+                break      # reached what was received before (or the market has no trade at all)
+            if page.older is None:
+                lost = self._catch_up_lost(native, since, oldest, "older than the venue's REST trade history")
+                break
+            if pages >= self.config.max_catch_up_pages:
+                lost = self._catch_up_lost(native, since, oldest,
+                                           f"more than {self.config.max_catch_up_pages} pages to catch up")
+                break
+            cursor = page.older
+        self.events["trade_catch_ups"] += 1
+        self.events["trades_caught_up"] += published
+        self._feed_event("trade_catch_up", native, {"reason": reason, "since_ms": since, "pages": pages,
+                                                    "trades": published, "lost_ms": lost})
+
+    def _catch_up_lost(self, native: str, since: int, until: int | None, reason: str) -> int | None:
+        """Trades from ``since`` to ``until`` (venue ms; None: up to now) that a catch-up could not
+        fetch: a ``trade_lost`` event with the range's length (their number is unknown)."""
+        span = None if until is None else max(0, until - since)
+        self.events["trade_catch_ups_incomplete"] += 1
+        log.error("%s %s trades since %d ms not caught up: %s", self.venue.exchange, native, since, reason)
+        self._feed_event("trade_lost", native, {"from_ms": since, "to_ms": until, "span_ms": span, "count": None,
+                                                "reason": reason[:500]})
+        return span
+
     def _catch_up_trades(self, native: str) -> None:
         """Trades published while a connection was down show as a gap only once a later trade arrives,
         which may be never (a quiet market, the end of a session); ask REST what follows the last id."""
+        if self._catches_up_by_time(native):
+            newest = self.handler.newest_trade_ms.get(native)
+            if newest is not None:     # else the subscription's backlog is all there is to have
+                self._request_catch_up(native, newest, "reconnect")
+            return
         last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
         task = self._catch_ups.get(native)
         url = None if last is None else self.venue.trades_url(self.config.rest_url, native, last + 1)
@@ -876,8 +997,15 @@ class IngestService:
             if seq["last_id"] is not None:
                 trades[symbol] = {"last_id": seq["last_id"], "open": seq["open"],
                                   "lost": self._lost_ranges.get(symbol, [])}
+        catch_up = {}
+        for native, newest in self.handler.newest_trade_ms.items():
+            if not self._catches_up_by_time(native):
+                continue
+            owed = [c[0] for c in (self._catch_up_running.get(native), self._catch_up_owed.get(native)) if c]
+            catch_up[self.venue.normalize_symbol(native)] = {"newest_ms": newest,
+                                                             "owed_since_ms": min(owed) if owed else None}
         return {"version": STATE_VERSION, "exchange": self.venue.exchange, "saved_at": time.time(),
-                "trades": trades, "totals": dict(self._totals_base + self._run_counters())}
+                "trades": trades, "catch_up": catch_up, "totals": dict(self._totals_base + self._run_counters())}
 
     def _status(self, final: bool = False) -> None:
         """Write the state file and the status file; a full disk is reported, not fatal."""

@@ -21,7 +21,10 @@ What a venue describes:
   tradable (``tradable_symbols``) and the ``Instrument`` records that say each one's units.
 * **Mapping**: websocket frames and REST bodies to records (``map_ws``, ``map_rest``), pure and
   raising ``SkipMessage``/``MalformedMessage``; trade-id sequencing for gap detection and the
-  REST request that backfills a gap (``trade_sequence``, ``trades_url``); open-interest polls
+  REST request that backfills a gap (``trade_sequence``, ``trades_url``); for venues whose trade
+  ids are no sequence, the REST pages that catch trades up since a time (``trades_before_url``,
+  ``trade_page``, ``known_trades``; a mapper returns ``TradesUncertain`` where it knows trades
+  may be missing); open-interest polls
   for venues that do not push it (``open_interest_url``); other REST requests repeated at an
   interval of their own, for data a venue publishes only over HTTP (``polls``).
 * **Order book**: whether the venue has one at all (``HAS_ORDER_BOOK``; an oracle/pool venue
@@ -87,6 +90,26 @@ class Poll:
     url: str                            # perpflow's name of the request, as ``map_rest`` receives it
     interval_s: float                   # at most one request per interval (the venue's update cadence)
     weight: int = 1                     # its cost in ``REST_WEIGHT_LIMIT`` units
+
+
+@dataclass(frozen=True)
+class TradesUncertain:
+    """Not a record: a mapper returns it among its records (the feed handler hands it to the service,
+    never to Kafka) when trades of a market received since ``since_ms`` (venue time) may be
+    incomplete, e.g. a message lost on a connection whose trade ids tell nothing; the service then
+    catches the market's trades up from REST (``Venue.trades_before_url``)."""
+
+    symbol_native: str
+    since_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TradePage:
+    """What one page of a venue's newest-first REST trade history says about paging on."""
+
+    oldest_ms: int | None               # venue time of the oldest trade on the page (None: no trade)
+    older: object | None                # the venue's cursor for the next, older page (None: there is none)
 
 
 @dataclass(frozen=True)
@@ -187,6 +210,23 @@ class Venue(ABC):
         """The request for (at most ``limit``) trades from sequence id ``from_id`` on; the answer may
         hold fewer, or also older ones (None: gaps cannot be backfilled)."""
         return None
+
+    def trades_before_url(self, rest_url: str, native: str, cursor: object | None) -> str | None:
+        """A page of the venue's trade history, newest first: the newest trades (``cursor`` None) or the
+        page ``trade_page`` named as the next older one. How venues whose trade ids are no sequence
+        catch up trades missed (a reconnect, a lost message, a restart): pages back from now until
+        one reaches the time of the last trade received; the mapper drops trades it already has.
+        None: the venue has no such history."""
+        return None
+
+    def trade_page(self, url: str, body) -> TradePage:
+        """The oldest trade time on one ``trades_before_url`` page and the cursor of the next older
+        page; pure (``map_rest`` maps the same body); raises MalformedMessage."""
+        raise NotImplementedError(f"{self.exchange} has no paged trade history")
+
+    def known_trades(self, native: str, trade_ids) -> None:
+        """Trade ids of a market already published (found durable on a restart): the mapper drops
+        them when a backlog or a REST page repeats them. Venues with an id sequence need nothing."""
 
     def rest_request(self, url: str) -> tuple[str, bytes | None]:
         """How to fetch one of the venue's REST ``url``: the address to send to and a JSON body to
