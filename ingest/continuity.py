@@ -63,18 +63,18 @@ def load_state(path: Path) -> dict:
     return state
 
 
-def _trade(value: bytes, wanted: set[str]) -> Trade | None:
+def _record(value: bytes, wanted: set[str], kind: type = Trade):
     try:
         record = records.decode(value)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    return record if isinstance(record, Trade) and record.symbol in wanted else None
+    return record if isinstance(record, kind) and record.symbol in wanted else None
 
 
-def spill_trades(spill_path: Path, symbols: set[str]) -> list[Trade]:
-    """Trades of the given normalized symbols waiting in the spill file (lines that do not parse are
-    skipped)."""
-    found: list[Trade] = []
+def spill_records(spill_path: Path, symbols: set[str], kind: type = Trade) -> list:
+    """Records of one type (trades by default) of the given normalized symbols waiting in the spill
+    file (lines that do not parse are skipped)."""
+    found: list = []
     try:
         fh = open(spill_path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -85,41 +85,43 @@ def spill_trades(spill_path: Path, symbols: set[str]) -> list[Trade]:
                 topic, _key, _type, value = parse_spill_line(line)
             except ValueError:
                 continue
-            if topic == Trade.topic and (trade := _trade(value.encode(), symbols)) is not None:
-                found.append(trade)
+            if topic == kind.topic and (record := _record(value.encode(), symbols, kind)) is not None:
+                found.append(record)
     return found
 
 
-def kafka_trades(venue, bootstrap: str, symbols: set[str], scan_back: int = TAIL_SCAN_RECORDS,
-                 timeout: float = 30.0) -> list[Trade]:
-    """The venue's trades of the given normalized symbols in the last ``scan_back`` records of their
-    md.trades partitions. Raises BrokerUnavailable when Kafka does not answer."""
+def kafka_tail_records(venue, bootstrap: str, symbols: set[str], scan_back: int = TAIL_SCAN_RECORDS,
+                 timeout: float = 30.0, kind: type = Trade) -> list:
+    """The venue's records of one type (trades by default) of the given normalized symbols in the
+    last ``scan_back`` records of their partitions of its topic. Raises BrokerUnavailable when
+    Kafka does not answer."""
+    topic = kind.topic
     wait_for_metadata(bootstrap, timeout=3)
     consumer = new_consumer(bootstrap, client_id="perpflow-ingest-resume")
     try:
-        partitions = consumer.partitions_for_topic(Trade.topic)
+        partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             return []
         keys = {f"{venue.exchange}|{s}".encode() for s in symbols}
-        tps = sorted({TopicPartition(Trade.topic, key_partition(k, partitions)) for k in keys})
+        tps = sorted({TopicPartition(topic, key_partition(k, partitions)) for k in keys})
         ends = end_offsets(consumer, tps, timeout=timeout)
         begins = consumer.beginning_offsets(tps)
         for tp in tps:
             consumer.seek(tp, max(begins[tp], ends[tp] - scan_back))
-        found: list[Trade] = []
+        found: list = []
         pending = {tp for tp in tps if consumer.position(tp) < ends[tp]}
         deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"reading the tail of {Trade.topic} took over {timeout:.0f}s")
+                raise BrokerUnavailable(f"reading the tail of {topic} took over {timeout:.0f}s")
             for tp, messages in consumer.poll(timeout_ms=500).items():
                 for message in messages:
-                    if message.key in keys and (trade := _trade(message.value, symbols)) is not None:
-                        found.append(trade)
+                    if message.key in keys and (record := _record(message.value, symbols, kind)) is not None:
+                        found.append(record)
             pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
         return found
     except KafkaError as exc:
-        raise BrokerUnavailable(f"reading the tail of {Trade.topic}: {exc}") from exc
+        raise BrokerUnavailable(f"reading the tail of {topic}: {exc}") from exc
     finally:
         consumer.close()
 
@@ -136,7 +138,7 @@ def sequence_ids(venue, trades: list[Trade]) -> dict[str, set[int]]:
 
 def spill_trade_ids(venue, spill_path: Path, symbols: set[str]) -> dict[str, set[int]]:
     """Trade ids per normalized symbol waiting in the spill file."""
-    return sequence_ids(venue, spill_trades(spill_path, symbols))
+    return sequence_ids(venue, spill_records(spill_path, symbols))
 
 
 def kafka_trade_ids(venue, bootstrap: str, symbols: set[str], scan_back: int = TAIL_SCAN_RECORDS,
@@ -145,7 +147,7 @@ def kafka_trade_ids(venue, bootstrap: str, symbols: set[str], scan_back: int = T
 
     Raises BrokerUnavailable when Kafka does not answer.
     """
-    return sequence_ids(venue, kafka_trades(venue, bootstrap, symbols, scan_back, timeout))
+    return sequence_ids(venue, kafka_tail_records(venue, bootstrap, symbols, scan_back, timeout))
 
 
 def _holes(ids: set[int]) -> list[list[int]]:

@@ -51,14 +51,14 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trades, load_state,
-                               plan_resume, save_state, sequence_ids, spill_trades)
+from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_tail_records, load_state,
+                               plan_resume, save_state, sequence_ids, spill_records)
 from ingest.book_sync import SYNCED
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
-from ingest.records import BookDelta, BookSnapshot, FeedEvent, Trade
+from ingest.records import BookDelta, BookSnapshot, FeedEvent, Funding, Trade
 from ingest.spill import SinkFailure, SpillingSink
-from ingest.venue import BookResync, MalformedMessage, SkipMessage
+from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue
 from ingest.kafka import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -536,14 +536,27 @@ class IngestService:
             return
         natives = {self.venue.normalize_symbol(s): s for s in self.config.symbols}
         spill_path = getattr(self.sink, "spill_path", None)
-        spilled = await asyncio.to_thread(spill_trades, spill_path, set(natives)) if spill_path else []
-        try:
-            in_kafka = await asyncio.to_thread(kafka_trades, self.venue, self.config.bootstrap, set(natives),
-                                               self.config.trade_tail_scan)
-        except BrokerUnavailable as exc:
-            log.warning("cannot read the trade tail from Kafka (%s); continuing from the state file", exc)
-            in_kafka = None
-        self._resume_catch_ups(natives, spilled + (in_kafka or []))
+        # Venues whose mapper drops what was already published also get the durable funding
+        # (polled settlements a restart must not publish again).
+        kinds = (Trade, Funding) if type(self.venue).known_records is not Venue.known_records else (Trade,)
+        spilled: dict[type, list] = {kind: [] for kind in kinds}
+        in_kafka: dict[type, list] | None = {}
+        for kind in kinds:
+            if spill_path:
+                spilled[kind] = await asyncio.to_thread(spill_records, spill_path, set(natives), kind)
+            if in_kafka is None:
+                continue
+            try:
+                in_kafka[kind] = await asyncio.to_thread(kafka_tail_records, self.venue, self.config.bootstrap,
+                                                         set(natives), self.config.trade_tail_scan, 30.0, kind)
+            except BrokerUnavailable as exc:
+                log.warning("cannot read the tail of %s from Kafka (%s); continuing from the state file",
+                            kind.topic, exc)
+                in_kafka = None
+        durable = [r for kind in kinds for r in spilled[kind] + (in_kafka or {}).get(kind, [])]
+        self.venue.known_records(durable)
+        self._resume_catch_ups(natives, [r for r in durable if isinstance(r, Trade)])
+        spilled, in_kafka = spilled[Trade], None if in_kafka is None else in_kafka[Trade]
         kafka_ids = None if in_kafka is None else sequence_ids(self.venue, in_kafka)
         for plan in plan_resume(set(natives), self._state, sequence_ids(self.venue, spilled), kafka_ids):
             native = natives[plan.symbol]
@@ -555,9 +568,8 @@ class IngestService:
                 self._background(self._backfill_trades(gap))
 
     def _resume_catch_ups(self, natives: dict[str, str], durable: list[Trade]) -> None:
-        """Venues caught up by time: the trades durable in Kafka and the spill are made known to the
-        mapper (a backlog or REST page repeating them is dropped) and the restart window is caught
-        up from a little before the newest of them (records still in the killed producer's buffer
+        """Venues caught up by time (the mapper already knows the durable trades: a backlog or REST
+        page repeating them is dropped): the restart window is caught up from a little before the newest of them (records still in the killed producer's buffer
         may be older than it), or from the previous run's unfinished catch-up if that is older."""
         by_symbol: dict[str, list[Trade]] = {}
         for trade in durable:
@@ -574,7 +586,6 @@ class IngestService:
                 candidates.append(entry["owed_since_ms"])
             if not candidates:
                 continue
-            self.venue.known_trades(native, [t.trade_id for t in trades])
             if newest is not None:
                 self.handler.newest_trade_ms[native] = newest
             since = min(candidates)

@@ -23,7 +23,7 @@ What a venue describes:
   raising ``SkipMessage``/``MalformedMessage``; trade-id sequencing for gap detection and the
   REST request that backfills a gap (``trade_sequence``, ``trades_url``); for venues whose trade
   ids are no sequence, the REST pages that catch trades up since a time (``trades_before_url``,
-  ``trade_page``, ``known_trades``; a mapper returns ``TradesUncertain`` where it knows trades
+  ``trade_page``, ``known_records``; a mapper returns ``TradesUncertain`` where it knows trades
   may be missing); open-interest polls
   for venues that do not push it (``open_interest_url``); other REST requests repeated at an
   interval of their own, for data a venue publishes only over HTTP (``polls``).
@@ -224,9 +224,10 @@ class Venue(ABC):
         page; pure (``map_rest`` maps the same body); raises MalformedMessage."""
         raise NotImplementedError(f"{self.exchange} has no paged trade history")
 
-    def known_trades(self, native: str, trade_ids) -> None:
-        """Trade ids of a market already published (found durable on a restart): the mapper drops
-        them when a backlog or a REST page repeats them. Venues with an id sequence need nothing."""
+    def known_records(self, records) -> None:
+        """Records already published (found durable in Kafka and the spill on a restart: trades and
+        funding): the mapper drops them when a backlog, a REST page or a poll repeats them. Venues
+        whose trade ids are a sequence and whose polls repeat nothing need nothing."""
 
     def rest_request(self, url: str) -> tuple[str, bytes | None]:
         """How to fetch one of the venue's REST ``url``: the address to send to and a JSON body to

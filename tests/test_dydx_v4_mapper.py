@@ -612,7 +612,9 @@ def test_rest_pages_give_liquidations_and_adl_fills_once_and_durable_ids_are_dro
     page = {"trades": [rest_trade("l1", 101, "2024-08-23T00:01:01.000Z", side="SELL", type_="LIQUIDATED"),
                        rest_trade("d1", 101, "2024-08-23T00:01:01.000Z", side="SELL", type_="DELEVERAGED"),
                        rest_trade("k1", 100, "2024-08-23T00:01:00.000Z")]}
-    venue.known_trades("BTC-USD", ["k1"])       # found durable in Kafka by a restart
+    # k1 was found durable in Kafka by a restart (the record another run published).
+    [durable] = DydxV4().map_rest(url, {"trades": [page["trades"][2]]}, TS)
+    venue.known_records([durable])
     records = venue.map_rest(url, page, TS)
     assert [type(r).__name__ for r in records] == ["Trade", "Liquidation", "Trade", "Adl"]
     liquidation = records[1]
@@ -656,6 +658,10 @@ def test_settled_funding_from_a_real_body_is_polled_hourly_and_published_once():
             settled.next_funding_time) == ("0", "116302.62419", True, 1, 1753441200013, 1753441200013)
     with pytest.raises(SkipMessage, match="no settlement since the last page"):
         venue.map_rest(poll.url, body, TS)
+    restarted = DydxV4()         # a restart found the settlement durable: the next poll repeats nothing
+    restarted.known_records([settled])
+    with pytest.raises(SkipMessage, match="no settlement since the last page"):
+        restarted.map_rest(poll.url, body, TS)
     later = {"historicalFunding": [
         {**body["historicalFunding"][0], "rate": "0.0000031", "effectiveAt": "2025-07-25T12:00:00.009Z",
          "effectiveAtHeight": "44868790"}, *body["historicalFunding"]]}

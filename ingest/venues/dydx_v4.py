@@ -109,7 +109,7 @@ Choices where the spec leaves one:
     declared, to the newest trade of each market on that connection at the time the first missing
     id was noticed (a ``TradesUncertain`` per market the connection carried trades of); ``map_rest``
     maps the pages through the same ``trades`` as the stream (liquidations and ADL fills included,
-    repeats dropped). ``known_trades`` takes the ids a restart found durable in Kafka. Pages are
+    repeats dropped). ``known_records`` takes the trades (and settlements) a restart found durable. Pages are
     ``TRADES_PAGE_LIMIT`` trades (comlink's ``API_LIMIT_V4``, 1000 [code reading]);
   * markets: merged per ticker (only the fields perpflow uses, each validated before it is
     merged). A ``Funding`` record is emitted when the rate or the oracle price changes: ``rate``
@@ -748,10 +748,15 @@ class DydxV4(Venue):
             return TradePage(oldest_ms=min(times), older=(lowest, page + 1))
         return TradePage(oldest_ms=min(times), older=(lowest, 1))
 
-    def known_trades(self, native: str, trade_ids) -> None:
+    def known_records(self, records) -> None:
+        """Trades by id; settlements by time (a poll publishes only later ones)."""
         seen = self._trades_seen
-        for trade_id in trade_ids:
-            seen[(native, trade_id)] = None
+        for record in records:
+            if isinstance(record, Trade):
+                seen[(record.symbol_native, record.trade_id)] = None
+            elif isinstance(record, Funding) and record.is_realised:
+                if record.ts_exchange > self._settled_newest.get(record.symbol_native, -1):
+                    self._settled_newest[record.symbol_native] = record.ts_exchange
         while len(seen) > TRADES_REMEMBERED:
             seen.popitem(last=False)
 

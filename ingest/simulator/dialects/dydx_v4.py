@@ -58,6 +58,11 @@ are kept (``tickSize``/``stepSize`` say so).
 
 Integrity faults (``FaultConfig``; off by default):
 
+* ``message_loss_every_s``: after each period the next ``v4_trades`` update (on any connection) is
+  not sent, its ``message_id`` used up, so the client sees a hole on that connection and must
+  recover the trade it held. Recorded as a ``message_loss`` fault (``connection_id``,
+  ``message_id``, ``trade_ids``).
+
 * ``fetch_loss_every_s`` / ``fetch_loss_steps``: socks fetches the snapshot *before* it registers
   the subscription, so updates during the fetch are lost for that subscriber. The first
   ``v4_orderbook`` subscription after each period gets its snapshot taken when the request is
@@ -361,10 +366,19 @@ class DydxV4Dialect(Dialect):
         end = frame.index(b'"', 9) + 1
         return frame[:end] + b"," + session.head + str(message_id).encode() + frame[end:]
 
-    def frame_for(self, conn, frame: bytes) -> bytes:
+    def frame_for(self, conn, frame: bytes) -> bytes | None:
+        """The frame stamped with the connection's next ``message_id``; None when the message-loss
+        fault takes it (the id is used up all the same, so the client sees a hole)."""
         session = self._session(conn)
         message_id = session.next_id
         session.next_id += 1
+        faults = self.feed.faults
+        if (faults.config.message_loss_every_s and frame.startswith(b'{"type":"channel_data","id":"')
+                and b'"channel":"v4_trades"' in frame[:120] and faults.message_loss_due(self.feed.now_ms)):
+            self.feed.record_fault(self.feed.now_ms, "message_loss", venue=self.name,
+                                   connection_id=session.connection_id, message_id=message_id,
+                                   trade_ids=[t["id"] for t in orjson.loads(frame)["contents"]["trades"]])
+            return None
         return self._stamp(session, frame, message_id)
 
     def _deliver(self, conn, frame: bytes, message_id: int) -> None:
