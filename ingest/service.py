@@ -21,7 +21,10 @@ Trade continuity (``ingest/continuity.py``): on start the service continues each
 sequence after the last id that is durable (Kafka's tail, the spill; the state file if Kafka does
 not answer), so the restart window becomes a gap that REST backfills; backfills retry through 429s
 and failures until done, and ranges still owed at shutdown are saved and resumed by the next start.
-Ranges that cannot be recovered are ``trade_lost`` feed events with their size.
+Ranges that cannot be recovered are ``trade_lost`` feed events with their size. Venues whose trade
+ids are no sequence but whose REST history pages back (``Venue.trades_before_url``) are caught up by
+time instead: after a reconnect, when the mapper says trades may be missing (``TradesUncertain``)
+and at start, from the newest trade durable; the mapper drops what it already has.
 
 Every background task runs under a supervisor: a crash is a ``task_error`` feed event and a
 restart with backoff; a sink failure or a task crashing over and over stops the whole service with
@@ -137,6 +140,7 @@ class IngestService:
     RESUBSCRIBE_WAIT_S = 10.0   # for the snapshot a resubscribe should bring
     EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
     CATCH_UP_ATTEMPTS = 8       # per page of a trade catch-up (429s wait out Retry-After within them)
+    TRADES_LIVE_WAIT_S = 30.0   # a catch-up waits this long at most for the trade stream to be live
     # The websockets library closes the connection (1009) above this; perpflow's own, much lower
     # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
     PROTOCOL_MAX_FRAME_BYTES = 1 << 28
@@ -624,6 +628,7 @@ class IngestService:
         them). A page that cannot be fetched after ``CATCH_UP_ATTEMPTS``, a history that ends
         before ``since`` and a window over ``max_catch_up_pages`` are ``trade_lost`` events with the
         time range left uncovered."""
+        await self._trades_live(native)
         cursor, pages, published, oldest, lost = None, 0, 0, None, None
         while True:
             url = self.venue.trades_before_url(self.config.rest_url, native, cursor)
@@ -656,6 +661,20 @@ class IngestService:
         self.events["trades_caught_up"] += published
         self._feed_event("trade_catch_up", native, {"reason": reason, "since_ms": since, "pages": pages,
                                                     "trades": published, "lost_ms": lost})
+
+    async def _trades_live(self, native: str) -> None:
+        """Wait until a connection delivers the market's trades (its subscription answered): the
+        first page, fetched after that, then reaches the stream's first trade, so nothing falls
+        between the REST history and the stream (a reconnect, a start). Waits at most
+        ``TRADES_LIVE_WAIT_S``; a connection that stays down is its own reconnect's catch-up."""
+        def live(stream: str) -> bool:
+            return self.venue.stream_kind(stream) == self.venue.TRADE_STREAM and \
+                self.venue.stream_symbol(stream) == native
+        deadline = time.monotonic() + self.TRADES_LIVE_WAIT_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if any(c.state == "connected" and any(map(live, c.received)) for c in self.connections.values()):
+                return
+            await asyncio.sleep(0.05)
 
     def _catch_up_lost(self, native: str, since: int, until: int | None, reason: str) -> int | None:
         """Trades from ``since`` to ``until`` (venue ms; None: up to now) that a catch-up could not
