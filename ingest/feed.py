@@ -77,7 +77,8 @@ class FeedHandler:
         return self._handle(raw, ts_recv, url, lambda body: self.venue.map_rest(url, body, ts_recv), since_ms)
 
     def on_rejected_frame(self, raw: bytes, ts_recv: int, source: str, reason: str) -> None:
-        """A frame refused before parsing (not UTF-8, too large): counted and dead-lettered."""
+        """A frame or REST body refused without mapping (not UTF-8, too large, a page the venue
+        module cannot read): counted and dead-lettered."""
         self.stats.messages += 1
         self._dead_letter(raw[:REJECTED_FRAME_KEEP_BYTES], ts_recv, source, reason)
 

@@ -637,8 +637,8 @@ class IngestService:
                                            what=f"trade catch-up {native} since {since} ms")
                 page = self.venue.trade_page(url, orjson.loads(body))
             except (IngestError, orjson.JSONDecodeError, MalformedMessage) as exc:
-                if not isinstance(exc, IngestError):
-                    self.handler.on_rest(url, body, ts)     # dead-lettered with the mapper's reason
+                if not isinstance(exc, IngestError):     # a page that cannot be read: kept verbatim
+                    self.handler.on_rejected_frame(body, ts, url, f"trade catch-up page: {exc}")
                 lost = self._catch_up_lost(native, since, oldest, f"{exc.__class__.__name__}: {exc}")
                 break
             before = self.handler.stats.records["trade"]

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import time
 from collections import Counter
 
 import orjson
 
 from fault_harness import truth_trade_ids
-from ingest.continuity import kafka_tail_records
 from ingest.kafka import ensure_topics
-from ingest.records import Funding, Trade
 from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, load_truth
 from ingest.simulator.config import parse_time_ms
@@ -30,7 +29,7 @@ from warehouse.loader import load_once
 from warehouse.store import Warehouse
 
 START = "2025-10-10T12:55:00Z"     # the 13:00 funding settlement comes 5 market minutes in
-FIRST_RUN_S, RESTART_AT_S, FAULTS_OFF_S, END_S = 600, 720, 1260, 1500     # market seconds
+FIRST_RUN_S, RESTART_AT_S, FAULTS_OFF_S, END_S = 420, 500, 800, 960     # market seconds
 
 
 def market_s(sim) -> float:
@@ -62,7 +61,7 @@ def test_trades_lost_to_drops_holes_and_a_restart_are_caught_up_from_rest_exactl
     config = SimConfig(scenario="cascade", seed=5, hours=2, speed=60, start_ms=parse_time_ms(START),
                        trigger_offset_s=120, symbols=SIM_SYMBOLS, truth_path=str(tmp_path / "truth.jsonl"),
                        checkpoint_every_s=60, venues=("binance-usdm", "dydx-v4"),
-                       faults=FaultConfig(drop_every_s=170, message_loss_every_s=40))
+                       faults=FaultConfig(drop_every_s=150, message_loss_every_s=40))
     tickers = list(DYDX_TICKERS.values())
     services, sinks = [], []
 
@@ -90,30 +89,37 @@ def test_trades_lost_to_drops_holes_and_a_restart_are_caught_up_from_rest_exactl
             await task
         asyncio.run(second_run())
     truth = load_truth(tmp_path / "truth.jsonl")
-    venue = venue_for("dydx-v4")
-    symbols = {venue.normalize_symbol(t) for t in tickers}
+    # Everything Kafka holds, loaded into DuckDB (the loader keeps every record: a duplicate in
+    # Kafka is a duplicate row).
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    load_once(warehouse, bootstrap)
+    with warehouse.writer() as con:
+        def rows(sql: str) -> list[tuple]:
+            return con.execute(sql).fetchall()
+        trades = rows("SELECT trade_id, trade_type, ts_exchange FROM raw.trades WHERE exchange = 'dydx-v4'")
+        liquidations = rows("SELECT ts_exchange FROM raw.liquidations WHERE exchange = 'dydx-v4'")
+        adl = rows("SELECT trade_id FROM raw.adl_events WHERE exchange = 'dydx-v4'")
+        settled = rows("SELECT symbol_native, ts_exchange, rate, index_price FROM raw.funding "
+                       "WHERE exchange = 'dydx-v4' AND is_realised ORDER BY symbol_native")
+        events = rows("SELECT kind, detail FROM raw.feed_events WHERE exchange = 'dydx-v4'")
 
-    # Kafka: every trade once.
-    in_kafka = kafka_tail_records(venue, bootstrap, symbols, scan_back=10**8, timeout=120)
-    ids = Counter(t.trade_id for t in in_kafka)
+    ids = Counter(trade_id for trade_id, _, _ in trades)
     duplicated = sum(n - 1 for n in ids.values())
     sim_symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
     got: dict[str, set[int]] = {s: set() for s in sim_symbols}
-    for t in in_kafka:
-        fill = market_fill_of(t.trade_id)
+    for trade_id in ids:
+        fill = market_fill_of(trade_id)
         if fill is not None:
             got[sim_symbols[fill[0]]].add(fill[1])
     true_ids = truth_trade_ids(truth)
     missing, invented = {}, {}
     for symbol, aggs in got.items():
         assert aggs, symbol
-        expected = {i for s, i in true_ids if s == symbol and min(aggs) <= i <= max(aggs)}
-        missing[symbol] = sorted(expected - aggs)
-        invented[symbol] = sorted(aggs - {i for s, i in true_ids if s == symbol})
+        true_of_symbol = {i for s, i in true_ids if s == symbol}
+        missing[symbol] = sorted(i for i in true_of_symbol if min(aggs) <= i <= max(aggs) and i not in aggs)
+        invented[symbol] = sorted(aggs - true_of_symbol)
 
-    records = [r for sink in sinks for r in sink.records]
-    events = [r for r in records if r.record_type == "feed_event"]
-    catch_ups = [orjson.loads(e.detail) for e in events if e.kind == "trade_catch_up"]
+    catch_ups = [orjson.loads(detail) for kind, detail in events if kind == "trade_catch_up"]
     by_reason = Counter()
     for c in catch_ups:
         by_reason[c["reason"].split(" on ")[0]] += c["trades"]
@@ -121,36 +127,67 @@ def test_trades_lost_to_drops_holes_and_a_restart_are_caught_up_from_rest_exactl
     losses = [f for f in truth["fault"] if f["fault"] == "message_loss"]
     lost_in_transit = {i for f in losses for i in f["trade_ids"]}
     drops = sum(f["fault"] == "drop" for f in truth["fault"])
-    print(f"dydx-v4 catch-up: {len(ids)} trades in Kafka, {duplicated} duplicated, "
+    print(f"dydx-v4 catch-up: {len(ids)} trades in Kafka and DuckDB, {duplicated} duplicated, "
           f"{sum(map(len, missing.values()))} of the true trades missing, {sum(map(len, invented.values()))} invented; "
-          f"{recovered} recovered by REST ({dict(by_reason)}) in {len(catch_ups)} catch-ups; "
-          f"{drops} drops, {len(losses)} trade updates lost in transit, 1 restart")
+          f"{recovered} published from REST pages ({dict(by_reason)}) in {len(catch_ups)} catch-ups; "
+          f"{drops} drops, {len(losses)} trade updates ({len(lost_in_transit)} trades) lost in transit, 1 restart")
     assert duplicated == 0 and not any(invented.values()) and not any(missing.values()), {
         symbol: (len(ids_), ids_[:1], ids_[-1:]) for symbol, ids_ in {**missing, **invented}.items() if ids_}
-    assert drops >= 4 and len(losses) >= 10 and lost_in_transit <= set(ids)
+    assert drops >= 3 and len(losses) >= 8 and lost_in_transit <= set(ids)
     assert {"reconnect", "restart", "message_id hole"} <= set(by_reason)
     assert by_reason["restart"] > 0 and by_reason["message_id hole"] > 0
-    assert not [e for e in events if e.kind == "trade_lost"]
+    assert not [kind for kind, _ in events if kind == "trade_lost"]
 
     # Liquidations and ADL fills came with the trades, caught up or not: one per fill.
-    trades = [r for r in records if isinstance(r, Trade)]
-    liquidated = Counter(t.ts_exchange for t in trades if t.trade_type == "LIQUIDATED")
-    liquidations = Counter(r.ts_exchange for r in records if r.record_type == "liquidation")
-    assert liquidated and liquidations == liquidated
-    deleveraged = sorted(t.trade_id for t in trades if t.trade_type == "DELEVERAGED")
-    assert deleveraged and sorted(r.trade_id for r in records if r.record_type == "adl") == deleveraged
+    assert Counter(ts for _, kind, ts in trades if kind == "LIQUIDATED") == Counter(ts for ts, in liquidations)
+    deleveraged = sorted(trade_id for trade_id, kind, _ in trades if kind == "DELEVERAGED")
+    assert liquidations and deleveraged and sorted(trade_id for trade_id, in adl) == deleveraged
 
     # Settled funding: the 13:00 settlement of each market, once, though both runs polled it.
-    settled = [r for r in kafka_tail_records(venue, bootstrap, symbols, 10**8, 120, Funding) if r.is_realised]
-    assert sorted((f.symbol_native, f.ts_exchange) for f in settled) == [
-        (t, parse_time_ms("2025-10-10T13:00:00Z")) for t in sorted(tickers)]
-    assert all(f.rate is not None and f.index_price for f in settled)
+    settlement = dt.datetime(2025, 10, 10, 13)      # TIMESTAMP columns hold UTC without a zone
+    assert [(native, ts) for native, ts, _, _ in settled] == [
+        (t, settlement) for t in sorted(tickers)]
+    assert all(rate is not None and price for _, _, rate, price in settled)
     assert sum(s._polls[p]["ok"] for s in services for p in s._polls) >= 10
 
-    # DuckDB: loaded exactly once.
-    warehouse = Warehouse(tmp_path / "w.duckdb")
-    load_once(warehouse, bootstrap)
-    with warehouse.writer() as con:
-        total, distinct = con.execute("SELECT count(*), count(DISTINCT trade_id) FROM raw.trades "
-                                      "WHERE exchange = 'dydx-v4'").fetchone()
-    assert total == distinct == len(ids)
+
+def test_a_catch_up_rest_cannot_give_is_a_trade_lost_event_with_its_time_range(tmp_path, broker):
+    """A window older than the venue's REST history, and REST refusing the request, are each a
+    ``trade_lost`` feed event with the time range left uncovered; the service goes on."""
+    config = SimConfig(scenario="calm", seed=3, hours=1, speed=20, symbols=SIM_SYMBOLS, venues=("dydx-v4",),
+                       truth_path=str(tmp_path / "truth.jsonl"))
+    sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
+
+    def lost_events() -> list[dict]:
+        return [orjson.loads(r.detail) for r in sink.records if r.record_type == "feed_event" and r.kind == "trade_lost"]
+
+    async def scenario(sim, service: IngestService) -> tuple[list[dict], int]:
+        task = asyncio.create_task(service.run())
+        while "BTC-USD" not in service.handler.newest_trade_ms:
+            await asyncio.sleep(0.1)
+        start = sim.simulator.feed.start_ms
+        service._request_catch_up("BTC-USD", start - 3_600_000, "before the simulator's history")
+        while len(lost_events()) < 1:
+            await asyncio.sleep(0.1)
+        service.config.rest_url = sim.http_url + "/nowhere"      # every REST request now a 404
+        newest = service.handler.newest_trade_ms["BTC-USD"]
+        service._request_catch_up("BTC-USD", newest, "REST refusing")
+        while len(lost_events()) < 2:
+            await asyncio.sleep(0.1)
+        service.request_stop()
+        await task
+        return lost_events(), start
+
+    with SimulatorThread(config) as sim:
+        service = IngestService(venue_for("dydx-v4"), IngestConfig(
+            symbols=["BTC-USD"], ws_url=sim.ws_url + PREFIX, rest_url=sim.http_url + PREFIX,
+            bootstrap=broker.bootstrap, run_dir=tmp_path / "run", backoff_base_s=0.2, backoff_max_s=1.0), sink=sink)
+        (history, refused), start = asyncio.run(scenario(sim, service))
+    assert history["from_ms"] == start - 3_600_000 and start <= history["to_ms"] < start + 600_000
+    assert history["span_ms"] == history["to_ms"] - history["from_ms"] and history["count"] is None
+    assert history["reason"] == "older than the venue's REST trade history"
+    assert refused["to_ms"] is None and refused["span_ms"] is None and "HTTP 404" in refused["reason"]
+    catch_ups = [orjson.loads(r.detail) for r in sink.records if r.record_type == "feed_event"
+                 and r.kind == "trade_catch_up"]
+    assert [c["lost_ms"] for c in catch_ups if c["reason"] != "reconnect"] == [history["span_ms"], None]
+    assert service.events["trade_catch_ups_incomplete"] == 2 and service.failure is None
