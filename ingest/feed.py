@@ -71,10 +71,17 @@ class FeedHandler:
         """Handle one websocket frame; return native symbols whose book needs a REST snapshot."""
         return self._handle(raw, ts_recv, source, lambda msg: self.venue.map_ws(msg, ts_recv))
 
-    def on_rest(self, url: str, raw: bytes | str, ts_recv: int, since_ms: int | None = None) -> list[str]:
-        """One REST body; ``since_ms``: records timed before it are dropped (a trade catch-up page
-        reaching back past the time it catches up from)."""
-        return self._handle(raw, ts_recv, url, lambda body: self.venue.map_rest(url, body, ts_recv), since_ms)
+    def on_rest(self, url: str, raw: bytes | str, ts_recv: int) -> list[str]:
+        return self._handle(raw, ts_recv, url, lambda body: self.venue.map_rest(url, body, ts_recv))
+
+    def on_trade_page(self, url: str, raw: bytes | str, ts_recv: int, since_ms: int) -> list[str]:
+        """A page of a trade catch-up: only its trades at or after ``since_ms`` are taken."""
+        def mapper(body):
+            records = self.venue.map_trade_page(url, body, ts_recv, since_ms)
+            if not records:
+                raise SkipMessage(BEFORE_CATCH_UP)
+            return records
+        return self._handle(raw, ts_recv, url, mapper)
 
     def on_rejected_frame(self, raw: bytes, ts_recv: int, source: str, reason: str) -> None:
         """A frame or REST body refused without mapping (not UTF-8, too large, a page the venue
@@ -82,7 +89,7 @@ class FeedHandler:
         self.stats.messages += 1
         self._dead_letter(raw[:REJECTED_FRAME_KEEP_BYTES], ts_recv, source, reason)
 
-    def _handle(self, raw, ts_recv: int, source: str, mapper, since_ms: int | None = None) -> list[str]:
+    def _handle(self, raw, ts_recv: int, source: str, mapper) -> list[str]:
         self.stats.messages += 1
         try:
             message = orjson.loads(raw)
@@ -102,11 +109,6 @@ class FeedHandler:
             mapped = [r for r in mapped if isinstance(r, FeedEvent) or r.symbol_native in self.symbols]
             if not mapped:
                 self.stats.skipped[UNSUBSCRIBED] += 1
-                return []
-        if since_ms is not None:
-            mapped = [r for r in mapped if getattr(r, "ts_exchange", None) is None or r.ts_exchange >= since_ms]
-            if not mapped:
-                self.stats.skipped[BEFORE_CATCH_UP] += 1
                 return []
         self.stats.mapped += 1
         return self._route(mapped)

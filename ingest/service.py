@@ -607,6 +607,7 @@ class IngestService:
         one runs is run after it (the running one may have paged past its window already)."""
         if not self._catches_up_by_time(native):
             return
+        since_ms -= self.venue.TRADE_TIME_SLACK_MS
         owed = self._catch_up_owed.get(native)
         self._catch_up_owed[native] = (since_ms, reason) if owed is None or since_ms < owed[0] else owed
         task = self._catch_ups.get(native)
@@ -642,7 +643,7 @@ class IngestService:
                 lost = self._catch_up_lost(native, since, oldest, f"{exc.__class__.__name__}: {exc}")
                 break
             before = self.handler.stats.records["trade"]
-            self.handler.on_rest(url, body, ts, since_ms=since)
+            self.handler.on_trade_page(url, body, ts, since)
             published += self.handler.stats.records["trade"] - before
             pages += 1
             if page.oldest_ms is not None:
@@ -979,6 +980,9 @@ class IngestService:
         missing = sum(t["missing"] for t in trades.values())
         if missing:
             problems.append(f"{missing:,} trades missing")
+        catching_up = set(self._catch_up_running) | set(self._catch_up_owed)
+        if catching_up:
+            problems.append(f"trades catching up from REST: {', '.join(sorted(catching_up))}")
         if self._waits:
             problems.append(f"{len(self._waits)} REST calls backing off")
         problems += [f"poll failing: {url}" for url, poll in self._polls.items() if poll["failing"]]
@@ -1016,6 +1020,9 @@ class IngestService:
             "spilled_total": sink.get("spilled_total", 0), "kafka_outages": sink.get("outages", 0),
             "counters_run": dict(run), "counters_total": dict(self._totals_base + run),
             "polls": {url: dict(poll) for url, poll in self._polls.items()},
+            "trade_catch_ups": {native: {"running_since_ms": (self._catch_up_running.get(native) or (None,))[0],
+                                         "owed_since_ms": (self._catch_up_owed.get(native) or (None,))[0]}
+                                for native in sorted(set(self._catch_up_running) | set(self._catch_up_owed))},
             "connections": {c.name: {"state": c.state, "connects": c.connects,
                                      "silent_s": {s: round(now - t, 1) for s, t in c.last_seen.items()}}
                             for c in self.connections.values()},

@@ -161,6 +161,9 @@ class Venue(ABC):
     REST_WEIGHT_LIMIT: ClassVar[int]    # per minute, in the venue's weight units
     WEIGHT_HEADER: ClassVar[str | None] = None            # response header with the weight used
     HAS_ORDER_BOOK: ClassVar[bool] = True                 # False: no book at all (trades against a pool)
+    #: How much older than the newest trade received a trade may still arrive (trades stamped with a
+    #: block's time, sent together): catch-ups by time (``trades_before_url``) reach back this much more.
+    TRADE_TIME_SLACK_MS: ClassVar[int] = 0
 
     rules: object                       # ``ingest.book_sync.SyncRules`` for this venue's books
     #: Per ``DATA_KINDS`` key: how complete the venue's public data is, and why (``perpflow venues``,
@@ -223,6 +226,13 @@ class Venue(ABC):
         """The oldest trade time on one ``trades_before_url`` page and the cursor of the next older
         page; pure (``map_rest`` maps the same body); raises MalformedMessage."""
         raise NotImplementedError(f"{self.exchange} has no paged trade history")
+
+    def map_trade_page(self, url: str, body, ts_recv: int, since_ms: int) -> list:
+        """A ``trades_before_url`` page -> the records of its trades at or after ``since_ms``, mapped
+        as the stream's (those before it were received already; a mapper that remembers trades must
+        not remember them either). The default maps the page and drops the older records."""
+        return [r for r in self.map_rest(url, body, ts_recv)
+                if getattr(r, "ts_exchange", None) is None or r.ts_exchange >= since_ms]
 
     def known_records(self, records) -> None:
         """Records already published (found durable in Kafka and the spill on a restart: trades and

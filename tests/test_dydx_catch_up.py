@@ -89,6 +89,7 @@ def test_trades_lost_to_drops_holes_and_a_restart_are_caught_up_from_rest_exactl
             await task
         asyncio.run(second_run())
     truth = load_truth(tmp_path / "truth.jsonl")
+    dialect = sim.simulator.dialects["dydx-v4"]
     # Everything Kafka holds, loaded into DuckDB (the loader keeps every record: a duplicate in
     # Kafka is a duplicate row).
     warehouse = Warehouse(tmp_path / "w.duckdb")
@@ -142,6 +143,14 @@ def test_trades_lost_to_drops_holes_and_a_restart_are_caught_up_from_rest_exactl
     assert Counter(ts for _, kind, ts in trades if kind == "LIQUIDATED") == Counter(ts for ts, in liquidations)
     deleveraged = sorted(trade_id for trade_id, kind, _ in trades if kind == "DELEVERAGED")
     assert liquidations and deleveraged and sorted(trade_id for trade_id, in adl) == deleveraged
+    # ... and every deleveraging the venue published from the first trade received to a few seconds
+    # before the last (a deleveraging is sent once its liquidation's second is over) is there.
+    times = [ts for _, _, ts in trades]
+    first, last = min(times), max(times) - dt.timedelta(seconds=5)
+    in_window = {trade_id for trade_id, kind, ts in trades if kind == "DELEVERAGED" and first <= ts <= last}
+    published = {t["id"] for deque in dialect._deleveraged for t in deque
+                 if first <= dt.datetime.fromisoformat(t["createdAt"][:-1]) <= last}
+    assert published and published == in_window
 
     # Settled funding: the 13:00 settlement of each market, once, though both runs polled it.
     settlement = dt.datetime(2025, 10, 10, 13)      # TIMESTAMP columns hold UTC without a zone
@@ -183,7 +192,9 @@ def test_a_catch_up_rest_cannot_give_is_a_trade_lost_event_with_its_time_range(t
             symbols=["BTC-USD"], ws_url=sim.ws_url + PREFIX, rest_url=sim.http_url + PREFIX,
             bootstrap=broker.bootstrap, run_dir=tmp_path / "run", backoff_base_s=0.2, backoff_max_s=1.0), sink=sink)
         (history, refused), start = asyncio.run(scenario(sim, service))
-    assert history["from_ms"] == start - 3_600_000 and start <= history["to_ms"] < start + 600_000
+    # From the time asked for, less the venue's slack (a block's fills share its time).
+    assert history["from_ms"] == start - 3_600_000 - dydx_v4.DydxV4.TRADE_TIME_SLACK_MS
+    assert start <= history["to_ms"] < start + 600_000
     assert history["span_ms"] == history["to_ms"] - history["from_ms"] and history["count"] is None
     assert history["reason"] == "older than the venue's REST trade history"
     assert refused["to_ms"] is None and refused["span_ms"] is None and "HTTP 404" in refused["reason"]
@@ -191,3 +202,48 @@ def test_a_catch_up_rest_cannot_give_is_a_trade_lost_event_with_its_time_range(t
                  and r.kind == "trade_catch_up"]
     assert [c["lost_ms"] for c in catch_ups if c["reason"] != "reconnect"] == [history["span_ms"], None]
     assert service.events["trade_catch_ups_incomplete"] == 2 and service.failure is None
+
+
+def test_the_simulated_indexer_pages_trades_like_comlink(tmp_path):
+    """REST trades on the simulator: newest first, ``createdBeforeOrAtHeight`` and
+    ``createdBeforeOrAt`` inclusive, ``page`` an offset of whole pages, limits checked."""
+    import aiohttp
+
+    config = SimConfig(scenario="calm", seed=3, hours=1, speed=20, symbols=SIM_SYMBOLS, venues=("dydx-v4",),
+                       truth_path=str(tmp_path / "truth.jsonl"))
+
+    async def pages(base: str) -> dict:
+        async with aiohttp.ClientSession() as http:
+            async def get(query: str):
+                async with http.get(f"{base}/v4/trades/perpetualMarket/BTC-USD?{query}") as response:
+                    return response.status, await response.json()
+            while True:      # until ten trades lie in blocks two or more behind the newest (complete)
+                _, newest = await get("limit=1000")
+                height = int(newest["trades"][0]["createdAtHeight"]) - 2 if newest["trades"] else 0
+                done = [t for t in newest["trades"] if int(t["createdAtHeight"]) <= height]
+                if len(done) >= 10:
+                    break
+                await asyncio.sleep(0.2)
+            at = done[3]["createdAt"]
+            return {"newest": newest, "height": height, "at": at,
+                    "six": await get(f"limit=6&createdBeforeOrAtHeight={height}"),
+                    "second_page": await get(f"limit=3&createdBeforeOrAtHeight={height}&page=2"),
+                    "before_time": await get(f"limit=10&createdBeforeOrAt={at}"),
+                    "bad_page": await get("limit=3&page=0"), "bad_limit": await get("limit=1001"),
+                    "bad_height": await get("createdBeforeOrAtHeight=-5")}
+
+    with SimulatorThread(config) as sim:
+        got = asyncio.run(pages(sim.http_url + PREFIX))
+    newest = got["newest"]["trades"]
+    assert [t["createdAt"] for t in newest] == sorted((t["createdAt"] for t in newest), reverse=True)
+    assert all(int(t["id"][:8], 16) == int(t["createdAtHeight"]) for t in newest)   # the id leads with the height
+    status, six = got["six"]
+    assert status == 200 and len(six["trades"]) == 6 and "page" not in six
+    assert all(int(t["createdAtHeight"]) <= got["height"] for t in six["trades"])
+    status, second = got["second_page"]
+    assert status == 200 and second["trades"] == six["trades"][3:] and (second["pageSize"], second["offset"]) == (3, 3)
+    assert all(t["createdAt"] <= got["at"] for t in got["before_time"][1]["trades"])
+    assert got["before_time"][1]["trades"][0]["createdAt"] == got["at"]
+    for name in ("bad_page", "bad_limit", "bad_height"):
+        status, body = got[name]
+        assert status == 400 and body["errors"][0]["param"] in ("page", "limit", "createdBeforeOrAtHeight"), name

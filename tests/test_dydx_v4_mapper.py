@@ -629,9 +629,14 @@ def test_the_catch_up_window_drops_what_is_older_than_the_last_trade_received():
     url = feed.venue.trades_before_url(REST, "BTC-USD", None)
     page = {"trades": [rest_trade("n2", 102, "2024-08-23T00:01:02.000Z"), rest_trade("n1", 101, "2024-08-23T00:01:01.000Z"),
                        rest_trade("o1", 100, "2024-08-23T00:01:00.000Z", type_="LIQUIDATED")]}
-    feed.handler.on_rest(url, orjson.dumps(page), TS, since_ms=1724371261000)
+    feed.handler.on_trade_page(url, orjson.dumps(page), TS, 1724371261000)
     assert [t.trade_id for t in feed.of(Trade)] == ["n1", "n2"] and not feed.of(Liquidation)
     assert feed.handler.newest_trade_ms == {"BTC-USD": 1724371262000}
+    # The older trade was left out, not remembered: a window reaching back further takes it.
+    feed.handler.on_trade_page(url, orjson.dumps(page), TS, 1724371260000)
+    assert [t.trade_id for t in feed.of(Trade)] == ["n1", "n2", "o1"] and len(feed.of(Liquidation)) == 1
+    feed.handler.on_trade_page(url, orjson.dumps(page), TS, 1724371260000)
+    assert feed.handler.stats.skipped["trades: repeated trades only"] == 1
 
 
 def test_a_message_id_hole_asks_to_catch_up_the_trades_of_the_connection_since_the_hole():

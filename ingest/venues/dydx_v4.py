@@ -342,6 +342,9 @@ class DydxV4(Venue):
         "liquidations": (Coverage.COMPLETE, "every liquidation fill is a public v4_trades trade of type LIQUIDATED"),
         "adl": (Coverage.COMPLETE, "every deleveraging fill is a public v4_trades trade of type DELEVERAGED"),
     }
+    #: Fills carry their block's time and a block's fills are sent once it is indexed: one block
+    #: (about a second) of slack before the newest trade received.
+    TRADE_TIME_SLACK_MS = 1000
     REST_WEIGHT_LIMIT = 600      # 100 requests per 10 s per IP, one unit each, per minute
     WEIGHT_HEADER = None
     rules = DydxSyncRules()
@@ -747,6 +750,14 @@ class DydxV4(Venue):
             page = int(query.get("page", [1])[0]) if at == lowest else 1
             return TradePage(oldest_ms=min(times), older=(lowest, page + 1))
         return TradePage(oldest_ms=min(times), older=(lowest, 1))
+
+    def map_trade_page(self, url: str, body, ts_recv: int, since_ms: int) -> list:
+        """The page's trades at or after ``since_ms`` only, so older ones (received already, or
+        to be caught up by another window) are not remembered as received."""
+        native = urlsplit(url).path.rstrip("/").rpartition("/")[2]
+        items = _list(self._ok(body, "trades"), "trades", "trades")
+        newer = [item for item in items if _millis(item, "createdAt", "trades") >= since_ms]
+        return self.trades(native, newer, ts_recv) if newer else []
 
     def known_records(self, records) -> None:
         """Trades by id; settlements by time (a poll publishes only later ones)."""
