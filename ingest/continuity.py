@@ -63,20 +63,18 @@ def load_state(path: Path) -> dict:
     return state
 
 
-def _sequence_ids(venue, value: bytes, wanted: set[str]) -> tuple[str, tuple[int, int]] | None:
+def _record(value: bytes, wanted: set[str], kind: type = Trade):
     try:
         record = records.decode(value)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    if not isinstance(record, Trade) or record.symbol not in wanted:
-        return None
-    ids = venue.trade_sequence(record)
-    return None if ids is None else (record.symbol, ids)
+    return record if isinstance(record, kind) and record.symbol in wanted else None
 
 
-def spill_trade_ids(venue, spill_path: Path, symbols: set[str]) -> dict[str, set[int]]:
-    """Trade ids per normalized symbol waiting in the spill file (lines that do not parse are skipped)."""
-    found: dict[str, set[int]] = {}
+def spill_records(spill_path: Path, symbols: set[str], kind: type = Trade) -> list:
+    """Records of one type (trades by default) of the given normalized symbols waiting in the spill
+    file (lines that do not parse are skipped)."""
+    found: list = []
     try:
         fh = open(spill_path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -87,11 +85,60 @@ def spill_trade_ids(venue, spill_path: Path, symbols: set[str]) -> dict[str, set
                 topic, _key, _type, value = parse_spill_line(line)
             except ValueError:
                 continue
-            if topic == Trade.topic:
-                hit = _sequence_ids(venue, value.encode(), symbols)
-                if hit:
-                    found.setdefault(hit[0], set()).update(range(hit[1][0], hit[1][1] + 1))
+            if topic == kind.topic and (record := _record(value.encode(), symbols, kind)) is not None:
+                found.append(record)
     return found
+
+
+def kafka_tail_records(venue, bootstrap: str, symbols: set[str], scan_back: int = TAIL_SCAN_RECORDS,
+                 timeout: float = 30.0, kind: type = Trade) -> list:
+    """The venue's records of one type (trades by default) of the given normalized symbols in the
+    last ``scan_back`` records of their partitions of its topic. Raises BrokerUnavailable when
+    Kafka does not answer."""
+    topic = kind.topic
+    wait_for_metadata(bootstrap, timeout=3)
+    consumer = new_consumer(bootstrap, client_id="perpflow-ingest-resume")
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return []
+        keys = {f"{venue.exchange}|{s}".encode() for s in symbols}
+        tps = sorted({TopicPartition(topic, key_partition(k, partitions)) for k in keys})
+        ends = end_offsets(consumer, tps, timeout=timeout)
+        begins = consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - scan_back))
+        found: list = []
+        pending = {tp for tp in tps if consumer.position(tp) < ends[tp]}
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"reading the tail of {topic} took over {timeout:.0f}s")
+            for tp, messages in consumer.poll(timeout_ms=500).items():
+                for message in messages:
+                    if message.key in keys and (record := _record(message.value, symbols, kind)) is not None:
+                        found.append(record)
+            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+        return found
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"reading the tail of {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def sequence_ids(venue, trades: list[Trade]) -> dict[str, set[int]]:
+    """Trade ids per normalized symbol, for venues whose ids are a sequence (``Venue.trade_sequence``)."""
+    found: dict[str, set[int]] = {}
+    for trade in trades:
+        ids = venue.trade_sequence(trade)
+        if ids is not None:
+            found.setdefault(trade.symbol, set()).update(range(ids[0], ids[1] + 1))
+    return found
+
+
+def spill_trade_ids(venue, spill_path: Path, symbols: set[str]) -> dict[str, set[int]]:
+    """Trade ids per normalized symbol waiting in the spill file."""
+    return sequence_ids(venue, spill_records(spill_path, symbols))
 
 
 def kafka_trade_ids(venue, bootstrap: str, symbols: set[str], scan_back: int = TAIL_SCAN_RECORDS,
@@ -100,36 +147,7 @@ def kafka_trade_ids(venue, bootstrap: str, symbols: set[str], scan_back: int = T
 
     Raises BrokerUnavailable when Kafka does not answer.
     """
-    wait_for_metadata(bootstrap, timeout=3)
-    consumer = new_consumer(bootstrap, client_id="perpflow-ingest-resume")
-    try:
-        partitions = consumer.partitions_for_topic(Trade.topic)
-        if not partitions:
-            return {}
-        keys = {f"{venue.exchange}|{s}".encode() for s in symbols}
-        tps = sorted({TopicPartition(Trade.topic, key_partition(k, partitions)) for k in keys})
-        ends = end_offsets(consumer, tps, timeout=timeout)
-        begins = consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - scan_back))
-        found: dict[str, set[int]] = {}
-        pending = {tp for tp in tps if consumer.position(tp) < ends[tp]}
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"reading the tail of {Trade.topic} took over {timeout:.0f}s")
-            for tp, messages in consumer.poll(timeout_ms=500).items():
-                for message in messages:
-                    if message.key in keys:
-                        hit = _sequence_ids(venue, message.value, symbols)
-                        if hit:
-                            found.setdefault(hit[0], set()).update(range(hit[1][0], hit[1][1] + 1))
-            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
-        return found
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"reading the tail of {Trade.topic}: {exc}") from exc
-    finally:
-        consumer.close()
+    return sequence_ids(venue, kafka_tail_records(venue, bootstrap, symbols, scan_back, timeout))
 
 
 def _holes(ids: set[int]) -> list[list[int]]:

@@ -16,7 +16,7 @@ import orjson
 
 from ingest.book_sync import BookSync
 from ingest.records import BookDelta, BookSnapshot, DeadLetter, FeedEvent, Trade
-from ingest.venue import MalformedMessage, SkipMessage
+from ingest.venue import MalformedMessage, SkipMessage, TradesUncertain
 
 MAX_DEAD_LETTER_BYTES = 1 << 20
 # Enough of a refused frame to identify it, well under a broker's ~1 MiB message limit.
@@ -44,6 +44,7 @@ class TradeGap:
 
 
 UNSUBSCRIBED = "symbol not subscribed"
+BEFORE_CATCH_UP = "older than the trade catch-up window (already received)"
 
 
 class FeedHandler:
@@ -63,6 +64,8 @@ class FeedHandler:
         self.lost_trades: Counter = Counter()              # per symbol: ids declared unrecoverable
         self.trade_gaps: Counter = Counter()               # per symbol: gaps seen in the live sequence
         self.new_trade_gaps: list[TradeGap] = []           # for the caller to backfill, then clear
+        self.new_catch_ups: list[TradesUncertain] = []     # for the caller to catch up from REST, then clear
+        self.newest_trade_ms: dict[str, int] = {}          # per native symbol: venue time of the newest trade
 
     def on_ws(self, raw: bytes | str, ts_recv: int, source: str = "ws") -> list[str]:
         """Handle one websocket frame; return native symbols whose book needs a REST snapshot."""
@@ -71,8 +74,18 @@ class FeedHandler:
     def on_rest(self, url: str, raw: bytes | str, ts_recv: int) -> list[str]:
         return self._handle(raw, ts_recv, url, lambda body: self.venue.map_rest(url, body, ts_recv))
 
+    def on_trade_page(self, url: str, raw: bytes | str, ts_recv: int, since_ms: int) -> list[str]:
+        """A page of a trade catch-up: only its trades at or after ``since_ms`` are taken."""
+        def mapper(body):
+            records = self.venue.map_trade_page(url, body, ts_recv, since_ms)
+            if not records:
+                raise SkipMessage(BEFORE_CATCH_UP)
+            return records
+        return self._handle(raw, ts_recv, url, mapper)
+
     def on_rejected_frame(self, raw: bytes, ts_recv: int, source: str, reason: str) -> None:
-        """A frame refused before parsing (not UTF-8, too large): counted and dead-lettered."""
+        """A frame or REST body refused without mapping (not UTF-8, too large, a page the venue
+        module cannot read): counted and dead-lettered."""
         self.stats.messages += 1
         self._dead_letter(raw[:REJECTED_FRAME_KEEP_BYTES], ts_recv, source, reason)
 
@@ -103,8 +116,14 @@ class FeedHandler:
     def _route(self, mapped: list) -> list[str]:
         resync = []
         for record in mapped:
-            if isinstance(record, Trade) and not self._trade_in_sequence(record):
+            if isinstance(record, TradesUncertain):
+                self.new_catch_ups.append(record)
                 continue
+            if isinstance(record, Trade):
+                if not self._trade_in_sequence(record):
+                    continue
+                if record.ts_exchange > self.newest_trade_ms.get(record.symbol_native, -1):
+                    self.newest_trade_ms[record.symbol_native] = record.ts_exchange
             if isinstance(record, BookDelta):
                 out = self.book_sync.on_delta(record)
             elif isinstance(record, BookSnapshot):

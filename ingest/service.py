@@ -21,7 +21,10 @@ Trade continuity (``ingest/continuity.py``): on start the service continues each
 sequence after the last id that is durable (Kafka's tail, the spill; the state file if Kafka does
 not answer), so the restart window becomes a gap that REST backfills; backfills retry through 429s
 and failures until done, and ranges still owed at shutdown are saved and resumed by the next start.
-Ranges that cannot be recovered are ``trade_lost`` feed events with their size.
+Ranges that cannot be recovered are ``trade_lost`` feed events with their size. Venues whose trade
+ids are no sequence but whose REST history pages back (``Venue.trades_before_url``) are caught up by
+time instead: after a reconnect, when the mapper says trades may be missing (``TradesUncertain``)
+and at start, from the newest trade durable; the mapper drops what it already has.
 
 Every background task runs under a supervisor: a crash is a ``task_error`` feed event and a
 restart with backoff; a sink failure or a task crashing over and over stops the whole service with
@@ -51,14 +54,14 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_trade_ids, load_state,
-                               plan_resume, save_state, spill_trade_ids)
+from ingest.continuity import (LOST_RANGES_KEPT, STATE_VERSION, TAIL_SCAN_RECORDS, kafka_tail_records, load_state,
+                               plan_resume, save_state, sequence_ids, spill_records)
 from ingest.book_sync import SYNCED
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
-from ingest.records import BookDelta, BookSnapshot, FeedEvent, Trade
+from ingest.records import BookDelta, BookSnapshot, FeedEvent, Funding, Trade
 from ingest.spill import SinkFailure, SpillingSink
-from ingest.venue import BookResync, MalformedMessage, SkipMessage
+from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue
 from ingest.kafka import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,8 @@ class IngestConfig:
     connections_per_stream: int = 1                   # >1: redundant replicas of each route, de-duplicated
     max_frame_bytes: int = 8 << 20                    # larger frames are dead-lettered
     keepalive_timeout_s: float = 20.0                 # a ping unanswered this long closes the connection
+    max_catch_up_pages: int = 200                     # per trade catch-up; older trades are reported lost
+    catch_up_lookback_ms: int = 60_000                # on start, caught up from this long before the newest durable trade
 
 
 @dataclass
@@ -135,6 +140,8 @@ class IngestService:
     RESUBSCRIBE_ATTEMPTS = 3    # the last one closes the connection instead
     RESUBSCRIBE_WAIT_S = 10.0   # for the snapshot a resubscribe should bring
     EMPTY_BACKFILL_PAGES = 5    # the venue answering "no trades from id N" this often means they are gone
+    CATCH_UP_ATTEMPTS = 8       # per page of a trade catch-up (429s wait out Retry-After within them)
+    TRADES_LIVE_WAIT_S = 30.0   # a catch-up waits this long at most for the trade stream to be live
     # The websockets library closes the connection (1009) above this; perpflow's own, much lower
     # limit (max_frame_bytes) dead-letters a large frame and keeps the connection.
     PROTOCOL_MAX_FRAME_BYTES = 1 << 28
@@ -163,6 +170,10 @@ class IngestService:
         self.rest_weight = 0
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
         self._catch_ups: dict[str, asyncio.Task] = {}   # per native symbol: the REST call after a reconnect
+        # Trade catch-ups by time (venues whose ids are no sequence), per native symbol: the one
+        # running and the next one asked for, each (since_ms, reason); both survive a stop.
+        self._catch_up_running: dict[str, tuple[int, str]] = {}
+        self._catch_up_owed: dict[str, tuple[int, str]] = {}
         self._sockets: dict[str, object] = {}             # per connection name, while connected
         self._instruments: dict[str, dict] = {}           # per native symbol: the last published content
         self._pong = self.venue.PONG_FRAME.encode() if self.venue.PONG_FRAME else None
@@ -496,6 +507,10 @@ class IngestService:
             for gap in self.handler.new_trade_gaps:
                 self._background(self._backfill_trades(gap))
             self.handler.new_trade_gaps.clear()
+        if self.handler.new_catch_ups:
+            for uncertain in self.handler.new_catch_ups:
+                self._request_catch_up(uncertain.symbol_native, uncertain.since_ms, uncertain.reason)
+            self.handler.new_catch_ups.clear()
 
     def _reset_books(self, conn: ConnectionState) -> None:
         """Forget the books a lost connection fed, except those a live replica still delivers
@@ -517,7 +532,8 @@ class IngestService:
         return task
 
     async def _resume_trades(self) -> None:
-        """Continue each symbol's trade sequence after what is durable; resume unfinished backfills."""
+        """Continue each symbol's trades after what is durable: the id sequence and its unfinished
+        backfills where the venue has one, else a catch-up by time from the newest durable trade."""
         if not self._state:
             # No earlier run from this run dir: whatever Kafka holds was published by someone else
             # (another home, another venue instance), so this run starts its own sequences. The
@@ -526,14 +542,29 @@ class IngestService:
             return
         natives = {self.venue.normalize_symbol(s): s for s in self.config.symbols}
         spill_path = getattr(self.sink, "spill_path", None)
-        spilled = await asyncio.to_thread(spill_trade_ids, self.venue, spill_path, set(natives)) if spill_path else {}
-        try:
-            in_kafka = await asyncio.to_thread(kafka_trade_ids, self.venue, self.config.bootstrap, set(natives),
-                                               self.config.trade_tail_scan)
-        except BrokerUnavailable as exc:
-            log.warning("cannot read the trade tail from Kafka (%s); continuing from the state file", exc)
-            in_kafka = None
-        for plan in plan_resume(set(natives), self._state, spilled, in_kafka):
+        # Venues whose mapper drops what was already published also get the durable funding
+        # (polled settlements a restart must not publish again).
+        kinds = (Trade, Funding) if type(self.venue).known_records is not Venue.known_records else (Trade,)
+        spilled: dict[type, list] = {kind: [] for kind in kinds}
+        in_kafka: dict[type, list] | None = {}
+        for kind in kinds:
+            if spill_path:
+                spilled[kind] = await asyncio.to_thread(spill_records, spill_path, set(natives), kind)
+            if in_kafka is None:
+                continue
+            try:
+                in_kafka[kind] = await asyncio.to_thread(kafka_tail_records, self.venue, self.config.bootstrap,
+                                                         set(natives), self.config.trade_tail_scan, 30.0, kind)
+            except BrokerUnavailable as exc:
+                log.warning("cannot read the tail of %s from Kafka (%s); continuing from the state file",
+                            kind.topic, exc)
+                in_kafka = None
+        durable = [r for kind in kinds for r in spilled[kind] + (in_kafka or {}).get(kind, [])]
+        self.venue.known_records(durable)
+        self._resume_catch_ups(natives, [r for r in durable if isinstance(r, Trade)])
+        spilled, in_kafka = spilled[Trade], None if in_kafka is None else in_kafka[Trade]
+        kafka_ids = None if in_kafka is None else sequence_ids(self.venue, in_kafka)
+        for plan in plan_resume(set(natives), self._state, sequence_ids(self.venue, spilled), kafka_ids):
             native = natives[plan.symbol]
             gaps = self.handler.seed_trade_sequence(native, plan.last_id, plan.missing)
             self._feed_event("trade_resume", native, {
@@ -542,9 +573,130 @@ class IngestService:
             for gap in gaps:
                 self._background(self._backfill_trades(gap))
 
+    def _resume_catch_ups(self, natives: dict[str, str], durable: list[Trade]) -> None:
+        """Venues caught up by time (the mapper already knows the durable trades: a backlog or REST
+        page repeating them is dropped): the restart window is caught up from a little before the newest of them (records still in the killed producer's buffer
+        may be older than it), or from the previous run's unfinished catch-up if that is older."""
+        by_symbol: dict[str, list[Trade]] = {}
+        for trade in durable:
+            by_symbol.setdefault(trade.symbol, []).append(trade)
+        saved = self._state.get("catch_up", {})
+        for symbol, native in natives.items():
+            if not self._catches_up_by_time(native):
+                continue
+            trades = by_symbol.get(symbol, [])
+            entry = saved.get(symbol, {})
+            newest = max((t.ts_exchange for t in trades), default=entry.get("newest_ms"))
+            candidates = [] if newest is None else [newest - self.config.catch_up_lookback_ms]
+            if entry.get("owed_since_ms") is not None:
+                candidates.append(entry["owed_since_ms"])
+            if not candidates:
+                continue
+            if newest is not None:
+                self.handler.newest_trade_ms[native] = newest
+            since = min(candidates)
+            self._feed_event("trade_resume", native, {
+                "newest_ms": newest, "since_ms": since, "durable_trades": len(trades),
+                "source": "kafka" if trades else "state file", "owed_since_ms": entry.get("owed_since_ms")})
+            self._request_catch_up(native, since, "restart")
+
+    def _catches_up_by_time(self, native: str) -> bool:
+        """The venue's trade ids are no sequence, but its REST trade history can be paged back."""
+        return self.venue.trades_before_url(self.config.rest_url, native, None) is not None
+
+    def _request_catch_up(self, native: str, since_ms: int, reason: str) -> None:
+        """Catch up a market's trades since ``since_ms`` (venue time) from REST; a request made while
+        one runs is run after it (the running one may have paged past its window already)."""
+        if not self._catches_up_by_time(native):
+            return
+        since_ms -= self.venue.TRADE_TIME_SLACK_MS
+        owed = self._catch_up_owed.get(native)
+        self._catch_up_owed[native] = (since_ms, reason) if owed is None or since_ms < owed[0] else owed
+        task = self._catch_ups.get(native)
+        if task is None or task.done():
+            self._catch_ups[native] = self._background(
+                self._supervise(f"trade catch-up {native}", lambda: self._run_catch_ups(native), None))
+
+    async def _run_catch_ups(self, native: str) -> None:
+        while native in self._catch_up_running or native in self._catch_up_owed:
+            if native not in self._catch_up_running:       # a crashed one is run again
+                self._catch_up_running[native] = self._catch_up_owed.pop(native)
+            since, reason = self._catch_up_running[native]
+            await self._catch_up(native, since, reason)
+            del self._catch_up_running[native]
+
+    async def _catch_up(self, native: str, since: int, reason: str) -> None:
+        """Page the venue's trade history back from now until it reaches ``since``; the trades the
+        mapper does not have yet are published like live ones (liquidations and ADL fills with
+        them). A page that cannot be fetched after ``CATCH_UP_ATTEMPTS``, a history that ends
+        before ``since`` and a window over ``max_catch_up_pages`` are ``trade_lost`` events with the
+        time range left uncovered."""
+        await self._trades_live(native)
+        cursor, pages, published, oldest, lost = None, 0, 0, None, None
+        while True:
+            url = self.venue.trades_before_url(self.config.rest_url, native, cursor)
+            try:
+                body, ts = await self._get(url, attempts=self.CATCH_UP_ATTEMPTS,
+                                           what=f"trade catch-up {native} since {since} ms")
+                page = self.venue.trade_page(url, orjson.loads(body))
+            except (IngestError, orjson.JSONDecodeError, MalformedMessage) as exc:
+                if not isinstance(exc, IngestError):     # a page that cannot be read: kept verbatim
+                    self.handler.on_rejected_frame(body, ts, url, f"trade catch-up page: {exc}")
+                lost = self._catch_up_lost(native, since, oldest, f"{exc.__class__.__name__}: {exc}")
+                break
+            before = self.handler.stats.records["trade"]
+            self.handler.on_trade_page(url, body, ts, since)
+            published += self.handler.stats.records["trade"] - before
+            pages += 1
+            if page.oldest_ms is not None:
+                oldest = page.oldest_ms if oldest is None else min(oldest, page.oldest_ms)
+            if oldest is None or oldest < since:
+                break      # reached what was received before (or the market has no trade at all)
+            if page.older is None:
+                lost = self._catch_up_lost(native, since, oldest, "older than the venue's REST trade history")
+                break
+            if pages >= self.config.max_catch_up_pages:
+                lost = self._catch_up_lost(native, since, oldest,
+                                           f"more than {self.config.max_catch_up_pages} pages to catch up")
+                break
+            cursor = page.older
+        self.events["trade_catch_ups"] += 1
+        self.events["trades_caught_up"] += published
+        self._feed_event("trade_catch_up", native, {"reason": reason, "since_ms": since, "pages": pages,
+                                                    "trades": published, "lost_ms": lost})
+
+    async def _trades_live(self, native: str) -> None:
+        """Wait until a connection delivers the market's trades (its subscription answered): the
+        first page, fetched after that, then reaches the stream's first trade, so nothing falls
+        between the REST history and the stream (a reconnect, a start). Waits at most
+        ``TRADES_LIVE_WAIT_S``; a connection that stays down is its own reconnect's catch-up."""
+        def live(stream: str) -> bool:
+            return self.venue.stream_kind(stream) == self.venue.TRADE_STREAM and \
+                self.venue.stream_symbol(stream) == native
+        deadline = time.monotonic() + self.TRADES_LIVE_WAIT_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if any(c.state == "connected" and any(map(live, c.received)) for c in self.connections.values()):
+                return
+            await asyncio.sleep(0.05)
+
+    def _catch_up_lost(self, native: str, since: int, until: int | None, reason: str) -> int | None:
+        """Trades from ``since`` to ``until`` (venue ms; None: up to now) that a catch-up could not
+        fetch: a ``trade_lost`` event with the range's length (their number is unknown)."""
+        span = None if until is None else max(0, until - since)
+        self.events["trade_catch_ups_incomplete"] += 1
+        log.error("%s %s trades since %d ms not caught up: %s", self.venue.exchange, native, since, reason)
+        self._feed_event("trade_lost", native, {"from_ms": since, "to_ms": until, "span_ms": span, "count": None,
+                                                "reason": reason[:500]})
+        return span
+
     def _catch_up_trades(self, native: str) -> None:
         """Trades published while a connection was down show as a gap only once a later trade arrives,
         which may be never (a quiet market, the end of a session); ask REST what follows the last id."""
+        if self._catches_up_by_time(native):
+            newest = self.handler.newest_trade_ms.get(native)
+            if newest is not None:     # else the subscription's backlog is all there is to have
+                self._request_catch_up(native, newest, "reconnect")
+            return
         last = self.handler.trade_sequences().get(self.venue.normalize_symbol(native), {}).get("last_id")
         task = self._catch_ups.get(native)
         url = None if last is None else self.venue.trades_url(self.config.rest_url, native, last + 1)
@@ -830,6 +982,9 @@ class IngestService:
         missing = sum(t["missing"] for t in trades.values())
         if missing:
             problems.append(f"{missing:,} trades missing")
+        catching_up = set(self._catch_up_running) | set(self._catch_up_owed)
+        if catching_up:
+            problems.append(f"trades catching up from REST: {', '.join(sorted(catching_up))}")
         if self._waits:
             problems.append(f"{len(self._waits)} REST calls backing off")
         problems += [f"poll failing: {url}" for url, poll in self._polls.items() if poll["failing"]]
@@ -867,6 +1022,9 @@ class IngestService:
             "spilled_total": sink.get("spilled_total", 0), "kafka_outages": sink.get("outages", 0),
             "counters_run": dict(run), "counters_total": dict(self._totals_base + run),
             "polls": {url: dict(poll) for url, poll in self._polls.items()},
+            "trade_catch_ups": {native: {"running_since_ms": (self._catch_up_running.get(native) or (None,))[0],
+                                         "owed_since_ms": (self._catch_up_owed.get(native) or (None,))[0]}
+                                for native in sorted(set(self._catch_up_running) | set(self._catch_up_owed))},
             "connections": {c.name: {"state": c.state, "connects": c.connects,
                                      "silent_s": {s: round(now - t, 1) for s, t in c.last_seen.items()}}
                             for c in self.connections.values()},
@@ -878,8 +1036,15 @@ class IngestService:
             if seq["last_id"] is not None:
                 trades[symbol] = {"last_id": seq["last_id"], "open": seq["open"],
                                   "lost": self._lost_ranges.get(symbol, [])}
+        catch_up = {}
+        for native, newest in self.handler.newest_trade_ms.items():
+            if not self._catches_up_by_time(native):
+                continue
+            owed = [c[0] for c in (self._catch_up_running.get(native), self._catch_up_owed.get(native)) if c]
+            catch_up[self.venue.normalize_symbol(native)] = {"newest_ms": newest,
+                                                             "owed_since_ms": min(owed) if owed else None}
         return {"version": STATE_VERSION, "exchange": self.venue.exchange, "saved_at": time.time(),
-                "trades": trades, "totals": dict(self._totals_base + self._run_counters())}
+                "trades": trades, "catch_up": catch_up, "totals": dict(self._totals_base + self._run_counters())}
 
     def _status(self, final: bool = False) -> None:
         """Write the state file and the status file; a full disk is reported, not fatal."""

@@ -21,7 +21,10 @@ What a venue describes:
   tradable (``tradable_symbols``) and the ``Instrument`` records that say each one's units.
 * **Mapping**: websocket frames and REST bodies to records (``map_ws``, ``map_rest``), pure and
   raising ``SkipMessage``/``MalformedMessage``; trade-id sequencing for gap detection and the
-  REST request that backfills a gap (``trade_sequence``, ``trades_url``); open-interest polls
+  REST request that backfills a gap (``trade_sequence``, ``trades_url``); for venues whose trade
+  ids are no sequence, the REST pages that catch trades up since a time (``trades_before_url``,
+  ``trade_page``, ``known_records``; a mapper returns ``TradesUncertain`` where it knows trades
+  may be missing); open-interest polls
   for venues that do not push it (``open_interest_url``); other REST requests repeated at an
   interval of their own, for data a venue publishes only over HTTP (``polls``).
 * **Order book**: whether the venue has one at all (``HAS_ORDER_BOOK``; an oracle/pool venue
@@ -95,6 +98,26 @@ class Poll:
 
 
 @dataclass(frozen=True)
+class TradesUncertain:
+    """Not a record: a mapper returns it among its records (the feed handler hands it to the service,
+    never to Kafka) when trades of a market received since ``since_ms`` (venue time) may be
+    incomplete, e.g. a message lost on a connection whose trade ids tell nothing; the service then
+    catches the market's trades up from REST (``Venue.trades_before_url``)."""
+
+    symbol_native: str
+    since_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TradePage:
+    """What one page of a venue's newest-first REST trade history says about paging on."""
+
+    oldest_ms: int | None               # venue time of the oldest trade on the page (None: no trade)
+    older: object | None                # the venue's cursor for the next, older page (None: there is none)
+
+
+@dataclass(frozen=True)
 class WsConnection:
     """One websocket connection to open."""
 
@@ -143,6 +166,9 @@ class Venue(ABC):
     REST_WEIGHT_LIMIT: ClassVar[int]    # per minute, in the venue's weight units
     WEIGHT_HEADER: ClassVar[str | None] = None            # response header with the weight used
     HAS_ORDER_BOOK: ClassVar[bool] = True                 # False: no book at all (trades against a pool)
+    #: How much older than the newest trade received a trade may still arrive (trades stamped with a
+    #: block's time, sent together): catch-ups by time (``trades_before_url``) reach back this much more.
+    TRADE_TIME_SLACK_MS: ClassVar[int] = 0
 
     rules: object                       # ``ingest.book_sync.SyncRules`` for this venue's books
     #: Per ``DATA_KINDS`` key: how complete the venue's public data is, and why (``perpflow venues``,
@@ -194,6 +220,31 @@ class Venue(ABC):
         """The request for (at most ``limit``) trades from sequence id ``from_id`` on; the answer may
         hold fewer, or also older ones (None: gaps cannot be backfilled)."""
         return None
+
+    def trades_before_url(self, rest_url: str, native: str, cursor: object | None) -> str | None:
+        """A page of the venue's trade history, newest first: the newest trades (``cursor`` None) or the
+        page ``trade_page`` named as the next older one. How venues whose trade ids are no sequence
+        catch up trades missed (a reconnect, a lost message, a restart): pages back from now until
+        one reaches the time of the last trade received; the mapper drops trades it already has.
+        None: the venue has no such history."""
+        return None
+
+    def trade_page(self, url: str, body) -> TradePage:
+        """The oldest trade time on one ``trades_before_url`` page and the cursor of the next older
+        page; pure (``map_rest`` maps the same body); raises MalformedMessage."""
+        raise NotImplementedError(f"{self.exchange} has no paged trade history")
+
+    def map_trade_page(self, url: str, body, ts_recv: int, since_ms: int) -> list:
+        """A ``trades_before_url`` page -> the records of its trades at or after ``since_ms``, mapped
+        as the stream's (those before it were received already; a mapper that remembers trades must
+        not remember them either). The default maps the page and drops the older records."""
+        return [r for r in self.map_rest(url, body, ts_recv)
+                if getattr(r, "ts_exchange", None) is None or r.ts_exchange >= since_ms]
+
+    def known_records(self, records) -> None:
+        """Records already published (found durable in Kafka and the spill on a restart: trades and
+        funding): the mapper drops them when a backlog, a REST page or a poll repeats them. Venues
+        whose trade ids are a sequence and whose polls repeat nothing need nothing."""
 
     def rest_request(self, url: str) -> tuple[str, bytes | None]:
         """How to fetch one of the venue's REST ``url``: the address to send to and a JSON body to

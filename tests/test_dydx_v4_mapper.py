@@ -12,7 +12,7 @@ from ingest.book_sync import AWAITING_SNAPSHOT, SYNCED, BookSync
 from ingest.feed import FeedHandler
 from ingest.records import (Adl, BookDelta, BookSnapshot, FeedEvent, Funding, Instrument, Liquidation, OpenInterest,
                             Trade)
-from ingest.venue import BookResync, MalformedMessage, SkipMessage
+from ingest.venue import BookResync, MalformedMessage, SkipMessage, TradePage
 from ingest.venues import REGISTRY, likely_venues
 from ingest.venues.dydx_v4 import BOOK_REFRESH_S, LATE_REPLY_MESSAGES, DydxSyncRules, DydxV4
 from pipelines.replay import replay
@@ -462,8 +462,6 @@ def test_rest_historical_funding_is_realised_hourly_and_the_rest_book_is_skipped
     assert [(f.rate, f.index_price, f.mark_price, f.interval_hours, f.is_realised, f.ts_exchange, f.next_funding_time)
             for f in settled] == [("0.0000125", "60392.7", None, 1, True, 1724371200402, 1724371200402),
                                   ("-0.0000042", "60311.2", None, 1, True, 1724374800311, 1724374800311)]
-    assert venue.trades_page_url("https://indexer.dydx.trade", "BTC-USD", 23455262) == (
-        "https://indexer.dydx.trade/v4/trades/perpetualMarket/BTC-USD?limit=100&startingBeforeOrAtHeight=23455262")
     with pytest.raises(SkipMessage, match="no message_id"):
         venue.map_rest("https://indexer.dydx.trade/v4/orderbooks/perpetualMarket/BTC-USD", {"bids": [], "asks": []}, TS)
     with pytest.raises(SkipMessage, match="not collected"):
@@ -560,3 +558,118 @@ def test_coverage_says_liquidations_and_adl_are_a_census_and_there_is_no_mark():
     assert set(coverage) == set(DATA_KINDS)
     assert coverage["liquidations"] is coverage["adl"] is coverage["trades"] is Coverage.COMPLETE
     assert coverage["mark_price"] is Coverage.UNAVAILABLE and coverage["index_price"] is Coverage.COMPLETE
+
+
+# --- REST catch-up of trades and settled funding ---------------------------------------------------
+
+REST = "https://indexer.dydx.trade"
+
+
+def rest_trade(trade_id: str, height: int, at: str, side="BUY", type_="LIMIT", size="0.5", price="60000") -> dict:
+    """A constructed REST trade row in the shape of tests/fixtures/dydx/trades_rest.json."""
+    return {"id": trade_id, "side": side, "size": size, "price": price, "type": type_, "createdAt": at,
+            "createdAtHeight": str(height)}
+
+
+def test_a_real_rest_trades_page_maps_like_the_stream_and_ends_the_history():
+    venue = DydxV4()
+    body = orjson.loads((FIXTURES / "trades_rest.json").read_bytes())
+    url = venue.trades_before_url(REST, "BTC-USD", None)
+    assert url == f"{REST}/v4/trades/perpetualMarket/BTC-USD?limit=1000"
+    [trade_] = venue.map_rest(url, body, TS)
+    assert (trade_.trade_id, trade_.side, trade_.qty, trade_.price, trade_.trade_type, trade_.ts_exchange,
+            trade_.symbol) == ("02ac5b1f0000000200000002", "buy", "0.0501", "115732", "LIMIT", 1753420269800,
+                               "BTC-USDC-PERP")
+    # One trade on a page of 1000: the history ends there.
+    assert venue.trade_page(url, body) == TradePage(oldest_ms=1753420269800, older=None)
+    assert venue.trade_page(url, {"trades": []}) == TradePage(oldest_ms=None, older=None)
+
+
+def test_trade_pages_go_back_by_block_height_and_page_through_a_block_that_fills_a_page():
+    venue = DydxV4()
+    first = f"{REST}/v4/trades/perpetualMarket/BTC-USD?limit=3"
+    spans = {"trades": [rest_trade("c", 102, "2024-08-23T00:01:02.000Z"), rest_trade("b", 101, "2024-08-23T00:01:01.000Z"),
+                        rest_trade("a", 100, "2024-08-23T00:01:00.000Z")]}
+    assert venue.trade_page(first, spans) == TradePage(oldest_ms=1724371260000, older=(100, 1))
+    assert venue.trades_before_url(REST, "BTC-USD", (100, 1)) == (
+        f"{REST}/v4/trades/perpetualMarket/BTC-USD?limit=1000&createdBeforeOrAtHeight=100")
+    one_block = {"trades": [rest_trade(i, 100, "2024-08-23T00:01:00.000Z") for i in "xyz"]}
+    # All at the cursor's height: the same height's next page; a first page in one block: page 2.
+    at_100 = f"{first}&createdBeforeOrAtHeight=100"
+    assert venue.trade_page(at_100, one_block).older == (100, 2)
+    assert venue.trade_page(f"{at_100}&page=2", one_block).older == (100, 3)
+    assert venue.trade_page(first, one_block).older == (100, 2)
+    assert venue.trades_before_url(REST, "BTC-USD", (100, 3)).endswith("&createdBeforeOrAtHeight=100&page=3")
+    with pytest.raises(MalformedMessage, match="createdAtHeight"):
+        venue.trade_page(first, {"trades": [{**rest_trade("d", 1, "2024-08-23T00:01:00.000Z"), "createdAtHeight": 7}]})
+    with pytest.raises(MalformedMessage, match="dYdX error"):
+        venue.trade_page(first, {"errors": [{"msg": "Too many requests"}]})
+
+
+def test_rest_pages_give_liquidations_and_adl_fills_once_and_durable_ids_are_dropped():
+    venue = DydxV4()
+    url = venue.trades_before_url(REST, "BTC-USD", None)
+    page = {"trades": [rest_trade("l1", 101, "2024-08-23T00:01:01.000Z", side="SELL", type_="LIQUIDATED"),
+                       rest_trade("d1", 101, "2024-08-23T00:01:01.000Z", side="SELL", type_="DELEVERAGED"),
+                       rest_trade("k1", 100, "2024-08-23T00:01:00.000Z")]}
+    # k1 was found durable in Kafka by a restart (the record another run published).
+    [durable] = DydxV4().map_rest(url, {"trades": [page["trades"][2]]}, TS)
+    venue.known_records([durable])
+    records = venue.map_rest(url, page, TS)
+    assert [type(r).__name__ for r in records] == ["Trade", "Liquidation", "Trade", "Adl"]
+    liquidation = records[1]
+    assert (liquidation.liquidated_position, liquidation.is_sampled) == ("long", False)
+    assert (records[3].deleveraged_position, records[3].trade_id) == ("short", "d1")
+    with pytest.raises(SkipMessage, match="repeated trades only"):
+        venue.map_rest(url, page, TS)
+
+
+def test_the_catch_up_window_drops_what_is_older_than_the_last_trade_received():
+    feed = Feed()
+    url = feed.venue.trades_before_url(REST, "BTC-USD", None)
+    page = {"trades": [rest_trade("n2", 102, "2024-08-23T00:01:02.000Z"), rest_trade("n1", 101, "2024-08-23T00:01:01.000Z"),
+                       rest_trade("o1", 100, "2024-08-23T00:01:00.000Z", type_="LIQUIDATED")]}
+    feed.handler.on_trade_page(url, orjson.dumps(page), TS, 1724371261000)
+    assert [t.trade_id for t in feed.of(Trade)] == ["n1", "n2"] and not feed.of(Liquidation)
+    assert feed.handler.newest_trade_ms == {"BTC-USD": 1724371262000}
+    # The older trade was left out, not remembered: a window reaching back further takes it.
+    feed.handler.on_trade_page(url, orjson.dumps(page), TS, 1724371260000)
+    assert [t.trade_id for t in feed.of(Trade)] == ["n1", "n2", "o1"] and len(feed.of(Liquidation)) == 1
+    feed.handler.on_trade_page(url, orjson.dumps(page), TS, 1724371260000)
+    assert feed.handler.stats.skipped["trades: repeated trades only"] == 1
+
+
+def test_a_message_id_hole_asks_to_catch_up_the_trades_of_the_connection_since_the_hole():
+    feed = Feed()
+    feed.send(frame("connected", 0), trades_update(1, trade("t1", at="2024-08-23T00:01:00.000Z")),
+              trades_update(2, trade("e1", at="2024-08-23T00:00:58.000Z"), ticker="ETH-USD"))
+    # id 3 is lost (constructed); later trades move the newest time on before the hole is declared.
+    feed.send(trades_update(4, trade("t2", at="2024-08-23T00:01:05.000Z")))
+    assert not feed.handler.new_catch_ups
+    feed.send(trades_update(5, trade("t3", at="2024-08-23T00:01:20.000Z")), step=11 * SECOND)
+    assert [(c.symbol_native, c.since_ms) for c in feed.handler.new_catch_ups] == [
+        ("BTC-USD", 1724371260000), ("ETH-USD", 1724371258000)]
+    assert all("message_id hole" in c.reason for c in feed.handler.new_catch_ups)
+    assert not [r for r in feed.records if type(r).__name__ == "TradesUncertain"]    # never published
+
+
+def test_settled_funding_from_a_real_body_is_polled_hourly_and_published_once():
+    venue = DydxV4()
+    [poll] = venue.polls(REST, ["BTC-USD"])
+    assert (poll.url, poll.interval_s) == (f"{REST}/v4/historicalFunding/BTC-USD?limit=100", 3600.0)
+    body = orjson.loads((FIXTURES / "historicalFunding_rest.json").read_bytes())
+    [settled] = venue.map_rest(poll.url, body, TS)
+    assert (settled.rate, settled.index_price, settled.is_realised, settled.interval_hours, settled.ts_exchange,
+            settled.next_funding_time) == ("0", "116302.62419", True, 1, 1753441200013, 1753441200013)
+    with pytest.raises(SkipMessage, match="no settlement since the last page"):
+        venue.map_rest(poll.url, body, TS)
+    restarted = DydxV4()         # a restart found the settlement durable: the next poll repeats nothing
+    restarted.known_records([settled])
+    with pytest.raises(SkipMessage, match="no settlement since the last page"):
+        restarted.map_rest(poll.url, body, TS)
+    later = {"historicalFunding": [
+        {**body["historicalFunding"][0], "rate": "0.0000031", "effectiveAt": "2025-07-25T12:00:00.009Z",
+         "effectiveAtHeight": "44868790"}, *body["historicalFunding"]]}
+    assert [f.rate for f in venue.map_rest(poll.url, later, TS)] == ["0.0000031"]
+    with pytest.raises(MalformedMessage, match="another market"):
+        venue.map_rest(f"{REST}/v4/historicalFunding/ETH-USD?limit=100", later, TS)

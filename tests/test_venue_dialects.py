@@ -719,7 +719,7 @@ def test_dydx_protocol_message_ids_per_connection_errors_late_replies_and_rest(t
     instruments = venue.map_rest(sim.http_url + DYDX_PREFIX + "/v4/perpetualMarkets", answers["markets"][1], 0)
     assert {i.symbol_native for i in instruments} == set(DYDX_TICKERS.values())
     assert venue.tradable_symbols() == set(DYDX_TICKERS.values())
-    trades = venue.map_rest(venue.trades_page_url(sim.http_url + DYDX_PREFIX, "BTC-USD", limit=5),
+    trades = venue.map_rest(sim.http_url + DYDX_PREFIX + "/v4/trades/perpetualMarket/BTC-USD?limit=5",
                             answers["trades"][1], 0)
     assert 0 < len(trades) <= 5
     assert answers["funding"] == (200, {"historicalFunding": []})    # no hour has settled yet

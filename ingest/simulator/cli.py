@@ -113,6 +113,8 @@ def _venues(ctx, param, value: str) -> tuple[str, ...]:
               help="dYdX: market steps (100 ms) a lossy order-book subscription misses.")
 @click.option("--stale-level-every", type=_SECONDS, default=0.0, metavar="SECONDS",
               help="dYdX: every SECONDS one deleted book level is never deleted for subscribers (a stale level).")
+@click.option("--message-loss-every", type=_SECONDS, default=0.0, metavar="SECONDS",
+              help="dYdX: every SECONDS one v4_trades update is lost in transit (its message_id used up).")
 @click.option("--ping-interval", type=click.FloatRange(min=0.0, min_open=True), default=180.0, show_default=True,
               metavar="SECONDS", help="Wall seconds between server ping frames (Binance: 180).")
 @click.option("--max-lifetime", type=click.FloatRange(min=0.0, min_open=True), default=86_400.0, show_default=True,
@@ -121,7 +123,8 @@ def _venues(ctx, param, value: str) -> tuple[str, ...]:
               help="Wire formats to serve on the one market (all on the same port).")
 def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_path, checkpoint_every,
              drop_every, drop_mode, gap_every, malformed_every, hostile_every, hostile_size, stalls, rest_error_rate,
-             fetch_loss_every, fetch_loss_steps, stale_level_every, ping_interval, max_lifetime, venues):
+             fetch_loss_every, fetch_loss_steps, stale_level_every, message_loss_every, ping_interval, max_lifetime,
+             venues):
     """Serve a simulated futures market locally in each venue's wire format: Binance USD-M
     (websocket streams + /fapi REST), Binance COIN-M (/coinm + /dapi), OKX v5 (/ws/v5/public,
     /api/v5), Bybit v5 linear (/v5/public/linear, /v5/market) and, under their own prefixes,
@@ -135,7 +138,7 @@ def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_
                            stalls=tuple(stalls), rest_error_rate=rest_error_rate, drop_mode=drop_mode,
                            hostile_every_s=hostile_every, hostile_frame_bytes=hostile_size,
                            fetch_loss_every_s=fetch_loss_every, fetch_loss_steps=fetch_loss_steps,
-                           stale_level_every_s=stale_level_every),
+                           stale_level_every_s=stale_level_every, message_loss_every_s=message_loss_every),
     )
     try:
         config = config.resolved()

@@ -165,7 +165,9 @@ class FaultConfig:
     market steps before its updates start (the indexer fetches the snapshot before registering
     the subscription), so that subscriber never sees those steps' updates; ``stale_level_every_s``:
     after each period one level the book deletes is never deleted for subscribers (the indexer's
-    uncross task removes stale crossing levels without telling websocket clients)."""
+    uncross task removes stale crossing levels without telling websocket clients);
+    ``message_loss_every_s``: after each period the next ``v4_trades`` update sent on any connection
+    is lost in transit, its ``message_id`` used up (a hole the client must notice and recover)."""
 
     drop_every_s: float = 0.0
     gap_every_s: float = 0.0
@@ -178,10 +180,11 @@ class FaultConfig:
     fetch_loss_every_s: float = 0.0
     fetch_loss_steps: int = 5
     stale_level_every_s: float = 0.0
+    message_loss_every_s: float = 0.0
 
     def validate(self) -> None:
         for name in ("drop_every_s", "gap_every_s", "malformed_every_s", "hostile_every_s", "fetch_loss_every_s",
-                     "stale_level_every_s"):
+                     "stale_level_every_s", "message_loss_every_s"):
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0 simulated seconds (0 disables it), got {value:g}")
@@ -211,6 +214,7 @@ class FaultConfig:
             "fetch_loss_every_s": self.fetch_loss_every_s,
             "fetch_loss_steps": self.fetch_loss_steps,
             "stale_level_every_s": self.stale_level_every_s,
+            "message_loss_every_s": self.message_loss_every_s,
         }
 
 

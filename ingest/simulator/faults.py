@@ -88,6 +88,7 @@ class FaultSchedule:
         self._hostile_k = 0
         self._fetch_loss_k = 0
         self._stale_level_k = 0
+        self._message_loss_k = 0
         self._rest_rng = np.random.Generator(np.random.PCG64([seed, 0xFA17]))
         self.stalls = [(s, start_ms + int(round(s.start_s * 1000)),
                         start_ms + int(round((s.start_s + s.duration_s) * 1000)))
@@ -142,6 +143,14 @@ class FaultSchedule:
             return False
         self._stale_level_k += 1
         return True
+
+    def message_loss_due(self, now_ms: int) -> bool:
+        """Whether a trade update is due to be lost in transit (dYdX), once per elapsed period."""
+        due = False
+        while self._due(self.config.message_loss_every_s, self._start, self._message_loss_k, now_ms):
+            self._message_loss_k += 1
+            due = True
+        return due
 
     def stalled(self, stream: str, ts_ms: int) -> bool:
         for spec, start, end in self.stalls:

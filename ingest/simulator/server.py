@@ -254,7 +254,10 @@ class Simulator:
             for conn in members:
                 for topic in conn.underlying[stream]:
                     for frame in frames.get(topic, ()):
-                        conn.outbox.append(frame if stamp is None else stamp(conn, frame))
+                        frame = frame if stamp is None else stamp(conn, frame)
+                        if frame is None:      # lost in transit (a dialect's fault)
+                            continue
+                        conn.outbox.append(frame)
                         touched.add(conn)
                         self.frames_sent += 1
 
@@ -268,7 +271,10 @@ class Simulator:
         for conn in members:
             for topic in conn.subscriptions:
                 for frame in frames.get(topic, ()):
-                    conn.outbox.append(dialect.frame_for(conn, frame))
+                    frame = dialect.frame_for(conn, frame)
+                    if frame is None:          # lost in transit (a dialect's fault)
+                        continue
+                    conn.outbox.append(frame)
                     self.frames_sent += 1
             if len(conn.outbox) > MAX_OUTBOX:
                 conn.outbox.clear()

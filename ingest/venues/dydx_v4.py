@@ -98,12 +98,19 @@ Choices where the spec leaves one:
   * trade de-duplication: the ``subscribed`` backlog and REST pages repeat trades already
     received, so the last ``TRADES_REMEMBERED`` (ticker, id) pairs are remembered (only once a
     whole message is valid) and repeats are dropped; a message of repeats only is skipped;
-  * trade gaps cannot be detected from the ids (not consecutive): ``trade_sequence`` and
-    ``trades_url`` keep the contract's None, so the service neither detects nor backfills trade
-    gaps. What exists: ``message_gap`` feed events (a lost message on the connection), and REST
-    ``/trades/perpetualMarket/{ticker}?startingBeforeOrAtHeight=`` (``trades_page_url``), which
-    lists every fill by block height and can be reconciled against ``raw.trades`` offline;
-    ``map_rest`` maps those pages (de-duplicated like the stream);
+  * trade ids are not consecutive, so ``trade_sequence`` and ``trades_url`` keep the contract's
+    None: a lost trade cannot be told from the ids. Trades are caught up by time instead
+    (``trades_before_url``/``trade_page``): REST ``/trades/perpetualMarket/{ticker}`` lists every
+    taker fill newest first by block height; ``createdBeforeOrAtHeight`` pages back (inclusive:
+    the oldest block of a page comes again, its trades dropped as repeats) and ``page`` steps
+    through a block that fills a whole page (comlink's trades controller; the spec's
+    ``startingBeforeOrAtHeight`` is not a parameter the indexer reads). The service pages back to
+    the newest trade received after a reconnect and at start, and, when a ``message_id`` hole is
+    declared, to the newest trade of each market on that connection at the time the first missing
+    id was noticed (a ``TradesUncertain`` per market the connection carried trades of); ``map_rest``
+    maps the pages through the same ``trades`` as the stream (liquidations and ADL fills included,
+    repeats dropped). ``known_records`` takes the trades (and settlements) a restart found durable. Pages are
+    ``TRADES_PAGE_LIMIT`` trades (comlink's ``API_LIMIT_V4``, 1000 [code reading]);
   * markets: merged per ticker (only the fields perpflow uses, each validated before it is
     merged). A ``Funding`` record is emitted when the rate or the oracle price changes: ``rate``
     = ``nextFundingRate`` (the predicted hourly rate), ``interval_hours`` 1,
@@ -121,7 +128,11 @@ Choices where the spec leaves one:
     are not usable are listed in ``rejected_instruments``); ``/historicalFunding/{ticker}`` gives
     settled rates (``is_realised`` True, ``index_price`` = the oracle at the tick,
     ``next_funding_time`` = ``ts_exchange`` = ``effectiveAt``: the settlement the rate was paid
-    at); ``/orderbooks/perpetualMarket/{ticker}`` is skipped (it has no ``message_id`` and cannot
+    at), polled hourly per market (``polls``); a settlement is published once: rows at or before
+    the newest one already mapped for the market are dropped (every poll's page repeats the last
+    ``FUNDING_PAGE_LIMIT`` hours). They are separate rows from the stream's ``nextFundingRate``
+    (``is_realised`` False), the prediction of the same hour: the stream never gives a settled
+    rate, so nothing the stream gave is repeated; ``/orderbooks/perpetualMarket/{ticker}`` is skipped (it has no ``message_id`` and cannot
     bridge the websocket book: the ``subscribed`` snapshot is used instead);
   * ``perpflow ingest --redundancy N`` cannot merge dYdX replicas: each connection's frames carry
     their own ``connection_id`` and ``message_id``, so the byte-level merger never sees a
@@ -137,13 +148,14 @@ from collections import OrderedDict
 from decimal import Decimal
 from functools import lru_cache
 from typing import ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 
 from ingest.records import (Adl, BookDelta, BookSnapshot, FeedEvent, Funding, Instrument, Liquidation, OpenInterest,
                             Trade)
-from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import (BookResync, Coverage, MalformedMessage, Poll, SkipMessage, TradePage, TradesUncertain, Venue,
+                          WsConnection)
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax(exponent=True)   # big.js strings: exponents below 1e-7; signs only on rates
@@ -158,6 +170,9 @@ LATE_REPLY_MESSAGES = 10_000        # ... or this many later messages
 MISSING_TRACKED = 100_000           # a larger jump is lost at once, not tracked id by id
 CONNECTIONS_REMEMBERED = 256
 TRADES_REMEMBERED = 200_000
+TRADES_PAGE_LIMIT = 1000            # the indexer's most rows per page (comlink API_LIMIT_V4)
+FUNDING_POLL_S = 3600.0             # settlements are hourly
+FUNDING_PAGE_LIMIT = 100            # a poll's page: the last 100 hourly settlements
 SETTLE_ASSET = "USDC"               # the protocol's quote and collateral asset (asset 0)
 
 TICKER = re.compile(r"([A-Z0-9][A-Z0-9.]*)-USD")
@@ -280,13 +295,17 @@ class DydxSyncRules:
 class _Connection:
     """What the mapper knows of one websocket connection (by ``connection_id``)."""
 
-    __slots__ = ("last_id", "missing", "epoch", "books")
+    __slots__ = ("last_id", "missing", "epoch", "books", "trade_markets", "trade_marks")
 
     def __init__(self):
         self.last_id: int | None = None    # highest message_id received
         self.missing: dict[int, int] = {}  # skipped message_id -> receive time (ns) it was noticed
         self.epoch = 0                     # holes so far: a book's chain holds within one epoch
         self.books: dict[str, tuple[int, int]] = {}   # ticker -> (its last book message_id, epoch)
+        self.trade_markets: set[str] = set()          # tickers whose trades came on this connection
+        # ticker -> venue time of its newest trade when the oldest missing id was noticed: a lost
+        # message held no trade older than that
+        self.trade_marks: dict[str, int | None] = {}
 
 
 class DydxV4(Venue):
@@ -306,15 +325,16 @@ class DydxV4(Venue):
     SILENCE_LIMIT_S: ClassVar[dict[str, float | None]] = {
         "v4_orderbook": 60.0, "v4_markets": 90.0, "v4_trades": None}
     COVERAGE = {
-        "trades": (Coverage.COMPLETE, "v4_trades publishes every fill; ids are not consecutive, so a loss shows only "
-                                      "as a message_id hole on the connection (a message_gap feed event), not "
-                                      "backfilled"),
+        "trades": (Coverage.COMPLETE, "v4_trades publishes every fill; ids are not consecutive, so trades missed "
+                                      "(a reconnect, a message_id hole, a restart) are caught up by time from REST "
+                                      "trades/perpetualMarket, paged back to the last trade received; a range "
+                                      "REST cannot give is a trade_lost feed event"),
         "book": (Coverage.COMPLETE, "full depth as one indexer node sees it (deltas beyond the 100-level snapshot "
                                     "are inserted); crosses in normal operation: uncrossed locally and flagged "
                                     "(book_snapshots.uncrossed); resynced by resubscribing, every 60 s and on a "
                                     "message_id hole"),
         "funding": (Coverage.COMPLETE, "v4_markets nextFundingRate, the predicted 1-hour rate, every 30 s; settled "
-                                       "rates from REST historicalFunding"),
+                                       "hourly rates from REST historicalFunding, polled hourly (is_realised)"),
         "mark_price": (Coverage.UNAVAILABLE, "dYdX has no mark price: the oracle price is used for margin and "
                                              "liquidation (kept as index_price)"),
         "index_price": (Coverage.COMPLETE, "oracle price, v4_markets oraclePrices on every on-chain update"),
@@ -326,6 +346,9 @@ class DydxV4(Venue):
         "taker_volumes": (Coverage.UNAVAILABLE, "the indexer publishes no taker-volume statistic; sum raw.trades by "
                                                 "side"),
     }
+    #: Fills carry their block's time and a block's fills are sent once it is indexed: one block
+    #: (about a second) of slack before the newest trade received.
+    TRADE_TIME_SLACK_MS = 1000
     REST_WEIGHT_LIMIT = 600      # 100 requests per 10 s per IP, one unit each, per minute
     WEIGHT_HEADER = None
     rules = DydxSyncRules()
@@ -338,6 +361,8 @@ class DydxV4(Venue):
         self._markets: dict[str, dict] = {}                   # ticker -> merged v4_markets fields
         self._connections: OrderedDict[str, _Connection] = OrderedDict()
         self._trades_seen: OrderedDict = OrderedDict()
+        self._newest_trade_ms: dict[str, int] = {}            # ticker -> createdAt of its newest trade mapped
+        self._settled_newest: dict[str, int] = {}             # ticker -> effectiveAt of its newest settlement mapped
         self._events: list[FeedEvent] = []                    # message gaps not yet handed out
 
     # --- streams ---------------------------------------------------------------------------
@@ -450,6 +475,8 @@ class DydxV4(Venue):
         else:
             self._connections.move_to_end(connection_id)
         lost: list[int] = []
+        if not conn.missing and conn.last_id is not None and message_id > conn.last_id + 1:
+            conn.trade_marks = {n: self._newest_trade_ms.get(n) for n in conn.trade_markets}
         if conn.last_id is None:
             conn.last_id = message_id     # a connection first seen mid-stream (a recording's start)
         elif message_id > conn.last_id:
@@ -476,8 +503,12 @@ class DydxV4(Venue):
             self._events.append(FeedEvent(
                 exchange=self.exchange, symbol=None, kind="message_gap", ts_recv=ts_recv,
                 detail=orjson.dumps({"connection_id": connection_id, "missing": ranges, "count": count,
-                                     "effect": "every book on the connection resyncs; trades and markets "
-                                               "received on it may be incomplete"}).decode()))
+                                     "effect": "every book on the connection resyncs; its trades are caught "
+                                               "up from REST; markets received on it may be incomplete"}).decode()))
+            for native in sorted(conn.trade_markets):
+                since = conn.trade_marks.get(native, self._newest_trade_ms.get(native))
+                if since is not None:      # no trade yet: the subscription's backlog is all there is
+                    self._events.append(TradesUncertain(native, since, f"message_id hole on {connection_id}"))
         return conn
 
     # --- order book ------------------------------------------------------------------------
@@ -529,6 +560,7 @@ class DydxV4(Venue):
     def _trades_channel(self, conn: _Connection, kind: str, message: dict, message_id: int, ts_recv: int) -> list:
         what = "v4_trades"
         symbol, native = _ticker(message, "id", what)
+        conn.trade_markets.add(native)
         updates = [_object(message, "contents", what)] if kind == "subscribed" else self._updates(kind, message, what)
         items = [item for update in updates for item in _list(update, "trades", what)]
         return self.trades(native, items, ts_recv, what)
@@ -580,6 +612,9 @@ class DydxV4(Venue):
         seen.update(keys)
         while len(seen) > TRADES_REMEMBERED:
             seen.popitem(last=False)
+        newest = max((r.ts_exchange for r in out if isinstance(r, Trade)), default=None)
+        if newest is not None and newest > self._newest_trade_ms.get(native, -1):
+            self._newest_trade_ms[native] = newest
         if not out:
             raise SkipMessage(f"{what}: repeated trades only" if parsed else f"{what}: no trades")
         return out
@@ -647,8 +682,7 @@ class DydxV4(Venue):
         if head.endswith(f"{self.API}/trades/perpetualMarket"):
             return self.trades(native, _list(self._ok(body, "trades"), "trades", "trades"), ts_recv)
         if head.endswith(f"{self.API}/historicalFunding"):
-            items = _list(self._ok(body, "historicalFunding"), "historicalFunding", "historicalFunding")
-            return sorted((self._settled_funding(item, ts_recv) for item in items), key=lambda f: f.ts_exchange)
+            return self._settlements(native, body, ts_recv)
         if head.endswith(f"{self.API}/orderbooks/perpetualMarket"):
             raise SkipMessage("orderbooks: no message_id to bridge the websocket book "
                               "(the subscribed snapshot is used)")
@@ -662,6 +696,20 @@ class DydxV4(Venue):
             raise MalformedMessage(f"{what}: dYdX error {body['errors']!r}")
         return body
 
+    def _settlements(self, native: str, body, ts_recv: int) -> list[Funding]:
+        """Settled hourly rates, oldest first, without those an earlier page already gave."""
+        what = "historicalFunding"
+        items = _list(self._ok(body, what), what, what)
+        settled = sorted((self._settled_funding(item, ts_recv) for item in items), key=lambda f: f.ts_exchange)
+        if any(f.symbol_native != native for f in settled):
+            raise MalformedMessage(f"{what}: rows of another market than {native}")
+        last = self._settled_newest.get(native)
+        new = [f for f in settled if last is None or f.ts_exchange > last]
+        if not new:
+            raise SkipMessage(f"{what}: no settlement since the last page" if settled else f"{what}: no settlement")
+        self._settled_newest[native] = new[-1].ts_exchange
+        return new
+
     def _settled_funding(self, item, ts_recv: int) -> Funding:
         what = "historicalFunding"
         symbol, native = _ticker(item, "ticker", what)
@@ -671,15 +719,71 @@ class DydxV4(Venue):
                        next_funding_time=ts, mark_price=None, index_price=NUMBERS.price(item, "price", what),
                        is_realised=True)
 
-    def trades_page_url(self, rest_url: str, native: str, before_height: int | None = None, limit: int = 100) -> str:
-        """REST trades of a market, newest first, at or below a block height (offline reconciliation)."""
-        url = f"{rest_url.rstrip('/')}{self.API}/trades/perpetualMarket/{quote(native)}?limit={limit}"
-        return url if before_height is None else f"{url}&startingBeforeOrAtHeight={before_height}"
+    def trades_before_url(self, rest_url: str, native: str, cursor: tuple[int, int] | None) -> str:
+        """Trades of a market, newest first (fills by block height, then event): the newest page, or
+        at or below the block height of ``cursor`` = (height, page number): the indexer's
+        ``createdBeforeOrAtHeight`` and ``page``."""
+        url = f"{rest_url.rstrip('/')}{self.API}/trades/perpetualMarket/{quote(native)}?limit={TRADES_PAGE_LIMIT}"
+        if cursor is None:
+            return url
+        height, page = cursor
+        return f"{url}&createdBeforeOrAtHeight={height}" + (f"&page={page}" if page > 1 else "")
 
-    def historical_funding_url(self, rest_url: str, native: str, before: str | None = None, limit: int = 100) -> str:
+    def trade_page(self, url: str, body) -> TradePage:
+        """The next page goes on from the oldest block on this one (its trades come again and are
+        dropped as repeats); a page all in one block at the cursor's height goes on with the next
+        page number of that height. A page shorter than its limit is the end of the history."""
+        what = "trades"
+        items = _list(self._ok(body, what), what, what)
+        query = parse_qs(urlsplit(url).query)
+        heights, times = [], []
+        for item in items:
+            height = field(item, "createdAtHeight", what)
+            if not (type(height) is str and height.isascii() and height.isdigit()):
+                raise MalformedMessage(f"{what}: field 'createdAtHeight' must be a string of digits, got {height!r}")
+            heights.append(int(height))
+            times.append(_millis(item, "createdAt", what))
+        if not items:
+            return TradePage(oldest_ms=None, older=None)
+        limit = int(query.get("limit", [TRADES_PAGE_LIMIT])[0])
+        if len(items) < limit:
+            return TradePage(oldest_ms=min(times), older=None)
+        lowest = min(heights)
+        if lowest == max(heights):      # one block fills the page: the block's next page
+            at = int(query.get("createdBeforeOrAtHeight", [-1])[0])
+            page = int(query.get("page", [1])[0]) if at == lowest else 1
+            return TradePage(oldest_ms=min(times), older=(lowest, page + 1))
+        return TradePage(oldest_ms=min(times), older=(lowest, 1))
+
+    def map_trade_page(self, url: str, body, ts_recv: int, since_ms: int) -> list:
+        """The page's trades at or after ``since_ms`` only, so older ones (received already, or
+        to be caught up by another window) are not remembered as received."""
+        native = urlsplit(url).path.rstrip("/").rpartition("/")[2]
+        items = _list(self._ok(body, "trades"), "trades", "trades")
+        newer = [item for item in items if _millis(item, "createdAt", "trades") >= since_ms]
+        return self.trades(native, newer, ts_recv) if newer else []
+
+    def known_records(self, records) -> None:
+        """Trades by id; settlements by time (a poll publishes only later ones)."""
+        seen = self._trades_seen
+        for record in records:
+            if isinstance(record, Trade):
+                seen[(record.symbol_native, record.trade_id)] = None
+            elif isinstance(record, Funding) and record.is_realised:
+                if record.ts_exchange > self._settled_newest.get(record.symbol_native, -1):
+                    self._settled_newest[record.symbol_native] = record.ts_exchange
+        while len(seen) > TRADES_REMEMBERED:
+            seen.popitem(last=False)
+
+    def historical_funding_url(self, rest_url: str, native: str, before: str | None = None,
+                               limit: int = FUNDING_PAGE_LIMIT) -> str:
         """Settled hourly rates, newest first, at or before an ISO time (page backwards)."""
         url = f"{rest_url.rstrip('/')}{self.API}/historicalFunding/{quote(native)}?limit={limit}"
         return url if before is None else f"{url}&effectiveBeforeOrAt={quote(before)}"
+
+    def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
+        """Each market's settled funding, hourly (the stream only predicts the running hour's rate)."""
+        return [Poll(self.historical_funding_url(rest_url, native), FUNDING_POLL_S) for native in symbols]
 
     # --- reference data --------------------------------------------------------------------
 

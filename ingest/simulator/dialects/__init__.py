@@ -110,10 +110,11 @@ class Dialect:
     def on_close(self, conn) -> None:
         """A client connection went away."""
 
-    def frame_for(self, conn, frame: bytes) -> bytes:
+    def frame_for(self, conn, frame: bytes) -> bytes | None:
         """The bytes one connection gets for a frame the dialect built once for every subscriber
-        (called per connection, in sending order). The default is the frame itself; a venue whose
-        frames carry per-connection fields (dYdX's ``message_id`` counter) stamps them here."""
+        (called per connection, in sending order; None: the frame is lost in transit, a fault).
+        The default is the frame itself; a venue whose frames carry per-connection fields (dYdX's
+        ``message_id`` counter) stamps them here."""
         return frame
 
     def on_step(self, topics: set[str]) -> dict[str, list[bytes]]:
@@ -126,9 +127,10 @@ class Dialect:
     # --- helpers for subclasses ------------------------------------------------------------
 
     def send(self, conn, body) -> None:
-        frame = body if isinstance(body, bytes) else orjson.dumps(body)
-        conn.outbox.append(self.frame_for(conn, frame))
-        conn.wake.set()
+        frame = self.frame_for(conn, body if isinstance(body, bytes) else orjson.dumps(body))
+        if frame is not None:
+            conn.outbox.append(frame)
+            conn.wake.set()
 
     def rest(self, compute, path_args: bool = False):
         """An aiohttp handler answering ``compute(query)``'s JSON (``compute(query, **path
@@ -164,7 +166,7 @@ def offline_frames(exchange: str, feed: ExchangeFeed, topics: list[str], limit: 
         if stepping:
             for produced in dialect.on_step(set(topics)).values():
                 frames += produced
-    return [dialect.frame_for(conn, frame) for frame in frames[:limit]]
+    return [f for f in (dialect.frame_for(conn, frame) for frame in frames[:limit]) if f is not None]
 
 
 def dialect_classes() -> dict[str, type[Dialect]]:

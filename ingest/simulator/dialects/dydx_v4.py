@@ -48,13 +48,20 @@ are kept (``tickSize``/``stepSize`` say so).
   test line a client's book up with the truth's checkpoints.
 * REST under ``/dydx/v4``: ``/perpetualMarkets[?ticker=]``, ``/orderbooks/perpetualMarket/{ticker}``
   (the venue's book now, best ``SNAPSHOT_LEVELS`` a side, uncrossed), ``/trades/perpetualMarket/{ticker}
-  ?limit=&startingBeforeOrAtHeight=`` (newest first, deleveragings included) and
+  ?limit=&createdBeforeOrAtHeight=&createdBeforeOrAt=&page=`` (comlink's paging: newest first, at most
+  ``REST_LIMIT`` a page, deleveragings included; the history is the feed's recent fills, so pages
+  end where the real indexer would go on) and
   ``/historicalFunding/{ticker}?limit=&effectiveBeforeOrAt=`` (the hourly settlements since the
   simulator started: rate = the market's rate per hour, price = the oracle), each with the feed's
   REST faults; a bad ticker or parameter is a 400 with ``{"errors": [...]}``. The REST rate limit
   (100 requests per 10 s) and socks' subscription limits are not simulated.
 
 Integrity faults (``FaultConfig``; off by default):
+
+* ``message_loss_every_s``: after each period the next ``v4_trades`` update (on any connection) is
+  not sent, its ``message_id`` used up, so the client sees a hole on that connection and must
+  recover the trade it held. Recorded as a ``message_loss`` fault (``connection_id``,
+  ``message_id``, ``trade_ids``).
 
 * ``fetch_loss_every_s`` / ``fetch_loss_steps``: socks fetches the snapshot *before* it registers
   the subscription, so updates during the fetch are lost for that subscriber. The first
@@ -91,7 +98,7 @@ CHANNELS = ("v4_trades", "v4_orderbook", "v4_markets")
 BOOK_DEPTH = 1 << 20                # the whole book: every level of the market's ladder
 SNAPSHOT_LEVELS = 100               # per side in a subscribed snapshot and the REST book (§2.5)
 BACKLOG_TRADES = 100                # trades in a v4_trades subscribed reply [assumption: §2.5 gives no figure]
-REST_LIMIT = 1000                   # the most rows a REST page returns [assumption]
+REST_LIMIT = 1000                   # the most rows a REST page returns (comlink API_LIMIT_V4) [code reading]
 DELEVERAGED_KEPT = 10_000           # per market, for backlogs and REST
 SETTLEMENTS_KEPT = 24 * 30          # hourly settlements kept for historicalFunding
 TRADING_EVERY_MS = 30_000           # the roundtable market updater's cadence
@@ -303,15 +310,28 @@ class DydxV4Dialect(Dialect):
         return 200, self._book_contents(s, view)
 
     def trades(self, query, ticker: str) -> tuple[int, dict]:
+        """Comlink's trades controller: the market's taker fills newest first, at or below
+        ``createdBeforeOrAtHeight`` and at or before ``createdBeforeOrAt`` when given; ``page``
+        (from 1) skips ``(page - 1) * limit`` of them and adds ``pageSize`` and ``offset``."""
         s, limit = self._index(ticker), self._limit(query)
         if s is None:
             return self._ticker_error(ticker)
         if limit is None:
             return self._invalid("limit", query.get("limit"), f"limit must be an integer from 1 to {REST_LIMIT}")
-        height = query.get("startingBeforeOrAtHeight")
+        height, page = query.get("createdBeforeOrAtHeight"), query.get("page")
         if height is not None and not height.isdigit():
-            return self._invalid("startingBeforeOrAtHeight", height, "startingBeforeOrAtHeight must be an integer")
-        return 200, {"trades": self._recent_trades(s, limit, None if height is None else int(height))}
+            return self._invalid("createdBeforeOrAtHeight", height,
+                                 "createdBeforeOrAtHeight must be a non-negative integer")
+        if page is not None and not (page.isdigit() and int(page) >= 1):
+            return self._invalid("page", page, "page must be a positive integer")
+        before = query.get("createdBeforeOrAt")
+        try:
+            before_ms = None if before is None else parse_time_ms(before)
+        except ConfigError:
+            return self._invalid("createdBeforeOrAt", before, "Invalid value")
+        offset = (int(page) - 1) * limit if page is not None else 0
+        trades = self._recent_trades(s, limit, None if height is None else int(height), before_ms, offset)
+        return 200, {"trades": trades, **({"pageSize": limit, "offset": offset} if page is not None else {})}
 
     def historical_funding(self, query, ticker: str) -> tuple[int, dict]:
         s, limit = self._index(ticker), self._limit(query)
@@ -346,10 +366,19 @@ class DydxV4Dialect(Dialect):
         end = frame.index(b'"', 9) + 1
         return frame[:end] + b"," + session.head + str(message_id).encode() + frame[end:]
 
-    def frame_for(self, conn, frame: bytes) -> bytes:
+    def frame_for(self, conn, frame: bytes) -> bytes | None:
+        """The frame stamped with the connection's next ``message_id``; None when the message-loss
+        fault takes it (the id is used up all the same, so the client sees a hole)."""
         session = self._session(conn)
         message_id = session.next_id
         session.next_id += 1
+        faults = self.feed.faults
+        if (faults.config.message_loss_every_s and frame.startswith(b'{"type":"channel_data","id":"')
+                and b'"channel":"v4_trades"' in frame[:120] and faults.message_loss_due(self.feed.now_ms)):
+            self.feed.record_fault(self.feed.now_ms, "message_loss", venue=self.name,
+                                   connection_id=session.connection_id, message_id=message_id,
+                                   trade_ids=[t["id"] for t in orjson.loads(frame)["contents"]["trades"]])
+            return None
         return self._stamp(session, frame, message_id)
 
     def _deliver(self, conn, frame: bytes, message_id: int) -> None:
@@ -552,15 +581,23 @@ class DydxV4Dialect(Dialect):
         trades = [(liq.symbol_index, self._deleveraging(liq)) for liq in reversed(new)]
         return [(s, trade) for s, trade in trades if trade is not None]
 
-    def _recent_trades(self, s: int, limit: int, max_height: int | None = None) -> list[dict]:
-        """Newest first, at or below a block height."""
-        before_ms = None if max_height is None else self.feed.start_ms + (max_height - FIRST_HEIGHT + 1) * BLOCK_MS
-        fills = (f for f in reversed(self.feed.recent_fills(s)) if before_ms is None or f.ts_ms < before_ms)
-        trades = [self._fill_trade(s, f) for f in itertools.islice(fills, limit)]
-        trades += [t for t in itertools.islice(reversed(self._deleveraged[s]), limit)
-                   if max_height is None or int(t["createdAtHeight"]) <= max_height]
+    def _recent_trades(self, s: int, limit: int, max_height: int | None = None, before_ms: int | None = None,
+                       offset: int = 0) -> list[dict]:
+        """Newest first, at or below a block height and at or before a time, ``offset`` skipped. The
+        history is the feed's last ``RECENT_AGG_TRADES`` fills of the market (the real indexer keeps
+        every fill; older pages here end, which is what a client must handle when REST does not
+        reach back far enough)."""
+        end_ms = None if max_height is None else self.feed.start_ms + (max_height - FIRST_HEIGHT + 1) * BLOCK_MS
+        wanted = offset + limit
+        fills = (f for f in reversed(self.feed.recent_fills(s))
+                 if (end_ms is None or f.ts_ms < end_ms) and (before_ms is None or f.ts_ms <= before_ms))
+        trades = [self._fill_trade(s, f) for f in itertools.islice(fills, wanted)]
+        deleveraged = (t for t in reversed(self._deleveraged[s])
+                       if (max_height is None or int(t["createdAtHeight"]) <= max_height)
+                       and (before_ms is None or parse_time_ms(t["createdAt"]) <= before_ms))
+        trades += list(itertools.islice(deleveraged, wanted))
         trades.sort(key=lambda t: (t["createdAt"], t["id"]), reverse=True)
-        return trades[:limit]
+        return trades[offset:wanted]
 
     def _trades_frame(self, s: int, trades: list[dict]) -> bytes:
         return orjson.dumps({"type": "channel_data", "id": self.ticker(s), "channel": "v4_trades", "version": "2.1.0",
