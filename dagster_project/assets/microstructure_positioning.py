@@ -177,8 +177,8 @@ def basis(run: TableRun) -> dict:
                     "exchange, symbol, minute"),
         no_violations("too_shallow_is_null", "A size some book of the minute could not fill has no slippage.",
                       positioning.shallow_but_measured()),
-        no_violations("values_in_range", "A larger order never costs less than a smaller one on the same side; "
-                                         "n_valid <= n_snapshots.",
+        no_violations("values_in_range", "A larger order never costs less than a smaller one on the same side (to "
+                                         "0.001 bps of float noise); n_valid <= n_snapshots.",
                       f"n_valid > n_snapshots OR {positioning.slippage_monotone_violation()}"),
         no_duplicates("exchange, symbol, minute", description="One row per (exchange, symbol, minute)."),
         units_convertible("book_snapshots", where=depth.PERIODIC),
