@@ -39,11 +39,12 @@ def _totals_match(name: str, sql: str, what: str) -> Check:
         no_violations("values_in_range", "OI >= 0; n_markets, n_venues >= 1; pool rows hold long + short = total, "
                                          "one-sided rows no long/short split.",
                       "oi_coin < 0 OR oi_usd < 0 OR n_markets < 1 OR n_venues < 1 "
-                      "OR (pool_counterparty AND abs(oi_long_usd + oi_short_usd - oi_usd) > 1e-9 * greatest(oi_usd, 1)) "
+                      "OR (pool_counterparty "
+                      "AND abs(oi_long_usd + oi_short_usd - oi_usd) > 1e-9 * greatest(oi_usd, 1)) "
                       "OR (NOT pool_counterparty AND (oi_long_usd IS NOT NULL OR oi_short_usd IS NOT NULL))"),
         _totals_match("total_is_sum_of_venues", positioning.OI_TOTAL_MISMATCH,
-                      "Every cross-venue row (venue 'all') equals the sum of its venue rows of the same kind (one-sided "
-                      "or pool) in coins, USD and markets."),
+                      "Every cross-venue row (venue 'all') equals the sum of its venue rows of the same kind "
+                      "(one-sided or pool) in coins, USD and markets."),
         units_convertible("open_interest"),
     ],
     description="Open interest per base asset and venue and across venues at 5-minute and hourly grain "

@@ -285,7 +285,8 @@ JOIN (SELECT asset, pool_counterparty, grain, bucket_start, sum(oi_usd) AS usd, 
       FROM analytics.aggregated_open_interest WHERE venue <> 'all' AND day >= $start AND day < $end GROUP BY ALL) AS v
   USING (asset, pool_counterparty, grain, bucket_start)
 WHERE t.venue = 'all' AND t.day >= $start AND t.day < $end
-  AND (abs(t.oi_usd - v.usd) > 1e-9 * greatest(abs(v.usd), 1) OR abs(t.oi_coin - v.coin) > 1e-9 * greatest(abs(v.coin), 1)
+  AND (abs(t.oi_usd - v.usd) > 1e-9 * greatest(abs(v.usd), 1)
+       OR abs(t.oi_coin - v.coin) > 1e-9 * greatest(abs(v.coin), 1)
        OR t.n_markets <> v.markets)
 """
 
@@ -296,7 +297,8 @@ JOIN (SELECT asset, bucket_start, sum(taker_buy_usd) AS buy, sum(taker_sell_usd)
       FROM analytics.taker_volume WHERE exchange <> 'all' AND day >= $start AND day < $end GROUP BY ALL) AS v
   USING (asset, bucket_start)
 WHERE t.exchange = 'all' AND t.day >= $start AND t.day < $end
-  AND (abs(t.taker_buy_usd - v.buy) > 1e-9 * greatest(v.buy, 1) OR abs(t.taker_sell_usd - v.sell) > 1e-9 * greatest(v.sell, 1)
+  AND (abs(t.taker_buy_usd - v.buy) > 1e-9 * greatest(v.buy, 1)
+       OR abs(t.taker_sell_usd - v.sell) > 1e-9 * greatest(v.sell, 1)
        OR abs(t.forced_buy_usd + t.forced_sell_usd - v.forced) > 1e-9 * greatest(v.forced, 1))
 """
 
@@ -328,7 +330,8 @@ WHERE asset = $asset AND NOT is_realised AND grain = '5m' AND day >= $start AND 
 
 def slippage_curve_sql() -> str:
     """Per market and side, the day's mean slippage of each order size (label, size USD, bps)."""
-    arms = [f"SELECT exchange || ' ' || symbol || ' {'buy' if side == 'ask' else 'sell'}' AS label, {size!r} AS size_usd, "
+    arms = [f"SELECT exchange || ' ' || symbol || ' {'buy' if side == 'ask' else 'sell'}' AS label, "
+            f"{size!r} AS size_usd, "
             f"avg({side}_slippage_bps_{label}) AS bps FROM analytics.slippage WHERE day >= $start AND day < $end "
             "GROUP BY ALL"
             for size, label in zip(ORDER_SIZES_USD, SIZE_LABELS, strict=True) for side in ("ask", "bid")]
