@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,7 +16,7 @@ from ingest.venues import forced_trade_types
 from transforms.basis import premium_annualized, premium_asof, price_dislocation, twap
 from transforms.depth import aggregate_buckets
 from transforms.positioning import GRAINS, funding_by_venue, oi_observations, open_interest_by_venue
-from transforms.slippage import ORDER_SIZES_USD, Slippage, size_label, slippage_batch
+from transforms.slippage import ORDER_SIZES_USD, size_label, slippage_batch
 from transforms.taker_flow import aggregate_flow, cumulative_volume_delta, resample_flow, taker_flow_sql
 from warehouse.analytics.common import arrow_rows, asset_of, days_of, epoch, fetch, groups, timestamps
 from warehouse.analytics.depth import (
@@ -208,23 +209,29 @@ def basis_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
 SIZE_LABELS = tuple(size_label(size) for size in ORDER_SIZES_USD)
 
 
-def _batch_slippage(batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], Slippage]:
+def _batch_slippage(batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     keys = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("exchange", "symbol", "ts_ms", "seq")}
     bids, asks = book_side(batch.column("bids")), book_side(batch.column("asks"))
-    return keys, slippage_batch(*bids, *asks, quote_usd_rate=QUOTE_USD_RATE,
-                                contract_size=batch.column("qty_multiplier").to_numpy(zero_copy_only=False),
-                                inverse=batch.column("inverse").to_numpy(zero_copy_only=False))
+    walked = slippage_batch(*bids, *asks, quote_usd_rate=QUOTE_USD_RATE,
+                            contract_size=batch.column("qty_multiplier").to_numpy(zero_copy_only=False),
+                            inverse=batch.column("inverse").to_numpy(zero_copy_only=False))
+    return keys, walked.columns()
 
 
 def _snapshot_slippage(con, start: dt.datetime, end: dt.datetime) -> tuple[dict[str, np.ndarray], dict] | None:
     reader = con.sql(SNAPSHOTS, params={"start": start, "end": end, "asset": None}).to_arrow_reader(
         SNAPSHOTS_PER_BATCH)
+    done, pending = [], deque()
     with ThreadPoolExecutor(max_workers=1) as pool:   # DuckDB decodes the next batch meanwhile
-        done = [future.result() for future in [pool.submit(_batch_slippage, batch) for batch in reader]]
+        for batch in reader:
+            pending.append(pool.submit(_batch_slippage, batch))
+            if len(pending) > 2:   # bounds the decoded-but-unwalked batches held in memory
+                done.append(pending.popleft().result())
+        done += [future.result() for future in pending]
     if not done:
         return None
     keys = {name: np.concatenate([k[name] for k, _ in done]) for name in done[0][0]}
-    columns = {name: np.concatenate([s.columns()[name] for _, s in done]) for name in done[0][1].columns()}
+    columns = {name: np.concatenate([c[name] for _, c in done]) for name in done[0][1]}
     return keys, columns
 
 
