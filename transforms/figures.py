@@ -166,8 +166,10 @@ def stacked_with_lines(stacked: Series, lines_: Series, title: str, *, stacked_u
             xs_.append(x)
             ys_.append(np.nan if y is None else y)
         for i, (label, (xs_, ys_)) in enumerate(sorted(by_label.items())[:MAX_LINES]):
-            twin.plot(xs_, ys_, linewidth=1.2 if label == "OI-weighted" else 0.6, color="k" if label == "OI-weighted"
-                      else f"C{i}", linestyle="-" if label == "OI-weighted" else ":", label=label)
+            emphasis = label == "OI-weighted"   # the cross-venue line; venues dashed in their area's colour
+            twin.plot(xs_, ys_, linewidth=1.4 if emphasis else 0.9, color="k" if emphasis else f"C{labels.index(label)}"
+                      if label in labels else f"C{i}", linestyle="-" if emphasis else "--", label=label)
+        twin.margins(y=0.15)
         twin.set_ylabel(line_unit, fontsize=7)
         twin.tick_params(labelsize=7)
         twin.legend(fontsize=6, loc="upper right")

@@ -338,7 +338,7 @@ WHERE asset = $asset AND NOT is_realised AND grain = '5m' AND day >= $start AND 
 def slippage_curve_sql() -> str:
     """Per market and side, the day's mean slippage of each order size (label, size USD, bps)."""
     arms = [f"SELECT exchange || ' ' || symbol || ' {'buy' if side == 'ask' else 'sell'}' AS label, "
-            f"{size!r} AS size_usd, "
+            f"CAST({size!r} AS DOUBLE) AS size_usd, "
             f"avg({side}_slippage_bps_{label}) AS bps FROM analytics.slippage WHERE day >= $start AND day < $end "
             "GROUP BY ALL"
             for size, label in zip(ORDER_SIZES_USD, SIZE_LABELS, strict=True) for side in ("ask", "bid")]
