@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.venues import forced_trade_types
-from transforms.basis import premium_annualized, premium_asof, price_dislocation, twap
+from transforms.basis import premium, premium_annualized, price_dislocation, twap
 from transforms.depth import aggregate_buckets
+from transforms.open_interest import asof_values
 from transforms.positioning import GRAINS, funding_by_venue, oi_observations, open_interest_by_venue
 from transforms.slippage import ORDER_SIZES_USD, size_label, slippage_batch
 from transforms.taker_flow import aggregate_flow, cumulative_volume_delta, resample_flow, taker_flow_sql
@@ -153,8 +154,9 @@ def _premium_minutes(con, start: dt.datetime, end: dt.datetime) -> pa.Table | No
         if not has_mark.any() or not has_index.any():
             continue   # a venue publishing no mark (dYdX) or no index has no premium
         mark_ts, mark = ts[has_mark], mark[has_mark]
-        paired = premium_asof(mark_ts, mark, ts[has_index], index[has_index], tolerance_s=INDEX_TOLERANCE_S)
-        index_at_mark = mark / (1.0 + paired)
+        # Venues pushing mark and index in separate messages (OKX) pair each mark with the index as of it.
+        index_at_mark = asof_values(mark_ts, ts[has_index], index[has_index], tolerance_s=INDEX_TOLERANCE_S)
+        paired = premium(mark, index_at_mark)
         last = aggregate_buckets(mark_ts, np.column_stack([mark, index_at_mark, paired])).last
         minute = aggregate_buckets(mark_ts, mark).bucket_start
         mean = twap(mark_ts, paired, 60, max_hold_s=PREMIUM_HOLD_S, end_s=epoch(end))
@@ -190,13 +192,13 @@ def _dislocation_minutes(con, start: dt.datetime, end: dt.datetime) -> pa.Table 
 def basis_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
     """Per market and minute: the venue's premium and annualized basis, and its mid against the
     median of the asset's markets (either half NULL where the market has no such data)."""
-    premium, dislocation = _premium_minutes(con, start, end), _dislocation_minutes(con, start, end)
-    if premium is None and dislocation is None:
+    premiums, dislocations = _premium_minutes(con, start, end), _dislocation_minutes(con, start, end)
+    if premiums is None and dislocations is None:
         return []
-    if premium is None or dislocation is None:
-        joined = premium if dislocation is None else dislocation
+    if premiums is None or dislocations is None:
+        joined = premiums if dislocations is None else dislocations
     else:
-        joined = premium.join(dislocation, ["exchange", "symbol", "minute_s"], join_type="full outer")
+        joined = premiums.join(dislocations, ["exchange", "symbol", "minute_s"], join_type="full outer")
     minute = joined.column("minute_s").to_numpy()
     symbols = joined.column("symbol").to_pylist()
     return [joined.drop_columns(["minute_s"]).append_column("minute", timestamps(minute))
