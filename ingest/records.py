@@ -13,6 +13,10 @@ Field kinds (annotations):
   Levels              [[price, qty], ...] strings on the wire, STRUCT(price, qty)[] in the warehouse
 ``X | None`` marks a nullable field.
 
+A class whose rows a venue publishes again and again (statistics per period, polled) names the
+fields that identify a row in ``unique_key``: the loader stores each such row once, the first
+time it arrives, however often a re-poll repeats it.
+
 Bump ``SCHEMA_VERSION`` and add a migration in ``warehouse.schema`` when a field changes.
 """
 
@@ -27,10 +31,11 @@ from typing import Annotated, ClassVar
 import orjson
 import pyarrow as pa
 
-SCHEMA_VERSION = 5   # 2: Funding.rate and interval_hours nullable (delivery contracts)
+SCHEMA_VERSION = 6   # 2: Funding.rate and interval_hours nullable (delivery contracts)
                      # 3: book checksums; instruments
                      # 4: ADL events; book snapshots count local uncrossing
                      # 5: open interest's short side where it differs from the long (pool venues)
+                     # 6: the venues' own long/short ratios and taker volumes per period
 
 
 class _Kind:
@@ -225,6 +230,57 @@ class Adl(MarketRecord):
 
 
 @dataclass(slots=True, kw_only=True)
+class LongShortRatio(MarketRecord):
+    """A venue's own statistic of who is long and who is short, for one period (polled REST).
+
+    ``ts_exchange`` is the start of the period, as the venue stamps the row. ``population`` says
+    what was counted, named after what the venue measures:
+
+      all_accounts    every account holding a position, each counted once (Binance
+                      globalLongShortAccountRatio; Bybit account-ratio, its "users holding long
+                      positions"; OKX long-short-account-ratio-contract)
+      top_accounts    the venue's top traders, each account counted once (Binance
+                      topLongShortAccountRatio: the top 20% by margin balance; OKX
+                      long-short-account-ratio-contract-top-trader: the top 5% by open position
+                      value). Binance's and OKX's cut differ: compare venues on all_accounts
+      top_positions   the same top traders, weighted by position size: the share of their
+                      positions' size that is long (Binance topLongShortPositionRatio, OKX
+                      long-short-position-ratio-contract-top-trader)
+
+    A row is stored once per (exchange, symbol, period, population, period start)."""
+
+    record_type: ClassVar[str] = "long_short_ratio"
+    topic: ClassVar[str] = "md.long_short_ratios"
+    table: ClassVar[str] = "long_short_ratios"
+    unique_key: ClassVar[tuple[str, ...]] = ("exchange", "symbol", "period", "population", "ts_exchange")
+
+    period: Text              # the statistic's period, perpflow's spelling: "5m"
+    population: Text          # all_accounts | top_accounts | top_positions (above)
+    long_share: Num | None    # share long, 0..1; None where the venue publishes only the ratio (OKX)
+    short_share: Num | None
+    long_short_ratio: Num     # long_share / short_share as the venue states it
+
+
+@dataclass(slots=True, kw_only=True)
+class TakerVolume(MarketRecord):
+    """A venue's own published taker buy and sell volume for one period (polled REST), in the unit
+    the venue gives it (Binance USD-M: base; OKX: contracts, converted through the instrument like
+    every size, ``warehouse.units``). ``ts_exchange`` is the start of the period. Perpflow's own
+    sums of ``raw.trades`` can be reconciled against it. Stored once per (exchange, symbol, period,
+    period start)."""
+
+    record_type: ClassVar[str] = "taker_volume"
+    topic: ClassVar[str] = "md.taker_volumes"
+    table: ClassVar[str] = "taker_volumes"
+    unique_key: ClassVar[tuple[str, ...]] = ("exchange", "symbol", "period", "ts_exchange")
+
+    period: Text              # "5m"
+    buy_qty: Num              # bought by takers in the period, in qty_unit
+    sell_qty: Num             # sold by takers
+    qty_unit: Text            # "base" | "contracts"
+
+
+@dataclass(slots=True, kw_only=True)
 class FeedEvent:
     """Something happened to the feed rather than the market: gaps, resyncs, outages."""
 
@@ -257,11 +313,11 @@ class DeadLetter:
 
 
 RECORD_TYPES: tuple[type, ...] = (Trade, BookSnapshot, BookDelta, Funding, OpenInterest,
-                                  Liquidation, Instrument, Adl, FeedEvent, DeadLetter)
+                                  Liquidation, Instrument, Adl, LongShortRatio, TakerVolume, FeedEvent, DeadLetter)
 BY_NAME: dict[str, type] = {cls.record_type: cls for cls in RECORD_TYPES}
 TOPICS: tuple[str, ...] = tuple(dict.fromkeys(cls.topic for cls in RECORD_TYPES))
-Record = (Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | Instrument | Adl | FeedEvent
-          | DeadLetter)
+Record = (Trade | BookSnapshot | BookDelta | Funding | OpenInterest | Liquidation | Instrument | Adl
+          | LongShortRatio | TakerVolume | FeedEvent | DeadLetter)
 
 
 @dataclass(frozen=True)

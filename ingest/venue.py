@@ -80,6 +80,8 @@ DATA_KINDS: dict[str, str] = {
     "open_interest": "open interest (raw.open_interest)",
     "liquidations": "liquidations (raw.liquidations)",
     "adl": "auto-deleveraging fills and states (raw.adl_events)",
+    "long_short_ratios": "the venue's own long/short ratios per period (raw.long_short_ratios)",
+    "taker_volumes": "the venue's own taker buy/sell volume per period (raw.taker_volumes)",
 }
 
 

@@ -526,8 +526,9 @@ def ui(port: int) -> None:
 from ingest.simulator.cli import simulate  # noqa: E402
 from pipelines.backfill_cli import backfill  # noqa: E402
 from pipelines.quant_cli import export, import_candles  # noqa: E402
+from pipelines.report import report_command  # noqa: E402
 
-for command in (simulate, backfill, import_candles, export):
+for command in (simulate, backfill, import_candles, export, report_command):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -27,10 +27,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest import records
+from pipelines import demo_quant
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
 from ingest.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
-from ingest.simulator.dialects import url_prefix
+from ingest.simulator.config import parse_time_ms
+from ingest.simulator.dialects import NATIVE_VENUE, url_prefix
+from pipelines.demo_history import HistoryFailed, start_history, warm_summary
 from pipelines.replay import replay
+from pipelines.report import ReportError
 from warehouse.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +46,8 @@ DEFAULT_RECORDING = REPO.parent / "shared" / "data" / "cryptofeed-captures"
 SIM_START = "2025-10-10T20:20:00Z"
 SIM_HOURS = 1.5
 SIM_SEED = 7
+# The calm day before it (pipelines/demo_history.py), so the trailing 24 h baselines are warm.
+HISTORY_HOURS = 24.0
 LOAD_EVERY_S = 20
 # The venues the demo ingests, each with its spelling of the simulated markets.
 DEMO_VENUES = {"binance-usdm": "BTCUSDT,ETHUSDT,SOLUSDT", "okx-swap": "BTC-USDT-SWAP,ETH-USDT-SWAP,SOL-USDT-SWAP",
@@ -59,8 +65,9 @@ def _raise_interrupt(signum, frame):
 def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, console: Console,
              speed: float = 30.0) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    broker, children = None, []
+    broker, children, history = None, [], None
     started = time.perf_counter()
+    phases: dict[str, float] = {}
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
         stale = [settings.warehouse_path, settings.replica_path, Path(f"{settings.warehouse_path}.wal")]
@@ -82,23 +89,46 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
             pipeline.load()
             truth = None
         else:
+            history = start_history(settings, console, parse_time_ms(SIM_START), HISTORY_HOURS, SIM_SEED + 1,
+                                    DEMO_VENUES[NATIVE_VENUE].split(","))
+            live = time.perf_counter()
             truth = _stream_cascade(settings, console, speed, pipeline, children)
+            phases["live"] = time.perf_counter() - live
+            phases["waiting for the history"] = history.finish()
+            phases["history (in parallel)"] = history.generated_s
+            loading = time.perf_counter()
+            console.print(f"    history loaded: +{pipeline.load():,} rows")
+            phases["final load"] = time.perf_counter() - loading
             report = None
+        analytics = time.perf_counter()
         days = pipeline.daily_assets()
-        console.print("[bold]5/5[/] summary")
+        phases["daily analytics"] = time.perf_counter() - analytics
         from warehouse.store import Warehouse
 
+        quant_started = time.perf_counter()
+        quant = demo_quant.run_quant(pipeline.dg, pipeline.instance, pipeline.resources, pipeline.quiet,
+                                     Warehouse.from_settings(settings), console)
+        phases["quant half"] = time.perf_counter() - quant_started
+        console.print("[bold]5/5[/] summary")
         Warehouse.from_settings(settings).publish_replica()
         _summary(settings, report, truth, days, console, time.perf_counter() - started)
+        demo_quant.show(settings, quant, console, cascade_source=(
+            f"replayed recordings ({len(recordings)} files)" if recordings else
+            f"simulated by perpflow simulate (cascade scenario, seed {SIM_SEED}, {SIM_HOURS} h from {SIM_START}), "
+            "a model of 2025-10-10, not a replay"))
+        console.print("phases: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in phases.items()),
+                      highlight=False)
         return 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping what the demo started[/]")
         return 130
-    except (BrokerUnavailable, DemoError) as exc:
+    except (BrokerUnavailable, DemoError, HistoryFailed, demo_quant.QuantDemoError, ReportError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if history is not None:
+            history.stop()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -223,8 +253,10 @@ class _Pipeline:
         from warehouse.store import Warehouse
 
         with Warehouse.from_settings(self.settings).writer() as con:
+            # Trades, or books alone (the warm-up history has no trades).
             days = [str(d) for (d,) in con.execute(
-                "SELECT DISTINCT CAST(ts_exchange AS DATE) FROM raw.trades ORDER BY 1").fetchall()]
+                "SELECT DISTINCT CAST(ts_exchange AS DATE) FROM raw.trades UNION "
+                "SELECT DISTINCT CAST(ts_exchange AS DATE) FROM raw.book_snapshots ORDER BY 1").fetchall()]
         daily = [ohlcv_1m, *MICROSTRUCTURE_ASSETS]
         self.console.print(f"[bold]4/5[/] Dagster: {len(daily)} daily assets for {', '.join(days)}")
         for day in days:
@@ -265,6 +297,7 @@ def _summary(settings: Settings, report, truth: Path | None, days: list[str], co
             true = load_truth(truth)
             _cascade_summary(con, true, console)
             _venue_summary(con, true, console)
+            warm_summary(con, true, console)
         else:
             _bars_summary(con, console)
     if report is not None:

@@ -114,6 +114,53 @@ def missing_bars(candles: Candles, interval: str, source: str) -> int:
     return int((np.diff(stamps) // step - 1).sum())
 
 
+@dataclass(frozen=True)
+class CandleImport:
+    """What one file added to raw.candles."""
+
+    candles: Candles
+    missing: int       # bars missing inside the file's range
+    replaced: int      # bars that were already imported
+    total: int         # this market's bars of this interval in raw.candles afterwards
+
+
+def import_candles_file(warehouse, path: Path, exchange: str, symbol: str, interval: str) -> CandleImport:
+    """Parse ``path`` and replace its bars in raw.candles in one transaction (the replica is not
+    published: callers importing several files publish once).
+
+    Raises ValueError for a bad file (nothing imported) and WarehouseBusy if the writer lock is held.
+    """
+    try:
+        candles = parse_candles_csv(path.read_text(encoding="utf-8-sig"), source=path.name)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; export the candles as CSV") from None
+    missing = missing_bars(candles, interval, path.name)
+    incoming = pa.table({
+        "ts": pa.array(candles.ts),
+        **{name: pa.array(getattr(candles, name)) for name in ("open", "high", "low", "close", "volume")},
+        "quote_volume": pa.array(candles.turnover, from_pandas=True),
+    })
+    key = {"exchange": exchange, "symbol": symbol, "interval": interval}
+    with warehouse.writer() as con:
+        con.register("incoming", incoming)
+        con.execute("BEGIN")
+        try:
+            replaced = con.execute("""DELETE FROM raw.candles WHERE exchange = $exchange AND symbol = $symbol
+                                      AND interval = $interval AND ts IN (SELECT ts FROM incoming)""",
+                                   key).fetchone()[0]
+            con.execute("""INSERT INTO raw.candles BY NAME
+                           SELECT $exchange AS exchange, $symbol AS symbol, $interval AS interval, *,
+                                  $source AS source, $imported_at AS imported_at FROM incoming""",
+                        {**key, "source": path.name, "imported_at": dt.datetime.now(dt.UTC).replace(tzinfo=None)})
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        total = con.execute("SELECT count(*) FROM raw.candles WHERE exchange = $exchange AND symbol = $symbol "
+                            "AND interval = $interval", key).fetchone()[0]
+    return CandleImport(candles, missing, replaced, total)
+
+
 @click.command("import-candles")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--exchange", required=True, callback=_exchange_option,
@@ -130,51 +177,24 @@ def import_candles(path: Path, exchange: str, symbol: str, interval: str) -> Non
 
     settings = _settings()
     started = time.perf_counter()
-    console.print(f"reading {path}")
+    console.print(f"reading {path}; writing {exchange} {symbol} {interval} to {settings.warehouse_path}")
+    warehouse = Warehouse.from_settings(settings)
     try:
-        candles = parse_candles_csv(path.read_text(encoding="utf-8-sig"), source=path.name)
-        gaps = missing_bars(candles, interval, path.name)
-    except UnicodeDecodeError:
-        _fail(f"{path} is not UTF-8 text; export the candles as CSV. Nothing was imported.")
+        result = import_candles_file(warehouse, path, exchange, symbol, interval)
     except ValueError as exc:
         _fail(f"{exc}\nNothing was imported; fix the file and run the command again.")
-    console.print(f"parsed {len(candles):,} {interval} bars; writing {exchange} {symbol} to {settings.warehouse_path}")
-    incoming = pa.table({
-        "ts": pa.array(candles.ts),
-        **{name: pa.array(getattr(candles, name)) for name in ("open", "high", "low", "close", "volume")},
-        "quote_volume": pa.array(candles.turnover, from_pandas=True),
-    })
-    warehouse = Warehouse.from_settings(settings)
-    key = {"exchange": exchange, "symbol": symbol, "interval": interval}
-    try:
-        with warehouse.writer() as con:
-            con.register("incoming", incoming)
-            con.execute("BEGIN")
-            try:
-                replaced = con.execute("""DELETE FROM raw.candles WHERE exchange = $exchange AND symbol = $symbol
-                                          AND interval = $interval AND ts IN (SELECT ts FROM incoming)""",
-                                       key).fetchone()[0]
-                con.execute("""INSERT INTO raw.candles BY NAME
-                               SELECT $exchange AS exchange, $symbol AS symbol, $interval AS interval, *,
-                                      $source AS source, $imported_at AS imported_at FROM incoming""",
-                            {**key, "source": path.name, "imported_at": dt.datetime.now(dt.UTC).replace(tzinfo=None)})
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            total = con.execute("SELECT count(*) FROM raw.candles WHERE exchange = $exchange AND symbol = $symbol "
-                                "AND interval = $interval", key).fetchone()[0]
     except WarehouseBusy as exc:
         _fail(f"{exc}. Nothing was imported.")
     warehouse.publish_replica()
 
+    candles = result.candles
     first, last = (str(t.astype("datetime64[D]")) for t in (candles.ts[0], candles.ts[-1]))
     table = Table(title=f"import-candles: {exchange} {symbol} {interval}", show_header=False)
     for label, value in [
         ("file", str(path)), ("bars in file", f"{len(candles):,}"),
         ("first bar (open, UTC)", str(candles.ts[0])), ("last bar (open, UTC)", str(candles.ts[-1])),
-        ("missing bars inside the range", f"{gaps:,}"), ("replaced (already imported)", f"{replaced:,}"),
-        ("new", f"{len(candles) - replaced:,}"), (f"{symbol} {interval} bars in raw.candles", f"{total:,}"),
+        ("missing bars inside the range", f"{result.missing:,}"), ("replaced (already imported)", f"{result.replaced:,}"),
+        ("new", f"{len(candles) - result.replaced:,}"), (f"{symbol} {interval} bars in raw.candles", f"{result.total:,}"),
         ("seconds", f"{time.perf_counter() - started:.2f}"),
     ]:
         table.add_row(label, value)

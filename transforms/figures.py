@@ -1,14 +1,21 @@
-"""Small PNG charts of analytics tables: data in, PNG bytes out, no I/O.
+"""PNG charts of analytics tables: data in, PNG bytes out, no I/O (matplotlib's Agg backend).
 
 Dagster keeps every picture in its event log (``dagster_project.tables`` embeds them in the
-materialization metadata), so figures are small: 7 x 2.6 inches at 80 dpi by default.
+materialization metadata), so its figures are small: 7 x 2.6 inches at 80 dpi by default.
+
+The report figures (``render_panels`` and below) are larger, several panels on one time axis, and
+take plain arrays (timestamps as ``datetime64``), so the HTML report (``pipelines/report.py``) and
+Dagster metadata can draw the same picture from the same rows. A report figure whose data is
+missing still renders, with the reason written in the panel, so a reader sees what is absent and
+why rather than an empty page.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -192,3 +199,216 @@ def slippage_curves(points: list[tuple[str, float, float | None]], title: str) -
         ax.set_ylabel("slippage vs mid, bps", fontsize=7)
         ax.legend(fontsize=6)
     return _render(title, draw)
+
+
+# --- report figures ----------------------------------------------------------------------------
+
+REPORT_PANEL = (10.0, 2.8)   # inches per panel: wide enough for a day of minutes
+REPORT_DPI = 90
+LONG_COLOR, SHORT_COLOR, SPAN_COLOR = "tab:red", "tab:green", "tab:orange"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes of a figure: ``draw(ax)`` fills it, or ``missing`` says why there is nothing to draw."""
+
+    title: str
+    draw: Callable[[object], None] | None = None
+    missing: str = ""
+
+
+@dataclass(frozen=True)
+class TimeSeries:
+    ts: np.ndarray          # datetime64
+    values: np.ndarray      # float, NaN where undefined
+
+
+@dataclass(frozen=True)
+class Span:
+    start: np.datetime64
+    end: np.datetime64
+    label: str = ""
+
+
+def render_panels(title: str, panels: Sequence[Panel], *, sharex: bool = True, panel_size=REPORT_PANEL,
+                  dpi: int = REPORT_DPI) -> bytes:
+    """Stack ``panels`` vertically in one PNG; panels without data show their ``missing`` text."""
+    import matplotlib
+
+    # Agg renders without a display: reports and assets run headless, in daemons and containers.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(panel_size[0], panel_size[1] * len(panels)), dpi=dpi,
+                             sharex=sharex and all(p.draw for p in panels), squeeze=False)
+    try:
+        for ax, panel in zip(axes[:, 0], panels):
+            ax.set_title(panel.title, fontsize=9, loc="left")
+            ax.tick_params(labelsize=7)
+            if panel.draw is None:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, panel.missing or "no data", ha="center", va="center", fontsize=9, wrap=True,
+                        transform=ax.transAxes, color="dimgray")
+            else:
+                panel.draw(ax)
+                _date_axis(ax)
+        fig.suptitle(title, fontsize=11)
+        fig.tight_layout()
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        return png.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _shade_cascades(ax, spans: Sequence[Span]) -> None:
+    _shade(ax, [(span.start, span.end) for span in spans], SPAN_COLOR)
+
+
+def _has_values(series: TimeSeries | None) -> bool:
+    return series is not None and len(series.ts) > 0 and bool(np.isfinite(series.values).any())
+
+
+def cascade_price_depth_liquidations(title: str, price: TimeSeries | None, depth_2pct_usd: TimeSeries | None,
+                                     liquidated_long_usd: TimeSeries | None, liquidated_short_usd: TimeSeries | None,
+                                     *, cascades: Sequence[Span] = (), depth_note: str = "",
+                                     liquidation_note: str = "") -> bytes:
+    """Three panels on one time axis: price, ±2 % book depth in USD, liquidated USD per minute
+    (longs down, shorts up); detected cascades shaded in each."""
+    def price_panel(ax):
+        ax.plot(price.ts, price.values, color="black", linewidth=0.9)
+        _shade_cascades(ax, cascades)
+        ax.set_ylabel("price", fontsize=8)
+
+    def depth_panel(ax):
+        ax.plot(depth_2pct_usd.ts, depth_2pct_usd.values / 1e6, color="tab:blue", linewidth=0.9)
+        _shade_cascades(ax, cascades)
+        ax.set_ylabel("$M within ±2%", fontsize=8)
+        ax.set_ylim(bottom=0)
+
+    def liquidation_panel(ax):
+        width = 1 / 1440   # one minute, in days
+        if _has_values(liquidated_long_usd):
+            ax.bar(liquidated_long_usd.ts, -liquidated_long_usd.values / 1e6, width=width, color=LONG_COLOR,
+                   label="longs liquidated")
+        if _has_values(liquidated_short_usd):
+            ax.bar(liquidated_short_usd.ts, liquidated_short_usd.values / 1e6, width=width, color=SHORT_COLOR,
+                   label="shorts liquidated")
+        _shade_cascades(ax, cascades)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_ylabel("$M per minute", fontsize=8)
+        ax.legend(fontsize=7, loc="lower left")
+
+    has_liquidations = _has_values(liquidated_long_usd) or _has_values(liquidated_short_usd)
+    return render_panels(title, [
+        Panel("price (1-minute close)", price_panel if _has_values(price) else None, "no one-minute bars"),
+        Panel(f"book depth within ±2% of mid{depth_note}", depth_panel if _has_values(depth_2pct_usd) else None,
+              "no book depth for this market"),
+        Panel(f"liquidations{liquidation_note}", liquidation_panel if has_liquidations else None,
+              "no liquidations published for this market"),
+    ])
+
+
+def stress_index(title: str, index_by_asset: Mapping[str, TimeSeries], thresholds: Mapping[str, float], *,
+                 cascades: Sequence[Span] = (), missing: str = "") -> bytes:
+    """The 0-100 market stress index per asset with horizontal threshold lines (label -> level)."""
+    def draw(ax):
+        for asset, series in sorted(index_by_asset.items()):
+            ax.plot(series.ts, series.values, linewidth=0.9, label=asset)
+        for index, (label, level) in enumerate(sorted(thresholds.items(), key=lambda item: item[1])):
+            ax.axhline(level, color="black", linestyle=("--", ":", "-.")[index % 3], linewidth=0.8,
+                       label=f"{label} ({level:g})")
+        _shade_cascades(ax, cascades)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("stress index", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+
+    has_data = any(_has_values(series) for series in index_by_asset.values())
+    return render_panels(title, [Panel("stress index 0-100 (NULL minutes not drawn)", draw if has_data else None,
+                                       missing or "the stress index is NULL at every minute")])
+
+
+def open_interest_by_venue(title: str, usd_by_asset_venue: Mapping[str, Mapping[str, TimeSeries]], *,
+                           cascades: Sequence[Span] = ()) -> bytes:
+    """One panel per asset: open interest in USD of each venue, one line each."""
+    def panel(by_venue: Mapping[str, TimeSeries]):
+        def draw(ax):
+            for venue, series in sorted(by_venue.items()):
+                ax.plot(series.ts, series.values / 1e9, linewidth=0.9, label=venue)
+            _shade_cascades(ax, cascades)
+            ax.set_ylabel("$B", fontsize=8)
+            ax.legend(fontsize=7, loc="lower left", ncol=3)
+        return draw
+
+    panels = [Panel(f"{asset} open interest (USD, one side) by venue",
+                    panel(by_venue) if any(_has_values(s) for s in by_venue.values()) else None,
+                    f"no open interest for {asset}") for asset, by_venue in sorted(usd_by_asset_venue.items())]
+    return render_panels(title, panels or [Panel("open interest", None, "no open interest in this warehouse")])
+
+
+@dataclass(frozen=True)
+class PriceLevel:
+    name: str               # S1.. / R1.. (swing levels), P (classic pivot)
+    price: float
+    kind: str               # 'support' | 'resistance'
+    strength: float | None  # 0-100; None for pivot points
+
+
+@dataclass(frozen=True)
+class LevelsChart:
+    close: TimeSeries
+    levels: Sequence[PriceLevel]
+    as_of: str              # what the levels are as of, for the panel title
+
+
+def levels_on_price(title: str, charts: Mapping[str, LevelsChart]) -> bytes:
+    """One panel per market: the close with its support (green) and resistance (red) levels, line
+    width by strength, and the classic pivot point P dashed."""
+    def panel(chart: LevelsChart):
+        def draw(ax):
+            ax.plot(chart.close.ts, chart.close.values, color="black", linewidth=0.9)
+            for level in chart.levels:
+                if level.strength is None:
+                    ax.axhline(level.price, color="tab:blue", linestyle="--", linewidth=0.7)
+                    continue
+                color = SHORT_COLOR if level.kind == "support" else LONG_COLOR
+                ax.axhline(level.price, color=color, alpha=0.7, linewidth=0.5 + 2.5 * level.strength / 100)
+                ax.annotate(f"{level.name} {level.price:,.6g} ({level.strength:.0f})", (1.0, level.price),
+                            xycoords=("axes fraction", "data"), xytext=(2, 0), textcoords="offset points",
+                            fontsize=6, color=color, va="center")
+            ax.set_ylabel("close", fontsize=8)
+        return draw
+
+    panels = [Panel(f"{market}: levels as of {chart.as_of} (P dashed)",
+                    panel(chart) if _has_values(chart.close) else None, f"no bars for {market}")
+              for market, chart in sorted(charts.items())]
+    return render_panels(title, panels or [Panel("levels", None, "no support/resistance levels in this warehouse")],
+                         sharex=False)
+
+
+@dataclass(frozen=True)
+class EquityCurve:
+    ts: np.ndarray
+    strategy: np.ndarray    # growth of 1 following the signals
+    holding: np.ndarray     # growth of 1 holding
+
+
+def signal_equity_vs_holding(title: str, curves_by_timeframe: Mapping[str, Mapping[str, EquityCurve]]) -> bytes:
+    """One panel per timeframe: growth of 1 following the signals (solid) against holding (dashed),
+    one colour per market."""
+    def panel(curves: Mapping[str, EquityCurve]):
+        def draw(ax):
+            for index, (market, curve) in enumerate(sorted(curves.items())):
+                ax.plot(curve.ts, curve.strategy, color=f"C{index}", linewidth=1.0, label=f"{market} signals")
+                ax.plot(curve.ts, curve.holding, color=f"C{index}", linewidth=0.8, linestyle="--",
+                        label=f"{market} holding")
+            ax.axhline(1.0, color="grey", linewidth=0.5)
+            ax.set_ylabel("growth of 1", fontsize=8)
+            ax.legend(fontsize=7, loc="upper left", ncol=3)
+        return draw
+
+    panels = [Panel(f"{timeframe} signals vs holding", panel(curves) if curves else None,
+                    f"no {timeframe} signals (fewer bars than the indicators' warm-up)")
+              for timeframe, curves in curves_by_timeframe.items()]
+    return render_panels(title, panels or [Panel("signals", None, "no trading signals in this warehouse")],
+                         sharex=False)

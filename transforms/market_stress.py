@@ -207,3 +207,26 @@ def lead_time_minutes(
     if hits.size == 0:
         return float("nan")
     return float((event_start - ts_arr[hits[0]]) / 60.0)
+
+
+def first_crossing_offset_minutes(
+    ts: ArrayLike, values: ArrayLike, event_start: float, *, threshold: float, below: bool = False,
+    lookback_s: float = 6 * 3_600, lookahead_s: float = 3_600,
+) -> float:
+    """Signed minutes from ``event_start`` to the first ``ts`` in ``[event_start - lookback_s,
+    event_start + lookahead_s]`` whose value reaches ``threshold`` (``>=``, or ``<`` with ``below``):
+    negative = the signal led the event, positive = it lagged. NaN if it never did in that window.
+
+    Unlike ``lead_time_minutes`` a late signal counts too: a demo asks how early or how late each
+    signal was against the ground truth. Timestamps are when a value became known (e.g. a
+    minute's close), in epoch seconds; NaN values never cross."""
+    ts_arr = np.asarray(ts, dtype=np.float64)
+    vals = np.asarray(values, dtype=np.float64)
+    if ts_arr.shape != vals.shape:
+        raise ValueError("values must match ts")
+    crossed = vals < threshold if below else vals >= threshold
+    in_window = (ts_arr >= event_start - lookback_s) & (ts_arr <= event_start + lookahead_s)
+    hits = np.flatnonzero(in_window & crossed)
+    if hits.size == 0:
+        return float("nan")
+    return float((ts_arr[hits].min() - event_start) / 60.0)

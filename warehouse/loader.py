@@ -100,8 +100,18 @@ def insert_sql(cls) -> str:
         records.LEVELS: "list_transform(r.{0}, lambda lvl: {{'price': lvl[1]::DOUBLE, 'qty': lvl[2]::DOUBLE}})",
     }
     columns = ", ".join(convert.get(s.kind, "r.{0}").format(s.name) + f" AS {s.name}" for s in specs)
-    return (f"INSERT INTO raw.{cls.table} BY NAME SELECT {columns}, kafka_partition, kafka_offset FROM "
+    rows = (f"SELECT {columns}, kafka_partition, kafka_offset FROM "
             f"(SELECT kafka_partition, kafka_offset, json_transform_strict(value, '{structure}') AS r FROM batch_rows)")
+    key = getattr(cls, "unique_key", None)
+    if key is None:
+        return f"INSERT INTO raw.{cls.table} BY NAME {rows}"
+    # Republished rows (a re-poll of the same periods): keep the first of each key, in the batch
+    # (lowest offset) and against what earlier batches stored.
+    match = " AND ".join(f"stored.{k} = fresh.{k}" for k in key)
+    return (f"INSERT INTO raw.{cls.table} BY NAME SELECT * FROM ({rows}) AS fresh "
+            f"WHERE NOT EXISTS (SELECT 1 FROM raw.{cls.table} AS stored WHERE {match}) "
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(key)} "
+            f"ORDER BY kafka_partition NULLS FIRST, kafka_offset NULLS FIRST) = 1")
 
 
 # Errors a bad record causes (as opposed to a bug or a full disk, which must surface).
@@ -160,9 +170,10 @@ def _arrow_batch(values: list[bytes], partitions: list[int], offsets: list[int])
                      "value": pa.array(values, pa.string())})
 
 
-def _insert(con, cls, table: pa.Table) -> None:
+def _insert(con, cls, table: pa.Table) -> int:
+    """Rows inserted (fewer than the batch's where a ``unique_key`` table already had some)."""
     batch_rows = table  # noqa: F841 - read by DuckDB's replacement scan in insert_sql
-    con.execute(insert_sql(cls))
+    return con.execute(insert_sql(cls)).fetchone()[0]
 
 
 def _split_bad(cls, batch: _Batch, topic: str) -> tuple[pa.Table | None, list[tuple]]:
@@ -204,10 +215,11 @@ def _commit(con, batch: _Batch, report: LoadReport) -> None:
     while True:
         failed = None
         try:
+            inserted = {}
             with transaction(con):
                 for cls, table in tables.items():
                     failed = cls
-                    _insert(con, cls, table)
+                    inserted[cls] = _insert(con, cls, table)
                 failed = None
                 _write_bookkeeping(con, rejects, batch)
         except _DATA_ERRORS:
@@ -222,7 +234,7 @@ def _commit(con, batch: _Batch, report: LoadReport) -> None:
             else:
                 tables[failed] = good
             continue
-        _account(report, tables, rejects, batch)
+        _account(report, inserted, rejects, batch)
         return
 
 
@@ -243,9 +255,9 @@ def _write_bookkeeping(con, rejects, batch: _Batch) -> None:
                     [tp.topic, tp.partition, message.offset + 1, fingerprint(message)])
 
 
-def _account(report: LoadReport, tables, rejects, batch: _Batch) -> None:
-    for cls, table in tables.items():
-        report.rows[cls.table] += table.num_rows
+def _account(report: LoadReport, inserted: dict, rejects, batch: _Batch) -> None:
+    for cls, rows in inserted.items():
+        report.rows[cls.table] += rows
     report.rows["feed_events"] += len(batch.events)
     if rejects:
         report.rows["dead_letters"] += len(rejects)
@@ -268,8 +280,7 @@ def insert_records(con, items) -> Counter:
         grouped[type(record)].append(records.encode(record))
     counts: Counter = Counter()
     for cls, values in grouped.items():
-        _insert(con, cls, _arrow_batch(values, [None] * len(values), [None] * len(values)))
-        counts[cls.table] += len(values)
+        counts[cls.table] += _insert(con, cls, _arrow_batch(values, [None] * len(values), [None] * len(values)))
     return counts
 
 

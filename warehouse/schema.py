@@ -5,7 +5,9 @@ and offset it came from), ``meta`` (loader offsets, runs, applied migrations) an
 ``analytics`` (tables written by Dagster assets).
 
 Raw tables carry no primary key: DuckDB bulk-loads 2-3x faster without one, and the loader's
-offsets-in-the-same-transaction design already prevents broker-side duplicates. Migrations
+offsets-in-the-same-transaction design already prevents broker-side duplicates. Record types a
+venue republishes on every poll (``unique_key`` in ``ingest.records``) are de-duplicated by the
+loader's INSERT on that key instead. Migrations
 after version 1 must be idempotent statements (``ADD COLUMN IF NOT EXISTS``), because
 version 1 is generated from the current record classes.
 """
@@ -82,12 +84,15 @@ ADL_AND_UNCROSSED = ["ALTER TABLE raw.book_snapshots ADD COLUMN IF NOT EXISTS un
 # the pool is every position's counterparty).
 OPEN_INTEREST_SHORT = ["ALTER TABLE raw.open_interest ADD COLUMN IF NOT EXISTS open_interest_short DOUBLE"]
 
+# Record schema 6: the venues' own positioning statistics per period (long/short ratios by population,
+# taker buy/sell volume), polled.
+POSITIONING = [raw_table_ddl(records.LongShortRatio), raw_table_ddl(records.TakerVolume)]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.STATEMENTS), (3, ddl_quant.STATEMENTS),
                                            (4, FUNDING_RATE_NULLABLE), (5, BOOK_CHECKSUMS_AND_INSTRUMENTS),
                                            (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED),
                                            (8, ["CREATE SCHEMA IF NOT EXISTS analytics", ddl_microstructure.ADL_EVENTS]),
-                                           (9, OPEN_INTEREST_SHORT),
-                                           # 10 is the positioning branch's raw.taker_volumes.
+                                           (9, OPEN_INTEREST_SHORT), (10, POSITIONING),
                                            (11, ddl_microstructure.POSITIONING_STATEMENTS)]
 LATEST = MIGRATIONS[-1][0]
 

@@ -16,6 +16,7 @@ from dagster_project.tables import (
     table_asset,
 )
 from transforms import figures
+from transforms.market_stress import StressConfig
 from warehouse.analytics import stress
 
 MARKET_STRESS = ["analytics", "market_stress"]
@@ -23,6 +24,8 @@ MARKET_STRESS = ["analytics", "market_stress"]
 
 class MarketStressConfig(dg.Config):
     lead_threshold: float = 50.0   # index level that counts as "risen" for the lead-time metadata
+    # Finite prior minutes a trailing baseline needs before its component counts (transforms.market_stress).
+    min_baseline_minutes: int = StressConfig.min_periods
 
 
 @table_asset(
@@ -51,7 +54,8 @@ class MarketStressConfig(dg.Config):
                 "day, how many minutes before its start the index first reached `lead_threshold`.",
 )
 def market_stress(run: TableRun, config: MarketStressConfig) -> dict:
-    run.rewrite_each_day(lambda start, end: stress.stress_rows(run.con, start, end))
+    stress_config = StressConfig(min_periods=config.min_baseline_minutes)
+    run.rewrite_each_day(lambda start, end: stress.stress_rows(run.con, start, end, stress_config))
     metadata = {"most_stressed_minutes": run.preview(["asset", "minute", "stress_index", "depth_component",
                                                       "liquidation_component", "oi_component", "funding_component"],
                                                      "stress_index DESC NULLS LAST"),

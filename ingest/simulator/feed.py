@@ -26,6 +26,7 @@ import numpy as np
 from .config import ALL_LIQUIDATIONS_STREAM, SimConfig
 from .faults import FaultSchedule, MalformedFrame, corrupt
 from .market import STEP_MS, Fill, Liquidation, MarketModel, StepResult
+from .positioning import PERIOD_MS, PositioningStats
 from .truth import TRUTH_VERSION, TruthWriter
 from .venue_market import VENUE_MARKETS
 from . import wire
@@ -64,8 +65,15 @@ class UnknownSymbol(KeyError):
 
 
 class ExchangeFeed:
-    def __init__(self, config: SimConfig, truth_path: str | Path | None = None):
+    """``book_interval_ms`` replaces every depth stream's own interval (100/250/500 ms) with a
+    coarser one: each event then carries the net changes since the previous one, chained by
+    U/u/pu like any diff-depth event. Binance offers no such stream; it is for long stretches of
+    calm history whose consumers want a book a minute, not ten a second (the demo's warm-up day)."""
+
+    def __init__(self, config: SimConfig, truth_path: str | Path | None = None, *,
+                 book_interval_ms: int | None = None):
         self.config = config.resolved()
+        self._depth_intervals = [(name, book_interval_ms or interval) for name, interval in DEPTH_STREAMS]
         self.model = MarketModel(self.config)
         m = self.model
         self.symbols = [s.symbol for s in m.specs]
@@ -94,6 +102,8 @@ class ExchangeFeed:
         self._recent_agg: list[deque] = [deque(maxlen=RECENT_AGG_TRADES) for _ in range(n)]
         # Every liquidation once its second is over, newest last (venues that list them all over REST).
         self.recent_liquidations: deque[Liquidation] = deque(maxlen=RECENT_LIQUIDATIONS)
+        # The venues' positioning statistics per 5-minute period (ingest.simulator.positioning).
+        self.positioning = PositioningStats(m.positions, m.start_ms)
         self.pending_drops = 0
         self.pending_hostile: list[str] = []    # kinds of hostile frames the server sends next
         self.liquidation_count = 0
@@ -130,6 +140,12 @@ class ExchangeFeed:
         t1 = r.t1_ms
         out: list[Message] = []
         self._schedule_faults(t1)
+        for f in r.fills:
+            self.positioning.add_fill(f.symbol_index, f.ts_ms, f.lots, taker_buys=not f.buyer_is_maker)
+        if t1 % PERIOD_MS == 0:
+            for s, period in enumerate(self.positioning.close_period(t1)):
+                if period is not None and self.truth:
+                    self.truth.write(period.truth(self.symbols[s]))
         if r.fills:
             self._emit_trades(r.fills, out, wanted)
         self._emit_depth(r, out, wanted)
@@ -264,7 +280,7 @@ class ExchangeFeed:
                         ids[s] = (ids[s][0] if ids[s] else step_ids[0], step_ids[1])
         t1 = r.t1_ms
         event_ms = t1 + DEPTH_LATENCY_MS
-        for name, interval in DEPTH_STREAMS:
+        for name, interval in self._depth_intervals:
             if t1 // interval == r.t0_ms // interval:
                 continue            # no interval boundary in this step (250 ms falls mid-step)
             ids = self._depth_ids[name]

@@ -11,6 +11,10 @@ One aiohttp application on one port serves what an ingestor talks to on fstream/
   24 h rotation is exercised by a compressed day;
 * ``/fapi/v1/*`` REST with per-IP request weight per wall-clock minute (``x-mbx-used-weight-1m``),
   HTTP 429 ``-1003`` plus ``Retry-After`` above the limit, Binance-style 400s for bad parameters;
+* ``/futures/data/globalLongShortAccountRatio``, ``topLongShortAccountRatio``,
+  ``topLongShortPositionRatio`` and ``takerlongshortRatio`` (period 5m only) from the market's
+  positioning truth (``ingest.simulator.positioning``; top traders: the top 20% by margin), the
+  open period last; weight 0, but 1000 requests per 5 wall minutes, as Binance limits them;
 * fault injection: abrupt connection drops (all at once, or the longest-open one), hostile frames
   (text that is not UTF-8, frames of tens of megabytes) and REST 429/5xx (the feed injects the rest).
 
@@ -33,6 +37,7 @@ from .dialects import Dialect, dialect_classes
 from .feed import DEPTH_LIMITS, ExchangeFeed, Message, UnknownSymbol
 from .faults import MalformedFrame, hostile_frame
 from .market import STEP_MS
+from .positioning import ratio, share
 
 MAX_STEPS_PER_TICK = 25          # yield to the event loop (writers, REST) at least this often
 MAX_OUTBOX = 250_000             # frames queued for one connection before it is dropped as too slow
@@ -40,6 +45,10 @@ DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TIMEOUT_S = 2.0
+FUTURES_DATA = ("globalLongShortAccountRatio", "topLongShortAccountRatio", "topLongShortPositionRatio",
+                "takerlongshortRatio")
+FUTURES_DATA_LIMIT = (1000, 300.0)   # requests per wall seconds, per IP, apart from the request weight
+TOP_TRADERS = (0.20, "margin")       # Binance's top traders: the top 20% of accounts by margin balance
 
 
 class BinanceError(Exception):
@@ -91,6 +100,7 @@ class Simulator:
         self._subscribers: dict[str, set[Connection]] = {}
         self._connections: set[Connection] = set()
         self._weights: dict[str, tuple[int, int]] = {}
+        self._futures_data_calls: deque = deque()       # wall times of /futures/data requests
         self._done = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.dialects: dict = {}
@@ -138,6 +148,9 @@ class Simulator:
         }
         for name, handler in rest.items():
             app.router.add_get(f"/fapi/v1/{name}", self._rest_handler(handler))
+        for name in FUTURES_DATA:
+            app.router.add_get(f"/futures/data/{name}",
+                               self._rest_handler(lambda params, name=name: self._rest_positioning(name, params)))
         self.dialects = {name: cls(self) for name, cls in dialect_classes().items() if name in self.config.venues}
         for dialect in self.dialects.values():
             dialect.add_routes(app)
@@ -562,6 +575,42 @@ class Simulator:
     def _rest_premium_index(self, params):
         symbol = self._symbol(params, required=False)
         return (1 if symbol else 10), lambda: self.feed.premium_index(symbol)
+
+    def _rest_positioning(self, name: str, params):
+        symbol = self._symbol(params)
+        now = time.monotonic()
+        count, window = FUTURES_DATA_LIMIT
+        while self._futures_data_calls and now - self._futures_data_calls[0] >= window:
+            self._futures_data_calls.popleft()
+        if len(self._futures_data_calls) >= count:
+            raise BinanceError(429, -1003, "Too many requests; IP rate limit 1000 requests/5min")
+        self._futures_data_calls.append(now)
+        if params.get("period") != "5m":
+            raise BinanceError(400, -1130, "Data sent for parameter 'period' is not valid (the simulator has 5m).")
+        try:
+            limit = int(params.get("limit", "30"))
+        except ValueError:
+            raise BinanceError(400, -1100, "Illegal characters found in parameter 'limit'.") from None
+        if not 1 <= limit <= 500:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        s = self.feed.symbol_index(symbol)
+        fmt = self.feed.formats[s]
+
+        def rows():
+            out = []
+            for p in self.feed.positioning.periods(s, self.feed.now_ms, limit):
+                if name == "takerlongshortRatio":
+                    out.append({"buySellRatio": ratio(p.taker_buy_lots, p.taker_sell_lots),
+                                "buyVol": fmt.qty(p.taker_buy_lots), "sellVol": fmt.qty(p.taker_sell_lots),
+                                "timestamp": str(p.start_ms)})
+                    continue
+                accounts, positions = p.top[TOP_TRADERS]
+                long = {"globalLongShortAccountRatio": p.long_accounts, "topLongShortAccountRatio": accounts,
+                        "topLongShortPositionRatio": positions}[name]
+                out.append({"symbol": symbol, "longShortRatio": ratio(long, 1 - long), "longAccount": share(long),
+                            "shortAccount": share(1 - long), "timestamp": str(p.start_ms)})
+            return out
+        return 0, rows
 
     def _rest_exchange_info(self, params):
         return 1, lambda: self.feed.exchange_info(self.config.rest_weight_limit)

@@ -25,7 +25,14 @@ states as class attributes. Every Binance quirk lives here and nowhere else:
     streams; a market stream on the old unrouted URL is acknowledged and then never delivered;
   * numbers are plain decimal strings without exponent; only the funding rate has a sign;
   * a tardis-style JSONL recording line ``{"stream": "<sym>@depthSnapshot", "generated": true,
-    "data": {...}}`` is a REST depth snapshot taken where it stands in the stream.
+    "data": {...}}`` is a REST depth snapshot taken where it stands in the stream;
+  * the positioning statistics (``/futures/data/globalLongShortAccountRatio``,
+    ``topLongShortAccountRatio``, ``topLongShortPositionRatio``, ``takerlongshortRatio``) sit outside
+    the API prefix, weigh 0 in the request-weight budget but have an IP limit of their own, 1000
+    requests per 5 minutes; their ``timestamp`` is a digit string, the period's start. Long and
+    short "Account" fields are shares of accounts, or of position size for the position ratio.
+    USD-M serves them per symbol; COIN-M only per pair (all of a pair's contracts together), which
+    perpflow does not collect.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from ingest.records import Adl, BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.records import (Adl, BookDelta, BookSnapshot, Funding, Instrument, Liquidation, LongShortRatio,
+                            OpenInterest, TakerVolume, Trade)
+from ingest.venue import BookResync, Coverage, MalformedMessage, Poll, SkipMessage, Venue, WsConnection
+from ingest.venues import positioning
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
@@ -51,6 +60,15 @@ SKIPPED_EVENTS = {
 EVENTS = ("aggTrade", "trade", "depthUpdate", "markPriceUpdate", "forceOrder", *SKIPPED_EVENTS)
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
+
+# /futures/data: the long/short statistics by population (ingest.records.LongShortRatio) and taker volume.
+RATIO_POPULATIONS = {"globalLongShortAccountRatio": "all_accounts", "topLongShortAccountRatio": "top_accounts",
+                     "topLongShortPositionRatio": "top_positions"}
+TAKER_VOLUME = "takerlongshortRatio"
+# Their own IP limit, 1000 requests per 5 minutes (200 a minute), stated in request-weight units
+# (REST_WEIGHT_LIMIT 2400 a minute / 200 = 12 per request) so the service's budget for polls (80%
+# of it) holds them to 160 requests a minute: 4 per symbol a minute, 40 symbols before any waits.
+FUTURES_DATA_WEIGHT = 12
 
 
 @lru_cache(maxsize=8192)
@@ -94,6 +112,7 @@ class BinanceFutures(Venue):
     QTY_UNIT: str            # unit of every size the venue sends: "base" or "contracts"
     SUFFIXED_SYMBOLS: bool   # every symbol ends in _PERP or _<expiry> (COIN-M), or only quarterlies do
     MARGIN: str              # "linear" | "inverse"
+    POSITIONING_STATS: bool  # /futures/data long/short ratios and taker volume per symbol
     ROUTES = {"public": ("depth@100ms",), "market": ("aggTrade", "markPrice@1s", "forceOrder")}
     SILENCE_LIMIT_S = {"depth@100ms": 30.0, "aggTrade": 120.0, "markPrice@1s": 5.0, "forceOrder": None}
     TRADE_STREAM = "aggTrade"
@@ -111,6 +130,9 @@ class BinanceFutures(Venue):
         "liquidations": (Coverage.SAMPLED, "forceOrder: only the latest liquidation per symbol per 1000 ms"),
         "adl": (Coverage.UNAVAILABLE, "ADL fills appear only in the individual trade stream (X: ADL), which "
                                      "live ingest does not subscribe; replays of recorded trade streams map them"),
+        "long_short_ratios": (Coverage.COMPLETE, "/futures/data long/short ratios of all accounts, of the top 20% "
+                                                 "by margin (accounts and positions), every closed 5 m period"),
+        "taker_volumes": (Coverage.COMPLETE, "/futures/data/takerlongshortRatio, every closed 5 m period, base units"),
     }
     BOOK_RESYNC = BookResync.REST_SNAPSHOT
     MAX_CONNECTION_AGE_S = 24 * 3600 - 300   # Binance closes connections at 24 h; rotate before
@@ -167,6 +189,15 @@ class BinanceFutures(Venue):
 
     def open_interest_url(self, rest_url: str, native: str) -> str:
         return f"{rest_url.rstrip('/')}{self.API}/openInterest?symbol={native}"
+
+    def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
+        """The positioning statistics of each symbol, four requests per symbol a minute."""
+        if not self.POSITIONING_STATS:
+            return []
+        base = f"{rest_url.rstrip('/')}/futures/data"
+        query = f"period={positioning.PERIOD}&limit={positioning.PERIODS_PER_POLL}"
+        return [Poll(f"{base}/{endpoint}?symbol={native}&{query}", positioning.POLL_EVERY_S, FUTURES_DATA_WEIGHT)
+                for native in symbols for endpoint in (*RATIO_POPULATIONS, TAKER_VOLUME)]
 
     def reference_urls(self, rest_url: str) -> dict[str, str]:
         base = rest_url.rstrip("/") + self.API
@@ -352,6 +383,8 @@ class BinanceFutures(Venue):
         if path.endswith(f"{self.API}/exchangeInfo"):
             self.apply_reference("instruments", body)
             return self.instruments(ts_recv)
+        if "/futures/data/" in path and self.POSITIONING_STATS:
+            return self.positioning(path.rsplit("/", 1)[1], query, body, ts_recv)
         if path.endswith((f"{self.API}/time", f"{self.API}/ping")):
             raise SkipMessage(f"{path}: reference data")
         raise SkipMessage(f"{path}: REST endpoint not collected")
@@ -381,3 +414,32 @@ class BinanceFutures(Venue):
                             ts_exchange=integer(body, "time", what) if "time" in body else ts_recv // 1_000_000,
                             ts_recv=ts_recv, open_interest=NUMBERS.amount(body, "openInterest", what),
                             qty_unit=self.QTY_UNIT)
+
+    def positioning(self, endpoint: str, query: dict, body, ts_recv: int) -> list:
+        """A /futures/data answer: a list of periods, oldest first; the newest is held back
+        (``ingest.venues.positioning``)."""
+        what = endpoint
+        if endpoint not in RATIO_POPULATIONS and endpoint != TAKER_VOLUME:
+            raise SkipMessage(f"/futures/data/{endpoint}: not collected")
+        symbol, native = self._symbol(query, "symbol", what)
+        period = query.get("period")
+        if period != positioning.PERIOD:
+            raise SkipMessage(f"{what}: period {period!r} is not collected")
+        if not isinstance(body, list):
+            raise MalformedMessage(f"{what}: expected a list of periods, got {type(body).__name__}")
+        rows = positioning.closed_periods(body, lambda row: positioning.period_start(field(row, "timestamp", what), what))
+        common = dict(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_recv=ts_recv, period=period)
+        if endpoint == TAKER_VOLUME:
+            return [TakerVolume(**common, ts_exchange=positioning.period_start(row["timestamp"], what),
+                                buy_qty=NUMBERS.amount(row, "buyVol", what), sell_qty=NUMBERS.amount(row, "sellVol", what),
+                                qty_unit=self.QTY_UNIT) for row in rows]
+        out = []
+        for row in rows:
+            if "symbol" in row and row["symbol"] != native:
+                raise MalformedMessage(f"{what}: a row of {row['symbol']!r} in the answer for {native}")
+            out.append(LongShortRatio(**common, ts_exchange=positioning.period_start(row["timestamp"], what),
+                                      population=RATIO_POPULATIONS[endpoint],
+                                      long_share=NUMBERS.amount(row, "longAccount", what),
+                                      short_share=NUMBERS.amount(row, "shortAccount", what),
+                                      long_short_ratio=NUMBERS.amount(row, "longShortRatio", what)))
+        return out

@@ -25,6 +25,12 @@ class BinanceCoinm(BinanceFutures):
     SUFFIXED_SYMBOLS = True
     QTY_UNIT = "contracts"
     MARGIN = "inverse"
+    POSITIONING_STATS = False
     COVERAGE = {**BinanceFutures.COVERAGE,
                 "index_price": (Coverage.UNAVAILABLE, "COIN-M's markPriceUpdate has no index; <pair>@indexPrice "
-                                                      "is not collected")}
+                                                      "is not collected"),
+                "long_short_ratios": (Coverage.UNAVAILABLE, "COIN-M's /futures/data ratios are per pair (a pair's "
+                                                            "perpetual and quarterlies together), not per symbol: "
+                                                            "not collected"),
+                "taker_volumes": (Coverage.UNAVAILABLE, "COIN-M's /futures/data/takerBuySellVol is per pair and "
+                                                        "contract type, not per symbol: not collected")}

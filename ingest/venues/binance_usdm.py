@@ -17,3 +17,4 @@ class BinanceUsdm(BinanceFutures):
     SUFFIXED_SYMBOLS = False
     QTY_UNIT = "base"
     MARGIN = "linear"
+    POSITIONING_STATS = True

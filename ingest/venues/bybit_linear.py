@@ -41,7 +41,11 @@ Every Bybit quirk lives here and nowhere else:
     *remaining* requests per account (UID) and endpoint, not IP weight used;
   * a subscription's topics may total at most 21,000 characters per connection (Bybit's
     public-channel limit); spot caps a request at 10 topics, linear has no cap "for now";
-  * numbers are plain decimal strings without exponent; only funding rates carry a sign.
+  * numbers are plain decimal strings without exponent; only funding rates carry a sign;
+  * ``/v5/market/account-ratio`` (period spelled ``5min``) gives ``buyRatio``/``sellRatio``, the
+    shares of users holding long and short positions, ``timestamp`` a digit string for the
+    period's start, newest first; there is no ratio field (perpflow divides, exactly in decimal)
+    and no public taker-volume endpoint.
 
 Choices where the spec leaves one:
   * symbols: ``BTCUSDT`` -> ``BTC-USDT-PERP``; USDC perpetuals ``BTCPERP`` (legacy names) and
@@ -95,7 +99,7 @@ import re
 from decimal import Decimal
 from functools import lru_cache
 from typing import ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -105,13 +109,16 @@ from ingest.records import (
     Funding,
     Instrument,
     Liquidation,
+    LongShortRatio,
     OpenInterest,
     Trade,
 )
-from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.venue import BookResync, Coverage, MalformedMessage, Poll, SkipMessage, Venue, WsConnection
+from ingest.venues import positioning
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
+ACCOUNT_RATIO_PERIOD = "5min"   # Bybit's spelling of positioning.PERIOD
 
 MONTHS = {name: f"{number:02d}" for number, name in enumerate(
     ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), start=1)}
@@ -253,6 +260,9 @@ class BybitLinear(Venue):
         "liquidations": (Coverage.COMPLETE, "allLiquidation pushes every liquidation, batched every 500 ms (as "
                                             "Bybit documents it; no public history to reconcile against)"),
         "adl": (Coverage.UNAVAILABLE, "adlAlert is not collected yet"),
+        "long_short_ratios": (Coverage.COMPLETE, "account-ratio: shares of all accounts holding long and short "
+                                                 "positions, every closed 5 m period (no top-trader statistics)"),
+        "taker_volumes": (Coverage.UNAVAILABLE, "Bybit publishes no taker-volume statistic; sum raw.trades by side"),
     }
     PING_FRAME = '{"op":"ping"}'
     PING_INTERVAL_S = 20.0       # Bybit recommends a ping every 20 s; silence cuts the link at 10 min
@@ -366,6 +376,32 @@ class BybitLinear(Venue):
                 lot_size=NUMBERS.price(field(entry, "lotSizeFilter", what), "qtyStep", what),
                 funding_interval_hours=self._funding_hours.get(native) if perpetual else None,
                 expiry=None if perpetual else int(entry["deliveryTime"]), status=str(field(entry, "status", what))))
+        return out
+
+    def account_ratio(self, query: dict, body, ts_recv: int) -> list[LongShortRatio]:
+        """Shares of accounts long and short per period, newest first; the newest period is held
+        back (``ingest.venues.positioning``)."""
+        what = "account-ratio"
+        if query.get("period") != ACCOUNT_RATIO_PERIOD:
+            raise SkipMessage(f"{what}: period {query.get('period')!r} is not collected")
+        native = query.get("symbol", "")
+        symbol = normalize_symbol(native)
+        rows = field(field(self._ok(body, what), "result", what), "list", what)
+        if not isinstance(rows, list):
+            raise MalformedMessage(f"{what}: field 'list' must be a list of periods")
+        out = []
+        for row in positioning.closed_periods(rows, lambda row: positioning.period_start(field(row, "timestamp", what),
+                                                                                         what)):
+            if field(row, "symbol", what) != native:
+                raise MalformedMessage(f"{what}: a row of {row['symbol']!r} in the answer for {native}")
+            long_share, short_share = NUMBERS.amount(row, "buyRatio", what), NUMBERS.amount(row, "sellRatio", what)
+            if Decimal(short_share) == 0:
+                raise MalformedMessage(f"{what}: sellRatio 0 leaves the long/short ratio undefined")
+            out.append(LongShortRatio(exchange=self.exchange, symbol=symbol, symbol_native=native,
+                                      ts_exchange=int(row["timestamp"]), ts_recv=ts_recv, period=positioning.PERIOD,
+                                      population="all_accounts", long_share=long_share, short_share=short_share,
+                                      long_short_ratio=format((Decimal(long_share) / Decimal(short_share)).normalize(),
+                                                              "f")))
         return out
 
     @staticmethod
@@ -528,8 +564,16 @@ class BybitLinear(Venue):
 
     # --- REST --------------------------------------------------------------------------------
 
+    def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
+        """The long/short account ratio of each symbol, once a minute."""
+        return [Poll(f"{rest_url.rstrip('/')}/v5/market/account-ratio?category=linear&symbol={native}"
+                     f"&period={ACCOUNT_RATIO_PERIOD}&limit={positioning.PERIODS_PER_POLL}", positioning.POLL_EVERY_S)
+                for native in symbols]
+
     def map_rest(self, url: str, body, ts_recv: int) -> list:
         path = urlsplit(url).path
+        if path.endswith("/v5/market/account-ratio"):
+            return self.account_ratio(dict(parse_qsl(urlsplit(url).query)), body, ts_recv)
         if path.endswith("/v5/market/instruments-info"):
             self.apply_reference("instruments", body)
             return self.instruments(ts_recv)

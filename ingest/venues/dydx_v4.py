@@ -322,6 +322,9 @@ class DydxV4(Venue):
                                             "base units"),
         "liquidations": (Coverage.COMPLETE, "every liquidation fill is a public v4_trades trade of type LIQUIDATED"),
         "adl": (Coverage.COMPLETE, "every deleveraging fill is a public v4_trades trade of type DELEVERAGED"),
+        "long_short_ratios": (Coverage.UNAVAILABLE, "the indexer publishes no long/short statistic"),
+        "taker_volumes": (Coverage.UNAVAILABLE, "the indexer publishes no taker-volume statistic; sum raw.trades by "
+                                                "side"),
     }
     REST_WEIGHT_LIMIT = 600      # 100 requests per 10 s per IP, one unit each, per minute
     WEIGHT_HEADER = None

@@ -298,6 +298,10 @@ class GmxV2(Venue):
                                             "polled every 10 s); events while perpflow is stopped are not fetched"),
         "adl": (Coverage.COMPLETE, "every ADL fill (Subsquid positionChanges AUTO_DELEVERAGING, polled every 10 s); "
                                    "events while perpflow is stopped are not fetched"),
+        "long_short_ratios": (Coverage.UNAVAILABLE, "no account statistic; the natural long/short ratio is the pool's "
+                                                    "long vs short open interest in USD, raw.open_interest "
+                                                    "open_interest / open_interest_short"),
+        "taker_volumes": (Coverage.UNAVAILABLE, "no taker-volume statistic; every trade is against the pool"),
     }
 
     normalize_symbol = staticmethod(normalize_symbol)

@@ -253,6 +253,9 @@ class Hyperliquid(Venue):
         "liquidations": (Coverage.LOWER_BOUND, "no public stream: only fills against the HLP liquidator vault "
                                                "(backstop liquidations) are identified; book liquidations are not"),
         "adl": (Coverage.UNAVAILABLE, "ADL fills are flagged only in per-user fills, not in public data"),
+        "long_short_ratios": (Coverage.UNAVAILABLE, "no long/short statistic endpoint (positions are public per "
+                                                    "address, which perpflow does not crawl)"),
+        "taker_volumes": (Coverage.UNAVAILABLE, "no taker-volume statistic; sum raw.trades by side"),
     }
 
     normalize_symbol = staticmethod(normalize_symbol)

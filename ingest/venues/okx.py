@@ -43,6 +43,11 @@ Covers USDT/USDC-margined (linear) and coin-margined (inverse) perpetual swaps (
   * a listing announced ahead of time appears in ``/public/instruments`` with ``state: preopen`` and
     its contract fields empty until at least 5 minutes before ``listTime``;
   * REST answers are ``{"code": "0", "msg": "", "data": [...]}``; a non-zero ``code`` is an error;
+  * the rubik trading statistics (``/api/v5/rubik/stat/...``) answer arrays of string arrays, newest
+    first: ``[ts, ratio]`` for the long/short ratios (OKX publishes no long or short share), and
+    ``[ts, sellVol, buyVol]`` for ``taker-volume-contract``, **sell first**; ``ts`` is the
+    period's start; ``unit=1`` asks for contracts. Limit 5 requests / 2 s (per IP and instrument
+    for the ``*-contract*`` endpoints);
   * limits: 3 new connections per second per IP; 480 subscribe/unsubscribe requests per
     connection per hour (a request may carry many ``args``, up to 64 KB); OKX recommends fewer
     than 30 400-level book channels per connection; REST limits are per endpoint (20 requests /
@@ -103,8 +108,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from ingest.records import BookDelta, BookSnapshot, Funding, Instrument, Liquidation, OpenInterest, Trade
-from ingest.venue import BookResync, Coverage, MalformedMessage, SkipMessage, Venue, WsConnection
+from ingest.records import (BookDelta, BookSnapshot, Funding, Instrument, Liquidation, LongShortRatio, OpenInterest,
+                            TakerVolume, Trade)
+from ingest.venue import BookResync, Coverage, MalformedMessage, Poll, SkipMessage, Venue, WsConnection
+from ingest.venues import positioning
 from ingest.venues.fields import DecimalSyntax, field, integer
 
 NUMBERS = DecimalSyntax()   # plain decimals, never an exponent; only funding rates carry a sign
@@ -115,6 +122,15 @@ BOOKS_PER_CONNECTION = 20           # OKX: fewer than 30 400-level book channels
 LIQUIDATIONS_REMEMBERED = 100_000   # de-duplication keys kept; the oldest are forgotten first
 CONTRACT_TYPES = ("SWAP", "FUTURES")
 HISTORY_TRADES_PAGE = 100           # trades per history-trades request (OKX's maximum)
+
+# The rubik statistics (ingest.records.LongShortRatio, TakerVolume), per instrument.
+RUBIK = "/api/v5/rubik/stat"
+RATIO_POPULATIONS = {"contracts/long-short-account-ratio-contract": "all_accounts",
+                     "contracts/long-short-account-ratio-contract-top-trader": "top_accounts",
+                     "contracts/long-short-position-ratio-contract-top-trader": "top_positions"}
+TAKER_VOLUME = "taker-volume-contract"
+TAKER_VOLUME_UNIT = "1"             # contracts, like every other OKX size
+RUBIK_WEIGHT = 2                    # 5 requests / 2 s = 150 a minute, of REST_WEIGHT_LIMIT's 300
 
 _CONTRACT_ID = re.compile(r"([A-Z0-9]+)-([A-Z0-9]+)-(SWAP|[0-9]{6})")
 _OTHER_ID = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(?:-[0-9]{6}-[0-9.]+-[CP])?")   # spot/margin pair, option
@@ -285,6 +301,10 @@ class OkxSwap(Venue):
         "open_interest": (Coverage.SAMPLED, "open-interest, pushed every few seconds"),
         "liquidations": (Coverage.SAMPLED, "liquidation-orders: OKX says it does not represent all liquidations"),
         "adl": (Coverage.UNAVAILABLE, "adl-warning is not collected yet"),
+        "long_short_ratios": (Coverage.COMPLETE, "rubik long/short account ratio of all accounts and of OKX's top "
+                                                 "traders (accounts, positions), every closed 5 m period; ratio only, "
+                                                 "no long or short share"),
+        "taker_volumes": (Coverage.COMPLETE, "rubik taker-volume-contract, every closed 5 m period, in contracts"),
     }
     SILENCE_LIMIT_S: ClassVar[dict[str, float | None]] = {
         "books": 75.0,            # heartbeat every ~60 s on an idle book
@@ -528,8 +548,23 @@ class OkxSwap(Venue):
 
     # --- REST ------------------------------------------------------------------------------
 
+    def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
+        """The rubik positioning statistics of each instrument, four requests per instrument a minute."""
+        base = f"{rest_url.rstrip('/')}{RUBIK}"
+        query = f"period={positioning.PERIOD}&limit={positioning.PERIODS_PER_POLL}"
+        out = []
+        for native in symbols:
+            out += [Poll(f"{base}/{endpoint}?instId={native}&{query}", positioning.POLL_EVERY_S, RUBIK_WEIGHT)
+                    for endpoint in RATIO_POPULATIONS]
+            out.append(Poll(f"{base}/{TAKER_VOLUME}?instId={native}&{query}&unit={TAKER_VOLUME_UNIT}",
+                            positioning.POLL_EVERY_S, RUBIK_WEIGHT))
+        return out
+
     def map_rest(self, url: str, body, ts_recv: int) -> list:
         path = urlsplit(url).path
+        if RUBIK in path:
+            query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+            return self.positioning(path.split(RUBIK, 1)[1].strip("/"), query, body, ts_recv)
         if path.endswith("/api/v5/public/instruments"):
             inst_type = parse_qs(urlsplit(url).query).get("instType", [""])[0]
             if inst_type not in CONTRACT_TYPES:
@@ -544,6 +579,34 @@ class OkxSwap(Venue):
         if path.endswith("/api/v5/public/open-interest"):
             return [self.open_interest(item, {}, ts_recv) for item in self._rest_data(body, "open-interest")]
         raise SkipMessage(f"{path}: REST endpoint not collected")
+
+    def positioning(self, endpoint: str, query: dict, body, ts_recv: int) -> list:
+        """A rubik answer: ``[ts, ratio]`` or ``[ts, sellVol, buyVol]`` rows, newest first; the newest
+        period is held back (``ingest.venues.positioning``)."""
+        what = endpoint.rsplit("/", 1)[-1]
+        if endpoint not in RATIO_POPULATIONS and endpoint != TAKER_VOLUME:
+            raise SkipMessage(f"{RUBIK}/{endpoint}: not collected")
+        native = query.get("instId", "")
+        symbol = self.normalize_symbol(native)
+        period = query.get("period")
+        if period != positioning.PERIOD:
+            raise SkipMessage(f"{what}: period {period!r} is not collected")
+        if endpoint == TAKER_VOLUME and query.get("unit") != TAKER_VOLUME_UNIT:
+            raise SkipMessage(f"{what}: unit {query.get('unit')!r} is not collected (contracts: unit=1)")
+        names = ("ts", "sellVol", "buyVol") if endpoint == TAKER_VOLUME else ("ts", "ratio")
+        named = []
+        for row in self._rest_data(body, what):
+            if not (isinstance(row, list) and len(row) == len(names)):
+                raise MalformedMessage(f"{what}: rows must be [{', '.join(names)}], got {str(row)[:100]}")
+            named.append(dict(zip(names, row)))
+        rows = positioning.closed_periods(named, lambda row: positioning.period_start(row["ts"], what))
+        common = dict(exchange=self.exchange, symbol=symbol, symbol_native=native, ts_recv=ts_recv, period=period)
+        if endpoint == TAKER_VOLUME:
+            return [TakerVolume(**common, ts_exchange=int(row["ts"]), sell_qty=NUMBERS.amount(row, "sellVol", what),
+                                buy_qty=NUMBERS.amount(row, "buyVol", what), qty_unit="contracts") for row in rows]
+        return [LongShortRatio(**common, ts_exchange=int(row["ts"]), population=RATIO_POPULATIONS[endpoint],
+                               long_share=None, short_share=None, long_short_ratio=NUMBERS.amount(row, "ratio", what))
+                for row in rows]
 
     @staticmethod
     def _rest_data(body, what: str) -> list:

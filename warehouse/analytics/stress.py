@@ -6,7 +6,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from transforms.market_stress import lead_time_minutes, market_stress_index
+from transforms.market_stress import StressConfig, lead_time_minutes, market_stress_index
 from transforms.open_interest import asof_values
 from warehouse.analytics.common import DAY, arrow_rows, days_of, epoch, fetch, groups, timestamps
 from warehouse.analytics.depth import TWO_PCT
@@ -32,7 +32,7 @@ INPUTS = {
 }
 
 
-def stress_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
+def stress_rows(con, start: dt.datetime, end: dt.datetime, config: StressConfig = StressConfig()) -> list[pa.Table]:
     """The minutes of [start, end) in which an asset had depth, a market stream or a forced order.
     The previous 24 h are read so the trailing baselines are warm (the index only looks back); the
     grid skips minutes without data, so a feed outage neither fakes calm nor counts as history."""
@@ -54,7 +54,7 @@ def stress_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
         order = np.argsort(oi_ts)
         # OI of a minute = the latest 5-minute total known when the minute closes.
         oi = asof_values(grid + 60, oi_ts[order], oi_usd[order], tolerance_s=WEIGHT_TOLERANCE_S)
-        stress = market_stress_index(grid, depth, liquidated, oi, funding)
+        stress = market_stress_index(grid, depth, liquidated, oi, funding, config=config)
         parts.append(arrow_rows({
             "asset": [asset] * int(today.sum()), "minute": timestamps(grid[today]),
             "stress_index": stress.index[today], "depth_component": stress.depth[today],

@@ -12,7 +12,9 @@
   as Bybit documents it, ``singleOpenInterest`` one side); ``allLiquidation.SYM`` with every
   liquidation (not Binance's one-per-second sample: Bybit publishes them all), ``S`` the liquidated
   *position* side (``Buy`` = a long was liquidated), ``v`` its size and ``p`` the bankruptcy price.
-* REST ``/v5/market/instruments-info?category=linear``.
+* REST ``/v5/market/instruments-info?category=linear``, and ``/v5/market/account-ratio`` (period
+  ``5min`` only): the long and short shares of all accounts per period, newest first, the open
+  period included, from the market's positioning truth (``ingest.simulator.positioning``).
 Sizes are base units, as on Bybit linear; prices, sizes, mark and index are Bybit's own market
 (``ingest.simulator.venue_market``).
 """
@@ -27,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from ..feed import DEPTH_LATENCY_MS, LIQUIDATION_EVENTS_STREAM
+from ..positioning import share
 from . import BookView, Dialect
 
 BOOK_DEPTHS = (1, 50, 200, 1000)
@@ -62,6 +65,29 @@ class BybitLinearDialect(Dialect):
                                                               "nextPageCursor": ""}, "retExtInfo": {},
                      "time": self.feed.now_ms}
 
+    def account_ratio(self, query) -> tuple[int, dict]:
+        symbols = [spec.symbol for spec in self.feed.model.specs]
+        if query.get("category") != "linear" or query.get("symbol") not in symbols:
+            return 200, {"retCode": 10001, "retMsg": "params error: category or symbol", "result": {},
+                         "time": self.feed.now_ms}
+        if query.get("period") != "5min":
+            return 200, {"retCode": 10001, "retMsg": "params error: period (the simulator has 5min)", "result": {},
+                         "time": self.feed.now_ms}
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 500:
+            return 200, {"retCode": 10001, "retMsg": "params error: limit", "result": {}, "time": self.feed.now_ms}
+        s = symbols.index(query["symbol"])
+        rows = []
+        for p in reversed(self.feed.positioning.periods(s, self.feed.now_ms, limit)):
+            long = share(p.long_accounts)                # Bybit's two shares add up to 1 exactly
+            rows.append({"symbol": query["symbol"], "buyRatio": long,
+                         "sellRatio": format(Decimal(1) - Decimal(long), "f"), "timestamp": str(p.start_ms)})
+        return 200, {"retCode": 0, "retMsg": "OK", "result": {"list": rows, "nextPageCursor": ""}, "retExtInfo": {},
+                     "time": self.feed.now_ms}
+
     # --- websocket -------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
@@ -69,6 +95,7 @@ class BybitLinearDialect(Dialect):
             return await self.server.serve_ws(request, "bybit-linear", False, [], self)
         app.router.add_get("/v5/public/linear", serve)
         app.router.add_get("/v5/market/instruments-info", self.rest(self.instruments))
+        app.router.add_get("/v5/market/account-ratio", self.rest(self.account_ratio))
 
     def _conn_id(self, conn) -> str:
         if not hasattr(conn, "bybit_conn_id"):

@@ -19,6 +19,12 @@
 * REST ``/api/v5/public/instruments?instType=SWAP|FUTURES`` (no futures are simulated) and
   ``/api/v5/market/history-trades?instId=&type=1&after=<id>&limit=<n>``: the ``n`` individual trades
   below ``after``, newest first (an aggregated push's fills, its size split as the market split it).
+* REST rubik statistics (``period=5m`` only), newest first, the open period included, from the
+  market's positioning truth (``ingest.simulator.positioning``): ``contracts/long-short-account-
+  ratio-contract`` (all accounts), ``...-contract-top-trader`` and ``long-short-position-ratio-
+  contract-top-trader`` (the top 5% of accounts by position value), ``[ts, ratio]``; and
+  ``taker-volume-contract`` ``[ts, sellVol, buyVol]`` in contracts (``unit=1``, the default) or
+  coins (``unit=0``), OKX's share of the market's taker lots.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ import orjson
 from aiohttp import web
 
 from ..config import ALL_LIQUIDATIONS_STREAM
+from ..positioning import ratio
 from . import BookView, Dialect
 
 BOOK_DEPTH = 400
 CONTRACT_VALUE = {"BTC": "0.01", "ETH": "0.1", "SOL": "1"}
 FUNDING_EVERY_MS = 60_000
 OPEN_INTEREST_EVERY_MS = 3_000
+RUBIK = "/api/v5/rubik/stat"
+TOP_TRADERS = (0.05, "value")      # OKX's top traders: the top 5% of accounts by open position value
 CHANNELS = ("books", "trades", "funding-rate", "open-interest", "mark-price", "index-tickers")
 
 
@@ -107,6 +116,32 @@ class OkxSwapDialect(Dialect):
                                  "source": "0"})
         return 200, {"code": "0", "msg": "", "data": data}
 
+    def positioning(self, query, statistic: str) -> tuple[int, dict]:
+        s = self._index(query.get("instId", ""))
+        if s is None:
+            return 400, {"code": "51001", "msg": "Instrument ID does not exist", "data": []}
+        if query.get("period", "5m") != "5m":
+            return 400, {"code": "51000", "msg": "Parameter period error (the simulator has 5m)", "data": []}
+        try:
+            limit = min(int(query.get("limit", "100")), 100)
+        except ValueError:
+            return 400, {"code": "51000", "msg": "Parameter limit error", "data": []}
+        unit = query.get("unit", "1")
+        if statistic == "taker" and unit not in ("0", "1"):
+            return 400, {"code": "51000", "msg": "Parameter unit error (the simulator has 0 and 1)", "data": []}
+        market, data = self.market, []
+        for p in reversed(self.feed.positioning.periods(s, self.feed.now_ms, limit)):
+            if statistic == "taker":
+                sell, buy = (market.qty_of_lots(s, market.fill_lots(lots)) for lots in (p.taker_sell_lots,
+                                                                                         p.taker_buy_lots))
+                data.append([str(p.start_ms), *((self.contracts(s, q) for q in (sell, buy)) if unit == "1"
+                                                 else (sell, buy))])
+                continue
+            accounts, positions = p.top[TOP_TRADERS]
+            long = {"all": p.long_accounts, "top_accounts": accounts, "top_positions": positions}[statistic]
+            data.append([str(p.start_ms), ratio(long, 1 - long)])
+        return 200, {"code": "0", "msg": "", "data": data}
+
     # --- websocket -------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
@@ -115,6 +150,12 @@ class OkxSwapDialect(Dialect):
         app.router.add_get("/ws/v5/public", serve)
         app.router.add_get("/api/v5/public/instruments", self.rest(self.instruments))
         app.router.add_get("/api/v5/market/history-trades", self.rest(self.history_trades))
+        for path, statistic in (("contracts/long-short-account-ratio-contract", "all"),
+                                ("contracts/long-short-account-ratio-contract-top-trader", "top_accounts"),
+                                ("contracts/long-short-position-ratio-contract-top-trader", "top_positions"),
+                                ("taker-volume-contract", "taker")):
+            app.router.add_get(f"{RUBIK}/{path}", self.rest(lambda query, statistic=statistic:
+                                                            self.positioning(query, statistic)))
 
     def native_symbol(self, s: int) -> str:
         return self.inst_id(s)
