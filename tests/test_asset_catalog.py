@@ -51,8 +51,8 @@ CATALOG = {
         "no_duplicate_keys", "total_is_sum_of_venues", "units_convertible", "values_in_range"}),
     "analytics/aggregated_funding": ("microstructure", DAILY, {"no_duplicate_keys", "values_in_range"}),
     "analytics/taker_volume": ("microstructure", DAILY, {
-        "no_duplicate_keys", "non_empty_where_feed_up", "total_is_sum_of_venues", "units_convertible",
-        "values_in_range"}),
+        "no_duplicate_keys", "non_empty_where_feed_up", "reconciled_within_tolerance", "total_is_sum_of_venues",
+        "units_convertible", "values_in_range"}),
     "analytics/basis": ("microstructure", DAILY, {"no_duplicate_keys", "values_in_range"}),
     "analytics/slippage": ("microstructure", DAILY, {
         "no_duplicate_keys", "non_empty_where_feed_up", "too_shallow_is_null", "units_convertible",

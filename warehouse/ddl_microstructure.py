@@ -255,10 +255,10 @@ CREATE TABLE IF NOT EXISTS analytics.taker_volume (
     cvd_usd DOUBLE NOT NULL,               -- anchored at the day's first bucket of the series
     cvd_ex_forced_usd DOUBLE NOT NULL,
     n_venues INTEGER NOT NULL,
-    reconciled BOOLEAN NOT NULL,           -- compared with the venue's own 5-minute taker volume
-    venue_buy_volume DOUBLE, venue_sell_volume DOUBLE,
-    rel_diff_buy DOUBLE, rel_diff_sell DOUBLE,
-    reconcile_flagged BOOLEAN,
+    reconciled BOOLEAN NOT NULL,           -- compared with the venue's own 5-minute taker volume (raw.taker_volumes)
+    venue_buy_volume DOUBLE, venue_sell_volume DOUBLE,   -- the venue's figures, base units
+    rel_diff_buy DOUBLE, rel_diff_sell DOUBLE,           -- ours / venue - 1, base units
+    reconcile_flagged BOOLEAN,             -- either side beyond 0.5 %
     day DATE NOT NULL
 )"""
 

@@ -18,7 +18,13 @@ from transforms.depth import aggregate_buckets
 from transforms.open_interest import asof_values
 from transforms.positioning import GRAINS, funding_by_venue, oi_observations, open_interest_by_venue
 from transforms.slippage import ORDER_SIZES_USD, size_label, slippage_batch
-from transforms.taker_flow import aggregate_flow, cumulative_volume_delta, resample_flow, taker_flow_sql
+from transforms.taker_flow import (
+    aggregate_flow,
+    cumulative_volume_delta,
+    reconcile_taker_volume,
+    resample_flow,
+    taker_flow_sql,
+)
 from warehouse.analytics.common import arrow_rows, asset_of, days_of, epoch, fetch, groups, timestamps
 from warehouse.analytics.depth import (
     QUOTE_USD_RATE,
@@ -28,6 +34,7 @@ from warehouse.analytics.depth import (
     distinct_snapshots,
 )
 from warehouse.analytics.derivatives import MARK_TOLERANCE, OI_OBSERVATIONS
+from warehouse.units import UNIT_JOIN
 
 # The previous hourly bucket (the first hour's change) and one more carried forward.
 OI_LOOKBACK = dt.timedelta(hours=2)
@@ -107,10 +114,54 @@ def _counts(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                           for name in ("n_buy", "n_sell", "n_forced", "n_unknown_side")}}
 
 
+# A venue's own 5-minute taker volumes in base units (linear contracts convert without a price;
+# inverse ones would need one and stay unreconciled), one row per period.
+VENUE_TAKER_VOLUMES = f"""
+SELECT r.exchange, r.symbol, CAST(epoch(r.ts_exchange) AS BIGINT) AS bucket_start,
+       raw.base_qty(r.buy_qty, NULL, r.qty_unit, unit.contract_size, unit.contract_size_unit) AS buy_base,
+       raw.base_qty(r.sell_qty, NULL, r.qty_unit, unit.contract_size, unit.contract_size_unit) AS sell_base
+FROM raw.taker_volumes AS r {UNIT_JOIN}
+WHERE r.period = '5m' AND r.ts_exchange >= $start AND r.ts_exchange < $end
+QUALIFY row_number() OVER (PARTITION BY r.exchange, r.symbol, r.ts_exchange ORDER BY r.kafka_partition, r.kafka_offset) = 1
+"""
+
+
+def _reconcile(con, start: dt.datetime, end: dt.datetime, per_market: dict[str, np.ndarray]) -> None:
+    """Our per-market buckets against the venue's own taker volumes, where the venue publishes them
+    (base units on both sides); rows without a venue figure stay ``reconciled`` False."""
+    n = per_market["bucket_start"].size
+    per_market["reconciled"] = np.zeros(n, bool)
+    per_market["reconcile_flagged"] = np.full(n, None, object)
+    for name in ("venue_buy_volume", "venue_sell_volume", "rel_diff_buy", "rel_diff_sell"):
+        per_market[name] = np.full(n, np.nan)
+    venue = fetch(con, VENUE_TAKER_VOLUMES, {"start": start, "end": end})
+    convertible = np.isfinite(venue["buy_base"].astype(np.float64)) & np.isfinite(venue["sell_base"].astype(np.float64))
+    venue = {name: values[convertible] for name, values in venue.items()}
+    ours_by_market = dict(groups(per_market["exchange"], per_market["symbol"]))
+    for market, rows in groups(venue["exchange"], venue["symbol"]):
+        mine = ours_by_market.get(market)
+        if mine is None:
+            continue
+        found = reconcile_taker_volume(per_market["bucket_start"][mine], per_market["taker_buy_base"][mine],
+                                       per_market["taker_sell_base"][mine], venue["bucket_start"][rows],
+                                       venue["buy_base"][rows].astype(np.float64),
+                                       venue["sell_base"][rows].astype(np.float64))
+        at = dict(zip(per_market["bucket_start"][mine].tolist(), mine.tolist(), strict=True))
+        for i, bucket in enumerate(found["bucket_start"].tolist()):
+            if bucket not in at:   # a venue period without any trade of ours: counted by the asset's check
+                continue
+            row = at[bucket]
+            per_market["reconciled"][row] = True
+            per_market["reconcile_flagged"][row] = bool(found["flagged"][i])
+            per_market["venue_buy_volume"][row], per_market["venue_sell_volume"][row] = \
+                found["venue_buy"][i], found["venue_sell"][i]
+            per_market["rel_diff_buy"][row], per_market["rel_diff_sell"][row] = \
+                found["rel_diff_buy"][i], found["rel_diff_sell"][i]
+
+
 def taker_volume_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
-    """5-minute taker flow per market and summed per asset across venues. Reconciliation against
-    a venue's own 5-minute taker volumes waits for ``raw.taker_volumes`` (not in this schema yet):
-    every row says ``reconciled`` False and leaves the venue columns NULL."""
+    """5-minute taker flow per market, reconciled against the venue's own 5-minute taker volumes
+    where ``raw.taker_volumes`` has them, and summed per asset across venues."""
     flow = fetch(con, taker_flow_sql(forced_trade_types()), {"start": start, "end": end})
     if not flow["exchange"].size:
         return []
@@ -122,7 +173,18 @@ def taker_volume_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tabl
     per_asset["n_venues"] = per_asset["n_venues"].astype(np.int32)
     per_asset["exchange"] = np.full(per_asset["asset"].size, "all", object)
     per_asset["symbol"] = per_asset["asset"]
-    return [_in_window(columns, start, end, reconciled=False) for columns in (per_market, per_asset)]
+    per_asset["reconciled"] = np.zeros(per_asset["asset"].size, bool)
+    _reconcile(con, start, end, per_market)
+    return [_in_window(columns, start, end) for columns in (per_market, per_asset)]
+
+
+# Venue periods of the run in base units with no 5-minute row of ours: trades we never received.
+UNMATCHED_VENUE_PERIODS = f"""
+SELECT count(*) FROM ({VENUE_TAKER_VOLUMES}) AS v
+WHERE (v.buy_base > 0 OR v.sell_base > 0) AND NOT EXISTS (
+    SELECT 1 FROM analytics.taker_volume AS t
+    WHERE t.exchange = v.exchange AND t.symbol = v.symbol AND epoch(t.bucket_start) = v.bucket_start)
+"""
 
 
 # --- basis --------------------------------------------------------------------------------------
