@@ -209,7 +209,8 @@ def test_taker_volume_per_venue_and_across_with_and_without_forced_fills(materia
     assert b[9:] == [True, 5.0]
     assert all(r[9] is False and r[10] is None for (ex, _), r in rows.items() if ex != "binance-usdm")
     [(buy, rel_buy, rel_sell, flagged)] = _query(
-        resources, "SELECT venue_buy_volume, rel_diff_buy, rel_diff_sell, reconcile_flagged FROM analytics.taker_volume "
+        resources, "SELECT venue_buy_volume, rel_diff_buy, rel_diff_sell, reconcile_flagged "
+                   "FROM analytics.taker_volume "
                    "WHERE exchange = 'binance-usdm' AND bucket_start = ?", [DAY + dt.timedelta(minutes=10)])
     assert (buy, rel_buy, rel_sell, flagged) == pytest.approx((5.1, 5 / 5.1 - 1, 0.0, True))
     assert _query(resources, "SELECT count(*) FROM analytics.taker_volume WHERE reconcile_flagged")[0][0] == 1

@@ -122,7 +122,8 @@ SELECT r.exchange, r.symbol, CAST(epoch(r.ts_exchange) AS BIGINT) AS bucket_star
        raw.base_qty(r.sell_qty, NULL, r.qty_unit, unit.contract_size, unit.contract_size_unit) AS sell_base
 FROM raw.taker_volumes AS r {UNIT_JOIN}
 WHERE r.period = '5m' AND r.ts_exchange >= $start AND r.ts_exchange < $end
-QUALIFY row_number() OVER (PARTITION BY r.exchange, r.symbol, r.ts_exchange ORDER BY r.kafka_partition, r.kafka_offset) = 1
+QUALIFY row_number() OVER (PARTITION BY r.exchange, r.symbol, r.ts_exchange
+                           ORDER BY r.kafka_partition, r.kafka_offset) = 1
 """
 
 
