@@ -38,6 +38,7 @@ RATES = {"binance-usdm": (1e-4, 8), "bybit-linear": (1e-4, 4)}
 BINANCE_PREMIUM = 5e-4
 BINANCE_MARK = MARK * (1 + BINANCE_PREMIUM)
 BYBIT_MID = 100_010.0
+OKX_PREMIUM = 2e-4
 # OI is valued at each venue's mark: Binance's carries its premium, Bybit's is its mid.
 OI_USD = {"binance-usdm": 1_000 * BINANCE_MARK, "bybit-linear": 500 * BYBIT_MID}
 
@@ -77,6 +78,13 @@ def market() -> list:
             items.append(Funding(**_common(exchange, "BTC-USDT-PERP", t + dt.timedelta(milliseconds=500)),
                                  rate=f"{rate:.8f}", interval_hours=interval, next_funding_time=None,
                                  mark_price=f"{mark:.2f}", index_price=f"{index:.2f}", is_realised=False))
+        # OKX pushes mark and index as separate price-only messages: each mark pairs with the index
+        # published 0.8 s before it.
+        index_row = {"rate": None, "interval_hours": None, "next_funding_time": None, "is_realised": False}
+        items.append(Funding(**_common("okx-swap", "BTC-USDT-SWAP", t - dt.timedelta(milliseconds=800)),
+                             **index_row, mark_price=None, index_price=f"{MARK:.1f}"))
+        items.append(Funding(**_common("okx-swap", "BTC-USDT-SWAP", t), **index_row,
+                             mark_price=f"{MARK * (1 + OKX_PREMIUM):.1f}", index_price=None))
     for minute in range(MINUTES):
         t = DAY + dt.timedelta(minutes=minute)
         for exchange, coins in OI.items():
@@ -230,8 +238,12 @@ def test_basis_premium_and_cross_venue_dislocation(materialized):
     assert b[6:] == pytest.approx([MARK, median, (MARK / median - 1) * 1e4, 2])
     y = rows["bybit-linear"]
     assert y[2] == 0 and y[8] == pytest.approx((BYBIT_MID / median - 1) * 1e4)
+    okx = rows["okx-swap"]
+    assert okx[:6] == pytest.approx([MARK * (1 + OKX_PREMIUM), MARK, OKX_PREMIUM, OKX_PREMIUM, 1.0,
+                                     OKX_PREMIUM * 8760], rel=1e-9)
+    assert okx[6:] == [None, None, None, None]   # no book, so no mid to compare
     # dYdX has trades but neither a mark/index nor a book in this market: no row.
-    assert set(rows) == {"binance-usdm", "bybit-linear"}
+    assert set(rows) == {"binance-usdm", "bybit-linear", "okx-swap"}
 
 
 def test_slippage_equals_the_walk_and_too_shallow_sizes_are_null_and_flagged(materialized):
