@@ -294,3 +294,58 @@ def test_ohlcv_counts_dydx_limit_fills_and_bybit_block_trades_but_not_forced_fil
                                       "AND minute = ?", [DAY + dt.timedelta(minutes=7)])
     assert minute_7 == 1
     assert np.isfinite(volume["dydx-v4"])
+
+
+# --- the real Binance USD-M recording (../shared/data/cryptofeed-captures) ---------------------
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    from conftest import binance_recording
+    from pipelines.replay import replay
+
+    items = []
+    replay("binance-usdm", binance_recording(), items.append)
+    path = tmp_path_factory.mktemp("recording")
+    warehouse = Warehouse(path / "w.duckdb", path / "r.duckdb")
+    with warehouse.writer() as con:
+        con.execute("BEGIN")
+        insert_records(con, items)
+        con.execute("COMMIT")
+        [(first, last)] = con.execute("SELECT min(ts_exchange), max(ts_exchange) FROM raw.trades").fetchall()
+    assert first.date() == last.date(), "the recording spans one UTC day"
+    resources = {"warehouse": WarehouseResource(database=str(warehouse.path), replica=str(warehouse.replica_path))}
+    selection = [ohlcv_1m, book_depth, *POSITIONING_ASSETS]
+    others = [a.to_source_asset() for a in MICROSTRUCTURE_ASSETS if a not in selection]
+    result = dg.materialize([*RAW, *others, *selection], selection=selection, resources=resources,
+                            partition_key=f"{first:%Y-%m-%d}", run_config=QUIET)
+    assert result.success
+    return resources, result
+
+
+def test_real_recording_every_check_passes_and_tables_agree(recorded):
+    resources, result = recorded
+    failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    assert failed == []
+    # aggTrade carries no forced-fill marker: taker volume per market equals OHLCV's buy and sell volume.
+    taker = dict(_query(resources, "SELECT symbol, round(sum(taker_buy_base) + sum(taker_sell_base), 9) "
+                                   "FROM analytics.taker_volume WHERE exchange <> 'all' GROUP BY symbol"))
+    ohlcv = dict(_query(resources, "SELECT symbol, round(sum(buy_volume) + sum(sell_volume), 9) "
+                                   "FROM analytics.ohlcv_1m GROUP BY symbol"))
+    assert taker == ohlcv and taker
+    # Every book minute has its slippage row, and walking from mid costs at least half the spread:
+    # the minute means run over the same valid books in both tables.
+    minutes = _query(resources, "SELECT d.spread_bps_mean / 2, s.ask_slippage_bps_10k, s.bid_slippage_bps_10k, "
+                                "s.ask_too_shallow_1m, s.ask_slippage_bps_1m FROM analytics.book_depth AS d "
+                                "LEFT JOIN analytics.slippage AS s USING (exchange, symbol, minute) WHERE d.n_valid > 0")
+    assert len(minutes) == 8   # four altcoins, two minutes
+    for half_spread, buy, sell, shallow, buy_1m in minutes:
+        assert buy >= half_spread - 1e-9 and sell >= half_spread - 1e-9
+        assert (buy_1m is None) == shallow
+    # The ±10 % snapshots of three of the four altcoins cannot absorb a $1M market buy.
+    assert sum(shallow for *_, shallow, _ in minutes) == 6
+    # The recording has no markPrice stream and each coin on one venue: basis rows carry the book mid
+    # only, with no premium and no dislocation (nothing to be dislocated from).
+    basis = _query(resources, "SELECT count(*), count(premium), count(dislocation_bps), max(n_markets_priced), "
+                              "count(*) FILTER (WHERE b.mid_price = d.mid_last) FROM analytics.basis AS b "
+                              "JOIN analytics.book_depth AS d USING (exchange, symbol, minute)")
+    assert basis == [(8, 0, 0, 1, 8)]
