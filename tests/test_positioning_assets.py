@@ -336,7 +336,8 @@ def test_real_recording_every_check_passes_and_tables_agree(recorded):
     # the minute means run over the same valid books in both tables.
     minutes = _query(resources, "SELECT d.spread_bps_mean / 2, s.ask_slippage_bps_10k, s.bid_slippage_bps_10k, "
                                 "s.ask_too_shallow_1m, s.ask_slippage_bps_1m FROM analytics.book_depth AS d "
-                                "LEFT JOIN analytics.slippage AS s USING (exchange, symbol, minute) WHERE d.n_valid > 0")
+                                "LEFT JOIN analytics.slippage AS s USING (exchange, symbol, minute) "
+                                "WHERE d.n_valid > 0")
     assert len(minutes) == 8   # four altcoins, two minutes
     for half_spread, buy, sell, shallow, buy_1m in minutes:
         assert buy >= half_spread - 1e-9 and sell >= half_spread - 1e-9
