@@ -1,4 +1,6 @@
-"""All of perpflow's Dagster definitions, loaded from this one place."""
+"""All of perpflow's Dagster definitions, loaded from this one place: each asset family's list
+(``dagster_project/assets/``, tables declared with ``dagster_project.tables.table_asset``), jobs, schedules,
+the lag sensor and the resources."""
 
 import dagster as dg
 

@@ -3,14 +3,14 @@
 An analytics table is declared with :func:`table_asset` beside its checks and metadata; its SQL
 and row building live in ``warehouse/analytics/<area>.py`` (plain functions of a connection and a
 window) and its pictures in ``transforms/figures.py`` (data in, PNG bytes out). The declaration
-fixes what every table shares: the asset key ``analytics/<table>``, UTC-day partitions (or none:
-the table is rebuilt whole), the DuckDB writer pool, single-run backfills, the delete+insert rewrite
+fixes what every table shares: the asset key ``analytics/<table>``, UTC-day partitions (or hourly, or
+none: the table is rebuilt whole), the DuckDB writer pool, single-run backfills, the delete+insert rewrite
 of the partition, the declared checks evaluated on the rows the run wrote, the row count, and the
 replica publish. The decorated function is the table's body: it gets a :class:`TableRun`, writes
 with ``run.rewrite(...)`` and returns the materialization metadata (pictures as :class:`Picture`)::
 
-    @table_asset(MICROSTRUCTURE, "liquidations_1m", deps=[RAW_LIQUIDATIONS], description="...",
-                 partition_column="day",
+    @table_asset(MICROSTRUCTURE, "liquidations_1m", deps=[dg.AssetKey(["raw", "liquidations"])],
+                 description="Liquidated notional per exchange, symbol and minute ...",
                  checks=[no_duplicates("exchange, symbol, minute"), units_convertible("liquidations")])
     def liquidations_1m(run: TableRun) -> dict:
         run.rewrite_each_day(lambda start, end: liquidations.LIQUIDATIONS_1M_SELECT)
@@ -20,10 +20,8 @@ Register the asset in its family's list (``dagster_project/assets/<family>.py``)
 ``dagster_project.definitions`` loads.
 """
 
-
 import base64
 import datetime as dt
-import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -52,6 +50,11 @@ class Family:
 
     group: str
     summarize_backfills: bool = False
+
+
+MICROSTRUCTURE = Family("microstructure")
+QUANT = Family("quant", summarize_backfills=True)
+ANALYTICS = Family("analytics")   # tables built straight from the raw feed (ohlcv_1m)
 
 
 @dataclass(frozen=True)
@@ -201,21 +204,24 @@ def units_convertible(raw_table: str, where: str = "TRUE") -> Check:
 # --- the declaration ----------------------------------------------------------------------------
 
 def partition_days(context: dg.AssetExecutionContext) -> list[tuple[dt.datetime, dt.datetime]]:
-    """The UTC days of the run: one for a partition, several for a single-run backfill."""
+    """The UTC days of the run: one for a daily partition, several for a single-run backfill; an
+    hourly partition's window is one (short) day."""
     start, end = (t.replace(tzinfo=None) for t in context.partition_time_window)
     days = []
     while start < end:
-        days.append((start, start + DAY))
+        days.append((start, min(start + DAY, end)))
         start += DAY
     return days
 
 
 def table_asset(family: Family, table: str, *, deps: list, description: str, checks: list[Check],
-                partition_column: str | None = "day", config: type[dg.Config] | None = None):
+                partition_column: str | None = "day",
+                partitions: dg.TimeWindowPartitionsDefinition = daily_partitions,
+                config: type[dg.Config] | None = None):
     """Declare ``analytics.<table>`` as the asset ``analytics/<table>`` of ``family``.
 
-    ``partition_column`` places each row in its UTC day (daily partitions; None: unpartitioned,
-    the table is rebuilt whole). ``config``: a ``dg.Config`` class passed to the body as its second
+    ``partition_column`` places each row in its partition of ``partitions`` (UTC days unless, say,
+    a ``dg.HourlyPartitionsDefinition`` is given; None: unpartitioned, the table is rebuilt whole). ``config``: a ``dg.Config`` class passed to the body as its second
     argument. The body ``(run[, config]) -> metadata`` must write with ``run.rewrite``/
     ``run.rewrite_each_day``; values that are :class:`Picture` become embedded PNGs.
     """
@@ -224,34 +230,34 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
         if not check.description:
             raise ValueError(f"analytics.{table}: check {check.name!r} needs a description")
 
-    def decorate(body: Callable[..., dict]) -> dg.AssetsDefinition:
-        def compute(context: dg.AssetExecutionContext, warehouse: WarehouseResource, config=None):
-            yield from _run(context, warehouse, body, config)
+    config_class = config
 
-        if config is not None:
-            # Dagster reads the run config's schema from the annotation of the ``config`` parameter.
-            parameters = list(inspect.signature(compute).parameters.values())
-            compute.__signature__ = inspect.Signature(
-                [*parameters[:2], parameters[2].replace(annotation=config, default=inspect.Parameter.empty)])
+    def decorate(body: Callable[..., dict]) -> dg.AssetsDefinition:
+        if config_class is None:
+            def compute(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+                yield from _run(context, warehouse, body)
         else:
-            compute.__signature__ = inspect.Signature(list(inspect.signature(compute).parameters.values())[:2])
+            def compute(context: dg.AssetExecutionContext, warehouse: WarehouseResource, config):
+                yield from _run(context, warehouse, lambda run: body(run, config))
+            # Dagster reads the run config's schema from the annotation of the ``config`` parameter.
+            compute.__annotations__["config"] = config_class
         compute.__name__ = body.__name__
         compute.__doc__ = body.__doc__
 
         # single_run on unpartitioned tables too: `dagster asset materialize --partition-range`
         # refuses a selection where any asset lacks it.
         return dg.asset(key=key, deps=deps, group_name=family.group, pool="duckdb_writer", kinds={"duckdb"},
-                        partitions_def=None if partition_column is None else daily_partitions,
+                        partitions_def=None if partition_column is None else partitions,
                         check_specs=[dg.AssetCheckSpec(c.name, asset=key, description=c.description)
                                      for c in checks],
                         backfill_policy=dg.BackfillPolicy.single_run(), description=description)(compute)
 
-    def _run(context, warehouse: WarehouseResource, body, run_config) -> Iterator:
+    def _run(context, warehouse: WarehouseResource, body: Callable[[TableRun], dict]) -> Iterator:
         days = [] if partition_column is None else partition_days(context)
         partitions = len(context.partition_keys) if days else 1
         with warehouse.get().writer() as con:
             run = TableRun(context, con, f"analytics.{table}", partition_column, days)
-            metadata = body(run) if run_config is None else body(run, run_config)
+            metadata = body(run)
             if not isinstance(metadata, dict):
                 raise TypeError(f"analytics.{table}: the asset body must return its metadata as a dict, "
                                 f"not {type(metadata).__name__}")
@@ -276,8 +282,3 @@ def table_asset(family: Family, table: str, *, deps: list, description: str, che
         yield from results
 
     return decorate
-
-
-MICROSTRUCTURE = Family("microstructure")
-QUANT = Family("quant", summarize_backfills=True)
-ANALYTICS = Family("analytics")   # tables built straight from the raw feed (ohlcv_1m)

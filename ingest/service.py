@@ -98,6 +98,7 @@ class IngestConfig:
     task_crash_limit: int = 5                         # crashes of one task within 5 min before giving up
     connections_per_stream: int = 1                   # >1: redundant replicas of each route, de-duplicated
     max_frame_bytes: int = 8 << 20                    # larger frames are dead-lettered
+    keepalive_timeout_s: float = 20.0                 # a ping unanswered this long closes the connection
 
 
 @dataclass
@@ -382,7 +383,8 @@ class IngestService:
             detail = conn.detail
             symbol = None
             try:
-                async with websockets.connect(conn.url, ping_interval=20, ping_timeout=20, open_timeout=10,
+                async with websockets.connect(conn.url, ping_interval=20, ping_timeout=self.config.keepalive_timeout_s,
+                                              open_timeout=10,
                                               close_timeout=2, max_size=self.PROTOCOL_MAX_FRAME_BYTES,
                                               max_queue=4096) as ws:
                     if conn.connects:

@@ -48,10 +48,11 @@ class Figure:
 
 
 def _series(con, sql: str, params=()) -> TimeSeries:
+    """(time, value) rows as a series; NULL values become NaN (fetchnumpy masks them)."""
     data = con.execute(sql, params).fetchnumpy()
-    keys = list(data)
-    return TimeSeries(np.asarray(data[keys[0]]).astype("datetime64[ms]"),
-                      np.asarray(data[keys[1]], dtype=np.float64))
+    ts, values = data.values()
+    return TimeSeries(np.asarray(ts).astype("datetime64[ms]"),
+                      np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan))
 
 
 def _rows(con, table: str) -> int:
@@ -70,6 +71,17 @@ def _cascades(con) -> list[tuple[str, Span]]:
                 "ORDER BY cascade_start").fetchall()]
 
 
+def _merged(spans: list[Span]) -> list[Span]:
+    """Overlapping cascades (several assets, both sides) as one shaded span each."""
+    merged: list[Span] = []
+    for span in sorted(spans, key=lambda s: s.start):
+        if merged and span.start <= merged[-1].end:
+            merged[-1] = Span(merged[-1].start, max(merged[-1].end, span.end))
+        else:
+            merged.append(span)
+    return merged
+
+
 def _window(spans: list[Span]) -> tuple[np.datetime64, np.datetime64] | None:
     """Minutes drawn for the cascade figures: the detected cascades with an hour either side, or
     everything when none was detected."""
@@ -85,16 +97,17 @@ def _in_window(column: str, window) -> tuple[str, list]:
 
 
 def cascade_figures(con, cascades: list[tuple[str, Span]]) -> list[Figure]:
-    """Per asset, the market with the most book-depth minutes (else the most one-minute bars)."""
+    """Per asset, the market with the most book-depth minutes, then the deepest book (its collapse
+    is the market's), else the most one-minute bars."""
     window = _window([span for _, span in cascades])
     where, params = _in_window("minute", window)
     markets = con.execute(f"""
         WITH bars AS (SELECT exchange, symbol, count(*) AS minutes FROM analytics.ohlcv_1m WHERE {where} GROUP BY ALL),
-             depth AS (SELECT exchange, symbol, count(*) AS minutes FROM analytics.book_depth
-                       WHERE {where} AND depth_usd_2_mean IS NOT NULL GROUP BY ALL)
+             depth AS (SELECT exchange, symbol, count(*) AS minutes, median(depth_usd_2_mean) AS usd
+                       FROM analytics.book_depth WHERE {where} AND depth_usd_2_mean IS NOT NULL GROUP BY ALL)
         SELECT split_part(symbol, '-', 1) AS asset,
-               arg_max(exchange, (coalesce(d.minutes, 0), b.minutes, exchange)),
-               arg_max(symbol, (coalesce(d.minutes, 0), b.minutes, exchange))
+               arg_max(exchange, (coalesce(d.minutes, 0), coalesce(d.usd, 0), b.minutes, exchange)),
+               arg_max(symbol, (coalesce(d.minutes, 0), coalesce(d.usd, 0), b.minutes, exchange))
         FROM bars b LEFT JOIN depth d USING (exchange, symbol) GROUP BY asset ORDER BY asset""",
                           params * 2).fetchall() if _rows(con, "analytics.ohlcv_1m") else []
     has_depth = _rows(con, "analytics.book_depth") > 0
@@ -122,7 +135,7 @@ def cascade_figures(con, cascades: list[tuple[str, Span]]) -> list[Figure]:
         liquidation_note = f" published by {venues}, all venues summed" if venues else ""
         if lower_bound:
             liquidation_note += " (some feeds are sampled: a lower bound)"
-        spans = [span for a, span in cascades if a == asset]
+        spans = _merged([span for a, span in cascades if a == asset])
         png = figures.cascade_price_depth_liquidations(
             f"{asset}: {exchange} {symbol} through the cascade", price, depth, long_usd, short_usd, cascades=spans,
             depth_note=f", {exchange} {symbol}, USD (mean of the minute)", liquidation_note=liquidation_note)
@@ -137,28 +150,27 @@ def cascade_figures(con, cascades: list[tuple[str, Span]]) -> list[Figure]:
 
 
 def stress_figure(con, cascades: list[tuple[str, Span]]) -> Figure:
-    spans = [span for _, span in cascades]
+    spans = _merged([span for _, span in cascades])
     where, params = _in_window("minute", _window(spans))
     by_asset = {}
     if _rows(con, "analytics.market_stress"):
         for (asset,) in con.execute("SELECT DISTINCT asset FROM analytics.market_stress ORDER BY 1").fetchall():
             by_asset[asset] = _series(con, f"SELECT minute, stress_index FROM analytics.market_stress "
                                            f"WHERE asset = ? AND {where} ORDER BY minute", [asset] + params)
-        missing = (f"analytics.market_stress is NULL at every minute shown: its baselines need "
-                   f"{StressConfig().min_periods} prior minutes of depth and funding history (12 h) before the "
-                   "cascade")
+        warm_up = StressConfig().min_periods
+        missing = (f"analytics.market_stress is NULL at every minute shown: its baselines need {warm_up} prior "
+                   f"minutes ({warm_up / 60:g} h) of depth and funding history before the cascade")
     else:
         missing = "analytics.market_stress is empty"
     thresholds = ", ".join(f"{label} {level:g}" for label, level in STRESS_THRESHOLDS.items())
     return Figure("stress-index", "Market stress index", f"0-100 per asset (depth collapse, liquidations, OI "
-                  f"drawdown, funding); threshold: {thresholds}; detected cascades shaded.",
+                  f"drawdown, funding); threshold: {thresholds}; detected cascades of any asset shaded.",
                   figures.stress_index("Market stress index", by_asset, STRESS_THRESHOLDS, cascades=spans,
                                        missing=missing))
 
 
 def open_interest_figure(con, cascades: list[tuple[str, Span]]) -> Figure:
-    spans = [span for _, span in cascades]
-    where, params = _in_window("bucket_start", _window(spans))
+    where, params = _in_window("bucket_start", _window([span for _, span in cascades]))
     by_asset: dict[str, dict[str, TimeSeries]] = {}
     if _rows(con, "analytics.open_interest"):
         for asset, exchange in con.execute("SELECT DISTINCT asset, exchange FROM analytics.open_interest "
@@ -167,9 +179,10 @@ def open_interest_figure(con, cascades: list[tuple[str, Span]]) -> Figure:
                 con, f"""SELECT bucket_start, sum(open_interest_usd) FROM analytics.open_interest
                          WHERE grain = '5m' AND asset = ? AND exchange = ? AND {where}
                          GROUP BY bucket_start ORDER BY bucket_start""", [asset, exchange] + params)
+    spans = {asset: _merged([span for a, span in cascades if a == asset]) for asset in by_asset}
     return Figure("open-interest", "Open interest by venue", "analytics.open_interest, 5-minute buckets, USD "
-                  "(one side; contracts converted with raw.instrument_units).",
-                  figures.open_interest_by_venue("Open interest by venue", by_asset, cascades=spans))
+                  "(one side; contracts converted with raw.instrument_units); the asset's detected cascades shaded.",
+                  figures.open_interest_by_venue("Open interest by venue", by_asset, cascades_by_asset=spans))
 
 
 def levels_figure(con) -> Figure:

@@ -114,3 +114,14 @@ def tiny_disk(tmp_path) -> TinyDisk:
     """A 1 MiB file system that fills up."""
     with tiny_disk_at(tmp_path / "disk", "1m") as disk:
         yield disk
+
+
+@pytest.fixture(scope="session")
+def cascade_truth(tmp_path_factory) -> dict[str, list[dict]]:
+    """Ground truth of one short simulated cascade (seed 7; 15 calm minutes, trigger, 60 minutes),
+    liquidation-level snapshots every 5 minutes; no payloads built (about 10 s)."""
+    from ingest.simulator import ExchangeFeed, SimConfig, load_truth
+
+    path = tmp_path_factory.mktemp("cascade-truth") / "truth.jsonl"
+    ExchangeFeed(SimConfig(scenario="cascade", seed=7, hours=1.25, checkpoint_every_s=300), path).run_truth_only()
+    return load_truth(path)

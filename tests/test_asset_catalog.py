@@ -156,3 +156,23 @@ def test_a_body_that_never_rewrites_fails_naming_the_table(toy_warehouse):
     _, resources = toy_warehouse
     with pytest.raises(RuntimeError, match=r"analytics.toy_prices: the asset body returned without run.rewrite"):
         dg.materialize([_toy_table(None, write=False)], resources=resources, partition_key=f"{DAY:%Y-%m-%d}")
+
+
+def test_an_hourly_table_rewrites_only_its_hour(toy_warehouse):
+    warehouse, resources = toy_warehouse
+    hours = dg.HourlyPartitionsDefinition(start_date="2025-03-01-00:00", timezone="UTC")
+
+    @table_asset(TOY, "toy_prices", partition_column="minute", partitions=hours, deps=[], checks=[],
+                 description="Hourly rows of the toy table.")
+    def toy_prices(run: TableRun) -> dict:
+        run.rewrite_each_day(_rows([float(run.start.hour)] * 3))
+        return {}
+
+    for hour in ("05", "06", "05"):
+        result = dg.materialize([toy_prices], resources=resources, partition_key=f"2025-03-01-{hour}:00")
+        assert result.success
+        [event] = result.get_asset_materialization_events()
+        assert event.event_specific_data.materialization.metadata["dagster/row_count"].value == 3
+    with warehouse.writer() as con:
+        assert con.execute("SELECT hour(minute), count(*), min(price) FROM analytics.toy_prices "
+                           "GROUP BY ALL ORDER BY 1").fetchall() == [(5, 3, 5.0), (6, 3, 6.0), (23, 1, 1.0)]

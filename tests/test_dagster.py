@@ -62,7 +62,11 @@ def test_loader_and_ohlcv_materialize_with_exact_values(loaded):
         assert result.success
         assert all(c.passed for c in result.get_asset_check_evaluations())
         [event] = result.get_asset_materialization_events()
-        assert event.event_specific_data.materialization.metadata["dagster/row_count"].value == 8
+        metadata = event.event_specific_data.materialization.metadata
+        assert set(metadata) == {"dagster/row_count", "preview", "symbols", "close_vs_open_of_day"}
+        assert metadata["dagster/row_count"].value == 8
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == \
+            {"one_row_per_minute", "prices_consistent", "units_convertible"}
 
     expected = {}
     for t in sorted(trades, key=lambda t: (t.ts_exchange, t.first_trade_id)):

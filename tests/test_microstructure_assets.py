@@ -249,6 +249,31 @@ def test_every_check_passes_and_rows_are_written(market):
     assert counts["liquidation_cascades"] == 1 and counts["liquidity_withdrawals"] == 1
 
 
+# Materialization metadata keys users' dashboards and alerts read: pinned, so a refactor cannot drop one.
+METADATA_KEYS = {
+    "book_depth": {"dagster/row_count", "preview", "depth_2pct"},
+    "liquidity_withdrawals": {"dagster/row_count", "preview", "threshold", "depth_2pct_with_withdrawals"},
+    "open_interest": {"dagster/row_count", "preview", "open_interest_and_price"},
+    "funding": {"dagster/row_count", "preview", "funding_annualized_pct"},
+    "liquidations_1m": {"dagster/row_count", "largest_minutes"},
+    "liquidation_cascades": {"dagster/row_count", "preview", "liquidations_with_cascades"},
+    "market_stress": {"dagster/row_count", "most_stressed_minutes", "cascade_lead_minutes", "lead_threshold",
+                      "stress_index"},
+    "adl_events": {"dagster/row_count", "first_events"},
+}
+
+
+def test_materializations_carry_their_metadata_for_every_partition(market):
+    _, result = market
+    found: dict[str, list] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        found.setdefault(materialization.asset_key.path[-1], []).append(
+            (materialization.partition, set(materialization.metadata)))
+    days = [f"{CALM_DAY:%Y-%m-%d}", f"{DAY:%Y-%m-%d}"]
+    assert found == {table: [(day, keys) for day in days] for table, keys in METADATA_KEYS.items()}
+
+
 def test_book_depth_minutes(market):
     resources, _ = market
     rows = _query(resources, "SELECT minute, n_snapshots, n_valid, mid_last, bid_usd_2_mean, depth_usd_2_min, "

@@ -31,7 +31,6 @@ NATIVE = {"binance-usdm": "BTCUSDT", "okx-swap": "BTC-USDT-SWAP", "bybit-linear"
 TOP = {"binance-usdm": "0.2/margin", "okx-swap": "0.05/value"}     # each venue's top-trader cut
 MARKET_MINUTES = 31
 POLL_EVERY_S = 4.0              # instead of every minute: the market runs 60 s a second here
-SPEED = 60
 
 
 async def run_services(services: list[IngestService], sim: SimulatorThread, market_s: float,
@@ -53,7 +52,7 @@ async def run_services(services: list[IngestService], sim: SimulatorThread, mark
 def test_each_venue_stores_every_closed_period_once_equal_to_the_truth(tmp_path, fresh_broker, warehouse,
                                                                          monkeypatch):
     monkeypatch.setattr(positioning, "POLL_EVERY_S", POLL_EVERY_S)
-    config = SimConfig(scenario="calm", seed=5, hours=1, speed=SPEED, symbols=("BTCUSDT",),
+    config = SimConfig(scenario="calm", seed=5, hours=1, speed=60, symbols=("BTCUSDT",),
                        truth_path=str(tmp_path / "truth.jsonl"), venues=tuple(NATIVE))
     with SimulatorThread(config) as sim:
         services = []
@@ -73,9 +72,9 @@ def test_each_venue_stores_every_closed_period_once_equal_to_the_truth(tmp_path,
         assert not any(p["failed"] for p in service._polls.values()), service._polls
     truth = load_truth(tmp_path / "truth.jsonl")
     closed = {p["ts"]: p for p in truth["positioning"] if p["symbol"] == "BTCUSDT"}
-    # A period is published by the first poll after it closed; one that closed within two poll
-    # intervals of the stop (a slow machine plays the market slower) may be missing.
-    settled = sorted(t for t in closed if t + 300_000 <= stopped_ms - 2 * POLL_EVERY_S * SPEED * 1000)
+    # A period is published by the first poll after it closed: all but the last one or two that closed
+    # before the stop (a loaded machine answers polls late) must be stored.
+    settled = sorted(t for t in closed if t + 300_000 <= stopped_ms)[:-2]
     assert len(settled) >= 4
 
     report = load_once(warehouse, fresh_broker.bootstrap)
@@ -112,7 +111,7 @@ def test_each_venue_stores_every_closed_period_once_equal_to_the_truth(tmp_path,
                 assert long_short_ratio == float(printed / (1 - printed)), (exchange, start)
             else:
                 assert long_short_ratio == float(ratio(true_long, 1 - true_long)), (exchange, population, start)
-            assert long_short_ratio == pytest.approx(true_long / (1 - true_long), abs=5e-4)
+            assert long_short_ratio == pytest.approx(true_long / (1 - true_long), rel=1e-3)
             if exchange == "okx-swap":
                 assert long_share is None and short_share is None
             else:

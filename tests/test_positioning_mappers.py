@@ -40,7 +40,7 @@ def handle(exchange: str, url: str, body) -> tuple[list, list]:
 
 
 def test_each_venue_polls_its_statistics_per_symbol_within_its_limits():
-    binance = venue_for("binance-usdm").polls("https://fapi.binance.com", ["BTCUSDT", "ETHUSDT"])
+    binance = venue_for("binance-usdm").polls("https://fapi.binance.com", ["BTCUSDT", "ETHUSDT", "BTCUSDT_260327"])
     assert sorted(p.url.split("/futures/data/")[1].split("?")[0] for p in binance) == sorted(
         ["globalLongShortAccountRatio", "topLongShortAccountRatio", "topLongShortPositionRatio",
          "takerlongshortRatio"] * 2)

@@ -206,9 +206,14 @@ def test_partitions_are_idempotent_and_never_look_ahead(tmp_path):
     result = materialize(real, day)
     first = rows_of_day(real, day)
     assert all(first[table] for table in TABLES), {t: len(r) for t, r in first.items()}
-    pictures = [key for e in result.get_asset_materialization_events()
-                for key in e.event_specific_data.materialization.metadata if key.startswith(("levels_", "equity_"))]
-    assert sorted(pictures) == ["equity_vs_holding", "equity_vs_holding", "levels_bybit-linear_BTC-USDT-PERP"]
+    metadata_keys = {e.asset_key.path[-1]: set(e.event_specific_data.materialization.metadata)
+                     for e in result.get_asset_materialization_events()}
+    assert metadata_keys == {
+        "candles_1d": {"dagster/row_count", "preview"}, "candles_1h": {"dagster/row_count", "preview"},
+        "quantmetrics": {"dagster/row_count", "preview"}, "signal_performance": {"dagster/row_count", "preview"},
+        "support_resistance_levels": {"dagster/row_count", "preview", "levels_bybit-linear_BTC-USDT-PERP"},
+        "trading_signals": {"dagster/row_count", "preview", "equity_vs_holding"},
+        "hourly_trading_signals": {"dagster/row_count", "preview", "equity_vs_holding"}}
     materialize(real, day)
     assert rows_of_day(real, day) == first
     materialize(changed, day)

@@ -170,3 +170,18 @@ def test_cli_refuses_an_empty_warehouse(tmp_path):
     assert out.returncode == 1
     assert "nothing to report" in out.stderr and "analytics.ohlcv_1m" in out.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def test_null_values_are_nan_and_overlapping_cascades_merge():
+    import duckdb
+
+    from pipelines.report import _merged, _series
+
+    with duckdb.connect() as con:
+        series = _series(con, "SELECT TIMESTAMP '2025-10-10 20:50:00' + to_minutes(i) AS ts, "
+                              "CASE WHEN i = 1 THEN NULL ELSE i * 10.0 END AS v FROM range(3) t(i) ORDER BY ts")
+    assert series.ts.dtype == np.dtype("datetime64[ms]") and len(series.ts) == 3
+    assert series.values[0] == 0.0 and np.isnan(series.values[1]) and series.values[2] == 20.0
+    t = [np.datetime64(f"2025-10-10T21:{m:02d}", "ms") for m in (0, 5, 3, 9, 12, 14)]
+    spans = _merged([Span(t[0], t[1]), Span(t[4], t[5]), Span(t[2], t[3])])
+    assert [(s.start, s.end) for s in spans] == [(t[0], t[3]), (t[4], t[5])]

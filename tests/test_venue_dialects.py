@@ -379,9 +379,12 @@ def test_bybit_publishes_every_liquidation_not_a_sample(tmp_path, broker):
     config = SimConfig(scenario="cascade", seed=11, hours=2, speed=60, trigger_offset_s=60, symbols=SIM_SYMBOLS,
                        truth_path=str(tmp_path / "truth.jsonl"), venues=("binance-usdm", "bybit-linear"))
     with SimulatorThread(config) as sim:
+        # allLiquidation cannot be backfilled: a keepalive timeout while this process (simulator and
+        # service share it) is starved on a loaded machine would lose liquidations that are not the
+        # venue's doing, so the test waits for pongs as long as the run may take.
         service_config = IngestConfig(symbols=list(SIM_SYMBOLS), ws_url=sim.ws_url, rest_url=sim.http_url,
                                       bootstrap=broker.bootstrap, run_dir=tmp_path,
-                                      backoff_base_s=0.2, backoff_max_s=2.0)
+                                      backoff_base_s=0.2, backoff_max_s=2.0, keepalive_timeout_s=600)
         sink = RecordingSink(broker.bootstrap, tmp_path / "spill.jsonl", delivery_timeout_ms=5000)
         service = IngestService(venue_for("bybit-linear"), service_config, sink=sink)
         asyncio.run(run_for_market_time(service, sim, 1800))

@@ -41,7 +41,13 @@ Metrics (all point series are read as observed at their timestamp)
 * Hawkes: fit on the same-side liquidation times in ``[start - hawkes_lookback_s, end]`` (the
   cluster alone is usually too few events); ``hawkes_lambda_max`` is the peak fitted intensity
   (events per second) at or after ``start``. Second-resolution timestamps tie often, which pushes
-  the fitted β to its bound (``hawkes_at_bound``).
+  the fitted β to its bound (``hawkes_at_bound``). With one constant background over an hour that
+  holds a burst, n itself ends at its bound: the burst can only be excitation. ``endogenous_*``
+  come from the same events fitted with a piecewise-constant background
+  (``hawkes.fit_hawkes_varying_baseline``): ``endogenous_share`` is the expected share of them
+  triggered by an earlier one, ``endogenous_n`` the branching ratio, ``endogenous_at_bound`` whether
+  that fit still ended on a bound, ``endogenous_baseline_bin_s`` the background's bin width (None:
+  one constant background won).
 
 Binance ``forceOrder`` streams at most one liquidation per symbol per second, so USD totals are
 lower bounds wherever it is the source.
@@ -55,7 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from transforms.hawkes import fit_hawkes, intensity_after_events
+from transforms.hawkes import fit_hawkes, fit_hawkes_varying_baseline, intensity_after_events
 from transforms.liquidity import DAY_S
 from transforms.open_interest import asof_values
 
@@ -183,6 +189,10 @@ class Cascade:
     hawkes_lambda_max: float
     hawkes_at_bound: bool
     hawkes_reason: str | None
+    endogenous_share: float
+    endogenous_n: float
+    endogenous_at_bound: bool
+    endogenous_baseline_bin_s: float | None
 
 
 class _PointSeries:
@@ -246,7 +256,12 @@ def _hawkes_metrics(
     lam_max = float("nan")
     if fit.reason is None:
         lam_max = float(intensity_after_events(events, fit.mu, fit.alpha, fit.beta)[events >= start].max())
+    varying = fit_hawkes_varying_baseline(events, start=window_start, end=end, min_events=config.hawkes_min_events)
     return {
+        "endogenous_share": varying.endogenous_share,
+        "endogenous_n": varying.branching_ratio,
+        "endogenous_at_bound": varying.at_bound,
+        "endogenous_baseline_bin_s": varying.bin_s,
         "hawkes_n": fit.branching_ratio,
         "hawkes_mu": fit.mu,
         "hawkes_beta": fit.beta,

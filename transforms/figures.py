@@ -329,9 +329,10 @@ def stress_index(title: str, index_by_asset: Mapping[str, TimeSeries], threshold
 
 
 def open_interest_by_venue(title: str, usd_by_asset_venue: Mapping[str, Mapping[str, TimeSeries]], *,
-                           cascades: Sequence[Span] = ()) -> bytes:
-    """One panel per asset: open interest in USD of each venue, one line each."""
-    def panel(by_venue: Mapping[str, TimeSeries]):
+                           cascades_by_asset: Mapping[str, Sequence[Span]] | None = None) -> bytes:
+    """One panel per asset: open interest in USD of each venue, one line each; the asset's
+    cascades shaded."""
+    def panel(by_venue: Mapping[str, TimeSeries], cascades: Sequence[Span]):
         def draw(ax):
             for venue, series in sorted(by_venue.items()):
                 ax.plot(series.ts, series.values / 1e9, linewidth=0.9, label=venue)
@@ -341,7 +342,8 @@ def open_interest_by_venue(title: str, usd_by_asset_venue: Mapping[str, Mapping[
         return draw
 
     panels = [Panel(f"{asset} open interest (USD, one side) by venue",
-                    panel(by_venue) if any(_has_values(s) for s in by_venue.values()) else None,
+                    panel(by_venue, (cascades_by_asset or {}).get(asset, ()))
+                    if any(_has_values(s) for s in by_venue.values()) else None,
                     f"no open interest for {asset}") for asset, by_venue in sorted(usd_by_asset_venue.items())]
     return render_panels(title, panels or [Panel("open interest", None, "no open interest in this warehouse")])
 

@@ -211,3 +211,135 @@ def simulate_hawkes(
             if len(events) > max_events:
                 raise RuntimeError(f"more than {max_events} events; is alpha/beta >= 1?")
     return np.asarray(events, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class VaryingBaselineFit:
+    """Hawkes fit with a piecewise-constant background (see :func:`fit_hawkes_varying_baseline`).
+
+    ``branching_ratio`` n and ``beta`` in the caller's time unit; ``endogenous_share`` is the
+    expected share of the window's events that were triggered by an earlier one (the mean of
+    ``parent_probability``, the per-event probability, in time order, of having a parent).
+    ``baseline`` holds μ per bin (events per time unit) over ``bin_edges``; ``bin_s`` is the
+    selected width (the whole window when that won). ``candidates`` maps each tried width (None: the
+    whole window) to its AIC. ``at_bound`` says n ended at ``n_max`` or β at its cap."""
+
+    branching_ratio: float
+    beta: float
+    endogenous_share: float
+    baseline: NDArray[np.float64]
+    bin_edges: NDArray[np.float64]
+    bin_s: float | None
+    loglik: float
+    aic: float
+    n_events: int
+    converged: bool
+    at_bound: bool
+    reason: str | None
+    parent_probability: NDArray[np.float64]
+    candidates: dict[float | None, float]
+
+
+def _parent_pairs(times: NDArray, max_lag: float, max_parents: int) -> tuple[NDArray, NDArray, NDArray]:
+    """(child, parent, lag) for every earlier event (by sorted position) within ``max_lag`` and
+    among the ``max_parents`` nearest."""
+    first = np.searchsorted(times, times - max_lag, side="left")
+    idx = np.arange(times.size)
+    first = np.maximum(first, idx - max_parents)
+    counts = idx - first
+    child = np.repeat(idx, counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    parent = np.repeat(first, counts) + offsets
+    return child, parent, times[child] - times[parent]
+
+
+def _em_fit(times: NDArray, lo: float, hi: float, edges: NDArray, pairs, n_max: float, beta_max: float,
+            max_iter: int, tol: float):
+    child, parent, lag = pairs
+    n_events = times.size
+    widths = np.diff(edges)
+    bin_of = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, widths.size - 1)
+    mu = np.full(widths.size, 0.5 * n_events / (hi - lo))
+    n, beta = 0.5, 10.0 * n_events / (hi - lo)
+    tail = hi - times
+    converged = False
+    for _ in range(max_iter):
+        kernel = n * beta * np.exp(-beta * lag)
+        lam = mu[bin_of] + np.bincount(child, weights=kernel, minlength=n_events)
+        p_background = mu[bin_of] / lam
+        p_pair = kernel / lam[child]
+        triggered = p_pair.sum()
+        new_mu = np.bincount(bin_of, weights=p_background, minlength=widths.size) / widths
+        new_beta = min(beta_max, triggered / max((p_pair * lag).sum(), 1e-300)) if triggered > 0 else beta
+        new_n = min(n_max, triggered / (-np.expm1(-new_beta * tail)).sum())
+        change = max(abs(new_n - n), abs(new_beta / beta - 1.0),
+                     float(np.max(np.abs(new_mu - mu) / np.maximum(mu, 1e-12 * n_events / (hi - lo)))))
+        mu, n, beta = new_mu, new_n, new_beta
+        if change < tol:
+            converged = True
+            break
+    kernel = n * beta * np.exp(-beta * lag)
+    lam = mu[bin_of] + np.bincount(child, weights=kernel, minlength=n_events)
+    loglik = float(np.log(lam).sum() - (mu * widths).sum() - n * (-np.expm1(-beta * tail)).sum())
+    return mu, n, beta, 1.0 - mu[bin_of] / lam, loglik, converged
+
+
+def fit_hawkes_varying_baseline(
+    event_times: ArrayLike,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    bin_widths: tuple[float | None, ...] = (60.0, 120.0, 300.0, 600.0, 1800.0, None),
+    min_events: int = 20,
+    n_max: float = 0.999,
+    max_lag: float = 600.0,
+    max_parents: int = 100,
+    max_iter: int = 2000,
+    tol: float = 1e-5,
+) -> VaryingBaselineFit:
+    """Exponential-kernel Hawkes with a background rate that is constant within bins, by EM on the
+    branching structure (Veen & Schoenberg 2008; Marsan & Lengliné 2008), the bin width chosen by AIC.
+
+    Why: a bursty, non-stationary window (a cascade inside a calm hour) fitted with one constant μ
+    can only explain the burst by self-excitation, so the one-μ MLE sits at n = 0.999. A background
+    that may rise during the burst lets the data say how much of it is exogenous; AIC
+    (``-2ℓ + 2 (bins + 2)``) picks the width among ``bin_widths`` (None: one bin, the classic
+    model) so the background cannot simply follow every event. BIC's ``log N`` per bin was tried
+    and rejected: a calm hour cut into 5-minute bins costs so much that it kept the one-μ model on a
+    simulated burst (n 0.88 for a true 0.4).
+
+    EM: each event's parent is the background (probability ``μ(t_i)/λ(t_i)``) or an earlier event j
+    (``n β e^{−β(t_i−t_j)}/λ(t_i)``); M-step ``μ_k`` = expected background events in bin k / its
+    length, ``β`` = expected children / their summed lags, ``n`` = expected children / Σ_j (1 −
+    e^{−β(end − t_j)}) (clipped to ``n_max``). Candidate parents are the ``max_parents`` nearest
+    earlier events within ``max_lag`` (the kernel is truncated there: a fit with 1/β near ``max_lag``
+    is unreliable). β is capped at 1e3 mean event rates, as in :func:`fit_hawkes`; tied timestamps
+    then read as infinitely fast excitation and push β to the cap (``at_bound``).
+    """
+    times, lo, hi = _prepare(event_times, start, end)
+    horizon = hi - lo
+    nan = math.nan
+    empty = np.empty(0)
+    if times.size < min_events or horizon <= 0:
+        reason = (f"too few events ({times.size} < {min_events})" if times.size < min_events
+                  else "zero-length observation window")
+        return VaryingBaselineFit(nan, nan, nan, empty, empty, None, nan, nan, times.size, False, False, reason,
+                                  empty, {})
+    beta_max = 1e3 * times.size / horizon
+    pairs = _parent_pairs(times, max_lag, max_parents)
+    best = None
+    candidates: dict[float | None, float] = {}
+    for width in bin_widths:
+        if width is not None and width >= horizon:
+            continue
+        edges = np.array([lo, hi]) if width is None else np.r_[np.arange(lo, hi, width), hi]
+        mu, n, beta, parent_p, loglik, converged = _em_fit(times, lo, hi, edges, pairs, n_max, beta_max,
+                                                           max_iter, tol)
+        aic = -2.0 * loglik + 2.0 * (mu.size + 2)
+        candidates[width] = aic
+        if best is None or aic < best[-1]:
+            best = (width, edges, mu, n, beta, parent_p, loglik, converged, aic)
+    width, edges, mu, n, beta, parent_p, loglik, converged, aic = best
+    at_bound = n >= n_max - 1e-9 or beta >= beta_max * (1 - 1e-9)
+    return VaryingBaselineFit(n, beta, float(parent_p.mean()), mu, edges, width, loglik, aic, times.size,
+                              converged, bool(at_bound), None, parent_p, candidates)

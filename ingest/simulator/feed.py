@@ -15,6 +15,7 @@ advances regardless, which keeps the stream identical whoever listens.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,11 @@ FORCE_ORDER_LATENCY_MS = 2
 # Every liquidation, not Binance's sample: an internal stream no Binance client can subscribe to
 # (not a Binance stream name), for dialects of venues that publish more of them (dYdX, Hyperliquid).
 LIQUIDATION_EVENTS_STREAM = "@liquidations"
+# True liquidation-level snapshots: bins of 0.05 % of the symbol's calibration price rounded down to
+# 1, 2 or 5 x 10^k (fine enough to sum into any modelled map's 0.1 %-of-mid bins of the same
+# family), over liquidation prices within +-30 % of the mark.
+LIQ_LEVEL_BIN_SHARE = 0.0005
+LIQ_LEVEL_RANGE = 0.30
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
 Wanted = Callable[[str], bool] | None
@@ -96,6 +102,9 @@ class ExchangeFeed:
         self._stalls_recorded: set[int] = set()
         self._liq_window: list[list[Liquidation]] = [[] for _ in range(n)]
         self._second_liq = [[0.0, 0.0] for _ in range(n)]
+        # Per symbol in the current second: taker buy USD, taker sell USD, base volume, high, low.
+        self._second_flow = [[0.0, 0.0, 0.0, None, None] for _ in range(n)]
+        self._liq_level_width = [_one_two_five(spec.price * LIQ_LEVEL_BIN_SHARE) for spec in m.specs]
         self._second_agg = list(m.next_agg_id)
         self._second_trade = list(m.next_trade_id)
         # Recent aggTrades per symbol for REST /fapi/v1/aggTrades (what clients backfill gaps from).
@@ -148,6 +157,8 @@ class ExchangeFeed:
                     self.truth.write(period.truth(self.symbols[s]))
         if r.fills:
             self._emit_trades(r.fills, out, wanted)
+            if self.truth:
+                self._add_flow(r.fills)
         self._emit_depth(r, out, wanted)
         self._emit_book_tickers(r, out, wanted)
         for liq in r.liquidations:
@@ -162,6 +173,7 @@ class ExchangeFeed:
                 self.truth.write({"type": "funding", "ts": t1, "symbol": self.symbols[s], "rate": rate, "mark": mark})
             if (t1 - self.start_ms) % (self.config.checkpoint_every_s * 1000) == 0:
                 self._write_books(t1)
+                self._write_liquidation_levels(t1)
         out.sort(key=lambda msg: msg.ts_ms)
         return out
 
@@ -424,6 +436,28 @@ class ExchangeFeed:
                               "start_ms": self.start_ms + int(start_s * 1000),
                               "end_ms": self.start_ms + int(end_s * 1000)})
         self._write_books(self.start_ms)
+        self._write_liquidation_levels(self.start_ms)
+
+    def _add_flow(self, fills: list[Fill]) -> None:
+        tick, step = self.model.tick_list, self.model.step
+        for f in fills:
+            price = f.tick * tick[f.symbol_index]
+            base = f.lots * float(step[f.symbol_index])
+            flow = self._second_flow[f.symbol_index]
+            flow[1 if f.buyer_is_maker else 0] += price * base
+            flow[2] += base
+            flow[3] = price if flow[3] is None else max(flow[3], price)
+            flow[4] = price if flow[4] is None else min(flow[4], price)
+
+    def _write_liquidation_levels(self, ts: int) -> None:
+        m = self.model
+        for s, symbol in enumerate(self.symbols):
+            mark = m.mark[s]
+            self.truth.write({"type": "liq_levels", "ts": ts, "symbol": symbol, "mark": mark,
+                              "width": self._liq_level_width[s],
+                              **m.positions[s].liquidation_levels(self._liq_level_width[s],
+                                                                  mark * (1 - LIQ_LEVEL_RANGE),
+                                                                  mark * (1 + LIQ_LEVEL_RANGE))})
 
     def _write_liquidation(self, liq: Liquidation, notional: float, published: bool) -> None:
         step = float(self.model.step[liq.symbol_index])
@@ -435,7 +469,8 @@ class ExchangeFeed:
             "insurance_fund_qty": (liq.lots - liq.filled_lots) * step, "price": price, "notional": notional,
             "bankruptcy_price": liq.bankruptcy_price, "liquidation_price": liq.liquidation_price,
             "entry_price": liq.entry_price, "leverage": liq.leverage, "mark_price": liq.mark_price,
-            "published": published,
+            "published": published, "id": liq.liq_id, "parent_id": liq.parent_id,
+            "opened_ms": liq.opened_ms,
         })
 
     def _write_second(self, t1: int) -> None:
@@ -458,7 +493,11 @@ class ExchangeFeed:
                 "agg_first": agg0 if agg1 > agg0 else None, "agg_last": agg1 - 1 if agg1 > agg0 else None,
                 "trade_first": tr0 if tr1 > tr0 else None, "trade_last": tr1 - 1 if tr1 > tr0 else None,
                 "liq_long_usd": self._second_liq[s][0], "liq_short_usd": self._second_liq[s][1],
+                "taker_buy_usd": self._second_flow[s][0], "taker_sell_usd": self._second_flow[s][1],
+                "volume": self._second_flow[s][2], "high": self._second_flow[s][3], "low": self._second_flow[s][4],
+                "liquidation_impact": list(m.liquidation_impact(s)),
             })
+            self._second_flow[s] = [0.0, 0.0, 0.0, None, None]
             self._second_agg[s], self._second_trade[s] = agg1, tr1
             self._second_liq[s] = [0.0, 0.0]
 
@@ -565,3 +604,8 @@ def iter_messages(scenario: str = "calm", seed: int = 7, *, hours: float | None 
     finally:
         feed.close()
 
+
+def _one_two_five(x: float) -> float:
+    """The largest 1, 2 or 5 x 10^k not above ``x``."""
+    power = 10.0 ** math.floor(math.log10(x))
+    return next(m * power for m in (5.0, 2.0, 1.0) if m * power <= x * (1 + 1e-12))

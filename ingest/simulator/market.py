@@ -19,6 +19,23 @@ So the model has the causal chain of a real perp venue, stepped every 100 ms:
   into the same book; what the book cannot absorb goes to the insurance fund. Sweeps move the
   centre, the mark follows, more positions cross: the cascade.
 
+**Causal truth of the cascade** (what endogeneity estimators are scored against): every
+liquidation's fills move the mid, and the market makers keep ``IMPACT_RETENTION`` of the move in
+their premium, which then relaxes (a share ``ARB_INDEX_SHARE`` of it passing into the index for
+good). The model keeps each liquidation's log-price contribution through that relaxation, so at any
+step the centre carries a known impact of earlier liquidations in each direction
+(``liquidation_impact``: forced sells push it down, forced buys up). A long is *triggered by
+earlier liquidations* when the mark crossed its liquidation price but the mark without the downward
+impact (``mark · exp(−down)``) has not reached that price at any time so far in the run (its running
+low since the position was opened; a short mirrors this with the upward impact and the running
+high): but for the earlier liquidations pushing its way it would still be open. Its ``parent_id`` is the earlier liquidation
+contributing most to the move in the crossing direction at that moment; None when not triggered.
+This is a first-order counterfactual: it removes the impact from the price but not the other flows
+the impact changed (takers leaning on the premium, the mark's EMA basis, positions opened at the
+depressed price). A step's mid move is shared among the same-direction liquidation orders of that
+step by filled lots over all filled lots in that direction (taker orders take their share, which is
+not liquidation impact); a liquidation filled against the net move contributes nothing.
+
 Book state lives in one dense integer array (lots) over absolute tick indices of every symbol
 and side, so a price level keeps its identity while the ladder moves and every change is known
 exactly: the depth stream's diffs and update ids are derived from it, never approximated.
@@ -30,6 +47,7 @@ which touch few levels, run in plain Python.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -97,6 +115,9 @@ class Liquidation:
     avg_price: float = 0.0
     last_fill_lots: int = 0
     last_fill_ms: int = 0
+    liq_id: int = 0                 # sequential over the run, across symbols
+    opened_ms: int = 0              # when the position was opened (the run's start for the initial ones)
+    parent_id: int | None = None    # the earlier liquidation whose price impact triggered it
 
 
 class Fill(NamedTuple):
@@ -160,7 +181,7 @@ class MarketModel:
         self._rv_var = self._sigma_calm_1s ** 2
         self._arb_strength = 1.0
 
-        self.positions = [PositionBook(spec, price, np.random.Generator(np.random.PCG64(seed)))
+        self.positions = [PositionBook(spec, price, np.random.Generator(np.random.PCG64(seed)), self.start_ms)
                           for spec, price, seed in zip(specs, p0.tolist(), seeds[4:], strict=True)]
         self._maker_lots = [s.maker_order_usd / (s.price * s.step) for s in specs]
         self._taker_median_lots = np.array([s.taker_median_usd for s in specs]) / (p0 * self.step)
@@ -179,6 +200,20 @@ class MarketModel:
         self.funding_rate = [INTEREST_RATE] * n
         self.liquidity = np.ones(n)
         self.backoff_bps = np.zeros(n)
+        self.next_liquidation_id = 1
+        # Causal bookkeeping (module docstring): per symbol and direction (index 0 down, 1 up) the
+        # impact of earlier liquidations still in the premium and already passed into the index
+        # (log), the mark without the downward (upward) impact as a running extreme since any time
+        # (RunningExtreme), and per contribution the liquidation id, its log impact when made and
+        # the premium's cumulative log-decay at that time (to rank contributors when needed).
+        self._impact_premium = [[0.0, 0.0] for _ in range(n)]
+        self._impact_index = [[0.0, 0.0] for _ in range(n)]
+        self._counterfactual_low = [RunningExtreme(lowest=True) for _ in range(n)]
+        self._counterfactual_high = [RunningExtreme(lowest=False) for _ in range(n)]
+        self._log_premium_decay = 0.0
+        self._impact_ids: list[list[int]] = [[] for _ in range(n)]
+        self._impact_log: list[list[float]] = [[] for _ in range(n)]
+        self._impact_decay_at: list[list[float]] = [[] for _ in range(n)]
 
         self._build_ladder(p0)
         self._noise_table = np.exp(QUOTE_NOISE * self._rng_mm.standard_normal(RANDOM_TABLE_SIZE))
@@ -383,7 +418,10 @@ class MarketModel:
         self.mid = self._mids(row_best)
         for s, (buys, sells) in enumerate(orders):
             if buys or sells:
-                self.premium[s] += IMPACT_RETENTION * math.log(self.mid[s] / mid_before[s])
+                retained = IMPACT_RETENTION * math.log(self.mid[s] / mid_before[s])
+                self.premium[s] += retained
+                if liquidations and retained:
+                    self._record_impact(s, retained, fills, liquidations)
         for fill in fills:
             self.last_price[fill.symbol_index] = fill.tick * self.tick_list[fill.symbol_index]
         self._update_mark(t1)
@@ -423,6 +461,11 @@ class MarketModel:
             converge = (self.premium[s] - PREMIUM_MEAN) * decay
             self.index[s] *= math.exp(dlog + ARB_INDEX_SHARE * converge)
             self.premium[s] += noise * shocks[1 + self.n + s] - converge
+            for d in (0, 1):
+                relaxed = self._impact_premium[s][d] * decay
+                self._impact_premium[s][d] -= relaxed
+                self._impact_index[s][d] += ARB_INDEX_SHARE * relaxed
+        self._log_premium_decay += math.log1p(-decay)
 
     def _requote(self, sub_step: int) -> tuple[np.ndarray, np.ndarray]:
         """Market makers move their ladder to the new centre and work quotes toward target.
@@ -470,17 +513,26 @@ class MarketModel:
                                 t0: int) -> None:
         """Positions crossed by the mark become IOC orders limited at their bankruptcy price."""
         for s, book in enumerate(self.positions):
+            down, up = self.liquidation_impact(s)
+            self._counterfactual_low[s].add(t0, self.mark[s] * math.exp(-down))
+            self._counterfactual_high[s].add(t0, self.mark[s] * math.exp(-up))
             batch = book.liquidate(self.mark[s])
             if batch is None:
                 continue
             n = len(batch)
             mark = self.mark[s]
             tick = self.tick_list[s]
-            for i, (is_long, lots, entry, lev, liq_px, bkr) in enumerate(zip(
+            parents = self._largest_contributors(s)
+            low, high = self._counterfactual_low[s], self._counterfactual_high[s]
+            for i, (is_long, lots, entry, lev, liq_px, bkr, opened) in enumerate(zip(
                     batch.is_long.tolist(), batch.lots.tolist(), batch.entry.tolist(), batch.leverage.tolist(),
-                    batch.liquidation_price.tolist(), batch.bankruptcy_price.tolist())):
+                    batch.liquidation_price.tolist(), batch.bankruptcy_price.tolist(), batch.opened_ms.tolist())):
                 offset = LIQUIDATION_DELAY_MS + (i * (STEP_MS - 2 * LIQUIDATION_DELAY_MS)) // n
-                liq = Liquidation(t0 + offset, s, is_long, lots, bkr, liq_px, entry, lev, mark)
+                triggered = liq_px < low.since(opened) if is_long else liq_px > high.since(opened)
+                liq = Liquidation(t0 + offset, s, is_long, lots, bkr, liq_px, entry, lev, mark,
+                                  liq_id=self.next_liquidation_id, opened_ms=opened,
+                                  parent_id=parents[is_long] if triggered else None)
+                self.next_liquidation_id += 1
                 liquidations.append(liq)
                 if is_long:
                     orders[s][1].append([offset, lots, math.ceil(bkr / tick - 1e-9), liq])
@@ -488,6 +540,42 @@ class MarketModel:
                     orders[s][0].append([offset, lots, math.floor(bkr / tick + 1e-9), liq])
             orders[s][0].sort(key=lambda o: o[0])
             orders[s][1].sort(key=lambda o: o[0])
+
+    def liquidation_impact(self, s: int) -> tuple[float, float]:
+        """The log move of symbol ``s``'s centre due to earlier forced sells (<= 0) and buys (>= 0)."""
+        premium, index = self._impact_premium[s], self._impact_index[s]
+        return premium[0] + index[0], premium[1] + index[1]
+
+    def _largest_contributors(self, s: int) -> dict[bool, int | None]:
+        """Per side liquidated (long: a downward move) the id of the earlier liquidation of symbol
+        ``s`` whose impact now pushes that way most, or None."""
+        if not self._impact_ids[s]:
+            return {True: None, False: None}
+        made = np.array(self._impact_log[s])
+        left_in_premium = np.exp(self._log_premium_decay - np.array(self._impact_decay_at[s]))
+        now = made * (ARB_INDEX_SHARE + (1.0 - ARB_INDEX_SHARE) * left_in_premium)
+        parents: dict[bool, int | None] = {}
+        for is_long, pick in ((True, np.argmin), (False, np.argmax)):
+            i = int(pick(now))
+            parents[is_long] = self._impact_ids[s][i] if (now[i] < 0 if is_long else now[i] > 0) else None
+        return parents
+
+    def _record_impact(self, s: int, retained: float, fills: list[Fill], liquidations: list[Liquidation]) -> None:
+        """Share the step's retained log move of symbol ``s`` among its liquidations that pushed the
+        same way, by their filled lots over all filled lots in that direction."""
+        pushing_down = retained < 0
+        ours = [liq for liq in liquidations
+                if liq.symbol_index == s and liq.is_long == pushing_down and liq.filled_lots]
+        if not ours:
+            return
+        # A forced sell (long liquidated) is a sell aggressor: the buyer is the maker.
+        total = sum(f.lots for f in fills if f.symbol_index == s and f.buyer_is_maker == pushing_down)
+        for liq in ours:
+            impact = retained * liq.filled_lots / total
+            self._impact_premium[s][0 if pushing_down else 1] += impact
+            self._impact_ids[s].append(liq.liq_id)
+            self._impact_log[s].append(impact)
+            self._impact_decay_at[s].append(self._log_premium_decay)
 
     def _execute(self, orders: list[tuple[list, list]], row_best: list[tuple[int, int]], t0: int) -> list[Fill]:
         """Sweep each side with its orders in time order; updates row_best; assigns trade ids."""
@@ -641,5 +729,29 @@ class MarketModel:
         self._draw_second_block(drv)
         if (self.now_ms - self.start_ms) // 1000 % POSITION_FLOW_EVERY_S == 0:
             for s, book in enumerate(self.positions):
+                book.now_ms = self.now_ms
                 book.trade_flows(self.mid[s], POSITION_CLOSE_HAZARD, drv.long_close_mult, drv.open_mult,
                                  drv.long_tilt, drv.high_leverage_share, float(POSITION_FLOW_EVERY_S))
+
+
+class RunningExtreme:
+    """Lowest (or highest) value added at or after any given time, as a monotonic stack: adding is
+    amortised O(1), a query is a binary search. Times must not decrease."""
+
+    def __init__(self, lowest: bool):
+        self._sign = 1.0 if lowest else -1.0
+        self._times: list[int] = []
+        self._keys: list[float] = []      # sign * value, increasing with time
+
+    def add(self, t: int, value: float) -> None:
+        key = self._sign * value
+        while self._keys and self._keys[-1] >= key:
+            self._keys.pop()
+            self._times.pop()
+        self._times.append(t)
+        self._keys.append(key)
+
+    def since(self, t: int) -> float:
+        """The extreme of the values added at or after ``t`` (+inf lowest / -inf highest if none)."""
+        i = bisect.bisect_left(self._times, t)
+        return self._sign * self._keys[i] if i < len(self._keys) else self._sign * math.inf

@@ -44,16 +44,18 @@ class LiquidatedPositions:
     leverage: np.ndarray
     liquidation_price: np.ndarray
     bankruptcy_price: np.ndarray
+    opened_ms: np.ndarray
 
     def __len__(self) -> int:
         return len(self.lots)
 
 
 class PositionBook:
-    _FIELDS = ("is_long", "entry", "leverage", "liq", "bankrupt", "lots")
+    _FIELDS = ("is_long", "entry", "leverage", "liq", "bankrupt", "lots", "opened_ms")
 
-    def __init__(self, spec: SymbolSpec, price: float, rng: np.random.Generator):
+    def __init__(self, spec: SymbolSpec, price: float, rng: np.random.Generator, now_ms: int = 0):
         self.spec = spec
+        self.now_ms = now_ms    # the owner advances it; new positions are stamped with it
         self._rng = rng
         weights = np.array([w for _, w in spec.leverage_weights], dtype=np.float64)
         self._leverages = np.array([lev for lev, _ in spec.leverage_weights], dtype=np.float64)
@@ -90,6 +92,7 @@ class PositionBook:
         self.liq = np.zeros(capacity)
         self.bankrupt = np.zeros(capacity)
         self.lots = np.zeros(capacity, dtype=np.int64)
+        self.opened_ms = np.zeros(capacity, dtype=np.int64)
         self.used = 0
         self._append(is_long, entry, leverage, liq, bankrupt, lots)
         self.long_lots = int(lots[is_long].sum())
@@ -164,7 +167,7 @@ class PositionBook:
         batch = LiquidatedPositions(
             is_long=self.is_long[idx].copy(), lots=self.lots[idx].copy(), entry=self.entry[idx].copy(),
             leverage=self.leverage[idx].copy(), liquidation_price=self.liq[idx].copy(),
-            bankruptcy_price=self.bankrupt[idx].copy(),
+            bankruptcy_price=self.bankrupt[idx].copy(), opened_ms=self.opened_ms[idx].copy(),
         )
         for side, size in zip(batch.is_long.tolist(), batch.lots.tolist()):
             self._close(side, size)
@@ -205,6 +208,22 @@ class PositionBook:
             else:
                 self._insert_into_order(np.arange(first, first + n_open))
 
+    def liquidation_levels(self, width: float, lo: float, hi: float) -> dict:
+        """Open levered positions' entry notional (USD) bucketed by liquidation price into bins
+        ``[k·width, (k+1)·width)`` within ``[lo, hi)``, per side, plus what lies outside."""
+        live = self.lots[:self.used] > 0
+        is_long = self.is_long[:self.used][live]
+        liq = self.liq[:self.used][live]
+        usd = self.lots[:self.used][live] * self.spec.step * self.entry[:self.used][live]
+        inside = (liq >= lo) & (liq < hi)
+        k = np.floor(liq[inside] / width).astype(np.int64)
+        keys, inverse = np.unique(k, return_inverse=True)
+        sides = [np.bincount(inverse, weights=usd[inside] * (is_long[inside] == side), minlength=keys.size)
+                 for side in (True, False)]
+        return {"bin_lo": (keys * width).tolist(), "long_usd": sides[0].tolist(), "short_usd": sides[1].tolist(),
+                "outside_long_usd": float(usd[~inside & is_long].sum()),
+                "outside_short_usd": float(usd[~inside & ~is_long].sum())}
+
     def _insert_into_order(self, new: np.ndarray) -> None:
         """Merge freshly appended positions into the sorted liquidation orders (never ahead of
         the already-processed head, so they are always checked)."""
@@ -216,8 +235,12 @@ class PositionBook:
             ptr = self._long_ptr if side else self._short_ptr
             sign = -1.0 if side else 1.0
             idx = idx[np.argsort(sign * self.liq[idx], kind="stable")]
-            pos = np.searchsorted(sign * self.liq[order], sign * self.liq[idx], side="right")
-            order = np.insert(order, np.maximum(pos, ptr), idx)
+            # Only the unprocessed tail is kept sorted (a position inserted at the head may be
+            # more urgent than ones already processed), so search the tail alone: a search over
+            # the whole order could place a position behind less urgent ones, where the
+            # liquidation check, which looks at the head, would not reach it.
+            pos = ptr + np.searchsorted(sign * self.liq[order[ptr:]], sign * self.liq[idx], side="right")
+            order = np.insert(order, pos, idx)
             if side:
                 self._long_order = order
             else:
@@ -242,5 +265,6 @@ class PositionBook:
         sl = slice(first, first + k)
         self.is_long[sl], self.entry[sl], self.leverage[sl] = is_long, entry, leverage
         self.liq[sl], self.bankrupt[sl], self.lots[sl] = liq, bankrupt, lots
+        self.opened_ms[sl] = self.now_ms
         self.used += k
         return None if compacted else first

@@ -18,17 +18,37 @@ Format: JSON Lines (one object per line, written with orjson), every record has 
   ``depth2_bid, depth2_bid_usd, depth2_ask, depth2_ask_usd`` (mid-based inclusive 2% bands,
   base and USD), ``update_id`` (last depth update id), ``agg_first, agg_last, trade_first,
   trade_last`` (aggTrade and trade ids generated during the second, contiguous; null if none),
-  ``liq_long_usd, liq_short_usd`` (liquidation notional in the second).
+  ``liq_long_usd, liq_short_usd`` (liquidation notional in the second), ``taker_buy_usd,
+  taker_sell_usd, volume`` (taker flow in USD and base volume of the second's trades; their VWAP
+  is ``(buy + sell) / volume``), ``high, low`` (trade prices; null without trades),
+  ``liquidation_impact`` (``[down, up]``: log move of the market makers' centre due to earlier
+  forced sells (<= 0) and forced buys (>= 0); ``mark * exp(-down)`` is the mark without the former).
 * ``liquidation`` (every one): ``ts`` (last fill), ``symbol, side`` (order side, SELL = long
   liquidated), ``position`` (long|short), ``qty`` (position size), ``filled_qty``,
   ``insurance_fund_qty`` (not absorbed by the book), ``price`` (average fill, bankruptcy price if
   nothing filled), ``notional`` (qty*price), ``bankruptcy_price, liquidation_price, entry_price,
-  leverage, mark_price, published`` (whether it was the forceOrder pushed for its second).
+  leverage, mark_price, published`` (whether it was the forceOrder pushed for its second), ``id``
+  (sequential over the run), ``parent_id`` (the earlier liquidation of the same symbol and side
+  whose price impact triggered it, null if the mark without the impact of earlier liquidations
+  pushing its way had already reached its liquidation price since the position was opened; see
+  ``market.py``), ``opened_ms`` (when the position was opened; the run's start for the initial
+  population).
+* ``liq_levels`` (at every book checkpoint): ``ts, symbol, mark, width, bin_lo, long_usd,
+  short_usd, outside_long_usd, outside_short_usd``: every open levered position's entry notional
+  (USD) summed by true liquidation price into bins ``[bin_lo, bin_lo + width)`` (ascending) within
+  +-30 % of the mark, per side, and what lies outside that range. ``width`` is 0.05 % of the
+  symbol's calibration price rounded down to 1, 2 or 5 x 10^k (BTC 50, ETH 2, SOL 0.1).
 * ``book`` (checkpoint every ``checkpoint_every_s``): ``ts, symbol, last_update_id, bids, asks``
   with the full book as ``[price, qty]`` decimal strings exactly as on the wire (bids descending,
   asks ascending); equal to any correctly synced local book after the event with ``u ==
   last_update_id``.
 * ``funding``: ``ts, symbol, rate, mark`` at each funding settlement.
+* ``positioning`` (one per symbol per closed 5-minute period, taken at its close; none for a period
+  the market did not run from its start): ``ts`` (the period's start), ``symbol, long_accounts``
+  (long share of all accounts: live levered positions, one account each), ``top`` (per cut
+  ``"<fraction>/<margin|value>"``: ``[long share of those accounts, long share of their size]``),
+  ``taker_buy_lots, taker_sell_lots`` (the market's, in lots of ``step_size``; a venue publishes
+  its share). See ``ingest.simulator.positioning``.
 * ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error``), ``ts`` and
   details (``stream, symbol, U, u, kind, end_ts, connections, path, status``; a drop also has
   ``mode`` and, in mode ``one``, ``route`` and ``siblings`` (other open connections with the same
@@ -43,7 +63,7 @@ from pathlib import Path
 
 import orjson
 
-TRUTH_VERSION = 1
+TRUTH_VERSION = 2
 
 
 class TruthWriter:

@@ -191,13 +191,14 @@ class BinanceFutures(Venue):
         return f"{rest_url.rstrip('/')}{self.API}/openInterest?symbol={native}"
 
     def polls(self, rest_url: str, symbols: list[str]) -> list[Poll]:
-        """The positioning statistics of each symbol, four requests per symbol a minute."""
+        """The positioning statistics of each perpetual, four requests per symbol a minute (the docs
+        show them for perpetuals only; a quarterly ``BTCUSDT_250328`` is not polled)."""
         if not self.POSITIONING_STATS:
             return []
         base = f"{rest_url.rstrip('/')}/futures/data"
         query = f"period={positioning.PERIOD}&limit={positioning.PERIODS_PER_POLL}"
         return [Poll(f"{base}/{endpoint}?symbol={native}&{query}", positioning.POLL_EVERY_S, FUTURES_DATA_WEIGHT)
-                for native in symbols for endpoint in (*RATIO_POPULATIONS, TAKER_VOLUME)]
+                for native in symbols if "_" not in native for endpoint in (*RATIO_POPULATIONS, TAKER_VOLUME)]
 
     def reference_urls(self, rest_url: str) -> dict[str, str]:
         base = rest_url.rstrip("/") + self.API

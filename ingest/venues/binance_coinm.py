@@ -32,5 +32,6 @@ class BinanceCoinm(BinanceFutures):
                 "long_short_ratios": (Coverage.UNAVAILABLE, "COIN-M's /futures/data ratios are per pair (a pair's "
                                                             "perpetual and quarterlies together), not per symbol: "
                                                             "not collected"),
-                "taker_volumes": (Coverage.UNAVAILABLE, "COIN-M's /futures/data/takerBuySellVol is per pair and "
-                                                        "contract type, not per symbol: not collected")}
+                "taker_volumes": (Coverage.UNAVAILABLE, "COIN-M's /futures/data/takerBuySellVol (per pair and "
+                                                        "contract type: PERPETUAL is the perpetual) is not "
+                                                        "collected yet")}

@@ -6,11 +6,12 @@ the same everywhere:
 
 * the period is 5 minutes (every venue publishes it; longer ones are sums or samples of it);
 * each poll asks for the last ``PERIODS_PER_POLL`` periods, so a restart or an outage shorter than
-  that loses none, and runs every ``POLL_EVERY_S``: a closed period is stored within about a
-  period and a minute. The loader stores each period once (``unique_key``), so the overlap of
-  successive answers costs nothing in the warehouse;
+  that (2.5 hours) loses none, and runs every ``POLL_EVERY_S``. The loader stores each period
+  once (``unique_key``), so the overlap of successive answers costs nothing in the warehouse;
 * the newest period of an answer may still be open (a venue can restate it until it closes), so it
-  is held back until a later period follows it: only closed periods are published.
+  is held back until a later period follows it: only closed periods are published. A venue that
+  lists the open period has each closed one stored within a minute of its close; one that lists
+  only closed periods [unverified which venues do] has the newest stored one period later.
 """
 
 from __future__ import annotations
