@@ -97,7 +97,8 @@ def _book_table(market: Market, symbol: str, mid_ticks: np.ndarray, t0_ms: int, 
     ts = pa.array((t0_ms + np.arange(n, dtype=np.int64) * 1000) * 1000, pa.timestamp("us"))
     return pa.table({"exchange": ["binance-usdm"] * n, "symbol": [symbol] * n, "symbol_native": [symbol] * n,
                      "ts_exchange": ts, "ts_recv": ts, "bids": tables[0], "asks": tables[1],
-                     "seq": np.arange(n, dtype=np.int64), "reason": ["periodic"] * n},
+                     "seq": np.arange(n, dtype=np.int64), "reason": ["periodic"] * n,
+                     "checksum": pa.nulls(n, pa.int64()), "uncrossed": pa.nulls(n, pa.int64())},
                     schema=records.table_schema(records.BookSnapshot))
 
 

@@ -16,6 +16,7 @@ from dagster_project.tables import partition_days
 from dagster_project.assets.microstructure_depth import BOOK_DEPTH, LIQUIDITY_WITHDRAWALS
 from dagster_project.assets.microstructure_derivatives import FUNDING, OPEN_INTEREST
 from dagster_project.assets.microstructure_liquidations import LIQUIDATION_CASCADES, LIQUIDATIONS_1M
+from dagster_project.assets.microstructure_positioning import POSITIONING_ASSETS
 from dagster_project.assets.microstructure_stress import MARKET_STRESS
 from dagster_project.partitions import daily_partitions
 from dagster_project.resources import WarehouseResource
@@ -23,7 +24,7 @@ from warehouse.settings import load_settings
 
 OHLCV_1M = ["analytics", "ohlcv_1m"]
 DAILY_ASSETS = [OHLCV_1M, BOOK_DEPTH, LIQUIDITY_WITHDRAWALS, OPEN_INTEREST, FUNDING, LIQUIDATIONS_1M,
-                LIQUIDATION_CASCADES, MARKET_STRESS]
+                LIQUIDATION_CASCADES, MARKET_STRESS, *(list(asset.key.path) for asset in POSITIONING_ASSETS)]
 LAKE_EXPORT = ["lake", "daily_export"]
 
 

@@ -47,6 +47,16 @@ CATALOG = {
     "analytics/market_stress": ("microstructure", DAILY, {"no_duplicate_keys", "non_empty_where_feed_up",
                                                           "values_in_range"}),
     "analytics/adl_events": ("microstructure", DAILY, {"every_event_kept", "units_convertible", "values_in_range"}),
+    "analytics/aggregated_open_interest": ("microstructure", DAILY, {
+        "no_duplicate_keys", "total_is_sum_of_venues", "units_convertible", "values_in_range"}),
+    "analytics/aggregated_funding": ("microstructure", DAILY, {"no_duplicate_keys", "values_in_range"}),
+    "analytics/taker_volume": ("microstructure", DAILY, {
+        "no_duplicate_keys", "non_empty_where_feed_up", "reconciled_within_tolerance", "total_is_sum_of_venues",
+        "units_convertible", "values_in_range"}),
+    "analytics/basis": ("microstructure", DAILY, {"no_duplicate_keys", "values_in_range"}),
+    "analytics/slippage": ("microstructure", DAILY, {
+        "no_duplicate_keys", "non_empty_where_feed_up", "too_shallow_is_null", "units_convertible",
+        "values_in_range"}),
     "analytics/candles_1d": ("quant", None, {"ohlc_consistent", "unique_key"}),
     "analytics/candles_1h": ("quant", None, {"ohlc_consistent", "unique_key"}),
     "analytics/quantmetrics": ("quant", DAILY, {"null_iff_under_covered", "unique_key", "values_in_range"}),

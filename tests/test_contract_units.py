@@ -181,7 +181,8 @@ def test_unconvertible_rows_are_counted_by_each_asset_that_reads_them(materializ
     checks = result.get_asset_check_evaluations()
     failed = {(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed}
     readers = {"analytics/ohlcv_1m", "analytics/book_depth", "analytics/open_interest", "analytics/liquidations_1m",
-               "analytics/liquidation_cascades"}
+               "analytics/liquidation_cascades", "analytics/aggregated_open_interest", "analytics/taker_volume",
+               "analytics/slippage"}
     assert failed == {(key, "units_convertible") for key in readers}
     for check in checks:
         if check.check_name == "units_convertible" and check.asset_key.to_user_string() in readers:

@@ -260,6 +260,11 @@ METADATA_KEYS = {
     "market_stress": {"dagster/row_count", "most_stressed_minutes", "cascade_lead_minutes", "lead_threshold",
                       "stress_index"},
     "adl_events": {"dagster/row_count", "first_events"},
+    "aggregated_open_interest": {"dagster/row_count", "preview"},
+    "aggregated_funding": {"dagster/row_count", "preview", "open_interest_by_venue_and_funding"},
+    "taker_volume": {"dagster/row_count", "preview"},
+    "basis": {"dagster/row_count", "preview"},   # one venue: no dislocation, so no picture of it
+    "slippage": {"dagster/row_count", "preview", "slippage_curves"},
 }
 
 

@@ -152,6 +152,55 @@ def equity(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarra
     return _render(title, draw)
 
 
+def stacked_with_lines(stacked: Series, lines_: Series, title: str, *, stacked_unit: str, line_unit: str) -> bytes:
+    """(label, x, y) points of ``stacked`` as a stacked area (one band per label, missing points 0)
+    and ``lines_`` as lines on the right axis: open interest by venue with funding."""
+    def draw(ax):
+        xs = sorted({x for _, x, _ in stacked})
+        labels = sorted({label for label, _, _ in stacked})
+        at = {x: i for i, x in enumerate(xs)}
+        ys = np.zeros((len(labels), len(xs)))
+        for label, x, y in stacked:
+            ys[labels.index(label), at[x]] = 0.0 if y is None else y
+        if xs:
+            ax.stackplot(xs, ys, labels=labels, alpha=0.7)
+        ax.set_ylabel(stacked_unit, fontsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+        twin = ax.twinx()
+        by_label: dict[str, tuple[list, list]] = {}
+        for label, x, y in lines_:
+            xs_, ys_ = by_label.setdefault(label, ([], []))
+            xs_.append(x)
+            ys_.append(np.nan if y is None else y)
+        for i, (label, (xs_, ys_)) in enumerate(sorted(by_label.items())[:MAX_LINES]):
+            emphasis = label == "OI-weighted"   # the cross-venue line; venues dashed in their area's colour
+            twin.plot(xs_, ys_, linewidth=1.4 if emphasis else 0.9, color="k" if emphasis else f"C{labels.index(label)}"
+                      if label in labels else f"C{i}", linestyle="-" if emphasis else "--", label=label)
+        twin.margins(y=0.15)
+        twin.set_ylabel(line_unit, fontsize=7)
+        twin.tick_params(labelsize=7)
+        twin.legend(fontsize=6, loc="upper right")
+    return _render(title, draw)
+
+
+def slippage_curves(points: list[tuple[str, float, float | None]], title: str) -> bytes:
+    """Slippage (bps) against order size (USD, log axis), one curve per label (market and side);
+    sizes a book could not fill are missing from their curve."""
+    def draw(ax):
+        by_label: dict[str, tuple[list, list]] = {}
+        for label, size, bps in points:
+            xs, ys = by_label.setdefault(label, ([], []))
+            xs.append(size)
+            ys.append(np.nan if bps is None else bps)
+        for label, (xs, ys) in sorted(by_label.items())[:MAX_LINES]:
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=0.8, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("market order, USD", fontsize=7)
+        ax.set_ylabel("slippage vs mid, bps", fontsize=7)
+        ax.legend(fontsize=6)
+    return _render(title, draw)
+
+
 # --- report figures ----------------------------------------------------------------------------
 
 REPORT_PANEL = (10.0, 2.8)   # inches per panel: wide enough for a day of minutes

@@ -11,6 +11,7 @@ changing the bands needs a new migration, like any column change.
 from __future__ import annotations
 
 from transforms.depth import BANDS, band_label
+from transforms.slippage import ORDER_SIZES_USD, size_label
 
 STATS = ("mean", "min", "last")
 SIDE_FIELDS = ("bid_base", "ask_base", "bid_quote", "ask_quote", "bid_usd", "ask_usd", "imbalance", "depth_usd")
@@ -192,4 +193,132 @@ STATEMENTS: list[str] = [
     LIQUIDATIONS_1M,
     LIQUIDATION_CASCADES,
     MARKET_STRESS,
+]
+
+
+# --- migration 11: positioning tables (issue 11) and the depth bands' visible-book flags ---------
+
+AGGREGATED_OPEN_INTEREST = """
+CREATE TABLE IF NOT EXISTS analytics.aggregated_open_interest (
+    asset VARCHAR NOT NULL,
+    venue VARCHAR NOT NULL,                -- exchange, or 'all' = across venues of one kind
+    pool_counterparty BOOLEAN NOT NULL,    -- GMX-style pool OI (long + short): never summed with one-sided OI
+    grain VARCHAR NOT NULL,                -- '5m' | '1h'
+    bucket_start TIMESTAMP NOT NULL,
+    oi_coin DOUBLE NOT NULL,               -- one side; pool rows: long + short
+    oi_usd DOUBLE NOT NULL,
+    oi_long_coin DOUBLE, oi_long_usd DOUBLE,     -- pool rows only
+    oi_short_coin DOUBLE, oi_short_usd DOUBLE,   -- pool rows only
+    n_markets INTEGER NOT NULL,
+    n_venues INTEGER NOT NULL,
+    oi_coin_change DOUBLE, oi_usd_change DOUBLE, -- vs the previous bucket, NULL when its markets differ
+    oi_coin_change_pct DOUBLE, oi_usd_change_pct DOUBLE,
+    day DATE NOT NULL
+)"""
+
+AGGREGATED_FUNDING = """
+CREATE TABLE IF NOT EXISTS analytics.aggregated_funding (
+    asset VARCHAR NOT NULL,
+    venue VARCHAR NOT NULL,                -- exchange, or 'all' = OI-weighted across venues
+    is_realised BOOLEAN NOT NULL,          -- settled rates vs the running estimates: separate series
+    grain VARCHAR NOT NULL,                -- '5m' | '1h'
+    bucket_start TIMESTAMP NOT NULL,
+    rate_8h DOUBLE,                        -- NULL on an 'all' row none of whose venues had an OI weight
+    rate_annualized DOUBLE,                -- rate_8h x 3 x 365, a fraction
+    oi_usd DOUBLE,                         -- the weight used
+    weighted BOOLEAN NOT NULL,             -- False: no OI weight, plain mean of the venue's markets
+    n_markets INTEGER NOT NULL,
+    n_venues INTEGER NOT NULL,
+    n_weighted INTEGER NOT NULL,
+    vs_weighted_8h DOUBLE,                 -- venue rows: rate_8h minus the cross-venue weighted rate
+    spread_8h DOUBLE,                      -- 'all' rows: highest minus lowest venue rate_8h
+    spread_high_venue VARCHAR,
+    spread_low_venue VARCHAR,
+    day DATE NOT NULL
+)"""
+
+TAKER_VOLUME = """
+CREATE TABLE IF NOT EXISTS analytics.taker_volume (
+    exchange VARCHAR NOT NULL,             -- 'all' = summed across venues
+    symbol VARCHAR NOT NULL,               -- the base asset on 'all' rows
+    asset VARCHAR NOT NULL,
+    bucket_start TIMESTAMP NOT NULL,       -- 5 minutes
+    taker_buy_base DOUBLE NOT NULL, taker_sell_base DOUBLE NOT NULL,
+    taker_buy_usd DOUBLE NOT NULL, taker_sell_usd DOUBLE NOT NULL,
+    n_buy BIGINT NOT NULL, n_sell BIGINT NOT NULL,
+    forced_buy_base DOUBLE NOT NULL, forced_sell_base DOUBLE NOT NULL,   -- fills the venue forced
+    forced_buy_usd DOUBLE NOT NULL, forced_sell_usd DOUBLE NOT NULL,
+    n_forced BIGINT NOT NULL,
+    n_unknown_side BIGINT NOT NULL, unknown_side_usd DOUBLE NOT NULL,
+    delta_usd DOUBLE NOT NULL,
+    delta_ex_forced_usd DOUBLE NOT NULL,
+    cvd_usd DOUBLE NOT NULL,               -- anchored at the day's first bucket of the series
+    cvd_ex_forced_usd DOUBLE NOT NULL,
+    n_venues INTEGER NOT NULL,
+    reconciled BOOLEAN NOT NULL,           -- compared with the venue's own 5-minute taker volume (raw.taker_volumes)
+    venue_buy_volume DOUBLE, venue_sell_volume DOUBLE,   -- the venue's figures, base units
+    rel_diff_buy DOUBLE, rel_diff_sell DOUBLE,           -- ours / venue - 1, base units
+    reconcile_flagged BOOLEAN,             -- either side beyond 0.5 %
+    day DATE NOT NULL
+)"""
+
+BASIS = """
+CREATE TABLE IF NOT EXISTS analytics.basis (
+    exchange VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL,
+    asset VARCHAR NOT NULL,
+    minute TIMESTAMP NOT NULL,
+    mark_price DOUBLE,                     -- the minute's last mark
+    index_price DOUBLE,                    -- the index as of that mark (at most 2 s older)
+    premium DOUBLE,                        -- mark / index - 1 of the last pair, a fraction
+    premium_twap DOUBLE,                   -- time-weighted over the minute
+    premium_coverage DOUBLE,               -- share of the minute the premium samples cover
+    basis_annualized DOUBLE,               -- premium_twap x 8760 (an hourly-persisting premium per year)
+    mid_price DOUBLE,                      -- the minute's last book mid (analytics.book_depth)
+    median_mid DOUBLE,                     -- median of the asset's markets' mids in the minute
+    dislocation_bps DOUBLE,                -- (mid / median - 1) x 1e4; NULL with fewer than two markets
+    n_markets_priced INTEGER,              -- markets of the asset with a mid in the minute
+    day DATE NOT NULL
+)"""
+
+
+def slippage_columns() -> list[str]:
+    """Per order size (``transforms.slippage.ORDER_SIZES_USD``) and side of ``analytics.slippage``."""
+    columns = []
+    for size in ORDER_SIZES_USD:
+        label = size_label(size)
+        for side in ("ask", "bid"):
+            columns += [f"{side}_slippage_bps_{label} DOUBLE", f"{side}_too_shallow_{label} BOOLEAN",
+                        f"{side}_book_truncated_{label} BOOLEAN"]
+    return columns
+
+
+def _slippage() -> str:
+    sizes = ",\n    ".join(slippage_columns())
+    return f"""CREATE TABLE IF NOT EXISTS analytics.slippage (
+    exchange VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL,
+    asset VARCHAR NOT NULL,
+    minute TIMESTAMP NOT NULL,
+    n_snapshots INTEGER NOT NULL,
+    n_valid INTEGER NOT NULL,
+    mid_mean DOUBLE,
+    {sizes},
+    day DATE NOT NULL
+)"""
+
+
+def depth_flag_columns() -> list[str]:
+    """``analytics.book_depth``: per band and side, whether a valid book of the minute ended inside it."""
+    return [f"{side}_exceeds_book_{band_label(band)}" for band in BANDS for side in ("bid", "ask")]
+
+
+POSITIONING_STATEMENTS: list[str] = [
+    "CREATE SCHEMA IF NOT EXISTS analytics",
+    AGGREGATED_OPEN_INTEREST,
+    AGGREGATED_FUNDING,
+    TAKER_VOLUME,
+    BASIS,
+    _slippage(),
+    *(f"ALTER TABLE analytics.book_depth ADD COLUMN IF NOT EXISTS {column} BOOLEAN" for column in depth_flag_columns()),
 ]

@@ -33,7 +33,9 @@ from warehouse.analytics import ohlcv
                 "converted with the market's instrument (warehouse.units: linear qty × contract size; inverse "
                 "qty × USD per contract / price, USD exactly qty × USD per contract); trades that cannot be "
                 "converted are left out and counted by the `units_convertible` check. Trades are de-duplicated on "
-                "their natural key and off-book prints (insurance fund, ADL) excluded. Each UTC day is rewritten "
+                "their natural key and the fills each venue marks as forced (Venue.FORCED_TRADE_TYPES: Binance "
+                "insurance fund and ADL prints, dYdX liquidations and deleveraging) excluded; every other trade "
+                "type (dYdX LIMIT fills, Bybit BLOCK/RPI, OKX ELP) counts. Each UTC day is rewritten "
                 "with delete+insert.",
 )
 def ohlcv_1m(run: TableRun) -> dict:

@@ -22,6 +22,10 @@ from warehouse.analytics.common import DAY, arrow_rows, days_of, epoch, fetch, g
 from warehouse.ddl_microstructure import SIDE_FIELDS, STATS
 from warehouse.units import BOOK_UNITS
 
+# The periodic snapshots carry the levels within this distance of mid (ingest.book_sync's
+# periodic_band): a book ending inside a narrower band ended there on the venue's side, but at this
+# band the snapshot's own cut and the end of the venue's book cannot be told apart.
+PERIODIC_BAND = 0.10
 # USDT/USDC books are valued at par; stored per row so a later FX feed can replace it.
 QUOTE_USD_RATE = 1.0
 SNAPSHOTS_PER_BATCH = 16_384
@@ -50,7 +54,8 @@ WHERE $asset IS NULL OR split_part(symbol, '-', 1) = $asset
 """
 
 
-def _side(levels: pa.ListArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def book_side(levels: pa.ListArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One side of a batch of books in the Arrow list layout ``transforms`` takes: prices, sizes, offsets."""
     flat = levels.flatten()
     offsets = np.asarray(levels.offsets, dtype=np.int64)
     return (flat.field("price").to_numpy(zero_copy_only=False), flat.field("qty").to_numpy(zero_copy_only=False),
@@ -59,7 +64,7 @@ def _side(levels: pa.ListArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _batch_depth(batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], DepthBands]:
     keys = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("exchange", "symbol", "ts_ms", "seq")}
-    bids, asks = _side(batch.column("bids")), _side(batch.column("asks"))
+    bids, asks = book_side(batch.column("bids")), book_side(batch.column("asks"))
     return keys, depth_bands_batch(*bids, *asks, quote_usd_rate=QUOTE_USD_RATE,
                                    contract_size=batch.column("qty_multiplier").to_numpy(zero_copy_only=False),
                                    inverse=batch.column("inverse").to_numpy(zero_copy_only=False))
@@ -86,6 +91,13 @@ def snapshot_depths(con, start: dt.datetime, end: dt.datetime,
     return keys, depth
 
 
+def distinct_snapshots(keys: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """One market's snapshot rows sorted by time; a snapshot loaded twice (same time and sequence) counts once."""
+    rows = rows[np.lexsort((keys["seq"][rows], keys["ts_ms"][rows]))]
+    ts_ms, seq = keys["ts_ms"][rows], keys["seq"][rows]
+    return rows[np.r_[True, (np.diff(ts_ms) != 0) | (np.diff(seq) != 0)]]
+
+
 def _take(depth: DepthBands, rows: np.ndarray) -> DepthBands:
     return DepthBands(bands=depth.bands, **{f: getattr(depth, f)[rows] for f in _ARRAYS})
 
@@ -97,10 +109,7 @@ def book_depth_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]
         return []
     parts = []
     for (exchange, symbol), rows in groups(keys["exchange"], keys["symbol"]):
-        # Sorted by time; a snapshot loaded twice (same time and sequence) counts once.
-        rows = rows[np.lexsort((keys["seq"][rows], keys["ts_ms"][rows]))]
-        ts_ms, seq = keys["ts_ms"][rows], keys["seq"][rows]
-        rows = rows[np.r_[True, (np.diff(ts_ms) != 0) | (np.diff(seq) != 0)]]
+        rows = distinct_snapshots(keys, rows)
         ts = keys["ts_ms"][rows] / 1000.0
         book = _take(depth, rows)
         minute = depth_per_minute(ts, book)
@@ -114,9 +123,23 @@ def book_depth_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]
             for stat in STATS:
                 columns[f"depth_usd_{band_label(band)}_{stat}"] = getattr(extra, stat)[:, j]
         columns["spread_bps_max"] = -extra.min[:, -1]
+        columns.update(_exceeds_book_per_minute(ts, book))
         columns["day"] = days_of(extra.bucket_start)
         parts.append(arrow_rows(columns))
     return parts
+
+
+def _exceeds_book_per_minute(ts: np.ndarray, book: DepthBands) -> dict[str, pa.Array]:
+    """Per band and side: True where a valid book of the minute ended inside the band (its depth
+    there is a lower bound); NULL for bands the periodic snapshot itself cuts (see PERIODIC_BAND)."""
+    out = {}
+    for side in ("bid", "ask"):
+        flagged = getattr(book, f"{side}_exceeds_book").astype(np.float64)
+        any_flagged = aggregate_buckets(ts, flagged).mean > 0
+        for j, band in enumerate(BANDS):
+            out[f"{side}_exceeds_book_{band_label(band)}"] = pa.array(
+                any_flagged[:, j], mask=np.full(any_flagged.shape[0], band >= PERIODIC_BAND - 1e-12))
+    return out
 
 
 def monotone_violation() -> str:

@@ -25,7 +25,7 @@ WEIGHT_TOLERANCE_S = 600.0
 # Open-interest observations in [$start, $end) whose size converts (warehouse.units), with what
 # one unit of it is worth; the others are counted by the units check.
 CONVERTIBLE_OI = f"""
-SELECT r.exchange, r.symbol, r.ts_exchange, r.open_interest, r.open_interest_usd,
+SELECT r.exchange, r.symbol, r.ts_exchange, r.open_interest, r.open_interest_usd, r.open_interest_short,
        raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) AS qty_multiplier,
        raw.qty_is_inverse(r.qty_unit, unit.contract_size_unit) AS inverse
 FROM raw.open_interest AS r {UNIT_JOIN}
@@ -41,7 +41,8 @@ WITH oi AS ({CONVERTIBLE_OI}), mark AS (
     SELECT exchange, symbol, ts_exchange, mark_price FROM raw.funding
     WHERE mark_price IS NOT NULL AND ts_exchange >= $start - $tolerance AND ts_exchange < $end
 )
-SELECT oi.exchange, oi.symbol, epoch(oi.ts_exchange) AS ts, oi.open_interest, oi.qty_multiplier, oi.inverse,
+SELECT oi.exchange, oi.symbol, epoch(oi.ts_exchange) AS ts, oi.open_interest, oi.open_interest_short,
+       oi.qty_multiplier, oi.inverse,
        coalesce(CASE WHEN oi.ts_exchange - mark.ts_exchange <= $tolerance THEN mark.mark_price END,
                 CASE WHEN NOT oi.inverse THEN oi.open_interest_usd / nullif(oi.open_interest * oi.qty_multiplier, 0) END)
            AS mark_price

@@ -16,6 +16,7 @@ from transforms.depth import BANDS
 from transforms.open_interest import asof_values
 from warehouse.analytics.common import arrow_rows, days_of, epoch, fetch, groups, naive, timestamps
 from warehouse.analytics.depth import snapshot_depths
+from warehouse.analytics.ohlcv import MARKET_TRADES
 from warehouse.units import UNIT_JOIN
 
 BASELINE_DAYS = 30
@@ -145,9 +146,8 @@ def _cascade_inputs(con, asset: str, start: dt.datetime, end: dt.datetime) -> di
     """Price, spread, OI and funding series for ``detect_cascades``, each timestamped when it was
     known: trades at their time, per-minute and per-bucket aggregates at the end of their interval."""
     window = {"asset": asset, "lo": start - dt.timedelta(hours=2), "end": end}
-    price = _series(con, "SELECT epoch(ts_exchange), price FROM raw.trades WHERE split_part(symbol, '-', 1) = $asset "
-                         "AND ts_exchange >= $lo AND ts_exchange < $end AND coalesce(trade_type, 'MARKET') = 'MARKET' "
-                         "ORDER BY 1", window)
+    price = _series(con, "SELECT epoch(ts_exchange), price FROM raw.trades AS r WHERE split_part(symbol, '-', 1) = "
+                         f"$asset AND ts_exchange >= $lo AND ts_exchange < $end AND {MARKET_TRADES} ORDER BY 1", window)
     spread = _series(con, "SELECT epoch(minute) + 60, max(spread_bps_max) FROM analytics.book_depth "
                           "WHERE split_part(symbol, '-', 1) = $asset AND minute >= $lo AND minute < $end "
                           "GROUP BY minute ORDER BY 1", window)

@@ -2,8 +2,9 @@
 
 Producer-side duplicates (a replay after a broker reset, a websocket reconnect that resends)
 are removed on the natural key (exchange, symbol, trade id, aggregation) before anything is
-summed. Off-book prints (Binance insurance-fund and ADL trades) are not market volume and
-are left out.
+summed. Fills a venue forced (``Venue.FORCED_TRADE_TYPES``: Binance insurance-fund and ADL
+prints, dYdX liquidation and deleveraging fills) are not market volume and are left out; every
+other trade type is a market trade (dYdX's ordinary fills are LIMIT, Bybit has BLOCK/RPI, OKX ELP).
 
 Sizes go through the warehouse's unit macros (``warehouse.units``): volumes are base units and
 ``quote_volume`` is USD notional (inverse contracts: contracts x USD per contract, exactly).
@@ -11,8 +12,12 @@ Trades in contracts of a market without an instrument cannot be converted and ar
 table's `units_convertible` check counts them (``warehouse.units.unconvertible_rows`` with ``MARKET_TRADES``).
 """
 
-# The trades a bar is made of (raw.trades aliased ``r``): market prints only.
-MARKET_TRADES = "coalesce(r.trade_type, 'MARKET') = 'MARKET'"
+from ingest.venues import forced_trade_types
+from transforms.taker_flow import forced_fill_predicate
+
+# The trades a bar is made of (raw.trades aliased ``r``): every trade but the forced fills (a NULL
+# trade_type is an ordinary trade, hence the coalesce).
+MARKET_TRADES = f"NOT coalesce({forced_fill_predicate(forced_trade_types())}, FALSE)"
 
 OHLCV_1M_COLUMNS = ("exchange", "symbol", "minute", "open", "high", "low", "close", "vwap", "volume",
                     "quote_volume", "buy_volume", "sell_volume", "trade_count", "day")
