@@ -224,7 +224,7 @@ CREATE TABLE IF NOT EXISTS analytics.liquidation_level_scores (
     precision_top10 DOUBLE,                -- share in the top 10 % (baseline 0.10)
     n_snapshots INTEGER NOT NULL,
     n_scored INTEGER NOT NULL,
-    realized_usd DOUBLE NOT NULL,
+    realized_usd DOUBLE NOT NULL,          -- the day's forced-order USD of the venue set
     realized_venues VARCHAR NOT NULL,      -- exchanges whose liquidations were scored
     is_sampled_feed BOOLEAN NOT NULL,      -- some scored liquidations come from a sampled feed
     coverage_note VARCHAR NOT NULL         -- each venue's liquidation coverage (meta.venue_coverage)

@@ -162,7 +162,7 @@ def score_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
                 "asset": asset, "day": start.date(), "venue_set": venue_set, "score": score.score,
                 "ci_low": score.ci_low, "ci_high": score.ci_high, "baseline": BASELINE_SHARE, "lift": score.lift,
                 "mean_ratio": score.mean_ratio, "precision_top10": score.precision_top10,
-                "n_snapshots": len(snapshots), "n_scored": score.n_scored, "realized_usd": score.realized_usd,
+                "n_snapshots": len(snapshots), "n_scored": score.n_scored, "realized_usd": float(realized["usd"][chosen].sum()),
                 "realized_venues": ",".join(sorted({e for e, _ in coverage})),
                 "is_sampled_feed": any(c != "complete" for _, c in coverage),
                 "coverage_note": "; ".join(f"{e}: {c}" for e, c in coverage) or "no liquidations",
