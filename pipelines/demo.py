@@ -406,7 +406,8 @@ def _cross_venue_summary(con, console: Console) -> None:
             "SELECT asset, venue_set, score, ci_low, ci_high, is_sampled_feed FROM analytics.liquidation_level_scores "
             "WHERE score IS NOT NULL ORDER BY day, asset, venue_set").fetchall():
         label = " (on a sampled liquidation feed)" if sampled else ""
-        console.print(f"  liquidation map {asset} [{venue_set}]: top-quartile share {score:.2f} "
+        venues = "all venues" if venue_set == "all" else "complete liquidation feeds only"
+        console.print(f"  liquidation map {asset}, {venues}: top-quartile share {score:.2f} "
                       f"(95 % CI {low:.2f}-{high:.2f}, chance 0.25){label}")
 
 

@@ -232,3 +232,20 @@ def test_cascade_endogeneity_is_the_varying_baseline_fit_and_flags_its_bound(mat
     assert at_bound is True and beta > 100
     assert bin_s is None or bin_s in (60.0, 120.0, 300.0, 600.0, 1800.0)
     assert not math.isnan(n)
+
+
+def test_demo_summary_names_the_first_mover_and_the_score(materialized):
+    from rich.console import Console
+
+    from pipelines.demo import _cross_venue_summary
+
+    warehouse, _, _ = materialized
+    console = Console(record=True, width=200)
+    with warehouse.writer() as con:
+        _cross_venue_summary(con, console)
+    text = console.export_text()
+    assert "cross-venue BTC long cascade at 12:06:00: bybit-linear moved first (20 s ahead)" in text
+    assert "binance-usdm 14.3 %" in text and "bybit-linear 85.7 %" in text
+    assert "liquidation map BTC, all venues: top-quartile share" in text
+    assert "(on a sampled liquidation feed)" in text.split("all venues")[1].splitlines()[0]
+    assert "liquidation map BTC, complete liquidation feeds only: top-quartile share" in text

@@ -38,12 +38,12 @@ RAW_LIQUIDATIONS = [dg.AssetKey(["raw", "liquidations"]), dg.AssetKey(["raw", "i
                 "parameter is the spec's assumption, nobody publishes where positions sit): each minute's growth of "
                 "cross-venue open interest (analytics.open_interest, 5-minute totals in coins) is opened at the "
                 "minute's VWAP (analytics.ohlcv_1m over the asset's markets), split long/short by the taker buy/sell "
-                "USD, spread over leverage tiers {5x 10 %, 10x 30 %, 25x 30 %, 50x 20 %, 100x 10 %} at price × (1 ∓ 1/L ± "
-                "0.5 %); OI shrinking scales every level pro rata; a level the price trades through is consumed. "
-                "Hourly snapshots, `usd` per side in buckets [bin_lo, bin_hi) of 0.1 % of `mid`. The model runs from "
-                "one day before the partition (levels are path-dependent) and writes the partition's snapshots; "
-                "`unplaced_usd` is OI growth it could not place (no trades that minute), cumulative like "
-                "`modeled_liquidated_usd`. The picture overlays the realized forced orders.",
+                "USD, spread over leverage tiers {5x 10 %, 10x 30 %, 25x 30 %, 50x 20 %, 100x 10 %} at "
+                "price × (1 ∓ 1/L ± 0.5 %); OI shrinking scales every level pro rata; a level the price trades "
+                "through is consumed. Hourly snapshots, `usd` per side in buckets [bin_lo, bin_hi) of 0.1 % of "
+                "`mid`. The model runs from one day before the partition (levels are path-dependent) and writes "
+                "the partition's snapshots; `unplaced_usd` is OI growth it could not place (no trades that "
+                "minute), cumulative like `modeled_liquidated_usd`. The picture overlays the realized forced orders.",
 )
 def liquidation_levels(run: TableRun) -> dict:
     run.rewrite_each_day(lambda start, end: liquidation_map.level_rows(run.con, start, end))
