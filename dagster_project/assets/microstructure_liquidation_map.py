@@ -21,6 +21,8 @@ from warehouse.analytics.common import fetch
 
 OHLCV_1M = ["analytics", "ohlcv_1m"]
 LIQUIDATION_LEVELS = ["analytics", "liquidation_levels"]
+LIQUIDATION_LEVEL_SCORES = ["analytics", "liquidation_level_scores"]
+CROSS_VENUE_CASCADES = ["analytics", "cross_venue_cascades"]
 RAW_LIQUIDATIONS = [dg.AssetKey(["raw", "liquidations"]), dg.AssetKey(["raw", "instruments"])]
 
 
