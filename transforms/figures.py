@@ -136,13 +136,18 @@ def liquidation_heatmap(title: str, cells: tuple[np.ndarray, np.ndarray, np.ndar
         collection = PatchCollection(patches, cmap="viridis", norm=LogNorm(positive.min(), positive.max()))
         collection.set_array(np.maximum(usd, positive.min()))
         ax.add_collection(collection)
-        ax.figure.colorbar(collection, ax=ax, label="modelled USD").ax.tick_params(labelsize=6)
+        colorbar = ax.figure.colorbar(collection, ax=ax)
+        colorbar.set_label("modelled USD", fontsize=7)
+        colorbar.ax.tick_params(labelsize=6)
         if r_ts.size:
             size = 4 + 60 * r_usd / max(float(r_usd.max()), 1e-9)
             ax.scatter((r_ts - ts.min()) / 3600.0, r_price, s=size, c="tab:red", alpha=0.6,
                        label="realized liquidations")
             ax.legend(fontsize=6, loc="upper right")
-        ax.set_xlim(0, hours.max() + snapshot_s / 3600.0)
+        right = hours.max() + snapshot_s / 3600.0
+        if r_ts.size:
+            right = max(right, float((r_ts.max() - ts.min()) / 3600.0) * 1.02)
+        ax.set_xlim(0, right)
         prices = np.concatenate([lo, lo + width, r_price])
         ax.set_ylim(float(np.nanmin(prices)), float(np.nanmax(prices)))
         ax.set_xlabel(f"hours after {dt.datetime.fromtimestamp(ts.min(), dt.UTC):%Y-%m-%d %H:%M} UTC", fontsize=7)
