@@ -194,6 +194,7 @@ def run(tmp: Path, n_trades: int, console) -> dict:
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from dagster_project.assets.microstructure import MICROSTRUCTURE_ASSETS
+    from dagster_project.assets.microstructure_liquidation_map import LIQUIDATION_MAP_ASSETS
     from dagster_project.assets.ohlcv import ohlcv_1m
     from dagster_project.resources import WarehouseResource
 
@@ -210,7 +211,7 @@ def run(tmp: Path, n_trades: int, console) -> dict:
     baseline_s, baseline_rows = _materialize(ohlcv_1m, upstream, resources, partition)
     console.print(f"  ohlcv_1m (baseline): {baseline_s:.2f}s, {baseline_rows:,} rows")
     rows, done = [], [ohlcv_1m]
-    for asset in MICROSTRUCTURE_ASSETS:
+    for asset in [*MICROSTRUCTURE_ASSETS, *LIQUIDATION_MAP_ASSETS]:
         seconds, written = _materialize(asset, [*upstream, *(a.to_source_asset() for a in done)], resources, partition)
         done.append(asset)
         name = asset.key.to_user_string()

@@ -15,6 +15,11 @@ import dagster as dg
 from dagster_project.tables import partition_days
 from dagster_project.assets.microstructure_depth import BOOK_DEPTH, LIQUIDITY_WITHDRAWALS
 from dagster_project.assets.microstructure_derivatives import FUNDING, OPEN_INTEREST
+from dagster_project.assets.microstructure_liquidation_map import (
+    CROSS_VENUE_CASCADES,
+    LIQUIDATION_LEVEL_SCORES,
+    LIQUIDATION_LEVELS,
+)
 from dagster_project.assets.microstructure_liquidations import LIQUIDATION_CASCADES, LIQUIDATIONS_1M
 from dagster_project.assets.microstructure_positioning import POSITIONING_ASSETS
 from dagster_project.assets.microstructure_stress import MARKET_STRESS
@@ -24,7 +29,8 @@ from warehouse.settings import load_settings
 
 OHLCV_1M = ["analytics", "ohlcv_1m"]
 DAILY_ASSETS = [OHLCV_1M, BOOK_DEPTH, LIQUIDITY_WITHDRAWALS, OPEN_INTEREST, FUNDING, LIQUIDATIONS_1M,
-                LIQUIDATION_CASCADES, MARKET_STRESS, *(list(asset.key.path) for asset in POSITIONING_ASSETS)]
+                LIQUIDATION_CASCADES, MARKET_STRESS, LIQUIDATION_LEVELS, LIQUIDATION_LEVEL_SCORES, CROSS_VENUE_CASCADES,
+                *(list(asset.key.path) for asset in POSITIONING_ASSETS)]
 LAKE_EXPORT = ["lake", "daily_export"]
 
 

@@ -250,6 +250,7 @@ class _Pipeline:
 
     def daily_assets(self) -> list[str]:
         from dagster_project.assets.microstructure import MICROSTRUCTURE_ASSETS
+        from dagster_project.assets.microstructure_liquidation_map import LIQUIDATION_MAP_ASSETS
         from dagster_project.assets.ohlcv import ohlcv_1m
         from dagster_project.assets.raw import raw_tables
         from warehouse.store import Warehouse
@@ -259,7 +260,7 @@ class _Pipeline:
             days = [str(d) for (d,) in con.execute(
                 "SELECT DISTINCT CAST(ts_exchange AS DATE) FROM raw.trades UNION "
                 "SELECT DISTINCT CAST(ts_exchange AS DATE) FROM raw.book_snapshots ORDER BY 1").fetchall()]
-        daily = [ohlcv_1m, *MICROSTRUCTURE_ASSETS]
+        daily = [ohlcv_1m, *MICROSTRUCTURE_ASSETS, *LIQUIDATION_MAP_ASSETS]
         self.console.print(f"[bold]4/5[/] Dagster: {len(daily)} daily assets for {', '.join(days)}")
         for day in days:
             started = time.perf_counter()
@@ -299,6 +300,7 @@ def _summary(settings: Settings, report, truth: Path | None, days: list[str], co
             true = load_truth(truth)
             _cascade_summary(con, true, console)
             _venue_summary(con, true, console)
+            _cross_venue_summary(con, console)
             warm_summary(con, true, console)
         else:
             _bars_summary(con, console)
@@ -389,6 +391,26 @@ def _cascade_summary(con, truth: dict, console: Console) -> None:
     console.print("market stress peak: " + ", ".join(peaks) if peaks else
                   "market stress: not computed here; its baselines (trailing 24 h depth and funding) need hours "
                   "of history before the cascade (see `make bench` detection figures)")
+
+
+def _cross_venue_summary(con, console: Console) -> None:
+    """Who moved first in each cross-venue episode, and how the liquidation map scored."""
+    episodes = con.execute(
+        "SELECT asset, side, cascade_start, any_value(first_mover), any_value(lead_s), "
+        "string_agg(exchange || ' ' || round(100 * venue_share, 1) || ' %', ', ' ORDER BY venue_share DESC), "
+        "any_value(stress_max) FROM analytics.cross_venue_cascades GROUP BY ALL ORDER BY cascade_start").fetchall()
+    for asset, side, start, first, lead, shares, stress in episodes:
+        moved = f"{first} moved first ({lead:.0f} s ahead)" if first and lead == lead else f"first mover: {first}"
+        stress_text = f"stress max {stress:.0f}" if stress is not None else "no stress index"
+        console.print(f"  cross-venue {asset} {side} cascade at {start:%H:%M:%S}: {moved}; shares {shares}; "
+                      f"{stress_text}")
+    for asset, venue_set, score, low, high, sampled in con.execute(
+            "SELECT asset, venue_set, score, ci_low, ci_high, is_sampled_feed FROM analytics.liquidation_level_scores "
+            "WHERE score IS NOT NULL ORDER BY day, asset, venue_set").fetchall():
+        label = " (on a sampled liquidation feed)" if sampled else ""
+        venues = "all venues" if venue_set == "all" else "complete liquidation feeds only"
+        console.print(f"  liquidation map {asset}, {venues}: top-quartile share {score:.2f} "
+                      f"(95 % CI {low:.2f}-{high:.2f}, chance 0.25){label}")
 
 
 def _venue_summary(con, truth: dict, console: Console) -> None:

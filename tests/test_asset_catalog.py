@@ -57,6 +57,12 @@ CATALOG = {
     "analytics/slippage": ("microstructure", DAILY, {
         "no_duplicate_keys", "non_empty_where_feed_up", "too_shallow_is_null", "units_convertible",
         "values_in_range"}),
+    "analytics/liquidation_levels": ("microstructure", DAILY, {"no_duplicate_keys", "values_in_range"}),
+    "analytics/liquidation_level_scores": ("microstructure", DAILY, {"no_duplicate_keys", "sampled_feed_labelled",
+                                                                     "units_convertible", "values_in_range"}),
+    "analytics/cross_venue_cascades": ("microstructure", DAILY, {"first_mover_is_earliest", "no_duplicate_keys",
+                                                                 "shares_sum_to_one", "units_convertible",
+                                                                 "values_in_range"}),
     "analytics/candles_1d": ("quant", None, {"ohlc_consistent", "unique_key"}),
     "analytics/candles_1h": ("quant", None, {"ohlc_consistent", "unique_key"}),
     "analytics/quantmetrics": ("quant", DAILY, {"null_iff_under_covered", "unique_key", "values_in_range"}),

@@ -39,15 +39,15 @@ Metrics (all point series are read as observed at their timestamp)
 * ``oi_change_pct = (OI_end / OI_start - 1) * 100``, OI as of ``start`` and ``end + pad``; funding
   before/after likewise.
 * Hawkes: fit on the same-side liquidation times in ``[start - hawkes_lookback_s, end]`` (the
-  cluster alone is usually too few events); ``hawkes_lambda_max`` is the peak fitted intensity
-  (events per second) at or after ``start``. Second-resolution timestamps tie often, which pushes
-  the fitted β to its bound (``hawkes_at_bound``). With one constant background over an hour that
-  holds a burst, n itself ends at its bound: the burst can only be excitation. ``endogenous_*``
-  come from the same events fitted with a piecewise-constant background
-  (``hawkes.fit_hawkes_varying_baseline``): ``endogenous_share`` is the expected share of them
-  triggered by an earlier one, ``endogenous_n`` the branching ratio, ``endogenous_at_bound`` whether
-  that fit still ended on a bound, ``endogenous_baseline_bin_s`` the background's bin width (None:
-  one constant background won).
+  cluster alone is usually too few events) with a piecewise-constant background
+  (``transforms.hawkes.fit_hawkes_varying_baseline``): a cascade inside a calm hour fitted with one
+  constant μ can only be explained by self-excitation and sits at n = 0.999, while a background
+  that may rise during the burst lets the data say how much of it was exogenous.
+  ``hawkes_mu`` is the fitted background averaged over ``[start, end]``, ``hawkes_lambda_max`` the
+  peak fitted intensity (events per second) at or after ``start``, ``hawkes_endogenous_share`` the
+  expected share of the window's orders triggered by an earlier one and ``hawkes_baseline_bin_s``
+  the background's bin width chosen by AIC (NaN: one bin). Second-resolution timestamps tie often,
+  which pushes β to its cap; n at its bound or β at its cap is ``hawkes_at_bound``.
 
 Binance ``forceOrder`` streams at most one liquidation per symbol per second, so USD totals are
 lower bounds wherever it is the source.
@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from transforms.hawkes import fit_hawkes, fit_hawkes_varying_baseline, intensity_after_events
+from transforms.hawkes import fit_hawkes_varying_baseline, intensity_after_events
 from transforms.liquidity import DAY_S
 from transforms.open_interest import asof_values
 
@@ -189,10 +189,8 @@ class Cascade:
     hawkes_lambda_max: float
     hawkes_at_bound: bool
     hawkes_reason: str | None
-    endogenous_share: float
-    endogenous_n: float
-    endogenous_at_bound: bool
-    endogenous_baseline_bin_s: float | None
+    hawkes_endogenous_share: float
+    hawkes_baseline_bin_s: float
 
 
 class _PointSeries:
@@ -251,23 +249,27 @@ def _hawkes_metrics(
     side_ts: NDArray, start: float, end: float, config: CascadeConfig
 ) -> dict[str, float | bool | str | None]:
     window_start = start - config.hawkes_lookback_s
-    events = side_ts[(side_ts >= window_start) & (side_ts <= end)]
-    fit = fit_hawkes(events, start=window_start, end=end, min_events=config.hawkes_min_events)
-    lam_max = float("nan")
+    events = np.sort(side_ts[(side_ts >= window_start) & (side_ts <= end)])
+    fit = fit_hawkes_varying_baseline(events, start=window_start, end=end, min_events=config.hawkes_min_events)
+    nan = float("nan")
+    mu = lam_max = nan
     if fit.reason is None:
-        lam_max = float(intensity_after_events(events, fit.mu, fit.alpha, fit.beta)[events >= start].max())
-    varying = fit_hawkes_varying_baseline(events, start=window_start, end=end, min_events=config.hawkes_min_events)
+        edges, baseline = fit.bin_edges, fit.baseline
+        bin_of = np.clip(np.searchsorted(edges, events, side="right") - 1, 0, baseline.size - 1)
+        lam = intensity_after_events(events, 0.0, fit.branching_ratio * fit.beta, fit.beta) + baseline[bin_of]
+        lam_max = float(lam[events >= start].max())
+        overlap = np.clip(np.minimum(edges[1:], end) - np.maximum(edges[:-1], start), 0.0, None)
+        mu = (float((baseline * overlap).sum() / overlap.sum()) if overlap.sum() > 0
+              else float(baseline[bin_of[events >= start][0]]))
     return {
-        "endogenous_share": varying.endogenous_share,
-        "endogenous_n": varying.branching_ratio,
-        "endogenous_at_bound": varying.at_bound,
-        "endogenous_baseline_bin_s": varying.bin_s,
         "hawkes_n": fit.branching_ratio,
-        "hawkes_mu": fit.mu,
+        "hawkes_mu": mu,
         "hawkes_beta": fit.beta,
         "hawkes_lambda_max": lam_max,
         "hawkes_at_bound": fit.at_bound,
         "hawkes_reason": fit.reason,
+        "hawkes_endogenous_share": fit.endogenous_share,
+        "hawkes_baseline_bin_s": nan if fit.bin_s is None else float(fit.bin_s),
     }
 
 

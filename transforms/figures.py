@@ -113,6 +113,48 @@ def liquidations(minutes: list[tuple[dt.datetime, float, float]], cascades: Span
     return _render(title, draw)
 
 
+def liquidation_heatmap(title: str, cells: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                        realized: tuple[np.ndarray, np.ndarray, np.ndarray], *, snapshot_s: float = 3600.0) -> bytes:
+    """The modelled liquidation map as time x price, USD as colour (log scale), from cells
+    ``(snapshot epoch s, bin_lo, bin width, usd)``; each snapshot is drawn until the next one. The
+    realized forced orders ``(epoch s, fill price, usd)`` are overlaid, marker area by USD."""
+    ts, lo, width, usd = (np.asarray(a, dtype=np.float64) for a in cells)
+    r_ts, r_price, r_usd = (np.asarray(a, dtype=np.float64) for a in realized)
+
+    def draw(ax):
+        from matplotlib.colors import LogNorm
+        from matplotlib.patches import Rectangle
+        from matplotlib.collections import PatchCollection
+
+        if usd.size == 0:
+            ax.text(0.5, 0.5, "no modelled levels: no open-interest growth with trades in the window",
+                    ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            return
+        hours = (ts - ts.min()) / 3600.0
+        patches = [Rectangle((h, p), snapshot_s / 3600.0, w) for h, p, w in zip(hours, lo, width, strict=True)]
+        positive = usd[usd > 0]
+        collection = PatchCollection(patches, cmap="viridis", norm=LogNorm(positive.min(), positive.max()))
+        collection.set_array(np.maximum(usd, positive.min()))
+        ax.add_collection(collection)
+        colorbar = ax.figure.colorbar(collection, ax=ax)
+        colorbar.set_label("modelled USD", fontsize=7)
+        colorbar.ax.tick_params(labelsize=6)
+        if r_ts.size:
+            size = 4 + 60 * r_usd / max(float(r_usd.max()), 1e-9)
+            ax.scatter((r_ts - ts.min()) / 3600.0, r_price, s=size, c="tab:red", alpha=0.6,
+                       label="realized liquidations")
+            ax.legend(fontsize=6, loc="upper right")
+        right = hours.max() + snapshot_s / 3600.0
+        if r_ts.size:
+            right = max(right, float((r_ts.max() - ts.min()) / 3600.0) * 1.02)
+        ax.set_xlim(0, right)
+        prices = np.concatenate([lo, lo + width, r_price])
+        ax.set_ylim(float(np.nanmin(prices)), float(np.nanmax(prices)))
+        ax.set_xlabel(f"hours after {dt.datetime.fromtimestamp(ts.min(), dt.UTC):%Y-%m-%d %H:%M} UTC", fontsize=7)
+        ax.set_ylabel("price", fontsize=7)
+    return _render(title, draw)
+
+
 def _date_axis(ax) -> None:
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 

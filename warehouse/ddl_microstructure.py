@@ -322,3 +322,73 @@ POSITIONING_STATEMENTS: list[str] = [
     _slippage(),
     *(f"ALTER TABLE analytics.book_depth ADD COLUMN IF NOT EXISTS {column} BOOLEAN" for column in depth_flag_columns()),
 ]
+# Migration 12: the liquidation-level map, its score, cross-venue cascades (analytics.md §9.4, §6.3)
+# and the varying-baseline Hawkes fit of liquidation_cascades.
+LIQUIDATION_LEVELS = """
+CREATE TABLE IF NOT EXISTS analytics.liquidation_levels (
+    asset VARCHAR NOT NULL,
+    snapshot_ts TIMESTAMP NOT NULL,        -- the map as of the end of this minute (hourly)
+    side VARCHAR NOT NULL,                 -- the side liquidated at this level: 'long' | 'short'
+    bin_lo DOUBLE NOT NULL,                -- price bucket [bin_lo, bin_hi)
+    bin_hi DOUBLE NOT NULL,
+    usd DOUBLE NOT NULL,                   -- modelled outstanding notional liquidated in the bucket
+    mid DOUBLE NOT NULL,                   -- the VWAP the buckets are sized from (0.1 % of it)
+    modeled_liquidated_usd DOUBLE NOT NULL,-- cumulative since the model's warm-up start
+    unplaced_usd DOUBLE NOT NULL,          -- OI growth the model could not price or split
+    day DATE NOT NULL
+)"""
+
+LIQUIDATION_LEVEL_SCORES = """
+CREATE TABLE IF NOT EXISTS analytics.liquidation_level_scores (
+    asset VARCHAR NOT NULL,
+    day DATE NOT NULL,
+    venue_set VARCHAR NOT NULL,            -- 'all' venues, or 'complete_feeds' (venues publishing every liquidation)
+    score DOUBLE,                          -- realized USD share in the map's top-quartile buckets
+    ci_low DOUBLE,                         -- bootstrap 95 % over snapshots
+    ci_high DOUBLE,
+    baseline DOUBLE NOT NULL,              -- 0.25: a map no better than chance
+    lift DOUBLE,
+    mean_ratio DOUBLE,                     -- mean of the per-snapshot shares
+    precision_top10 DOUBLE,                -- share in the top 10 % (baseline 0.10)
+    n_snapshots INTEGER NOT NULL,
+    n_scored INTEGER NOT NULL,
+    realized_usd DOUBLE NOT NULL,          -- the day's forced-order USD of the venue set
+    realized_venues VARCHAR NOT NULL,      -- exchanges whose liquidations were scored
+    is_sampled_feed BOOLEAN NOT NULL,      -- some scored liquidations come from a sampled feed
+    coverage_note VARCHAR NOT NULL         -- each venue's liquidation coverage (meta.venue_coverage)
+)"""
+
+CROSS_VENUE_CASCADES = """
+CREATE TABLE IF NOT EXISTS analytics.cross_venue_cascades (
+    asset VARCHAR NOT NULL,
+    side VARCHAR NOT NULL,                 -- liquidated side
+    cascade_start TIMESTAMP NOT NULL,
+    cascade_end TIMESTAMP NOT NULL,
+    episode_usd DOUBLE NOT NULL,           -- all venues
+    episode_orders INTEGER NOT NULL,
+    reference_venue VARCHAR NOT NULL,      -- the price the episode was detected on
+    exchange VARCHAR NOT NULL,             -- one row per venue
+    venue_usd DOUBLE NOT NULL,
+    venue_share DOUBLE,                    -- of the episode's published liquidated USD
+    liquidation_coverage VARCHAR NOT NULL, -- the venue's (meta.venue_coverage): sampled shares are lower bounds
+    first_liquidation TIMESTAMP,
+    move_bps DOUBLE,                       -- signed extreme move over the episode
+    threshold_crossing TIMESTAMP,          -- first time the venue's price moved the threshold
+    crossing_after_first_s DOUBLE,         -- seconds after the first mover's crossing
+    is_first_mover BOOLEAN NOT NULL,
+    first_mover VARCHAR,
+    lead_s DOUBLE,                         -- first mover's crossing ahead of the next venue's
+    xcorr_lag_s DOUBLE,                    -- > 0: follows the reference venue by that long
+    xcorr_peak DOUBLE,
+    stress_max DOUBLE,                     -- analytics.market_stress over the episode
+    stress_mean DOUBLE,
+    day DATE NOT NULL
+)"""
+
+HAWKES_VARYING_BASELINE = [
+    "ALTER TABLE analytics.liquidation_cascades ADD COLUMN IF NOT EXISTS hawkes_endogenous_share DOUBLE",
+    "ALTER TABLE analytics.liquidation_cascades ADD COLUMN IF NOT EXISTS hawkes_baseline_bin_s DOUBLE",
+]
+
+LIQUIDATION_MAP_STATEMENTS: list[str] = [LIQUIDATION_LEVELS, LIQUIDATION_LEVEL_SCORES, CROSS_VENUE_CASCADES,
+                                         *HAWKES_VARYING_BASELINE]

@@ -93,7 +93,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.ST
                                            (6, units.STATEMENTS), (7, ADL_AND_UNCROSSED),
                                            (8, ["CREATE SCHEMA IF NOT EXISTS analytics", ddl_microstructure.ADL_EVENTS]),
                                            (9, OPEN_INTEREST_SHORT), (10, POSITIONING),
-                                           (11, ddl_microstructure.POSITIONING_STATEMENTS)]
+                                           (11, ddl_microstructure.POSITIONING_STATEMENTS),
+                                           (12, ddl_microstructure.LIQUIDATION_MAP_STATEMENTS)]
 LATEST = MIGRATIONS[-1][0]
 
 

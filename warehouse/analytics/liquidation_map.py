@@ -1,0 +1,241 @@
+"""analytics.liquidation_levels, liquidation_level_scores (analytics.md §9.4) and
+cross_venue_cascades (§6.3 across venues; transforms.cross_venue).
+
+The map is path-dependent (a level stays until the price trades through it or OI shrinks), so each
+day's map runs the model from ``WARMUP_DAYS`` before the day and writes the day's hourly snapshots
+only. Scores and episodes use data up to the end of their day only, so a closed day's rows never
+change: a snapshot's horizon is ``(t, min(t + 24 h, day end)]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from transforms.cascades import CascadeConfig
+from transforms.cross_venue import cross_venue_cascades
+from transforms.liquidation_map import MapSnapshot, MinuteInputs, build_liquidation_map, score_liquidation_map
+from transforms.open_interest import asof_values
+from warehouse.analytics.common import arrow_rows, days_of, epoch, fetch, naive, rows_table, timestamps
+from warehouse.analytics.liquidations import cascade_thresholds
+from warehouse.units import UNIT_JOIN
+
+WARMUP_DAYS = 1
+SNAPSHOT_EVERY_S = 3600.0
+HORIZON_S = 86_400.0
+BASELINE_SHARE = 0.25
+COMPLETE_FEEDS = "complete_feeds"
+
+# Per asset and minute across its markets: VWAP, range and taker flow in USD (each market's taker
+# base volume at its own VWAP), from analytics.ohlcv_1m.
+MINUTE_BARS = """
+SELECT split_part(symbol, '-', 1) AS asset, epoch(minute) AS ts,
+       sum(quote_volume ORDER BY exchange, symbol) / nullif(sum(volume ORDER BY exchange, symbol), 0) AS vwap,
+       max(high) AS high, min(low) AS low,
+       coalesce(sum(buy_volume * vwap ORDER BY exchange, symbol), 0) AS buy_usd,
+       coalesce(sum(sell_volume * vwap ORDER BY exchange, symbol), 0) AS sell_usd
+FROM analytics.ohlcv_1m WHERE minute >= $lo AND minute < $end GROUP BY ALL ORDER BY asset, ts
+"""
+
+# Cross-venue one-sided OI in base units, known at the end of its 5-minute bucket.
+OPEN_INTEREST = """
+SELECT symbol AS asset, epoch(bucket_start) + 300 AS ts, open_interest FROM analytics.open_interest
+WHERE exchange = 'all' AND grain = '5m' AND bucket_start >= $lo AND bucket_start < $end ORDER BY asset, ts
+"""
+
+# Realized forced orders at their fill price with their venue's liquidation coverage; one order
+# loaded twice is one order (as in liquidations_1m).
+REALIZED = f"""
+SELECT DISTINCT split_part(r.symbol, '-', 1) AS asset, r.exchange, epoch(r.ts_exchange) AS ts,
+       r.liquidated_position AS side, coalesce(r.avg_price, r.price) AS price,
+       raw.usd_notional(r.qty, coalesce(r.avg_price, r.price), r.qty_unit, unit.contract_size,
+                        unit.contract_size_unit) AS usd,
+       coalesce(cov.coverage, 'unavailable') AS coverage
+FROM raw.liquidations AS r {UNIT_JOIN}
+     LEFT JOIN meta.venue_coverage AS cov ON cov.exchange = r.exchange AND cov.data = 'liquidations'
+WHERE r.ts_exchange >= $start AND r.ts_exchange < $end
+  AND raw.qty_multiplier(r.qty_unit, unit.contract_size, unit.contract_size_unit) IS NOT NULL
+ORDER BY asset, ts, exchange, price, usd
+"""
+
+# Last on-book trade price per venue and second (the cross-venue lead needs each venue's own price).
+VENUE_PRICES = """
+SELECT split_part(symbol, '-', 1) AS asset, exchange, floor(epoch(ts_exchange)) AS ts,
+       arg_max(price, ts_exchange) AS price
+FROM raw.trades WHERE ts_exchange >= $lo AND ts_exchange < $end AND coalesce(trade_type, 'MARKET') = 'MARKET'
+GROUP BY ALL ORDER BY asset, exchange, ts
+"""
+
+STRESS = """
+SELECT epoch(minute) AS ts, stress_index FROM analytics.market_stress
+WHERE asset = $asset AND minute >= $lo AND minute <= $hi AND stress_index IS NOT NULL
+"""
+
+
+def minute_inputs(con, asset: str, lo: dt.datetime, end: dt.datetime) -> list[MinuteInputs]:
+    """Every minute of [lo, end) for ``asset`` (``ts`` = the minute's end, when it is known); a
+    minute without trades has NaN price fields, OI is the latest 5-minute total known by then."""
+    bars = fetch(con, f"SELECT * FROM ({MINUTE_BARS}) WHERE asset = $asset", {"lo": lo, "end": end, "asset": asset})
+    oi = fetch(con, f"SELECT * FROM ({OPEN_INTEREST}) WHERE asset = $asset",
+               {"lo": lo - dt.timedelta(minutes=10), "end": end, "asset": asset})
+    ends = np.arange(epoch(lo) + 60, epoch(end) + 1, 60.0)
+    index = {float(t) + 60: i for i, t in enumerate(bars["ts"])}
+    oi_now = asof_values(ends, oi["ts"].astype(np.float64), oi["open_interest"].astype(np.float64),
+                         tolerance_s=900.0)
+    nan = math.nan
+    out = []
+    for t, open_interest in zip(ends.tolist(), oi_now.tolist(), strict=True):
+        i = index.get(t)
+        if i is None:
+            out.append(MinuteInputs(t, open_interest, nan, 0.0, 0.0, nan, nan))
+        else:
+            out.append(MinuteInputs(t, open_interest, float(bars["vwap"][i]), float(bars["buy_usd"][i]),
+                                    float(bars["sell_usd"][i]), float(bars["high"][i]), float(bars["low"][i])))
+    return out
+
+
+def _assets(con, start: dt.datetime, end: dt.datetime) -> list[str]:
+    return [a for (a,) in con.execute("SELECT DISTINCT split_part(symbol, '-', 1) FROM analytics.ohlcv_1m "
+                                      "WHERE minute >= $start AND minute < $end ORDER BY 1",
+                                      {"start": start, "end": end}).fetchall()]
+
+
+def day_snapshots(con, asset: str, start: dt.datetime, end: dt.datetime) -> list[MapSnapshot]:
+    """The asset's hourly map snapshots taken in [start, end), the model warmed up from
+    ``WARMUP_DAYS`` before."""
+    minutes = minute_inputs(con, asset, start - dt.timedelta(days=WARMUP_DAYS), end)
+    snapshots = build_liquidation_map(minutes, snapshot_every_s=SNAPSHOT_EVERY_S)
+    return [s for s in snapshots if epoch(start) <= s.ts < epoch(end)]
+
+
+def level_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
+    parts = []
+    for asset in _assets(con, start, end):
+        columns: dict[str, list] = {k: [] for k in ("ts", "side", "bin_lo", "usd", "width", "mid", "liq", "unplaced")}
+        for snap in day_snapshots(con, asset, start, end):
+            for side, usd in (("long", snap.long_usd), ("short", snap.short_usd)):
+                kept = usd > 0
+                n = int(kept.sum())
+                columns["ts"] += [snap.ts] * n
+                columns["side"] += [side] * n
+                columns["bin_lo"] += snap.bin_lo[kept].tolist()
+                columns["usd"] += usd[kept].tolist()
+                columns["width"] += [snap.width] * n
+                columns["mid"] += [snap.mid] * n
+                columns["liq"] += [snap.modeled_liquidated_usd] * n
+                columns["unplaced"] += [snap.unplaced_usd] * n
+        if not columns["ts"]:
+            continue
+        bin_lo = np.array(columns["bin_lo"])
+        parts.append(arrow_rows({
+            "asset": [asset] * bin_lo.size, "snapshot_ts": timestamps(columns["ts"]), "side": columns["side"],
+            "bin_lo": bin_lo, "bin_hi": bin_lo + np.array(columns["width"]), "usd": np.array(columns["usd"]),
+            "mid": np.array(columns["mid"]), "modeled_liquidated_usd": np.array(columns["liq"]),
+            "unplaced_usd": np.array(columns["unplaced"]), "day": days_of(columns["ts"]),
+        }))
+    return parts
+
+
+def score_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
+    """Per asset, the day's snapshots scored against the forced orders that followed them within
+    the day, once over every venue ('all') and once over the venues whose liquidation feed is
+    complete ('complete_feeds', where any has liquidations that day)."""
+    realized = fetch(con, REALIZED, {"start": start, "end": end})
+    rows = []
+    for asset in _assets(con, start, end):
+        snapshots = day_snapshots(con, asset, start, end)
+        bars = fetch(con, f"SELECT ts, high, low FROM ({MINUTE_BARS}) WHERE asset = $asset",
+                     {"lo": start, "end": end, "asset": asset})
+        mine = realized["asset"] == asset
+        complete = mine & (realized["coverage"] == "complete")
+        for venue_set, chosen in (("all", mine), (COMPLETE_FEEDS, complete)):
+            if venue_set == COMPLETE_FEEDS and not chosen.any():
+                continue
+            score = score_liquidation_map(snapshots, (realized["ts"][chosen], realized["price"][chosen],
+                                                      realized["usd"][chosen]),
+                                          (bars["ts"], bars["high"], bars["low"]), horizon_s=HORIZON_S)
+            coverage = sorted(set(zip(realized["exchange"][chosen].tolist(), realized["coverage"][chosen].tolist())))
+            rows.append({
+                "asset": asset, "day": start.date(), "venue_set": venue_set, "score": score.score,
+                "ci_low": score.ci_low, "ci_high": score.ci_high, "baseline": BASELINE_SHARE, "lift": score.lift,
+                "mean_ratio": score.mean_ratio, "precision_top10": score.precision_top10,
+                "n_snapshots": len(snapshots), "n_scored": score.n_scored,
+                "realized_usd": float(realized["usd"][chosen].sum()),
+                "realized_venues": ",".join(sorted({e for e, _ in coverage})),
+                "is_sampled_feed": any(c != "complete" for _, c in coverage),
+                "coverage_note": "; ".join(f"{e}: {c}" for e, c in coverage) or "no liquidations",
+            })
+    return [rows_table(rows)] if rows else []
+
+
+def cross_venue_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
+    """Episodes starting in [start, end) per asset across venues, one row per venue, from the
+    forced orders of the 30 days before (the size baseline) and each venue's trade prices."""
+    lo = start - dt.timedelta(days=30)
+    orders = fetch(con, REALIZED, {"start": lo, "end": end})
+    prices = fetch(con, VENUE_PRICES, {"lo": start - dt.timedelta(hours=2), "end": end})
+    parts = []
+    for asset in sorted(set(orders["asset"][orders["ts"] >= epoch(start)].tolist())):
+        mine = orders["asset"] == asset
+        today = mine & (orders["ts"] >= epoch(start))
+        series = {}
+        for exchange in sorted(set(prices["exchange"][prices["asset"] == asset].tolist())):
+            rows = (prices["asset"] == asset) & (prices["exchange"] == exchange)
+            series[exchange] = (prices["ts"][rows].astype(np.float64), prices["price"][rows].astype(np.float64))
+        if not series:
+            continue
+        coverage = dict(zip(orders["exchange"][mine].tolist(), orders["coverage"][mine].tolist(), strict=True))
+        thresholds = cascade_thresholds(asset, sampled=all(coverage[e] != "complete"
+                                                           for e in set(orders["exchange"][today].tolist())))
+        episodes = [e for e in cross_venue_cascades(
+            orders["ts"][mine], orders["exchange"][mine], orders["side"][mine], orders["usd"][mine],
+            prices=series, thresholds=thresholds, cascade_config=CascadeConfig(baseline_start=epoch(lo)))
+            if epoch(start) <= e.start < epoch(end)]
+        for episode in episodes:
+            parts.append(_episode_table(con, asset, episode, coverage))
+    return parts
+
+
+def _episode_table(con, asset: str, episode, coverage: dict[str, str]) -> pa.Table:
+    stress = fetch(con, STRESS, {"asset": asset, "lo": naive(episode.start - 60), "hi": naive(episode.end)})
+    values = stress["stress_index"].astype(np.float64)
+    venues = sorted(episode.venue_usd)
+    first = episode.crossing_time.get(episode.first_mover, math.nan) if episode.first_mover else math.nan
+    crossing = np.array([episode.crossing_time.get(v, math.nan) for v in venues])
+    first_liq = np.array([episode.venue_first_liquidation.get(v, math.nan) for v in venues])
+    n = len(venues)
+    return arrow_rows({
+        "asset": [asset] * n, "side": [episode.side] * n,
+        "cascade_start": timestamps([episode.start] * n), "cascade_end": timestamps([episode.end] * n),
+        "episode_usd": [episode.usd] * n, "episode_orders": pa.array([episode.n_orders] * n, pa.int32()),
+        "reference_venue": [episode.reference_venue] * n, "exchange": venues,
+        "venue_usd": [episode.venue_usd[v] for v in venues],
+        "venue_share": np.array([episode.venue_share[v] for v in venues], dtype=np.float64),
+        "liquidation_coverage": [coverage.get(v, "no liquidations") for v in venues],
+        "first_liquidation": _optional_timestamps(first_liq),
+        "move_bps": np.array([episode.venue_move_bps.get(v, math.nan) for v in venues], dtype=np.float64),
+        "threshold_crossing": _optional_timestamps(crossing),
+        "crossing_after_first_s": crossing - first,
+        "is_first_mover": [v == episode.first_mover for v in venues],
+        "first_mover": [episode.first_mover] * n, "lead_s": np.full(n, episode.lead_s),
+        "xcorr_lag_s": np.array([episode.xcorr_lag_s.get(v, math.nan) for v in venues], dtype=np.float64),
+        "xcorr_peak": np.array([episode.xcorr_peak.get(v, math.nan) for v in venues], dtype=np.float64),
+        "stress_max": np.full(n, float(values.max()) if values.size else math.nan),
+        "stress_mean": np.full(n, float(values.mean()) if values.size else math.nan),
+        "day": days_of([episode.start] * n),
+    })
+
+
+def _optional_timestamps(seconds: np.ndarray) -> pa.Array:
+    micros = [None if not math.isfinite(s) else round(s * 1e6) for s in seconds.tolist()]
+    return pa.array(micros, pa.timestamp("us"))
+
+
+# Pictures: the day's map (time x price, USD as colour) and the realized forced orders over it.
+MAP_CELLS = """
+SELECT asset, epoch(snapshot_ts) AS ts, bin_lo, bin_hi - bin_lo AS width, sum(usd) AS usd
+FROM analytics.liquidation_levels WHERE day >= $start AND day < $end GROUP BY ALL ORDER BY ALL
+"""
