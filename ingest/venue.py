@@ -23,10 +23,10 @@ What a venue describes:
   raising ``SkipMessage``/``MalformedMessage``; trade-id sequencing for gap detection and the
   REST request that backfills a gap (``trade_sequence``, ``trades_url``); for venues whose trade
   ids are no sequence, the REST pages that catch trades up since a time (``trades_before_url``,
-  ``trade_page``, ``known_records``; a mapper returns ``TradesUncertain`` where it knows trades
-  may be missing); open-interest polls
-  for venues that do not push it (``open_interest_url``); other REST requests repeated at an
-  interval of their own, for data a venue publishes only over HTTP (``polls``).
+  ``trade_page``, ``map_trade_page``, ``known_records``; a mapper returns ``TradesUncertain``
+  where it knows trades may be missing); open-interest polls for venues that do not push it
+  (``open_interest_url``); other REST requests repeated at an interval of their own, for data a
+  venue publishes only over HTTP (``polls``).
 * **Order book**: whether the venue has one at all (``HAS_ORDER_BOOK``; an oracle/pool venue
   has none, and depth analytics have nothing to read there).
 * **REST limits**: the weight budget and the header that reports what is used; for venues whose
