@@ -43,7 +43,12 @@ Format: JSON Lines (one object per line, written with orjson), every record has 
   asks ascending); equal to any correctly synced local book after the event with ``u ==
   last_update_id``.
 * ``funding``: ``ts, symbol, rate, mark`` at each funding settlement.
-* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error``), ``ts`` and
+* ``outage`` (one per ``--outage``, in the header): ``venue, start_ms, end_ms`` (the venue refuses
+  everything in ``[start_ms, end_ms)``), ``withdrawal`` (the market makers' disruption level meanwhile),
+  ``withdrawn_ms`` (fully withdrawn from then), ``returned_ms`` (back to the scenario's own level).
+* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error | outage |
+  outage_refused``; ``outage``: ``venue, end_ts, connections`` cut; ``outage_refused``: ``venue, path,
+  kind`` (``websocket | rest``), ``status``), ``ts`` and
   details (``stream, symbol, U, u, kind, end_ts, connections, path, status``; a drop also has
   ``mode`` and, in mode ``one``, ``route`` and ``siblings`` (other open connections with the same
   streams); a hostile frame has ``kind`` (``invalid_utf8 | oversized``), ``marker`` (an ASCII tag
