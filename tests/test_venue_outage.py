@@ -32,8 +32,9 @@ from ingest.simulator.config import parse_time_ms
 from ingest.spill import SpillingSink
 from ingest.venues import venue as venue_for
 from test_ingest_service import RecordingSink
-from test_venue_dialects import NATIVE, truth_checkpoints
+from test_venue_dialects import BOOK_DEPTH, NATIVE, truth_checkpoints
 from transforms.basis import price_dislocation
+from warehouse.analytics.depth import TWO_PCT
 from warehouse.loader import load_once
 from warehouse.store import Warehouse
 
@@ -124,7 +125,7 @@ def _books_after(records, truth, exchange: str, after_ms: int) -> dict[str, int]
                         side.pop(Decimal(p), None)
             cp = checkpoints[native].get(r.last_seq)
             if cp is not None and ts_of[r.last_seq] > after_ms:
-                depth = max(len(cp[0]), len(cp[1]))
+                depth = BOOK_DEPTH[exchange]
                 top = tuple(dict(sorted(side.items(), reverse=rev)[:depth])
                             for side, rev in ((books[native][0], True), (books[native][1], False)))
                 assert top == cp, (native, r.last_seq)
@@ -162,12 +163,9 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
 
     # (a) The venues that were up: every trade of the outage minutes, no disconnect or stall of theirs.
     for exchange in (*UP, DOWN):
-        kinds = Counter(r.kind for r in sinks[exchange].records if r.record_type == "feed_event")
-        print(exchange, dict(kinds), services[exchange].events,
-              Counter(r.record_type for r in sinks[exchange].records))
+        print(exchange, dict(Counter(r.kind for r in sinks[exchange].records if r.record_type == "feed_event")))
     outage_seconds = {(s["symbol"], s["ts"]) for s in truth["second"] if down_from < s["ts"] <= down_to}
-    during = {(sym, i) for sym, i in truth_trade_ids({"second": [s for s in truth["second"]
-                                                                 if (s["symbol"], s["ts"]) in outage_seconds]})}
+    during = truth_trade_ids({"second": [s for s in truth["second"] if (s["symbol"], s["ts"]) in outage_seconds]})
     got = {(t.symbol_native, int(t.trade_id)) for t in sinks["binance-usdm"].records
            if t.record_type == "trade" and t.is_aggregated}
     assert len(during) > 1000 and during <= got, len(during - got)
@@ -175,9 +173,8 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
                   and s["trade_first"] is not None for i in range(s["trade_first"], s["trade_last"] + 1)}
     bybit = {(t.symbol_native, int(t.trade_id.replace("-", ""), 16)) for t in sinks["bybit-linear"].records
              if t.record_type == "trade"}
-    missing = sorted(individual - bybit)
-    print("bybit missing", len(missing), missing[:5], missing[-5:],
-          [(t.symbol_native, t.trade_id) for t in sinks["bybit-linear"].records if t.record_type == "trade"][:3])
+    print(f"trades of the outage span: binance-usdm {len(during & got)} of {len(during)} aggTrades, "
+          f"bybit-linear {len(individual & bybit)} of {len(individual)} fills")
     assert len(individual) > 1000 and individual <= bybit, len(individual - bybit)
     for exchange in UP:
         troubles = [r for r in sinks[exchange].records if r.record_type == "feed_event"
@@ -192,11 +189,21 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
     [cut] = [f for f in truth["fault"] if f["fault"] == "outage"]
     assert cut["connections"] >= 1 and cut["ts"] - down_from < 1000
     assert len(refused_ws) >= 2 and sum("503" in r.detail for r in lost) == len(refused_ws)
+    # On the market's clock, the feed's silence (last streamed record before the first disconnect,
+    # first one after the reconnect; REST backfills aside) covers the outage; the events' own wall
+    # times, placed on the market's clock, are reported (a loaded machine delays them, so only
+    # "not before" is asserted).
+    records = sinks[DOWN].records
+    cut_at, back_at = records.index(lost[0]), records.index(back[-1])
+    streamed = ("book_delta", "book_snapshot", "funding")
+    silent_from = max(r.ts_exchange for r in records[:cut_at] if r.record_type in streamed)
+    silent_to = min(r.ts_exchange for r in records[back_at:] if r.record_type in streamed)
+    assert silent_from <= down_from and silent_to >= down_to and silent_from > down_from - 5000
     first_lost, last_back = to_sim(lost[0].ts_recv), to_sim(back[-1].ts_recv)
     slack = 0.5 * SPEED * 1000                       # half a wall second of the sampled clock
-    assert down_from - slack <= first_lost <= down_from + slack + 2000
-    assert down_to - slack <= last_back <= down_to + (2.0 + 1.0) * SPEED * 1000   # within one backoff
-    print(f"outage {down_from}..{down_to} ({(down_to - down_from) / 1000:.0f} s); feed events cover "
+    assert first_lost >= down_from - slack and last_back >= down_to - slack
+    print(f"outage {down_from}..{down_to} ({(down_to - down_from) / 1000:.0f} s); OKX silent on the market clock "
+          f"{silent_from - down_from:+d} ms .. {silent_to - down_to:+d} ms around it; events (wall clock mapped) "
           f"{first_lost - down_from:+.0f} ms .. {last_back - down_to:+.0f} ms; {len(lost)} disconnects "
           f"({len(refused_ws)} refused reconnects), {len(back)} reconnects")
     matched = _books_after(sinks[DOWN].records, truth, DOWN, down_to)
@@ -216,21 +223,28 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
                                         "ops": {"analytics__market_stress": {"config": {"min_baseline_minutes": 5}}}})
     assert result.success
     with warehouse.writer() as con:
-        depth = con.execute("SELECT exchange, split_part(symbol, '-', 1), epoch(minute)::BIGINT * 1000, mid_mean "
-                            "FROM analytics.book_depth ORDER BY 3").fetchall()
+        depth = con.execute("SELECT exchange, split_part(symbol, '-', 1), epoch(minute)::BIGINT * 1000, mid_mean, "
+                            f"depth_usd_{TWO_PCT}_mean FROM analytics.book_depth ORDER BY 3").fetchall()
         stress = dict(con.execute("SELECT epoch(minute)::BIGINT * 1000, stress_index FROM analytics.market_stress "
                                   "WHERE asset = 'BTC' ORDER BY 1").fetchall())
     down_minutes = range(down_from + 60_000, down_to, 60_000)        # minutes OKX was down throughout
-    okx_minutes = {m for ex, _, m, _ in depth if ex == DOWN}
+    okx_minutes = {m for ex, _, m, _, _ in depth if ex == DOWN}
     assert okx_minutes and not okx_minutes & set(down_minutes)
-    up_minutes = {m for ex, _, m, _ in depth if ex != DOWN}
+    up_minutes = {m for ex, _, m, _, _ in depth if ex != DOWN}
     assert set(down_minutes) <= up_minutes and set(down_minutes) <= set(stress)
     before = [v for m, v in stress.items() if down_from - 5 * 60_000 <= m < down_from and v is not None]
     withdrawn = [v for m, v in stress.items() if outage["withdrawn_ms"] <= m < down_to and v is not None]
     print(f"BTC stress before {np.round(before, 1).tolist()}, withdrawn {np.round(withdrawn, 1).tolist()}")
     assert before and withdrawn and min(withdrawn) > max(before)
+    # The venues that stayed up thinned out themselves: the rise is not only OKX's missing depth.
+    up_depth = {when: np.mean([d for ex, asset, m, _, d in depth if ex in UP and asset == "BTC" and lo <= m < hi])
+                for when, (lo, hi) in {"before": (down_from - 5 * 60_000, down_from),
+                                       "withdrawn": (outage["withdrawn_ms"], down_to)}.items()}
+    print(f"BTC 2% depth of {', '.join(UP)} per venue-minute: before {up_depth['before']:,.0f} USD, "
+          f"withdrawn {up_depth['withdrawn']:,.0f} USD")
+    assert up_depth["withdrawn"] < 0.6 * up_depth["before"]
 
-    btc = [(m, ex, mid) for ex, asset, m, mid in depth if asset == "BTC"]
+    btc = [(m, ex, mid) for ex, asset, m, mid, _ in depth if asset == "BTC"]
     minute, venue, mid = (np.array(x) for x in zip(*btc))
     dislocation = price_dislocation(minute, venue, mid.astype(float))
     for m in down_minutes:
@@ -241,5 +255,7 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
           [(int(m), v, round(float(d), 2)) for m, v, d in zip(minute, venue, dislocation.dislocation_bps)
            if down_from - 120_000 <= m <= down_to + 120_000])
     run_end = truth["meta"][0]["start_ms"] + RUN_S * 1000
-    back = (minute >= down_to + 60_000) & (minute + 60_000 <= run_end)   # whole minutes with OKX back
+    # Whole minutes with OKX back; the run's last minute is left out (the services stop as the market
+    # reaches RUN_S, each with its own frames still in flight).
+    back = (minute >= down_to + 60_000) & (minute + 120_000 <= run_end)
     assert back.any() and (dislocation.n_venues[back] == 3).all(), (minute[back], venue[back])
