@@ -15,8 +15,8 @@ Entry points:
 * ``load_truth``: read a ground-truth file (format in ``ingest.simulator.truth``).
 """
 
-from .config import (DEFAULT_SYMBOLS, SCENARIOS, SYMBOL_SPECS, ConfigError, FaultConfig, SimConfig,
-                     StallSpec, SymbolSpec)
+from .config import (DEFAULT_SYMBOLS, SCENARIOS, SYMBOL_SPECS, ConfigError, FaultConfig, OutageSpec,
+                     SimConfig, StallSpec, SymbolSpec)
 from .faults import MalformedFrame
 from .feed import ExchangeFeed, Message, UnknownSymbol, iter_messages
 from .server import Simulator, SimulatorThread
@@ -24,6 +24,6 @@ from .truth import load_truth
 
 __all__ = [
     "DEFAULT_SYMBOLS", "SCENARIOS", "SYMBOL_SPECS", "ConfigError", "ExchangeFeed", "FaultConfig",
-    "MalformedFrame", "Message", "SimConfig", "Simulator", "SimulatorThread", "StallSpec", "SymbolSpec",
+    "MalformedFrame", "Message", "OutageSpec", "SimConfig", "Simulator", "SimulatorThread", "StallSpec", "SymbolSpec",
     "UnknownSymbol", "iter_messages", "load_truth",
 ]

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .config import (DEFAULT_SYMBOLS, DROP_MODES, SCENARIOS, VENUES, ConfigError, FaultConfig, SimConfig, StallSpec,
-                     format_time_ms, parse_time_ms)
+from .config import (DEFAULT_SYMBOLS, DROP_MODES, SCENARIOS, VENUES, ConfigError, FaultConfig, OutageSpec, SimConfig,
+                     StallSpec, format_time_ms, parse_time_ms)
 from .server import Simulator
 
 
@@ -29,6 +29,18 @@ class _StallType(click.ParamType):
             return value
         try:
             return StallSpec.parse(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _OutageType(click.ParamType):
+    name = "VENUE@START+DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, OutageSpec):
+            return value
+        try:
+            return OutageSpec.parse(value)
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -119,11 +131,20 @@ def _venues(ctx, param, value: str) -> tuple[str, ...]:
               metavar="SECONDS", help="Wall seconds between server ping frames (Binance: 180).")
 @click.option("--max-lifetime", type=click.FloatRange(min=0.0, min_open=True), default=86_400.0, show_default=True,
               metavar="SECONDS", help="Simulated seconds before the server closes a connection (Binance: 24 h).")
+@click.option("--outage", "outages", type=_OutageType(), multiple=True,
+              help="One venue's feeds fail: its websockets are cut and refused and its REST answers 503 from START "
+                   "for DURATION, e.g. okx-swap@20:45+8m (START a UTC time of day, or simulated time after the "
+                   "start such as 600s or 10m; repeatable). Market makers withdraw from the other venues meanwhile "
+                   "(see --outage-withdrawal).")
+@click.option("--outage-withdrawal", type=click.FloatRange(0.0, 1.0), default=0.6, show_default=True,
+              metavar="FRACTION", help="How far market makers withdraw during an outage: the market's disruption "
+                                       "(0 none, 1 as when their hedging venue is gone) ramped in over a minute "
+                                       "and out over two after the venue is back.")
 @click.option("--venues", default=",".join(VENUES), show_default=True, callback=_venues,
               help="Wire formats to serve on the one market (all on the same port).")
 def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_path, checkpoint_every,
              drop_every, drop_mode, gap_every, malformed_every, hostile_every, hostile_size, stalls, rest_error_rate,
-             fetch_loss_every, fetch_loss_steps, stale_level_every, message_loss_every, ping_interval, max_lifetime,
+             fetch_loss_every, fetch_loss_steps, stale_level_every, message_loss_every, ping_interval, max_lifetime, outages, outage_withdrawal,
              venues):
     """Serve a simulated futures market locally in each venue's wire format: Binance USD-M
     (websocket streams + /fapi REST), Binance COIN-M (/coinm + /dapi), OKX v5 (/ws/v5/public,
@@ -138,7 +159,8 @@ def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_
                            stalls=tuple(stalls), rest_error_rate=rest_error_rate, drop_mode=drop_mode,
                            hostile_every_s=hostile_every, hostile_frame_bytes=hostile_size,
                            fetch_loss_every_s=fetch_loss_every, fetch_loss_steps=fetch_loss_steps,
-                           stale_level_every_s=stale_level_every, message_loss_every_s=message_loss_every),
+                           stale_level_every_s=stale_level_every, message_loss_every_s=message_loss_every,
+                           outages=tuple(outages), outage_withdrawal=outage_withdrawal),
     )
     try:
         config = config.resolved()

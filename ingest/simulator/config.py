@@ -9,6 +9,7 @@ the same messages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+import re
 from datetime import datetime, timezone
 
 SCENARIOS = ("calm", "cascade")
@@ -151,6 +152,79 @@ class StallSpec:
         return stream == self.stream
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smh]?)$")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+OUTAGE_SYNTAX = ("VENUE@START+DURATION, START a UTC time of day (20:45 or 20:45:30) or simulated time after the "
+                 "start (600s, 10m), DURATION like 8m, 90s or 1h: e.g. okx-swap@20:45+8m")
+
+
+def _seconds(text: str) -> float | None:
+    match = _DURATION.match(text.strip())
+    return float(match.group(1)) * _UNIT_S[match.group(2)] if match else None
+
+
+@dataclass(frozen=True)
+class OutageSpec:
+    """One venue's feeds failing for a while, as OKX's and others' did on 2025-10-10: its
+    websocket connections are closed and refused and its REST answers 503, for that venue only.
+    ``time_of_day_s`` (seconds after 00:00 UTC, the first such time at or after the simulated
+    start) or ``offset_s`` (simulated seconds after the start) says when it begins."""
+
+    venue: str
+    duration_s: float
+    time_of_day_s: float | None = None
+    offset_s: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "OutageSpec":
+        venue, at, rest = text.partition("@")
+        start, plus, duration = rest.rpartition("+")
+        if not at or not plus or not venue.strip() or not start.strip():
+            raise ConfigError(f"outage {text!r} must look like {OUTAGE_SYNTAX}")
+        duration_s = _seconds(duration)
+        if duration_s is None:
+            raise ConfigError(f"outage {text!r}: duration {duration!r} is not a length; use {OUTAGE_SYNTAX}")
+        if ":" in start:
+            parts = start.strip().split(":")
+            if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+                raise ConfigError(f"outage {text!r}: start {start!r} is not HH:MM[:SS]; use {OUTAGE_SYNTAX}")
+            h, m, sec = (int(p) for p in (*parts, "0")[:3])
+            if h > 23 or m > 59 or sec > 59:
+                raise ConfigError(f"outage {text!r}: start {start!r} is not a time of day (00:00 to 23:59:59)")
+            spec = cls(venue.strip(), duration_s, time_of_day_s=h * 3600.0 + m * 60.0 + sec)
+        else:
+            offset = _seconds(start)
+            if offset is None:
+                raise ConfigError(f"outage {text!r}: start {start!r} is neither HH:MM nor a length; use {OUTAGE_SYNTAX}")
+            spec = cls(venue.strip(), duration_s, offset_s=offset)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.venue not in VENUES:
+            raise ConfigError(f"outage venue {self.venue!r} is not simulated; choose one of {', '.join(VENUES)}")
+        if not self.duration_s > 0:
+            raise ConfigError(f"outage of {self.venue}: duration must be > 0, got {self.duration_s:g} s")
+        if (self.time_of_day_s is None) == (self.offset_s is None):
+            raise ConfigError(f"outage of {self.venue}: give its start as a time of day or as an offset, not "
+                              "both or neither")
+
+    def window_ms(self, start_ms: int) -> tuple[int, int]:
+        """[start, end) in epoch milliseconds for a simulation starting at ``start_ms``."""
+        if self.offset_s is not None:
+            begin = start_ms + int(round(self.offset_s * 1000))
+        else:
+            day_ms = 86_400_000
+            begin = start_ms - start_ms % day_ms + int(round(self.time_of_day_s * 1000))
+            if begin < start_ms:
+                begin += day_ms
+        return begin, begin + int(round(self.duration_s * 1000))
+
+    def as_dict(self) -> dict:
+        return {"venue": self.venue, "duration_s": self.duration_s, "time_of_day_s": self.time_of_day_s,
+                "offset_s": self.offset_s}
+
+
 @dataclass(frozen=True)
 class FaultConfig:
     """Deterministic fault schedule. Periods are simulated seconds; 0 disables a fault.
@@ -167,7 +241,12 @@ class FaultConfig:
     after each period one level the book deletes is never deleted for subscribers (the indexer's
     uncross task removes stale crossing levels without telling websocket clients);
     ``message_loss_every_s``: after each period the next ``v4_trades`` update sent on any connection
-    is lost in transit, its ``message_id`` used up (a hole the client must notice and recover)."""
+    is lost in transit, its ``message_id`` used up (a hole the client must notice and recover).
+
+    ``outages``: venues whose feeds fail for a while (``OutageSpec``); meanwhile the market makers,
+    who hedge across venues, withdraw: the model's disruption rises to at least
+    ``outage_withdrawal`` (0..1) over ``OUTAGE_WITHDRAW_S`` and falls back over ``OUTAGE_RETURN_S``
+    after the venue is back, thinning every venue's book (``ingest.simulator.scenario``)."""
 
     drop_every_s: float = 0.0
     gap_every_s: float = 0.0
@@ -181,6 +260,8 @@ class FaultConfig:
     fetch_loss_steps: int = 5
     stale_level_every_s: float = 0.0
     message_loss_every_s: float = 0.0
+    outages: tuple[OutageSpec, ...] = ()
+    outage_withdrawal: float = 0.6
 
     def validate(self) -> None:
         for name in ("drop_every_s", "gap_every_s", "malformed_every_s", "hostile_every_s", "fetch_loss_every_s",
@@ -199,6 +280,11 @@ class FaultConfig:
                               f"got {self.rest_error_rate:g}; e.g. 0.05 fails 5% of calls")
         for stall in self.stalls:
             stall.validate()
+        for outage in self.outages:
+            outage.validate()
+        if not 0.0 <= self.outage_withdrawal <= 1.0:
+            raise ConfigError(f"outage withdrawal is the share of market-maker liquidity withdrawn during an "
+                              f"outage, in [0, 1]; got {self.outage_withdrawal:g}")
 
     def as_dict(self) -> dict:
         return {
@@ -215,6 +301,8 @@ class FaultConfig:
             "fetch_loss_steps": self.fetch_loss_steps,
             "stale_level_every_s": self.stale_level_every_s,
             "message_loss_every_s": self.message_loss_every_s,
+            "outages": [o.as_dict() for o in self.outages],
+            "outage_withdrawal": self.outage_withdrawal,
         }
 
 
@@ -312,6 +400,15 @@ class SimConfig:
             raise ConfigError(f"unknown venue(s) {', '.join(unknown) or '(none given)'}; the simulator speaks "
                               f"{', '.join(VENUES)}")
         self.faults.validate()
+        for outage in self.faults.outages:
+            if outage.venue not in self.venues:
+                raise ConfigError(f"outage of {outage.venue}: that venue is not served; add it to --venues "
+                                  f"({','.join(self.venues)})")
+            if self.start_ms is not None and self.hours is not None:
+                begin, end = outage.window_ms(self.start_ms)
+                if begin >= self.end_ms:
+                    raise ConfigError(f"outage of {outage.venue} starts at {format_time_ms(begin)}, after the "
+                                      f"simulation ends ({format_time_ms(self.end_ms)}); move it or add --hours")
 
     def as_dict(self) -> dict:
         return {

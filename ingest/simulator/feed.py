@@ -28,6 +28,7 @@ from .config import ALL_LIQUIDATIONS_STREAM, SimConfig
 from .faults import FaultSchedule, MalformedFrame, corrupt
 from .market import STEP_MS, Fill, Liquidation, MarketModel, StepResult
 from .positioning import PERIOD_MS, PositioningStats
+from .scenario import OUTAGE_RETURN_S, OUTAGE_WITHDRAW_S
 from .truth import TRUTH_VERSION, TruthWriter
 from .venue_market import VENUE_MARKETS
 from . import wire
@@ -431,6 +432,12 @@ class ExchangeFeed:
             "faults": cfg.faults.as_dict(),
             "venue_markets": {venue: VENUE_MARKETS[venue].as_dict() for venue in cfg.venues},
         })
+        for outage in cfg.faults.outages:
+            begin, end = outage.window_ms(self.start_ms)
+            self.truth.write({"type": "outage", "venue": outage.venue, "start_ms": begin, "end_ms": end,
+                              "withdrawal": cfg.faults.outage_withdrawal,
+                              "withdrawn_ms": begin + int(OUTAGE_WITHDRAW_S * 1000),
+                              "returned_ms": end + int(OUTAGE_RETURN_S * 1000)})
         for symbol, start_s, end_s in self.model.scenario.cascade_windows():
             self.truth.write({"type": "cascade_window", "symbol": symbol,
                               "start_ms": self.start_ms + int(start_s * 1000),

@@ -15,7 +15,7 @@ then liquidity returning and a partial recovery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import SimConfig, SymbolSpec
 
@@ -145,7 +145,41 @@ class CascadeScenario:
         )
 
 
-def build_scenario(config: SimConfig, specs: list[SymbolSpec]) -> CalmScenario | CascadeScenario:
-    if config.scenario == "cascade":
-        return CascadeScenario(config, specs)
-    return CalmScenario(config, specs)
+OUTAGE_WITHDRAW_S = 60.0      # market makers pull quotes within a minute of a venue failing ...
+OUTAGE_RETURN_S = 120.0       # ... and come back over two once it answers again
+
+
+class OutageWithdrawal:
+    """A scenario with venue outages on top: while a venue is down, market makers who hedge on
+    it withdraw from the others (2025-10-10), so the disruption driver (books thinner, quotes
+    further out: ``MarketModel``) rises to at least ``level``, ramping in over
+    ``OUTAGE_WITHDRAW_S`` and out over ``OUTAGE_RETURN_S`` after the venue is back."""
+
+    def __init__(self, inner: CalmScenario | CascadeScenario, windows_s: list[tuple[float, float]], level: float):
+        self._inner = inner
+        self.name = inner.name
+        self.trigger_s = inner.trigger_s
+        self.windows_s = windows_s
+        self.level = level
+
+    def cascade_windows(self) -> list[tuple[str, float, float]]:
+        return self._inner.cascade_windows()
+
+    def withdrawal(self, t_s: float) -> float:
+        return self.level * max((_ramp(t_s, start, start + OUTAGE_WITHDRAW_S)
+                                 * (1.0 - _ramp(t_s, end, end + OUTAGE_RETURN_S))
+                                 for start, end in self.windows_s), default=0.0)
+
+    def drivers(self, t_s: float) -> Drivers:
+        drv = self._inner.drivers(t_s)
+        withdrawn = self.withdrawal(t_s)
+        return replace(drv, disruption=withdrawn) if withdrawn > drv.disruption else drv
+
+
+def build_scenario(config: SimConfig, specs: list[SymbolSpec]) -> CalmScenario | CascadeScenario | OutageWithdrawal:
+    scenario = CascadeScenario(config, specs) if config.scenario == "cascade" else CalmScenario(config, specs)
+    if not config.faults.outages:
+        return scenario
+    windows = [tuple((t - config.start_ms) / 1000.0 for t in o.window_ms(config.start_ms))
+               for o in config.faults.outages]
+    return OutageWithdrawal(scenario, windows, config.faults.outage_withdrawal)

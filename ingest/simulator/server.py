@@ -16,7 +16,9 @@ One aiohttp application on one port serves what an ingestor talks to on fstream/
   positioning truth (``ingest.simulator.positioning``; top traders: the top 20% by margin), the
   open period last; weight 0, but 1000 requests per 5 wall minutes, as Binance limits them;
 * fault injection: abrupt connection drops (all at once, or the longest-open one), hostile frames
-  (text that is not UTF-8, frames of tens of megabytes) and REST 429/5xx (the feed injects the rest).
+  (text that is not UTF-8, frames of tens of megabytes) and REST 429/5xx (the feed injects the rest);
+  venue outages: while one venue is down (``FaultConfig.outages``) its open connections are cut, its
+  websocket upgrades and REST calls are answered 503, and the other venues are served as usual.
 
 The market advances in 100 ms steps paced at ``speed`` simulated seconds per wall second; when the
 model cannot keep up it runs flat out. Payloads are built only for streams with subscribers.
@@ -83,6 +85,22 @@ class Connection:
             asyncio.create_task(self.ws.close(code=code, message=reason))
 
 
+class _VenueRoutes:
+    """The application as one venue's routes see it: every handler it adds answers 503 while that
+    venue is in an outage (websocket upgrades included, so connecting fails like a venue's load
+    balancer refusing it)."""
+
+    def __init__(self, app: web.Application, server: "Simulator", venue: str):
+        self._app, self._server, self._venue = app, server, venue
+        self.router = self
+
+    def add_get(self, path: str, handler):
+        return self._app.router.add_get(path, self._server.outage_gate(self._venue, handler))
+
+    def add_post(self, path: str, handler):
+        return self._app.router.add_post(path, self._server.outage_gate(self._venue, handler))
+
+
 class Simulator:
     """The simulated exchange as an async context manager::
 
@@ -112,6 +130,8 @@ class Simulator:
         self._opened = 0
         self._awaiting_replacement: set[tuple] = set()    # drop mode one: streams of a dropped connection
         self._hostile_sent = 0
+        self._outages: list[tuple[str, int, int]] = []     # (venue, start ms, end ms)
+        self._venues_down: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> "Simulator":
@@ -135,7 +155,9 @@ class Simulator:
 
     async def start(self) -> None:
         self.feed = ExchangeFeed(self.config)
-        app = web.Application()
+        self._outages = [(o.venue, *o.window_ms(self.feed.start_ms)) for o in self.config.faults.outages]
+        root = web.Application()
+        app = _VenueRoutes(root, self, "binance-usdm")
         for prefix, route in (("/public", "public"), ("/market", "market"), ("", "legacy")):
             app.router.add_get(f"{prefix}/stream", self._combined_handler(route))
             app.router.add_get(f"{prefix}/ws", self._raw_handler(route))
@@ -153,9 +175,9 @@ class Simulator:
                                self._rest_handler(lambda params, name=name: self._rest_positioning(name, params)))
         self.dialects = {name: cls(self) for name, cls in dialect_classes().items() if name in self.config.venues}
         for dialect in self.dialects.values():
-            dialect.add_routes(app)
+            dialect.add_routes(_VenueRoutes(root, self, dialect.name))
         self._stepping = [d for d in self.dialects.values() if type(d).on_step is not Dialect.on_step]
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(root, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_port)
         await site.start()
@@ -202,6 +224,8 @@ class Simulator:
                         self._drop_connections()
                     if feed.pending_hostile:
                         self._send_hostile_frames()
+                    if self._outages:
+                        self._enforce_outages()
                     steps += 1
                 self.lag_ms = max(0, int(target - feed.now_ms))
                 self._expire_connections()
@@ -331,6 +355,35 @@ class Simulator:
             transport = conn.request.transport
             if transport is not None:
                 transport.abort()
+
+    def venue_down(self, venue: str) -> bool:
+        now = self.feed.now_ms
+        return any(v == venue and start <= now < end for v, start, end in self._outages)
+
+    def outage_gate(self, venue: str, handler):
+        """``handler`` answering 503 while ``venue`` is down (each refusal is a truth fault)."""
+        async def gated(request: web.Request) -> web.StreamResponse:
+            if not self.venue_down(venue):
+                return await handler(request)
+            upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+            self.feed.record_fault(self.feed.now_ms, "outage_refused", venue=venue, path=request.path,
+                                   kind="websocket" if upgrade else "rest", status=503)
+            return web.Response(status=503, text=f"{venue} is unavailable (simulated outage)")
+        return gated
+
+    def _enforce_outages(self) -> None:
+        """Cut every open connection of a venue as its outage begins."""
+        down = {v for v, _, _ in self._outages if self.venue_down(v)}
+        for venue in down - self._venues_down:
+            victims = [c for c in self._connections if (c.dialect.name if c.dialect else "binance-usdm") == venue]
+            end = max(e for v, s, e in self._outages if v == venue and s <= self.feed.now_ms < e)
+            self.feed.record_fault(self.feed.now_ms, "outage", venue=venue, end_ts=end, connections=len(victims))
+            for conn in victims:
+                self._connections.discard(conn)
+                transport = conn.request.transport
+                if transport is not None:
+                    transport.abort()
+        self._venues_down = down
 
     @staticmethod
     def _streams_key(conn: Connection) -> tuple:

@@ -49,7 +49,12 @@ Format: JSON Lines (one object per line, written with orjson), every record has 
   ``"<fraction>/<margin|value>"``: ``[long share of those accounts, long share of their size]``),
   ``taker_buy_lots, taker_sell_lots`` (the market's, in lots of ``step_size``; a venue publishes
   its share). See ``ingest.simulator.positioning``.
-* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error``), ``ts`` and
+* ``outage`` (one per ``--outage``, in the header): ``venue, start_ms, end_ms`` (the venue refuses
+  everything in ``[start_ms, end_ms)``), ``withdrawal`` (the market makers' disruption level meanwhile),
+  ``withdrawn_ms`` (fully withdrawn from then), ``returned_ms`` (back to the scenario's own level).
+* ``fault``: ``fault`` (``sequence_gap | malformed | stall | drop | hostile | rest_error | outage |
+  outage_refused``; ``outage``: ``venue, end_ts, connections`` cut; ``outage_refused``: ``venue, path,
+  kind`` (``websocket | rest``), ``status``), ``ts`` and
   details (``stream, symbol, U, u, kind, end_ts, connections, path, status``; a drop also has
   ``mode`` and, in mode ``one``, ``route`` and ``siblings`` (other open connections with the same
   streams); a hostile frame has ``kind`` (``invalid_utf8 | oversized``), ``marker`` (an ASCII tag
