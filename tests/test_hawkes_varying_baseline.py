@@ -106,12 +106,11 @@ def test_simulated_cascade_endogeneity_within_the_causal_truth(cascade_truth, po
 
 def test_cascades_on_the_binance_sample_no_longer_sit_at_the_bound(cascade_truth):
     """What the demo sees: Binance's forceOrder sample (one per symbol per second) of the simulated
-    cascade, cascades detected per §6.3. A one-μ fit ends at n = 0.999 on most of them; the cascades'
-    varying-background fit does not, and its endogenous share is reported."""
-    from transforms.hawkes import fit_hawkes
+    cascade, cascades detected per §6.3. Their Hawkes fit has a background that may rise during the
+    burst, so it rarely ends on a bound, and its endogenous share is a number between the extremes."""
     from transforms.cascades import detect_cascades, thresholds_for
 
-    one_mu_at_bound, at_bound, shares = 0, 0, []
+    at_bound, shares = 0, []
     for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
         published = [r for r in cascade_truth["liquidation"] if r["symbol"] == symbol and r["published"]]
         seconds = [r for r in cascade_truth["second"] if r["symbol"] == symbol and r["ts"] % 1000 == 0]
@@ -121,15 +120,11 @@ def test_cascades_on_the_binance_sample_no_longer_sit_at_the_bound(cascade_truth
             price=(np.array([r["ts"] for r in seconds]) / 1000.0, np.array([r["mid"] for r in seconds])),
             thresholds=thresholds_for(symbol.removesuffix("USDT")))
         for c in cascades:
-            times = np.array([r["ts"] for r in published if r["side"] == c.side]) / 1000.0
-            window = times[(times >= c.start - 3600) & (times <= c.end)]   # the cascade's own fit window
-            one_mu_at_bound += fit_hawkes(window, start=c.start - 3600, end=c.end).at_bound
             at_bound += c.hawkes_at_bound
             shares.append(c.hawkes_endogenous_share)
-    print(f"{len(shares)} cascades: one-μ fit at bound {one_mu_at_bound}, varying background at bound "
-          f"{at_bound}; endogenous shares {np.round(shares, 2).tolist()}")
+    print(f"{len(shares)} cascades: varying background at bound {at_bound}; endogenous shares "
+          f"{np.round(shares, 2).tolist()}")
     assert len(shares) >= 8
-    assert one_mu_at_bound >= len(shares) // 2
     assert at_bound <= len(shares) // 4
     assert all(0.3 < s < 0.99 for s in shares)
 
