@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))   # conftest, when run as the simulator script
 
 from conftest import PERPFLOW, perpflow_env  # noqa: E402
+from ingest.service import IngestService  # noqa: E402
+from ingest.simulator import SimulatorThread  # noqa: E402
 
 EXCHANGE = "binance-usdm"
 LISTENING = re.compile(r"^listening (\S+) (\S+)$")
@@ -471,3 +473,17 @@ if __name__ == "__main__" and sys.argv[1:2] == ["simulate"]:
     # The command's option parsing and validation stay the product's; only the serving loop differs.
     cli._serve = _serve_past_the_end
     cli.simulate(sys.argv[2:], prog_name="fault_harness simulate")
+
+
+async def run_for_market_time(service: IngestService, sim: SimulatorThread, market_s: float,
+                              at_most_s: float = 600) -> None:
+    """Run the service until the simulator has played ``market_s`` seconds of market time (a loaded
+    machine plays them slower than the configured speed), but no longer than ``at_most_s``."""
+    feed = sim.simulator.feed
+    task = asyncio.create_task(service.run())
+    started = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.5)
+        if feed.now_ms - feed.start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
+            service.request_stop()
+    await task

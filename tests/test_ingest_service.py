@@ -18,7 +18,7 @@ from ingest.service import IngestConfig, IngestService
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, StallSpec, load_truth
 from ingest.spill import SpillingSink
 from ingest.venues.binance_usdm import BinanceUsdm
-from fault_harness import truth_trade_ids
+from fault_harness import run_for_market_time, truth_trade_ids
 from ingest.kafka import end_offsets, ensure_topics, new_consumer, partitions_of
 from transforms.order_book import OrderBook
 from warehouse.loader import load_once
@@ -78,9 +78,12 @@ def test_faults_reconnects_and_gaps_keep_books_exact_and_trades_complete(tmp_pat
     config = SimConfig(scenario="calm", seed=11, hours=1, speed=30, faults=faults,
                        truth_path=str(tmp_path / "truth.jsonl"), checkpoint_every_s=20)
     with SimulatorThread(config) as sim:
-        service = run_service(sim, broker.bootstrap, tmp_path, seconds=45,
+        # 50 minutes of market (100 s at 30x), however long a loaded machine takes to play them: an
+        # injected 429 carries Binance's Retry-After (up to the next wall-clock minute, 61 s), during
+        # which no snapshot can be fetched, and the books must still sync and reach 20 checkpoints.
+        service = run_service(sim, broker.bootstrap, tmp_path, seconds=None,
                               silence_limit_s={"markPrice@1s": 3.0})
-        asyncio.run(service.run())
+        asyncio.run(run_for_market_time(service, sim, 3000))
     truth = load_truth(tmp_path / "truth.jsonl")
     records = service.sink.records
     events = Counter(r.kind for r in records if r.record_type == "feed_event")

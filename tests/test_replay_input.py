@@ -125,6 +125,7 @@ def test_funding_without_a_rate_and_without_an_index_loads_as_null(fresh_broker,
 
 def test_funding_nullability_checksums_and_instruments_migrate_an_existing_warehouse(tmp_path):
     from ingest.records import BookDelta, BookSnapshot, Funding, OpenInterest
+    from warehouse import ddl_microstructure
 
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     con.execute("CREATE SCHEMA raw")
@@ -133,6 +134,8 @@ def test_funding_nullability_checksums_and_instruments_migrate_an_existing_wareh
     for cls in (BookSnapshot, BookDelta):     # as record schema 2 made them: no checksum column
         con.execute(raw_table_ddl(cls).replace(", checksum BIGINT", ""))
     con.execute(raw_table_ddl(OpenInterest).replace(", open_interest_short DOUBLE", ""))
+    for statement in ddl_microstructure.STATEMENTS:   # migration 2's analytics tables, which later ones alter
+        con.execute(statement)
     con.execute("CREATE SCHEMA meta")
     con.execute("CREATE TABLE meta.schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
     con.execute("INSERT INTO meta.schema_migrations VALUES (1, now()), (2, now()), (3, now())")

@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import orjson
 import pytest
 
-from fault_harness import truth_trade_ids
+from fault_harness import run_for_market_time, truth_trade_ids
 from ingest.book_sync import SYNCED, BookSync
 from ingest.kafka import ensure_topics
 from ingest.service import IngestConfig, IngestService
@@ -59,20 +59,6 @@ def venue_size(exchange: str, sim_symbol: str, price: str, qty: str) -> Decimal:
         usd = Decimal(qty) * Decimal(price) / CONTRACT_USD.get(base, DEFAULT_CONTRACT_USD)
         return usd.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
     return Decimal(qty)
-
-
-async def run_for_market_time(service: IngestService, sim: SimulatorThread, market_s: float,
-                              at_most_s: float = 600) -> None:
-    """Run the service until the simulator has played ``market_s`` seconds of market time (a loaded
-    machine plays them slower than the configured speed), but no longer than ``at_most_s``."""
-    feed = sim.simulator.feed
-    task = asyncio.create_task(service.run())
-    started = time.monotonic()
-    while not task.done():
-        await asyncio.sleep(0.5)
-        if feed.now_ms - feed.start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
-            service.request_stop()
-    await task
 
 
 def venue_market(truth, exchange: str) -> VenueMarket:
