@@ -467,14 +467,6 @@ async def _serve_past_the_end(config, host, port, console) -> None:
         await stop.wait()
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["simulate"]:
-    from ingest.simulator import cli
-
-    # The command's option parsing and validation stay the product's; only the serving loop differs.
-    cli._serve = _serve_past_the_end
-    cli.simulate(sys.argv[2:], prog_name="fault_harness simulate")
-
-
 async def run_for_market_time(service: IngestService, sim: SimulatorThread, market_s: float,
                               at_most_s: float = 600) -> None:
     """Run the service until the simulator has played ``market_s`` seconds of market time (a loaded
@@ -487,3 +479,11 @@ async def run_for_market_time(service: IngestService, sim: SimulatorThread, mark
         if feed.now_ms - feed.start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
             service.request_stop()
     await task
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["simulate"]:
+    from ingest.simulator import cli
+
+    # The command's option parsing and validation stay the product's; only the serving loop differs.
+    cli._serve = _serve_past_the_end
+    cli.simulate(sys.argv[2:], prog_name="fault_harness simulate")
