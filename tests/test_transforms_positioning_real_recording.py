@@ -22,6 +22,7 @@ from transforms.slippage import slippage_batch
 from transforms.taker_flow import aggregate_flow, cumulative_volume_delta, taker_flow_sql
 from warehouse.loader import insert_records
 from warehouse.store import Warehouse
+from test_transforms_positioning_slippage import _decimal_walk
 
 SIZES = (10_000.0, 100_000.0, 1_000_000.0)
 
@@ -76,17 +77,6 @@ def test_taker_flow_equals_a_brute_force_sum_of_the_recorded_trades(recorded):
         mine = total["asset"] == asset
         cvd = cumulative_volume_delta(total["minute"][mine], total["delta_usd"][mine])
         assert cvd[-1] == pytest.approx(total["delta_usd"][mine].sum())
-
-
-def _decimal_walk(levels, x: Decimal) -> Decimal | None:
-    remaining, bought = x, Decimal(0)
-    for price, size in levels:
-        q = min(size, remaining / price)
-        bought += q
-        remaining -= q * price
-        if remaining <= 0:
-            return x / bought
-    return None
 
 
 def _side(column: pa.ChunkedArray):
