@@ -653,6 +653,23 @@ def test_a_message_id_hole_asks_to_catch_up_the_trades_of_the_connection_since_t
     assert not [r for r in feed.records if type(r).__name__ == "TradesUncertain"]    # never published
 
 
+
+def test_a_hole_still_pending_when_its_connection_closes_is_declared_by_the_next_connection():
+    feed = Feed()
+    feed.send(frame("connected", 0), trades_update(1, trade("t1", at="2024-08-23T00:01:00.000Z")))
+    # id 2 is lost; id 3 moves the newest trade on; then the connection drops before the hole is
+    # declared (a reconnect's catch-up, from the newest trade, would not reach back to id 2's).
+    feed.send(trades_update(3, trade("t2", at="2024-08-23T00:01:05.000Z")))
+    assert not feed.handler.new_catch_ups
+    feed.send(frame("connected", 0, connection="conn-2"))
+    assert [(c.symbol_native, c.since_ms) for c in feed.handler.new_catch_ups] == [("BTC-USD", 1724371260000)]
+    [gap] = [r for r in feed.records if getattr(r, "kind", None) == "message_gap"]
+    assert orjson.loads(gap.detail)["missing"] == [[2, 2]]
+    # The new connection counts its own ids: its updates declare nothing more.
+    feed.handler.new_catch_ups.clear()
+    feed.send(trades_update(4, trade("t3", at="2024-08-23T00:01:09.000Z"), connection="conn-2"))
+    assert not feed.handler.new_catch_ups
+
 def test_settled_funding_from_a_real_body_is_polled_hourly_and_published_once():
     venue = DydxV4()
     [poll] = venue.polls(REST, ["BTC-USD"])

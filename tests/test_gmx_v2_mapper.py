@@ -403,6 +403,7 @@ class GmxServer:
         self.times: list[tuple[float, str]] = []
         self.events: list[dict] = []
         self.since_asked: list[int] = []
+        self.kinds_asked: set[str] = set()
         app = web.Application()
         app.router.add_get("/tokens", self.fixed("tokens.json"))
         app.router.add_get("/markets/info", self.markets)
@@ -454,6 +455,7 @@ class GmxServer:
         kind = "LIQUIDATION" if "type_eq: LIQUIDATION" in query["query"] else "AUTO_DELEVERAGING"
         since, offset = query["variables"]["since"], query["variables"]["offset"]
         self.since_asked.append(since)
+        self.kinds_asked.add(kind)
         rows = sorted((e for e in self.events if e["type"] == kind and e["timestamp"] >= since),
                       key=lambda e: (e["timestamp"], e["id"]))
         return web.json_response({"data": {"positionChanges": rows[offset:offset + 500]}})
@@ -468,7 +470,7 @@ class QuickGmx(GmxV2):
         return [Poll(p.url, p.interval_s / 20, p.weight) for p in super().polls(rest_url, symbols)]
 
 
-def gmx_service(venue, server_url: str, bootstrap: str, run_dir: Path, seconds: float) -> IngestService:
+def gmx_service(venue, server_url: str, bootstrap: str, run_dir: Path, seconds: float | None) -> IngestService:
     config = IngestConfig(symbols=["ETH-USD-WETH-USDC", "BTC-USD-WBTC-USDC"], ws_url="", rest_url=server_url,
                           bootstrap=bootstrap, run_dir=run_dir, duration_s=seconds, backoff_base_s=0.2,
                           backoff_max_s=1.0)
@@ -481,18 +483,46 @@ def test_the_service_runs_on_polls_alone_and_survives_http_errors_and_bad_bodies
     event = body("liquidations.json")["data"]["positionChanges"][0]
     adl = body("adl.json")["data"]["positionChanges"][0]
 
+    async def until(condition, what: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    def status_file() -> dict:
+        try:
+            return json.loads((tmp_path / "ingest-gmx-v2.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
     async def main() -> IngestService:
         base = await server.start()
         try:
             venue = QuickGmx(graphql_url=f"{base}/api/graphql")
-            start = server.start_s = int(time.time())
-            server.events += [dict(event, id="live-1", timestamp=start), dict(adl, id="live-adl", timestamp=start)]
-            service = gmx_service(venue, base, broker.bootstrap, tmp_path, seconds=8)
+            server.start_s = int(time.time())
+            service = gmx_service(venue, base, broker.bootstrap, tmp_path, seconds=None)
             task = asyncio.create_task(service.run())
-            await asyncio.sleep(3)
-            status = json.loads((tmp_path / "ingest-gmx-v2.json").read_text())
-            assert status["connections"] == {} and len(status["polls"]) == 5
+            # Events are read from the service's first query on: new ones appear after it asked.
+            await until(lambda: len(server.kinds_asked) == 2, "the first liquidation and ADL queries")
+            now = int(time.time())
+            server.events += [dict(event, id="live-1", timestamp=now), dict(adl, id="live-adl", timestamp=now)]
+            await until(lambda: len(status_file().get("polls", {})) == 5, "the status file with its polls")
+            status = status_file()
+            assert status["connections"] == {}
             server.events.append(dict(event, id="live-2", timestamp=int(time.time()), isLong=False))
+
+            def seen_everything() -> bool:
+                records = service.sink.records
+                polls = service.status()["polls"]
+                prices = next((p for url, p in polls.items() if url.endswith("/prices/tickers")), {})
+                return (sum(isinstance(r, Liquidation) for r in records) >= 2
+                        and any(r.record_type == "adl" for r in records)
+                        and any(isinstance(r, DeadLetter) for r in records)
+                        and prices.get("ok", 0) >= 5 and prices.get("failed", 0) >= 1
+                        and server.requests["/markets/info"] >= 10 and server.requests["/api/graphql"] >= 20
+                        and len(server.since_asked) >= 10)
+            await until(seen_everything, "every event, the failed and good polls and the dead letter")
+            service.request_stop()
             await task
             return service
         finally:

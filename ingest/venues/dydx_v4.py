@@ -62,7 +62,9 @@ Choices where the spec leaves one:
   * ``message_id`` holes: per connection (``connection_id``) the mapper tracks the ids seen. An id
     skipped by a later one is *missing*, not yet lost: a ``subscribed`` reply may still bring it.
     It counts as lost once ``LATE_REPLY_S`` of receive time or ``LATE_REPLY_MESSAGES`` messages
-    have passed without it: then a ``message_gap`` feed event (symbol None) names the ids, and
+    have passed without it, or at once when a new connection opens (the old one closed with its
+    hole, so the ids can never come; a connection still open only gets an extra catch-up): then a
+    ``message_gap`` feed event (symbol None) names the ids, and
     **every book on that connection** resyncs (the spec: a hole = resubscribe everything on the
     connection; the lost message may have been any book's) — each book's next update breaks its
     chain. Trades and markets cannot be resynced that way: the feed event marks the interval in
@@ -469,6 +471,12 @@ class DydxV4(Venue):
         too late to be a ``subscribed`` reply (a ``message_gap`` event; the connection's books resync)."""
         conn = self._connections.get(connection_id)
         if conn is None or kind == "connected":
+            # A reconnect's catch-up starts at the newest trade received, which may be newer than
+            # what the old connection's hole lost: its holes are declared now, from their marks.
+            for other_id, other in self._connections.items():
+                if other_id != connection_id and other.missing:
+                    self._declare_lost(other_id, other, _ranges(sorted(other.missing)), ts_recv)
+                    other.missing.clear()
             conn = self._connections[connection_id] = _Connection()
             while len(self._connections) > CONNECTIONS_REMEMBERED:
                 self._connections.popitem(last=False)
@@ -498,18 +506,23 @@ class DydxV4(Venue):
             del conn.missing[i]
         ranges = _ranges(expired) + ([lost] if lost else [])
         if ranges:
-            conn.epoch += 1
-            count = sum(hi - lo + 1 for lo, hi in ranges)
-            self._events.append(FeedEvent(
-                exchange=self.exchange, symbol=None, kind="message_gap", ts_recv=ts_recv,
-                detail=orjson.dumps({"connection_id": connection_id, "missing": ranges, "count": count,
-                                     "effect": "every book on the connection resyncs; its trades are caught "
-                                               "up from REST; markets received on it may be incomplete"}).decode()))
-            for native in sorted(conn.trade_markets):
-                since = conn.trade_marks.get(native, self._newest_trade_ms.get(native))
-                if since is not None:      # no trade yet: the subscription's backlog is all there is
-                    self._events.append(TradesUncertain(native, since, f"message_id hole on {connection_id}"))
+            self._declare_lost(connection_id, conn, ranges, ts_recv)
         return conn
+
+    def _declare_lost(self, connection_id: str, conn: _Connection, ranges: list, ts_recv: int) -> None:
+        """A ``message_gap`` event for lost ids; the connection's books resync and its markets'
+        trades are caught up from the newest trade before the hole."""
+        conn.epoch += 1
+        count = sum(hi - lo + 1 for lo, hi in ranges)
+        self._events.append(FeedEvent(
+            exchange=self.exchange, symbol=None, kind="message_gap", ts_recv=ts_recv,
+            detail=orjson.dumps({"connection_id": connection_id, "missing": ranges, "count": count,
+                                 "effect": "every book on the connection resyncs; its trades are caught "
+                                           "up from REST; markets received on it may be incomplete"}).decode()))
+        for native in sorted(conn.trade_markets):
+            since = conn.trade_marks.get(native, self._newest_trade_ms.get(native))
+            if since is not None:      # no trade yet: the subscription's backlog is all there is
+                self._events.append(TradesUncertain(native, since, f"message_id hole on {connection_id}"))
 
     # --- order book ------------------------------------------------------------------------
 
