@@ -13,7 +13,12 @@ is a sampled feed, and says so in ``raw.feed_events`` (kind ``sampled_history``)
 * mark price, index and funding: one update a minute per symbol instead of one a second;
 * open interest: the REST body polled once a minute;
 * liquidations: every forced order the venue publishes;
-* trades: none (nothing the warm baselines read; ``analytics.ohlcv_1m`` starts with the cascade).
+* trades: none (nothing the warm baselines read; ``analytics.ohlcv_1m`` starts with the cascade);
+* the model steps a second at a time (``SimConfig.step_ms``), not the live 100 ms: its per-second
+  dynamics are the same (requote and fill probabilities compound per step; prices, premium and
+  taker arrivals scale with the step), the books sampled once a minute are statistically the same
+  (``tests/test_simulator_market.py`` compares depth and volatility), and a day costs a quarter of
+  the CPU.
 
 Only the simulator's own wire format (Binance USD-M) is generated here. The other venues' dialects
 could be driven in-process too (``ingest.simulator.dialects.offline_frames`` does it for one topic
@@ -55,13 +60,15 @@ from transforms.market_stress import first_crossing_offset_minutes
 BOOK_INTERVAL_MS = 60_000
 MARK_EVERY_MS = 60_000
 OPEN_INTEREST_EVERY_MS = 60_000
+MODEL_STEP_MS = 1000
 PROGRESS_EVERY_MS = 15 * 60_000
 RECEIVE_LATENCY_MS = 5          # the simulated receive time of a frame, after its event time
 REST_URL = "http://simulator"   # only the path of a REST URL matters to the mappers
 SAMPLING = {"book": f"one diff-depth event every {BOOK_INTERVAL_MS // 1000} s, so one periodic snapshot a minute",
             "mark_price": f"one update every {MARK_EVERY_MS // 1000} s per symbol",
             "open_interest": f"REST polled every {OPEN_INTEREST_EVERY_MS // 1000} s",
-            "liquidations": "every forced order the venue publishes", "trades": "none"}
+            "liquidations": "every forced order the venue publishes", "trades": "none",
+            "model_step_ms": MODEL_STEP_MS}
 
 
 @dataclass
@@ -84,7 +91,7 @@ def publish_history(symbols: list[str], start_ms: int, hours: float, seed: int, 
     started = time.perf_counter()
     venue = venue_for(NATIVE_VENUE)
     config = SimConfig(scenario=scenario, seed=seed, start_ms=start_ms, hours=hours, symbols=tuple(symbols),
-                       venues=(NATIVE_VENUE,))
+                       venues=(NATIVE_VENUE,), step_ms=MODEL_STEP_MS)
     feed = ExchangeFeed(config, book_interval_ms=BOOK_INTERVAL_MS)
     report = HistoryReport(NATIVE_VENUE, feed.start_ms, feed.end_ms)
     handler = FeedHandler(venue, emit, symbols)

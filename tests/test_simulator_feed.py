@@ -9,6 +9,7 @@ import itertools
 from collections import defaultdict
 from decimal import Decimal
 
+import numpy as np
 import orjson
 import pytest
 
@@ -294,3 +295,33 @@ def test_invalid_configuration_is_rejected():
         StallSpec.parse("btcusdt@kline_1m:10:5")
     with pytest.raises(ConfigError, match="rest-error-rate"):
         SimConfig(faults=FaultConfig(rest_error_rate=1.5)).resolved()
+    with pytest.raises(ConfigError, match="step_ms must divide one second.*got 300"):
+        SimConfig(step_ms=300).resolved()
+
+
+def test_a_one_second_model_step_keeps_the_calm_markets_depth_volatility_and_open_interest():
+    """The demo's history steps a second at a time: what its minutes show must be the market the
+    live 100 ms model makes (same seed, same scenario)."""
+    def sampled(step_ms: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        feed = ExchangeFeed(SimConfig(scenario="calm", seed=5, start_ms=1760054400000, hours=0.25, step_ms=step_ms))
+        nothing = frozenset().__contains__
+        depth, mids = [], []
+        while not feed.finished:
+            feed.step(nothing)
+            if feed.now_ms % 60_000 == 0:
+                depth.append(feed.model.depth_within(0.02)[:, [1, 3]].sum(axis=1))
+            if feed.now_ms % 10_000 == 0:
+                mids.append(feed.model.mid)
+        feed.close()
+        return np.array(depth), np.diff(np.log(np.array(mids)), axis=0), feed.model.open_interest()
+
+    fine_depth, fine_returns, fine_oi = sampled(100)
+    coarse_depth, coarse_returns, coarse_oi = sampled(1000)
+    assert len(fine_depth) == len(coarse_depth) == 15 and len(fine_returns) == len(coarse_returns) == 89
+    # 2% depth (USD, both sides) per symbol: the same book within 3% on average.
+    assert np.allclose(coarse_depth.mean(axis=0), fine_depth.mean(axis=0), rtol=0.03), \
+        (coarse_depth.mean(axis=0), fine_depth.mean(axis=0))
+    # 10 s mid returns: the same volatility (89 samples a symbol: within 25%).
+    ratio = coarse_returns.std(axis=0) / fine_returns.std(axis=0)
+    assert ((ratio > 0.75) & (ratio < 1.25)).all(), ratio
+    assert np.allclose(coarse_oi, fine_oi, rtol=0.02), (coarse_oi, fine_oi)

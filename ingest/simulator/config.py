@@ -13,6 +13,8 @@ import re
 from datetime import datetime, timezone
 
 SCENARIOS = ("calm", "cascade")
+DEFAULT_STEP_MS = 100
+STEP_CHOICES_MS = (100, 200, 250, 500, 1000)
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 DEFAULT_HOURS = {"calm": 6.0, "cascade": 12.0}
 DEFAULT_START = {"calm": "2025-10-06T00:00:00Z", "cascade": "2025-10-10T12:00:00Z"}
@@ -344,6 +346,10 @@ class SimConfig:
     ws_max_lifetime_s: float = 86_400.0
     rest_weight_limit: int = 2400
     venues: tuple[str, ...] = VENUES
+    # The market model's time step. 100 ms is the live cadence (Binance's depth@100ms); a coarser
+    # step keeps each second's dynamics (probabilities are per second) at a fraction of the cost,
+    # for long calm histories that are only sampled once a minute.
+    step_ms: int = DEFAULT_STEP_MS
 
     def resolved(self) -> "SimConfig":
         cfg = self
@@ -383,6 +389,9 @@ class SimConfig:
                                   f"crash and recovery); got {self.hours:g}")
         if self.start_ms is not None and self.start_ms % 1000:
             raise ConfigError("start time must fall on a whole second")
+        if self.step_ms not in STEP_CHOICES_MS:
+            raise ConfigError(f"step_ms must divide one second into whole steps of at least 100 ms: one of "
+                              f"{', '.join(map(str, STEP_CHOICES_MS))}; got {self.step_ms}")
         if not self.speed > 0:
             raise ConfigError(f"speed must be > 0 simulated seconds per wall second, got {self.speed:g}")
         if self.checkpoint_every_s < 1:

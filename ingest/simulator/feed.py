@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import ALL_LIQUIDATIONS_STREAM, SimConfig
 from .faults import FaultSchedule, MalformedFrame, corrupt
-from .market import STEP_MS, Fill, Liquidation, MarketModel, StepResult
+from .market import Fill, Liquidation, MarketModel, StepResult
 from .positioning import PERIOD_MS, PositioningStats
 from .scenario import OUTAGE_RETURN_S, OUTAGE_WITHDRAW_S
 from .truth import TRUTH_VERSION, TruthWriter
@@ -145,7 +145,7 @@ class ExchangeFeed:
             yield from self.step(wanted)
 
     def step(self, wanted: Wanted = None) -> list[Message]:
-        """Advance 100 ms; return that interval's messages in event-time order."""
+        """Advance one model step (``SimConfig.step_ms``); return its messages in event-time order."""
         r = self.model.step_once()
         t1 = r.t1_ms
         out: list[Message] = []
@@ -423,7 +423,7 @@ class ExchangeFeed:
         trigger = self.model.scenario.trigger_s
         self.truth.write({
             "type": "meta", "version": TRUTH_VERSION, "scenario": cfg.scenario, "seed": cfg.seed,
-            "start_ms": self.start_ms, "end_ms": self.end_ms, "step_ms": STEP_MS,
+            "start_ms": self.start_ms, "end_ms": self.end_ms, "step_ms": self.model.step_ms,
             "checkpoint_every_s": cfg.checkpoint_every_s,
             "trigger_ms": None if trigger is None else self.start_ms + int(trigger * 1000),
             "symbols": [{"symbol": s.symbol, "tick_size": s.tick_size, "step_size": s.step_size,

@@ -58,9 +58,6 @@ from .config import SYMBOL_SPECS, SimConfig, SymbolSpec
 from .positions import PositionBook
 from .scenario import Drivers, build_scenario
 
-STEP_MS = 100
-DT = STEP_MS / 1000.0
-STEPS_PER_SECOND = 1000 // STEP_MS
 SECONDS_PER_YEAR = 365.0 * 86400.0
 
 TOUCH_LEVELS = 8
@@ -69,7 +66,8 @@ LADDER_TIERS = ((2.0, 0.2), (10.0, 0.5), (50.0, 2.0), (200.0, 5.0), (1300.0, 20.
 MIN_COVERAGE = 0.11
 DEPTH2_SHAPE_INTEGRAL = 195.0   # integral over 0..200 bps of the density shape below
 
-# Market-maker behaviour: probabilities per 100 ms step, per tier (touch first).
+# Market-maker behaviour: probabilities per 100 ms, per tier (touch first); a coarser model step
+# compounds them (``_per_step``).
 CANCEL_PROB = 0.35
 FILL_PROB = (0.15, 0.06, 0.04, 0.02, 0.01, 0.006)
 CHURN_PROB = (0.04, 0.03, 0.02, 0.01, 0.004, 0.002)
@@ -160,6 +158,9 @@ class MarketModel:
         self.scenario = build_scenario(cfg, specs)
         self.start_ms = int(cfg.start_ms)
         self.end_ms = cfg.end_ms
+        self.step_ms = cfg.step_ms
+        self._dt = cfg.step_ms / 1000.0
+        self._steps_per_second = 1000 // cfg.step_ms
         self.now_ms = self.start_ms
 
         self.tick = np.array([s.tick for s in specs])
@@ -259,9 +260,10 @@ class MarketModel:
         self._signed_A = sign * A
         self._signed_inv_SP = sign / SP
         self._signed_SP = sign * SP
-        self._p_churn = np.array(CHURN_PROB)[tier]
-        self._p_over = np.maximum(self._p_churn, CANCEL_PROB)
-        self._p_under = np.array(FILL_PROB)[tier] + self._p_churn
+        churn = np.array(CHURN_PROB)[tier]
+        self._p_churn = self._per_step(churn)
+        self._p_over = self._per_step(np.maximum(churn, CANCEL_PROB))
+        self._p_under = self._per_step(np.array(FILL_PROB)[tier] + churn)
 
         lo = np.floor(p0 * 0.25 / self.tick).astype(np.int64)
         hi = np.ceil(p0 * 2.5 / self.tick).astype(np.int64)
@@ -276,6 +278,10 @@ class MarketModel:
 
     def _centre(self) -> list[float]:
         return [i * math.exp(z) for i, z in zip(self.index, self.premium)]
+
+    def _per_step(self, per_100ms: np.ndarray) -> np.ndarray:
+        """A per-100 ms probability as the probability of at least one event in one model step."""
+        return 1.0 - (1.0 - per_100ms) ** (self.step_ms / 100)
 
     def _check_range(self) -> None:
         cx = np.array(self._centre()) / self.tick
@@ -316,21 +322,21 @@ class MarketModel:
         few calls rather than several per step. Market-maker draws are windows at random offsets
         into pre-drawn tables: tens of thousands of fresh variates per second would cost more
         than the rest of the model."""
-        size = STEPS_PER_SECOND * self._target.size
-        shape = (STEPS_PER_SECOND,) + self._target.shape
+        size = self._steps_per_second * self._target.size
+        shape = (self._steps_per_second,) + self._target.shape
         a, b = self._rng_mm.integers(0, RANDOM_TABLE_SIZE - size, 2).tolist()
         noise = self._noise_table[a:a + size].reshape(shape)
         self._quote_block = np.round(self._target * noise).astype(np.int64)
         self._u_block = self._uniform_table[b:b + size].reshape(shape)
 
         rng = self._rng_taker
-        counts = rng.poisson(self._taker_rate * drv.taker_mult * DT, size=(STEPS_PER_SECOND, self.n))
+        counts = rng.poisson(self._taker_rate * drv.taker_mult * self._dt, size=(self._steps_per_second, self.n))
         total = int(counts.sum())
-        symbol_of_order = np.repeat(np.tile(np.arange(self.n), STEPS_PER_SECOND), counts.ravel())
+        symbol_of_order = np.repeat(np.tile(np.arange(self.n), self._steps_per_second), counts.ravel())
         sizes = np.maximum(1, np.round(self._taker_median_lots[symbol_of_order]
                                        * rng.lognormal(0.0, TAKER_SIZE_SIGMA, total))).astype(np.int64)
         self._taker_counts = counts.tolist()
-        self._taker_offsets = rng.integers(0, STEP_MS, total).tolist()
+        self._taker_offsets = rng.integers(0, self.step_ms, total).tolist()
         self._taker_sizes = sizes.tolist()
         self._taker_uniform = rng.random(total).tolist()
         self._taker_cursor = 0
@@ -400,9 +406,9 @@ class MarketModel:
     # ------------------------------------------------------------------ simulation step
     def step_once(self) -> StepResult:
         t0 = self.now_ms
-        t1 = t0 + STEP_MS
+        t1 = t0 + self.step_ms
         drv = self._drivers
-        sub_step = (t0 - self.start_ms) // STEP_MS % STEPS_PER_SECOND
+        sub_step = (t0 - self.start_ms) // self.step_ms % self._steps_per_second
         self._move_prices(drv)
         before, gone = self._requote(sub_step)
         row_best = self._row_best()
@@ -452,12 +458,13 @@ class MarketModel:
 
     def _move_prices(self, drv: Drivers) -> None:
         shocks = self._rng_price.standard_normal(2 * self.n + 1).tolist()
-        sq = math.sqrt(DT) * drv.vol_mult
+        dt = self._dt
+        sq = math.sqrt(dt) * drv.vol_mult
         self._arb_strength = arb = max(0.05, 1.0 - 0.85 * drv.disruption)
-        decay = 1.0 - math.exp(-DT * arb / ARB_TAU_S)
-        noise = PREMIUM_NOISE_BPS * 1e-4 * math.sqrt(2 * DT / ARB_TAU_S)
+        decay = 1.0 - math.exp(-dt * arb / ARB_TAU_S)
+        noise = PREMIUM_NOISE_BPS * 1e-4 * math.sqrt(2 * dt / ARB_TAU_S)
         for s in range(self.n):
-            dlog = (self._sigma_common[s] * shocks[0] + self._sigma_idio[s] * shocks[1 + s]) * sq + drv.drift[s] * DT
+            dlog = (self._sigma_common[s] * shocks[0] + self._sigma_idio[s] * shocks[1 + s]) * sq + drv.drift[s] * dt
             converge = (self.premium[s] - PREMIUM_MEAN) * decay
             self.index[s] *= math.exp(dlog + ARB_INDEX_SHARE * converge)
             self.premium[s] += noise * shocks[1 + self.n + s] - converge
@@ -527,7 +534,7 @@ class MarketModel:
             for i, (is_long, lots, entry, lev, liq_px, bkr, opened) in enumerate(zip(
                     batch.is_long.tolist(), batch.lots.tolist(), batch.entry.tolist(), batch.leverage.tolist(),
                     batch.liquidation_price.tolist(), batch.bankruptcy_price.tolist(), batch.opened_ms.tolist())):
-                offset = LIQUIDATION_DELAY_MS + (i * (STEP_MS - 2 * LIQUIDATION_DELAY_MS)) // n
+                offset = LIQUIDATION_DELAY_MS + (i * (self.step_ms - 2 * LIQUIDATION_DELAY_MS)) // n
                 triggered = liq_px < low.since(opened) if is_long else liq_px > high.since(opened)
                 liq = Liquidation(t0 + offset, s, is_long, lots, bkr, liq_px, entry, lev, mark,
                                   liq_id=self.next_liquidation_id, opened_ms=opened,
@@ -673,7 +680,7 @@ class MarketModel:
 
     def _update_mark(self, t1: int) -> None:
         """Binance mark price: median(index*(1+funding*time-left), index*(1+EMA basis), last price)."""
-        alpha = DT / MARK_BASIS_TAU_S
+        alpha = self._dt / MARK_BASIS_TAU_S
         for s in range(self.n):
             index = self.index[s]
             basis = self.mid[s] / index - 1.0
@@ -683,7 +690,7 @@ class MarketModel:
             p2 = index * (1.0 + self.basis_ema[s])
             self.mark[s] = sorted((p1, p2, self.last_price[s]))[1]
             self._premium_sum[s] += basis
-            self._index_ema[s] += (DT / 60.0) * (index - self._index_ema[s])
+            self._index_ema[s] += (self._dt / 60.0) * (index - self._index_ema[s])
         self._premium_count += 1
 
     def _funding_estimate(self) -> list[float]:

@@ -38,7 +38,6 @@ from .config import ALL_LIQUIDATIONS_STREAM, MARKET_STREAM_KINDS, PUBLIC_STREAM_
 from .dialects import Dialect, dialect_classes
 from .feed import DEPTH_LIMITS, ExchangeFeed, Message, UnknownSymbol
 from .faults import MalformedFrame, hostile_frame
-from .market import STEP_MS
 from .positioning import ratio, share
 
 MAX_STEPS_PER_TICK = 25          # yield to the event loop (writers, REST) at least this often
@@ -229,7 +228,7 @@ class Simulator:
                     steps += 1
                 self.lag_ms = max(0, int(target - feed.now_ms))
                 self._expire_connections()
-                next_wall = wall0 + (feed.now_ms + STEP_MS - sim0) / (speed * 1000.0)
+                next_wall = wall0 + (feed.now_ms + feed.model.step_ms - sim0) / (speed * 1000.0)
                 await asyncio.sleep(max(0.0, min(next_wall - loop.time(), 0.05)))
         except Exception as exc:
             self._error = exc

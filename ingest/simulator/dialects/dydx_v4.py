@@ -89,7 +89,7 @@ import orjson
 from aiohttp import web
 
 from ..config import ConfigError, format_time_ms, parse_time_ms
-from ..market import STEP_MS, Liquidation
+from ..market import Liquidation
 from . import BookView, Dialect
 
 PREFIX = "/dydx"
@@ -450,7 +450,7 @@ class DydxV4Dialect(Dialect):
         now, faults = self.feed.now_ms, self.feed.faults
         if faults.config.fetch_loss_every_s and faults.fetch_loss_due(now):
             steps = faults.config.fetch_loss_steps
-            self._pending.append(_Pending(conn, topic, s, now + steps * STEP_MS, frame, message_id))
+            self._pending.append(_Pending(conn, topic, s, now + steps * self.feed.model.step_ms, frame, message_id))
             self.feed.record_fault(now, "fetch_loss", venue=self.name, symbol=self.feed.symbols[s], ticker=market,
                                    steps=steps, connection_id=session.connection_id)
         else:
