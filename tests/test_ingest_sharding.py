@@ -1,0 +1,158 @@
+"""One venue's ingest split across processes by symbol (`--shard i/n`, `--shards n`).
+
+The end-to-end test runs real processes: the simulator's websocket/REST server, a Tansu broker,
+`perpflow ingest --shards 2` (a supervisor and its two shard processes), one shard SIGKILLed for real.
+What counts is what Kafka holds afterwards, against the simulator's truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import zlib
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from conftest import PERPFLOW
+from ingest.records import decode
+from ingest.sharding import Shard, combine_statuses, parse_shard, split_symbols
+from ingest.simulator import SimConfig, SimulatorThread, load_truth
+from test_ingest_continuity import assert_exact, compare_with_truth, kafka_values, sim_seconds, wait_for
+from test_ingest_service import check_books_against_truth
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+def test_every_symbol_belongs_to_exactly_one_shard_by_a_stable_hash():
+    symbols = SYMBOLS + ["BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT"]
+    for count in range(1, 6):
+        owners = {s: [i for i in range(count) if Shard(i, count).owns(s)] for s in symbols}
+        assert all(len(found) == 1 for found in owners.values()), (count, owners)
+        assert all(owners[s] == [zlib.crc32(s.encode()) % count] for s in symbols)
+    # The same answer in every process and on every machine (Python's hash() would differ per run).
+    assert split_symbols(SYMBOLS, 2) == [["ETHUSDT", "SOLUSDT"], ["BTCUSDT"]]
+
+
+@pytest.mark.parametrize("text", ["3/2", "2/2", "0/0", "x", "1/", "-1/2", "1/2/3", ""])
+def test_a_shard_that_does_not_exist_is_refused_with_the_expected_form(text):
+    with pytest.raises(ValueError, match=r"I/N"):
+        parse_shard(text)
+
+
+def test_more_shards_than_the_symbols_fill_say_how_many_work():
+    with pytest.raises(ValueError, match=r"leave shard\(s\) 1 with none .* use at most 2 shards"):
+        split_symbols(SYMBOLS, 3)
+
+
+def test_bad_shard_options_exit_non_zero_and_say_how_to_fix(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPFLOW_")}
+    env.update(PERPFLOW_HOME=str(tmp_path / "home"), COLUMNS="200")
+
+    def ingest(*args):
+        return subprocess.run([*PERPFLOW, "ingest", "--exchange", "binance-usdm", "--symbols", ",".join(SYMBOLS),
+                               *args], env=env, capture_output=True, text=True, timeout=120)
+
+    for shard in ("3/2", "0/0", "x"):
+        out = ingest("--shard", shard)
+        assert out.returncode == 2 and "--shard" in out.stderr and "I/N" in out.stderr, (shard, out.stderr)
+    out = ingest("--shards", "3")
+    assert out.returncode == 2 and "use at most 2 shards" in out.stderr, out.stderr
+    out = ingest("--shard", "0/2", "--shards", "2")
+    assert out.returncode == 2 and "give one" in out.stderr, out.stderr
+    assert not (tmp_path / "home" / "run").exists() or not list((tmp_path / "home" / "run").glob("ingest-*"))
+
+
+def test_combined_status_sums_counters_and_keeps_every_shards_symbols():
+    def shard_status(shard, symbol, messages, weight):
+        return {"exchange": "binance-usdm", "shard": shard, "updated_at": 100.0 + messages, "started_at": 50.0 - messages,
+                "messages_per_s": 10.0, "messages": messages, "missing_trades": 1, "gaps": 0, "resyncs": 1,
+                "dead_letters": 0, "spill_bytes": 0, "spilling": False, "kafka": "reachable", "sink": {},
+                "trades": {symbol: {"last_id": 7, "missing": 1, "gaps": 1, "lost": 0}},
+                "records": {"trade": messages}, "events": {"rest_429": 1},
+                "counters_run": {"messages": messages}, "counters_total": {"messages": 2 * messages},
+                "rest_weight_1m": weight, "backoffs": [], "task_errors": [{"task": "status", "reason": "x", "age_s": 1}]}
+
+    combined = combine_statuses([shard_status("0/2", "ETH-USDT-PERP", 5, 40), shard_status("1/2", "BTC-USDT-PERP", 7, 42)])
+    assert (combined["messages"], combined["missing_trades"], combined["resyncs"], combined["records"]) == \
+        (12, 2, 2, {"trade": 12})
+    assert (combined["counters_run"], combined["counters_total"], combined["events"]) == \
+        ({"messages": 12}, {"messages": 24}, {"rest_429": 2})
+    assert list(combined["trades"]) == ["BTC-USDT-PERP", "ETH-USDT-PERP"]
+    assert (combined["updated_at"], combined["started_at"], combined["rest_weight_1m"]) == (105.0, 43.0, 42)
+    assert [e["task"] for e in combined["task_errors"]] == ["shard 0/2 status", "shard 1/2 status"]
+
+
+def read_json(path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def test_two_supervised_shards_cover_every_symbol_once_and_a_killed_shard_loses_and_duplicates_nothing(
+        tmp_path, cli_env, fresh_broker):
+    run_dir = tmp_path / "home" / "run"
+    shard_path = {i: run_dir / f"ingest-binance-usdm.shard-{i}-of-2.json" for i in range(2)}
+    supervisor_path = run_dir / "supervisor-ingest-binance-usdm.json"
+    config = SimConfig(scenario="calm", seed=31, hours=2, speed=20, truth_path=str(tmp_path / "truth.jsonl"))
+    with SimulatorThread(config) as sim, open(tmp_path / "supervisor.log", "w") as log:
+        supervisor = subprocess.Popen(
+            [*PERPFLOW, "ingest", "--exchange", "binance-usdm", "--symbols", ",".join(SYMBOLS), "--ws-url", sim.ws_url,
+             "--rest-url", sim.http_url, "--shards", "2"],
+            env={**cli_env, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            first = wait_for(lambda: all(read_json(p).get("records", {}).get("trade", 0) > 300
+                                         for p in shard_path.values()) and [read_json(p) for p in shard_path.values()],
+                             120, "trades in both shards", supervisor)
+            victim = first[1]["pid"]
+            os.kill(victim, signal.SIGKILL)     # whatever its producer still buffered is gone
+            killed_at = sim_seconds(sim)
+            restarted = wait_for(lambda: (st := read_json(shard_path[1])).get("pid") not in (None, victim)
+                                 and st["counters_run"].get("trade_backfills", 0) >= 1 and st["missing_trades"] == 0
+                                 and st["records"].get("trade", 0) > 300 and sim_seconds(sim) > killed_at + 30
+                                 and st, 120, "the killed shard restarted and its restart window backfilled",
+                                 supervisor)
+            supervised = read_json(supervisor_path)
+            shown = subprocess.run([*PERPFLOW, "status"], env=cli_env, capture_output=True, text=True, timeout=60)
+            untouched = read_json(shard_path[0])
+        finally:
+            supervisor.send_signal(signal.SIGTERM)
+            exit_code = supervisor.wait(timeout=60)
+    assert exit_code == 0, (tmp_path / "supervisor.log").read_text()
+    final = [read_json(p) for p in shard_path.values()]
+    assert [(st["state"], st["exit_code"]) for st in final] == [("stopped", 0), ("stopped", 0)]
+    assert read_json(supervisor_path)["state"] == "stopped"
+
+    # Each symbol in exactly one shard, the same one before and after the restart.
+    assert (first[0]["symbols"], first[1]["symbols"], restarted["symbols"]) == \
+        (["ETHUSDT", "SOLUSDT"], ["BTCUSDT"], ["BTCUSDT"])
+    assert [s["restarts"] for s in supervised["shards"]] == [0, 1]
+    assert supervised["shards"][1]["last_exit"] == -signal.SIGKILL
+    assert untouched["pid"] == first[0]["pid"]              # the other shard ran on untouched
+    assert restarted["counters_run"]["trades_backfilled"] > 0    # the kill left a real window to backfill
+    assert restarted["counters_total"]["messages"] > restarted["counters_run"]["messages"]   # its own state resumed
+
+    # One view over both shards, within 80 columns.
+    assert "ingest binance-usdm  2 shards" in shown.stdout, shown.stdout
+    assert "shard 0/2" in shown.stdout and "shard 1/2" in shown.stdout and "restarts 1" in shown.stdout
+    assert all(symbol in shown.stdout for symbol in ("BTC-USDT-PERP", "ETH-USDT-PERP", "SOL-USDT-PERP"))
+    assert max(map(len, shown.stdout.splitlines())) <= 80, shown.stdout
+
+    # Every trade id the venue published exactly once in Kafka, books exact at every checkpoint.
+    truth = load_truth(tmp_path / "truth.jsonl")
+    ids, lost = defaultdict(list), defaultdict(set)
+    for trade in map(decode, kafka_values(fresh_broker.bootstrap, "md.trades")):
+        ids[trade.symbol_native].append(int(trade.trade_id))
+    for event in map(decode, kafka_values(fresh_broker.bootstrap, "md.feed_events")):
+        if event.kind == "trade_lost":
+            detail = orjson.loads(event.detail)
+            lost[event.symbol.replace("-PERP", "").replace("-", "")] |= set(range(detail["first_id"],
+                                                                                 detail["last_id"] + 1))
+    assert sorted(ids) == sorted(SYMBOLS)
+    assert_exact(compare_with_truth(ids, lost, truth), min_expected=300)
+    books = [decode(v) for v in kafka_values(fresh_broker.bootstrap, "md.book")]
+    assert check_books_against_truth(books, truth) >= 20
