@@ -78,11 +78,7 @@ def combine_statuses(statuses: list[dict]) -> dict:
         return sum(st.get(key, 0) for st in statuses)
 
     def summed(key):
-        out = {}
-        for st in statuses:
-            for name, n in st.get(key, {}).items():
-                out[name] = out.get(name, 0) + n
-        return out
+        return summed_dicts([st.get(key, {}) for st in statuses])
 
     kafka = [st.get("kafka") for st in statuses]
     return {
@@ -93,7 +89,7 @@ def combine_statuses(statuses: list[dict]) -> dict:
         "dead_letters": total("dead_letters"), "spill_bytes": total("spill_bytes"),
         "spilling": any(st.get("spilling") for st in statuses),
         "kafka": next((k for k in kafka if k != "reachable"), "reachable"),
-        "sink": {"dropped": sum(st.get("sink", {}).get("dropped", 0) for st in statuses)},
+        "sink": {"dropped": summed_dicts([st.get("sink", {}).get("dropped", {}) for st in statuses])},
         "trades": dict(sorted((s, seq) for st in statuses for s, seq in st.get("trades", {}).items())),
         "records": summed("records"), "events": summed("events"),
         "counters_run": summed("counters_run"), "counters_total": summed("counters_total"),
@@ -102,3 +98,11 @@ def combine_statuses(statuses: list[dict]) -> dict:
         "task_errors": [{**e, "task": f"shard {st.get('shard')} {e['task']}"}
                         for st in statuses for e in st.get("task_errors", [])],
     }
+
+
+def summed_dicts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for count in counts:
+        for name, n in count.items():
+            out[name] = out.get(name, 0) + n
+    return out

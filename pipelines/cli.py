@@ -427,7 +427,7 @@ def _ingest_detail_lines(st: dict, now: float) -> list[str]:
     kafka = st.get("kafka") or ("unreachable" if st.get("spilling") else "reachable")
     lines.append(f"  kafka {kafka}; spill {st.get('spill_bytes', 0):,} B"
                  + (" (SPILLING)" if st.get("spilling") else "")
-                 + (f"; dropped {sink['dropped']:,}" if sink.get("dropped") else ""))
+                 + (f"; dropped {sum(sink['dropped'].values()):,}" if sink.get("dropped") else ""))
     lines.append(f"  {'trades':<20} {'last id':>14} {'missing':>8} {'gaps':>5} {'lost':>5}")
     for symbol, seq in st.get("trades", {}).items():
         last = "-" if seq.get("last_id") is None else str(seq["last_id"])
