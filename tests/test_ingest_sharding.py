@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import zlib
 from collections import defaultdict
 
@@ -21,6 +23,7 @@ from conftest import PERPFLOW
 from ingest.records import decode
 from ingest.sharding import Shard, combine_statuses, parse_shard, split_symbols
 from ingest.simulator import SimConfig, SimulatorThread, load_truth
+from pipelines.shard_supervisor import ShardSupervisor
 from test_ingest_continuity import assert_exact, compare_with_truth, kafka_values, sim_seconds, wait_for
 from test_ingest_service import check_books_against_truth
 
@@ -165,3 +168,37 @@ def test_two_supervised_shards_cover_every_symbol_once_and_a_killed_shard_loses_
     btc = books["BTCUSDT"]
     resynced = max(i for i, r in enumerate(btc) if r.record_type == "book_snapshot" and r.reason == "sync")
     assert resynced > 0 and check_books_against_truth(btc[resynced:], truth) >= 3
+
+
+def child(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_a_shard_failing_over_and_over_stops_the_supervisor_with_a_reason(tmp_path):
+    events = []
+    supervisor = ShardSupervisor("binance-usdm", [child("import time; time.sleep(600)"), child("raise SystemExit(3)")],
+                                 tmp_path / "supervisor.json", backoff_base_s=0.01, max_failures_in_a_row=4,
+                                 grace_s=5, on_event=events.append)
+    assert supervisor.run() == 1
+    status = json.loads((tmp_path / "supervisor.json").read_text())
+    assert status["state"] == "stopped" and "shard 1/2 failed 4 times in a row" in status["failure"]
+    assert [(s["restarts"], s["last_exit"]) for s in status["shards"]] == [(0, -signal.SIGTERM), (3, 3)]
+    assert [e for e in events if "restarting" in e] == [f"shard 1/2 exited 3; restarting in {d}s" for d in
+                                                        ("0.0", "0.0", "0.0")]
+
+
+def test_a_shard_that_finishes_stays_finished_and_one_ignoring_sigterm_is_killed(tmp_path):
+    supervisor = ShardSupervisor("binance-usdm", [child("pass")], tmp_path / "supervisor.json", backoff_base_s=0.01)
+    assert supervisor.run() == 0
+    assert json.loads((tmp_path / "supervisor.json").read_text())["shards"] == [
+        {"shard": "0/1", "pid": supervisor.shards[0].process.pid, "restarts": 0, "last_exit": 0, "done": True,
+         "restart_in_s": None}]
+
+    ready = tmp_path / "ready"
+    stubborn = child(f"import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                     f"pathlib.Path({str(ready)!r}).touch(); time.sleep(600)")
+    supervisor = ShardSupervisor("binance-usdm", [stubborn], tmp_path / "supervisor.json", grace_s=1)
+    threading.Thread(target=lambda: wait_for(ready.exists, 60, "the shard to ignore SIGTERM")
+                     and os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()
+    assert supervisor.run() == 1       # stopped, but not cleanly: the shard had to be killed
+    assert supervisor.shards[0].last_exit == -signal.SIGKILL
