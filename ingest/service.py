@@ -62,7 +62,7 @@ from ingest.book_sync import SYNCED
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import BookDelta, BookSnapshot, FeedEvent, Funding, Trade
-from ingest.sharding import Shard, file_suffix, rest_weight_limit
+from ingest.sharding import Shard, file_suffix, inherited_state, rest_weight_limit
 from ingest.spill import SinkFailure, SpillingSink
 from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue
 from ingest.kafka import BrokerUnavailable
@@ -195,7 +195,8 @@ class IngestService:
         # Counted here, so split among the shards sharing the IP; the weight the venue reports back
         # (``rest_weight``) is the whole IP's and is compared with the whole limit.
         self.rest_weight_limit = rest_weight_limit(venue.REST_WEIGHT_LIMIT, config.shard)
-        self._state = load_state(self.state_path)
+        self._state = load_state(self.state_path) if self.state_path.exists() else inherited_state(
+            config.run_dir, venue.exchange, config.shard, {venue.normalize_symbol(s) for s in config.symbols})
         self._totals_base = Counter(self._state.get("totals", {}))
         self._lost_ranges: dict[str, list[list[int]]] = {
             symbol: seq.get("lost", []) for symbol, seq in self._state.get("trades", {}).items()}

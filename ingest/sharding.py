@@ -5,7 +5,9 @@ Shard ``i/n`` takes the native symbols whose CRC-32 modulo ``n`` is ``i``: a sta
 who owns a symbol, and each symbol is ingested by exactly one shard. Per-symbol ordering is Kafka's
 as before: records are keyed ``exchange|symbol`` and one key always lands on one partition, whichever
 process produced it. Each shard keeps its own status, state and spill files (``file_suffix``), so a
-restarted shard resumes its own trade sequences and catch-ups and nobody else's.
+restarted shard resumes its own trade sequences and catch-ups and nobody else's. The first start of
+a new split takes its symbols' sequences from the previous split's state files (``inherited_state``);
+a previous split's spill that still holds records must drain first (``other_layout_files``).
 
 A venue's REST budget is per IP, and the shards of one venue share the IP: each shard gets
 ``1/n`` of it (``rest_weight_limit``).
@@ -16,6 +18,9 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.continuity import load_state
 
 SHARD_PATTERN = re.compile(r"(\d+)/(\d+)")
 
@@ -59,6 +64,34 @@ def split_symbols(native_symbols: list[str], count: int) -> list[list[str]]:
                          f"with none (symbols go to shards by a hash, not round robin); use at most "
                          f"{workable} shards for these symbols")
     return shards
+
+
+def other_layout_files(run_dir: Path, name: str, extension: str, shard_count: int | None) -> list[Path]:
+    """``<name>[.shard-<i>-of-<n>]<extension>`` files in ``run_dir`` written by another split of the venue
+    than ``shard_count`` shards (None: unsharded), e.g. ``ingest-okx-swap``, ``.state.json``."""
+    found = []
+    for path in run_dir.glob(f"{name}*{extension}"):
+        middle = path.name[len(name):len(path.name) - len(extension)]
+        match = re.fullmatch(r"\.shard-\d+-of-(\d+)", middle)
+        if (match or middle == "") and (int(match.group(1)) if match else None) != shard_count:
+            found.append(path)
+    return sorted(found)
+
+
+def inherited_state(run_dir: Path, exchange: str, shard: Shard | None, symbols: set[str]) -> dict:
+    """On the first start of a new split (say 2 shards after one process), the trade sequences and
+    catch-ups of ``symbols`` (normalized) from the state files of the split before it, so the window
+    between the two is backfilled like any restart's. Counters are not carried over: the old files
+    keep theirs."""
+    inherited: dict = {}
+    for path in other_layout_files(run_dir, f"ingest-{exchange}", ".state.json", shard and shard.count):
+        state = load_state(path)
+        for section in ("trades", "catch_up"):
+            owned = {s: entry for s, entry in state.get(section, {}).items() if s in symbols}
+            if owned:
+                inherited.setdefault(section, {}).update(owned)
+                inherited.update(version=state["version"], exchange=exchange)
+    return inherited
 
 
 def file_suffix(shard: Shard | None) -> str:

@@ -285,7 +285,7 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
            redundancy, max_frame_mib, shard, shards) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
     from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service, spill_file
-    from ingest.sharding import split_symbols
+    from ingest.sharding import other_layout_files, split_symbols
     from ingest.spill import SinkFailure, SpillingSink
     from ingest.venues import venue as venue_for
 
@@ -299,6 +299,13 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
         by_shard = split_symbols(symbols, count)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shards" if shards else "--shard") from None
+    split = shards or (shard.count if shard else None)
+    undrained = [p for p in other_layout_files(settings.run_dir, f"spill-{venue.exchange}", ".jsonl", split)
+                 if p.stat().st_size]
+    if undrained:
+        _fail(f"{', '.join(map(str, undrained))} still hold records not yet in Kafka, spilled by {venue.exchange}'s "
+              "ingest split another way (without --shard/--shards, or another shard count); run that split until "
+              "`perpflow status` shows its spill at 0 B, then start this one")
     if shards:
         sys.exit(_supervise_shards(ctx, settings, exchange, symbols, shards))
     if shard:

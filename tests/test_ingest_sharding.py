@@ -21,7 +21,8 @@ import pytest
 
 from conftest import PERPFLOW
 from ingest.records import decode
-from ingest.sharding import Shard, combine_statuses, parse_shard, split_symbols
+from ingest.continuity import STATE_VERSION
+from ingest.sharding import Shard, combine_statuses, inherited_state, other_layout_files, parse_shard, split_symbols
 from ingest.simulator import SimConfig, SimulatorThread, load_truth
 from pipelines.shard_supervisor import ShardSupervisor
 from test_ingest_continuity import assert_exact, compare_with_truth, kafka_values, sim_seconds, wait_for
@@ -202,3 +203,29 @@ def test_a_shard_that_finishes_stays_finished_and_one_ignoring_sigterm_is_killed
                      and os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()
     assert supervisor.run() == 1       # stopped, but not cleanly: the shard had to be killed
     assert supervisor.shards[0].last_exit == -signal.SIGKILL
+
+
+def test_a_new_split_inherits_its_symbols_sequences_and_refuses_to_strand_an_old_spill(tmp_path):
+    run_dir = tmp_path / "home" / "run"
+    run_dir.mkdir(parents=True)
+    old = {"version": STATE_VERSION, "exchange": "binance-usdm", "saved_at": 1.0, "totals": {"messages": 9},
+           "trades": {"BTC-USDT-PERP": {"last_id": 41, "open": [[30, 35]], "lost": []},
+                      "ETH-USDT-PERP": {"last_id": 77, "open": [], "lost": []}}, "catch_up": {}}
+    (run_dir / "ingest-binance-usdm.state.json").write_bytes(orjson.dumps(old))
+    (run_dir / "ingest-binance-usdm.shard-0-of-2.state.json").write_bytes(orjson.dumps({**old, "trades": {}}))
+    # Shard 1/2 of a new split: only BTC is its, and the 2-shard split's own files are not "before it".
+    assert inherited_state(run_dir, "binance-usdm", Shard(1, 2), {"BTC-USDT-PERP"}) == {
+        "version": STATE_VERSION, "exchange": "binance-usdm",
+        "trades": {"BTC-USDT-PERP": {"last_id": 41, "open": [[30, 35]], "lost": []}}}
+    assert inherited_state(run_dir, "binance-usdm", None, {"SOL-USDT-PERP"}) == {}
+    assert other_layout_files(run_dir, "ingest-binance-usdm", ".state.json", 3) == sorted(
+        run_dir.glob("ingest-binance-usdm*.state.json"))
+
+    (run_dir / "spill-binance-usdm.jsonl").write_text('{"spilled": "record"}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPFLOW_")}
+    env.update(PERPFLOW_HOME=str(tmp_path / "home"), COLUMNS="300")
+    out = subprocess.run([*PERPFLOW, "ingest", "--exchange", "binance-usdm", "--symbols", ",".join(SYMBOLS),
+                          "--shards", "2"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "spill-binance-usdm.jsonl still hold records not yet in Kafka" in out.stdout, \
+        out.stdout + out.stderr
+    assert not (run_dir / "supervisor-ingest-binance-usdm.json").exists()
