@@ -484,22 +484,24 @@ def status() -> None:
     if broker:
         alive = "running" if _pid_alive(broker["pid"]) else "not running (stale state)"
         lines.append(f"broker  pid {broker['pid']}  {broker['bootstrap']}  {alive}")
-    sharded: dict[str, list[dict]] = {}
+    sharded: dict[tuple[str, int], list[dict]] = {}     # per venue and split: a split run before shows apart
     for path in sorted(settings.run_dir.glob("ingest-*.json")):
         if path.name.endswith(".state.json"):
             continue
         try:
             st = json.loads(path.read_text())
             if st.get("shard"):
-                sharded.setdefault(st["exchange"], []).append(st)
+                sharded.setdefault((st["exchange"], int(st["shard"].split("/")[1])), []).append(st)
             else:
                 lines += _ingest_status_lines(st, _pid_alive(st["pid"]), now)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             lines.append(f"{path.name}: unreadable status ({exc.__class__.__name__}: {exc})"[:80])
-    for exchange, shards in sorted(sharded.items()):
+    for (exchange, count), shards in sorted(sharded.items()):
         supervisor_path = supervisor_status_path(settings.run_dir, exchange)
         try:
             supervisor = json.loads(supervisor_path.read_text()) if supervisor_path.exists() else None
+            if supervisor and len(supervisor["shards"]) != count:
+                supervisor = None       # it supervised another split
             lines += _sharded_ingest_status_lines(shards, supervisor, _pid_alive, now)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             lines.append(f"{exchange} shards: unreadable status ({exc.__class__.__name__}: {exc})"[:80])
