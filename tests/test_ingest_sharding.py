@@ -25,7 +25,7 @@ from ingest.continuity import STATE_VERSION
 from ingest.sharding import Shard, combine_statuses, inherited_state, other_layout_files, parse_shard, split_symbols
 from ingest.simulator import SimConfig, SimulatorThread, load_truth
 from pipelines.shard_supervisor import ShardSupervisor
-from test_ingest_continuity import assert_exact, compare_with_truth, kafka_values, sim_seconds, wait_for
+from test_ingest_continuity import assert_exact, compare_with_truth, kafka_values, sim_seconds, stop, wait_for
 from test_ingest_service import check_books_against_truth
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -98,6 +98,19 @@ def read_json(path) -> dict:
         return {}
 
 
+def kafka_trades(bootstrap: str) -> tuple[dict[str, list[int]], dict[str, set[int]]]:
+    """(every trade id in md.trades per native symbol, duplicates kept; ids declared lost in trade_lost events)."""
+    ids, lost = defaultdict(list), defaultdict(set)
+    for trade in map(decode, kafka_values(bootstrap, "md.trades")):
+        ids[trade.symbol_native].append(int(trade.trade_id))
+    for event in map(decode, kafka_values(bootstrap, "md.feed_events")):
+        if event.kind == "trade_lost":
+            detail = orjson.loads(event.detail)
+            lost[event.symbol.replace("-PERP", "").replace("-", "")] |= set(range(detail["first_id"],
+                                                                                 detail["last_id"] + 1))
+    return ids, lost
+
+
 def test_two_supervised_shards_cover_every_symbol_once_and_a_killed_shard_loses_and_duplicates_nothing(
         tmp_path, cli_env, fresh_broker):
     run_dir = tmp_path / "home" / "run"
@@ -150,14 +163,7 @@ def test_two_supervised_shards_cover_every_symbol_once_and_a_killed_shard_loses_
 
     # Every trade id the venue published exactly once in Kafka, books exact at every checkpoint.
     truth = load_truth(tmp_path / "truth.jsonl")
-    ids, lost = defaultdict(list), defaultdict(set)
-    for trade in map(decode, kafka_values(fresh_broker.bootstrap, "md.trades")):
-        ids[trade.symbol_native].append(int(trade.trade_id))
-    for event in map(decode, kafka_values(fresh_broker.bootstrap, "md.feed_events")):
-        if event.kind == "trade_lost":
-            detail = orjson.loads(event.detail)
-            lost[event.symbol.replace("-PERP", "").replace("-", "")] |= set(range(detail["first_id"],
-                                                                                 detail["last_id"] + 1))
+    ids, lost = kafka_trades(fresh_broker.bootstrap)
     assert sorted(ids) == sorted(SYMBOLS)
     assert_exact(compare_with_truth(ids, lost, truth), min_expected=300)
     books = defaultdict(list)
@@ -229,3 +235,33 @@ def test_a_new_split_inherits_its_symbols_sequences_and_refuses_to_strand_an_old
     assert out.returncode == 1 and "spill-binance-usdm.jsonl still hold records not yet in Kafka" in out.stdout, \
         out.stdout + out.stderr
     assert not (run_dir / "supervisor-ingest-binance-usdm.json").exists()
+
+
+def test_switching_from_one_process_to_two_shards_backfills_the_switch_and_loses_nothing(tmp_path, cli_env, fresh_broker):
+    run_dir = tmp_path / "home" / "run"
+    shard_path = {i: run_dir / f"ingest-binance-usdm.shard-{i}-of-2.json" for i in range(2)}
+    config = SimConfig(scenario="calm", seed=32, hours=2, speed=20, truth_path=str(tmp_path / "truth.jsonl"))
+    with SimulatorThread(config) as sim, open(tmp_path / "ingest.log", "w") as log:
+        command = [*PERPFLOW, "ingest", "--exchange", "binance-usdm", "--symbols", ",".join(SYMBOLS),
+                   "--ws-url", sim.ws_url, "--rest-url", sim.http_url]
+        env = {**cli_env, "PYTHONUNBUFFERED": "1"}
+        single = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: read_json(run_dir / "ingest-binance-usdm.json").get("records", {}).get("trade", 0) > 500,
+                 120, "trades in the single process", single)
+        stop(single)
+        stopped_at = sim_seconds(sim)
+        wait_for(lambda: sim_seconds(sim) > stopped_at + 30, 60, "trading while nothing ingests")
+        supervisor = subprocess.Popen([*command, "--shards", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            shards = wait_for(lambda: all((st := read_json(p)).get("records", {}).get("trade", 0) > 300
+                                          and st["counters_run"].get("trade_backfills", 0) >= 1
+                                          and st["missing_trades"] == 0 for p in shard_path.values())
+                              and [read_json(p) for p in shard_path.values()], 120,
+                              "both shards to backfill the switch", supervisor)
+        finally:
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=60) == 0
+    assert all(st["counters_run"]["trades_backfilled"] > 0 for st in shards)
+    ids, lost = kafka_trades(fresh_broker.bootstrap)
+    assert sorted(ids) == sorted(SYMBOLS)
+    assert_exact(compare_with_truth(ids, lost, load_truth(tmp_path / "truth.jsonl")), min_expected=300)
