@@ -294,12 +294,11 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
     symbols = symbols or venue.SYMBOL_EXAMPLES.split(",")
     if shard and shards:
         raise click.UsageError("--shard I/N runs one shard, --shards N supervises all of them: give one")
-    count = shards or (shard.count if shard else 1)
+    split = shards or (shard.count if shard else None)      # shards of the venue; None: not sharded
     try:
-        by_shard = split_symbols(symbols, count)
+        by_shard = split_symbols(symbols, split or 1)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shards" if shards else "--shard") from None
-    split = shards or (shard.count if shard else None)
     undrained = [p for p in other_layout_files(settings.run_dir, f"spill-{venue.exchange}", ".jsonl", split)
                  if p.stat().st_size]
     if undrained:
@@ -326,8 +325,8 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
                           connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)),
                           shard=shard)
     service = IngestService(venue, config, sink=sink)
-    console.print(f"ingesting {exchange}{f' shard {shard}' if shard else ''} {','.join(symbols)} from {config.ws_url or config.rest_url} into Kafka at "
-                  f"{settings.bootstrap}")
+    console.print(f"ingesting {exchange}{f' shard {shard}' if shard else ''} {','.join(symbols)} from "
+                  f"{config.ws_url or config.rest_url} into Kafka at {settings.bootstrap}")
     try:
         run_service(service, report=lambda st: console.print(f"{_status_line(st)} [{st['state']}]", highlight=False,
                                                              markup=False))
@@ -370,7 +369,8 @@ def _supervise_shards(ctx, settings, exchange: str, symbols: list[str], count: i
 def _status_line(st: dict) -> str:
     ev = st.get("events", {})
     records = st.get("records", {})
-    return (f"{st['exchange']}{f' shard ' + st['shard'] if st.get('shard') else ''}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
+    shard = f" shard {st['shard']}" if st.get("shard") else ""
+    return (f"{st['exchange']}{shard}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
             f"{records.get('trade', 0):,} trades, {records.get('book_delta', 0):,} book deltas, "
             f"{records.get('liquidation', 0):,} liquidations; reconnects {ev.get('reconnects', 0)}, "
             f"stalls {ev.get('stalls', 0)}, gaps {st['gaps']}, resyncs {st['resyncs']}, "
