@@ -7,6 +7,7 @@ What counts is what Kafka holds afterwards, against the simulator's truth.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -259,9 +260,41 @@ def test_switching_from_one_process_to_two_shards_backfills_the_switch_and_loses
                               and [read_json(p) for p in shard_path.values()], 120,
                               "both shards to backfill the switch", supervisor)
         finally:
-            supervisor.send_signal(signal.SIGTERM)
+            supervisor.send_signal(signal.SIGINT)       # Ctrl-C: every shard stops cleanly
             assert supervisor.wait(timeout=60) == 0
+    assert [read_json(p)["exit_code"] for p in shard_path.values()] == [0, 0]
     assert all(st["counters_run"]["trades_backfilled"] > 0 for st in shards)
     ids, lost = kafka_trades(fresh_broker.bootstrap)
     assert sorted(ids) == sorted(SYMBOLS)
     assert_exact(compare_with_truth(ids, lost, load_truth(tmp_path / "truth.jsonl")), min_expected=300)
+
+
+def test_a_shard_paces_its_polls_within_its_share_of_the_venues_rest_budget(tmp_path, broker):
+    from ingest.service import IngestConfig, IngestService
+    from ingest.venues.binance_usdm import BinanceUsdm
+
+    def service(shard):
+        config = IngestConfig(symbols=["BTCUSDT"], ws_url="ws://unused", rest_url="http://unused",
+                              bootstrap=broker.bootstrap, run_dir=tmp_path / str(shard), shard=shard)
+        return IngestService(BinanceUsdm(), config)
+
+    async def spend(svc, weight) -> int:
+        """Polls deferred when ``weight`` is spent at once and one more unit is asked for."""
+        await svc._spend_poll_weight(weight)
+        extra = asyncio.create_task(svc._spend_poll_weight(1))
+        await asyncio.sleep(0)          # let it run up to its first wait
+        extra.cancel()
+        return svc.events["polls_deferred"]
+
+    whole, half = service(None), service(Shard(1, 2))
+    try:
+        assert (whole.rest_weight_limit, half.rest_weight_limit) == (2400, 1200)
+        assert (half.status_path.name, half.state_path.name, half.sink.spill_path.name) == (
+            "ingest-binance-usdm.shard-1-of-2.json", "ingest-binance-usdm.shard-1-of-2.state.json",
+            "spill-binance-usdm.shard-1-of-2.jsonl")
+        # 80% of the budget is the polls': 960 of a half's 1200 leaves no room, 960 of 2400 plenty.
+        assert asyncio.run(spend(half, 960)) == 1
+        assert asyncio.run(spend(whole, 960)) == 0
+    finally:
+        whole.sink.close()
+        half.sink.close()
