@@ -68,7 +68,7 @@ def split_symbols(native_symbols: list[str], count: int) -> list[list[str]]:
 
 def other_layout_files(run_dir: Path, name: str, extension: str, shard_count: int | None) -> list[Path]:
     """``<name>[.shard-<i>-of-<n>]<extension>`` files in ``run_dir`` written by another split of the venue
-    than ``shard_count`` shards (None: unsharded), e.g. ``ingest-okx-swap``, ``.state.json``."""
+    than ``shard_count`` shards (None: unsharded), e.g. ``ingest-<venue>`` and ``.state.json``."""
     found = []
     for path in run_dir.glob(f"{name}*{extension}"):
         middle = path.name[len(name):len(path.name) - len(extension)]
