@@ -32,7 +32,9 @@ a non-zero exit, never leaving it half alive.
 
 The service writes its status to ``<home>/run/ingest-<venue>.json`` every second, which
 ``perpflow status`` reads, and its state (trade sequences, unfinished backfills, cumulative
-counters) to ``ingest-<venue>.state.json`` beside it.
+counters) to ``ingest-<venue>.state.json`` beside it. A shard of a venue (``ingest/sharding.py``)
+ingests only its symbols and has files of its own (``ingest-<venue>.shard-<i>-of-<n>.json``, its
+``.state.json`` and spill), and spends only its share of the venue's REST budget on polls.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from ingest.book_sync import SYNCED
 from ingest.feed import FeedHandler, TradeGap
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
 from ingest.records import BookDelta, BookSnapshot, FeedEvent, Funding, Trade
+from ingest.sharding import Shard, file_suffix, inherited_state, rest_weight_limit
 from ingest.spill import SinkFailure, SpillingSink
 from ingest.venue import BookResync, MalformedMessage, SkipMessage, Venue
 from ingest.kafka import BrokerUnavailable
@@ -104,6 +107,7 @@ class IngestConfig:
     keepalive_timeout_s: float = 20.0                 # a ping unanswered this long closes the connection
     max_catch_up_pages: int = 200                     # per trade catch-up; older trades are reported lost
     catch_up_lookback_ms: int = 60_000                # on start, caught up from this long before the newest durable trade
+    shard: Shard | None = None                        # this process ingests only its shard of the symbols
 
 
 @dataclass
@@ -153,7 +157,7 @@ class IngestService:
     def __init__(self, venue, config: IngestConfig, sink: SpillingSink | None = None):
         self.venue = venue
         self.config = config
-        self.sink = sink or SpillingSink(config.bootstrap, config.run_dir / f"spill-{venue.exchange}.jsonl")
+        self.sink = sink or SpillingSink(config.bootstrap, spill_file(config.run_dir, venue.exchange, config.shard))
         # Spill events (disk full, dropped records, quarantined lines) may come from kafka-python's
         # thread; emitting a record is thread-safe, so they go straight to the sink like the rest.
         self.sink.on_event = self._sink_event
@@ -185,9 +189,14 @@ class IngestService:
         self._session: aiohttp.ClientSession | None = None
         self._mergers: dict[str, ReplicaMerger] = {}   # per route, with redundant connections only
         self._rate = {"t": time.monotonic(), "messages": 0, "per_s": 0.0}
-        self.status_path = config.run_dir / f"ingest-{venue.exchange}.json"
-        self.state_path = config.run_dir / f"ingest-{venue.exchange}.state.json"
-        self._state = load_state(self.state_path)
+        stem = f"ingest-{venue.exchange}{file_suffix(config.shard)}"
+        self.status_path = config.run_dir / f"{stem}.json"
+        self.state_path = config.run_dir / f"{stem}.state.json"
+        # Counted here, so split among the shards sharing the IP; the weight the venue reports back
+        # (``rest_weight``) is the whole IP's and is compared with the whole limit.
+        self.rest_weight_limit = rest_weight_limit(venue.REST_WEIGHT_LIMIT, config.shard)
+        self._state = load_state(self.state_path) if self.state_path.exists() else inherited_state(
+            config.run_dir, venue.exchange, config.shard, {venue.normalize_symbol(s) for s in config.symbols})
         self._totals_base = Counter(self._state.get("totals", {}))
         self._lost_ranges: dict[str, list[list[int]]] = {
             symbol: seq.get("lost", []) for symbol, seq in self._state.get("trades", {}).items()}
@@ -876,7 +885,7 @@ class IngestService:
 
     async def _spend_poll_weight(self, weight: int) -> None:
         """Wait until the polls' budget over the last ``POLL_WINDOW_S`` has room for ``weight``."""
-        limit = self.POLL_BUDGET_SHARE * self.venue.REST_WEIGHT_LIMIT
+        limit = self.POLL_BUDGET_SHARE * self.rest_weight_limit
         deferred = False
         while True:
             now = time.monotonic()
@@ -1007,6 +1016,7 @@ class IngestService:
         run = self._run_counters()
         return {
             "service": "ingest", "exchange": self.venue.exchange, "pid": os.getpid(), "symbols": self.config.symbols,
+            "shard": str(self.config.shard) if self.config.shard else None, "rest_weight_limit": self.rest_weight_limit,
             "state": self._health(sink, trades), "started_at": self.started, "updated_at": time.time(),
             "messages": stats.messages,
             "messages_per_s": round(self._rate["per_s"], 1), "records": dict(stats.records),
@@ -1068,6 +1078,10 @@ class IngestService:
             self.events["state_write_errors"] += 1
         else:
             self._status_error = None
+
+
+def spill_file(run_dir: Path, exchange: str, shard: Shard | None) -> Path:
+    return run_dir / f"spill-{exchange}{file_suffix(shard)}.jsonl"
 
 
 def run_service(service: IngestService, report=None, report_every_s: float = 10.0) -> None:

@@ -246,6 +246,17 @@ def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | No
     return limits
 
 
+def _shard(ctx, param, value: str | None):
+    from ingest.sharding import parse_shard
+
+    if value is None:
+        return None
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @click.option("--exchange", required=True, type=click.Choice(venue_names()), is_eager=True, help="Venue to ingest.")
 @click.option("--symbols", default=None, callback=_symbols,
@@ -263,19 +274,44 @@ def _silence_limits(ctx, param, values: tuple[str, ...]) -> dict[str, float | No
                    "(not even liquidations, which cannot be backfilled).")
 @click.option("--max-frame-mib", type=click.FloatRange(0.01, 200), default=8.0, show_default=True,
               help="Frames larger than this are dead-lettered (the connection stays up).")
-def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration,
-           redundancy, max_frame_mib) -> None:
+@click.option("--shard", callback=_shard, metavar="I/N",
+              help="Ingest only shard I (0-based) of N: the symbols whose CRC-32 mod N is I, with status, state "
+                   "and spill files of its own and 1/N of the venue's REST budget.")
+@click.option("--shards", type=click.IntRange(2, 64),
+              help="Run N shard processes of this venue (--shard 0/N .. N-1/N) under a supervisor that restarts "
+                   "any that dies and stops them all on Ctrl-C or SIGTERM.")
+@click.pass_context
+def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration,
+           redundancy, max_frame_mib, shard, shards) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
-    from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service
+    from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service, spill_file
+    from ingest.sharding import other_layout_files, split_symbols
     from ingest.spill import SinkFailure, SpillingSink
     from ingest.venues import venue as venue_for
 
     settings = _settings()
     venue = venue_for(exchange)
     symbols = symbols or venue.SYMBOL_EXAMPLES.split(",")
+    if shard and shards:
+        raise click.UsageError("--shard I/N runs one shard, --shards N supervises all of them: give one")
+    split = shards or (shard.count if shard else None)      # shards of the venue; None: not sharded
+    try:
+        by_shard = split_symbols(symbols, split or 1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shards" if shards else "--shard") from None
+    undrained = [p for p in other_layout_files(settings.run_dir, f"spill-{venue.exchange}", ".jsonl", split)
+                 if p.stat().st_size]
+    if undrained:
+        _fail(f"{', '.join(map(str, undrained))} still hold records not yet in Kafka, spilled by {venue.exchange}'s "
+              "ingest split another way (without --shard/--shards, or another shard count); run that split until "
+              "`perpflow status` shows its spill at 0 B, then start this one")
+    if shards:
+        sys.exit(_supervise_shards(ctx, settings, exchange, symbols, shards))
+    if shard:
+        symbols = by_shard[shard.index]
     # The sink creates the topics once Kafka answers; an outage at start is survivable: it spills.
     try:
-        sink = SpillingSink(settings.bootstrap, settings.run_dir / f"spill-{venue.exchange}.jsonl",
+        sink = SpillingSink(settings.bootstrap, spill_file(settings.run_dir, venue.exchange, shard),
                             max_bytes=settings.spill_max_bytes, partitions=settings.partitions)
     except SinkFailure as exc:
         _fail(str(exc))
@@ -286,10 +322,11 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
                           rest_url=rest_url or venue.default_rest_url, bootstrap=settings.bootstrap,
                           run_dir=settings.run_dir, oi_interval_s=oi_interval, silence_limit_s=silence_limit,
                           max_connection_age_s=max_connection_age, duration_s=duration,
-                          connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)))
+                          connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)),
+                          shard=shard)
     service = IngestService(venue, config, sink=sink)
-    console.print(f"ingesting {exchange} {','.join(symbols)} from {config.ws_url or config.rest_url} into Kafka at "
-                  f"{settings.bootstrap}")
+    console.print(f"ingesting {exchange}{f' shard {shard}' if shard else ''} {','.join(symbols)} from "
+                  f"{config.ws_url or config.rest_url} into Kafka at {settings.bootstrap}")
     try:
         run_service(service, report=lambda st: console.print(f"{_status_line(st)} [{st['state']}]", highlight=False,
                                                              markup=False))
@@ -306,10 +343,34 @@ def ingest(exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_
                       "the next start fetches them", highlight=False)
 
 
+def _supervise_shards(ctx, settings, exchange: str, symbols: list[str], count: int) -> int:
+    """Run this command once per shard (``--shard i/N`` for ``--shards N``) under the shard supervisor."""
+    from pipelines.shard_supervisor import ShardSupervisor, supervisor_status_path
+
+    base = [sys.executable, "-m", "pipelines.cli", *(["--verbose"] if ctx.parent.params.get("verbose") else []),
+            "ingest"]
+    for param in ctx.command.params:
+        value = symbols if param.name == "symbols" else ctx.params.get(param.name)
+        flag = param.opts[0]
+        if param.name in ("shard", "shards") or value is None:
+            continue
+        if param.name == "silence_limit":
+            base += [a for kind, limit in value.items() for a in (flag, f"{kind}={'off' if limit is None else limit}")]
+        else:
+            base += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    supervisor = ShardSupervisor(exchange, [[*base, "--shard", f"{i}/{count}"] for i in range(count)],
+                                 supervisor_status_path(settings.run_dir, exchange),
+                                 on_event=lambda text: console.print(f"supervisor {exchange}: {text}",
+                                                                     highlight=False, markup=False))
+    console.print(f"supervising {count} shards of {exchange} ({len(symbols)} symbols); Ctrl-C or SIGTERM stops all")
+    return supervisor.run()
+
+
 def _status_line(st: dict) -> str:
     ev = st.get("events", {})
     records = st.get("records", {})
-    return (f"{st['exchange']}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
+    shard = f" shard {st['shard']}" if st.get("shard") else ""
+    return (f"{st['exchange']}{shard}: {st['messages_per_s']:,.0f} msg/s, {st['messages']:,} messages, "
             f"{records.get('trade', 0):,} trades, {records.get('book_delta', 0):,} book deltas, "
             f"{records.get('liquidation', 0):,} liquidations; reconnects {ev.get('reconnects', 0)}, "
             f"stalls {ev.get('stalls', 0)}, gaps {st['gaps']}, resyncs {st['resyncs']}, "
@@ -326,6 +387,13 @@ def _ago(seconds: float) -> str:
 
 def _ingest_status_lines(st: dict, pid_alive: bool, now: float) -> list[str]:
     """One ingest service's status as lines of at most 80 characters."""
+    lines = [f"ingest {st['exchange']}  pid {st['pid']}  {_shown_state(st, pid_alive, now)}"[:80]]
+    if st.get("failure"):
+        lines += [f"  failure: {chunk}" for chunk in _wrap(st["failure"], 69)]
+    return lines + _ingest_detail_lines(st, now)
+
+
+def _shown_state(st: dict, pid_alive: bool, now: float) -> str:
     state = st.get("state", "?")
     if state not in ("stopped", "failed") and not pid_alive:
         state = "dead: killed without a clean stop"
@@ -333,16 +401,40 @@ def _ingest_status_lines(st: dict, pid_alive: bool, now: float) -> list[str]:
         state = f"not responding: status {_ago(now - st['updated_at'])} old"
     if "exit_code" in st:
         state += f" (exit {st['exit_code']})"
-    lines = [f"ingest {st['exchange']}  pid {st['pid']}  {state}"[:80]]
-    if st.get("failure"):
-        lines += [f"  failure: {chunk}" for chunk in _wrap(st["failure"], 69)]
-    lines.append(f"  updated {_ago(now - st['updated_at'])} ago, up {_ago(st['updated_at'] - st['started_at'])}, "
-                 f"{st['messages_per_s']:,.0f} msg/s")
+    return state
+
+
+def _sharded_ingest_status_lines(shards: list[dict], supervisor: dict | None, pid_alive, now: float) -> list[str]:
+    """One venue's shards as one view: each shard's state (and restarts), then their counters summed."""
+    from ingest.sharding import combine_statuses
+
+    combined = combine_statuses(shards)
+    restarts = {s["shard"]: s for s in (supervisor or {}).get("shards", [])}
+    head = f"ingest {combined['exchange']}  {len(shards)} shards"
+    if supervisor:
+        alive = pid_alive(supervisor["pid"]) and supervisor["state"] == "running"
+        head += f"  supervisor pid {supervisor['pid']} {'running' if alive else 'not running'}"
+    lines = [head[:80]]
+    for st in shards:
+        line = f"  shard {st['shard']}  pid {st['pid']}  {_shown_state(st, pid_alive(st['pid']), now)}"
+        sup = restarts.get(st["shard"])
+        if sup and sup["restarts"]:
+            line += f"  restarts {sup['restarts']}"
+        lines.append(line[:80])
+        if st.get("failure"):
+            lines += [f"    failure: {chunk}" for chunk in _wrap(st["failure"], 67)]
+    return lines + _ingest_detail_lines(combined, now)
+
+
+def _ingest_detail_lines(st: dict, now: float) -> list[str]:
+    """Everything below the state line: Kafka, spill, trade sequences, REST, counters."""
+    lines = [f"  updated {_ago(now - st['updated_at'])} ago, up {_ago(st['updated_at'] - st['started_at'])}, "
+                 f"{st['messages_per_s']:,.0f} msg/s"]
     sink = st.get("sink", {})
     kafka = st.get("kafka") or ("unreachable" if st.get("spilling") else "reachable")
     lines.append(f"  kafka {kafka}; spill {st.get('spill_bytes', 0):,} B"
                  + (" (SPILLING)" if st.get("spilling") else "")
-                 + (f"; dropped {sink['dropped']:,}" if sink.get("dropped") else ""))
+                 + (f"; dropped {sum(sink['dropped'].values()):,}" if sink.get("dropped") else ""))
     lines.append(f"  {'trades':<20} {'last id':>14} {'missing':>8} {'gaps':>5} {'lost':>5}")
     for symbol, seq in st.get("trades", {}).items():
         last = "-" if seq.get("last_id") is None else str(seq["last_id"])
@@ -382,6 +474,7 @@ def status() -> None:
     import json
 
     from pipelines.broker import _pid_alive, read_state
+    from pipelines.shard_supervisor import supervisor_status_path
 
     settings = _settings()
     now = time.time()
@@ -391,14 +484,27 @@ def status() -> None:
     if broker:
         alive = "running" if _pid_alive(broker["pid"]) else "not running (stale state)"
         lines.append(f"broker  pid {broker['pid']}  {broker['bootstrap']}  {alive}")
+    sharded: dict[tuple[str, int], list[dict]] = {}     # per venue and split: a split run before shows apart
     for path in sorted(settings.run_dir.glob("ingest-*.json")):
         if path.name.endswith(".state.json"):
             continue
         try:
             st = json.loads(path.read_text())
-            lines += _ingest_status_lines(st, _pid_alive(st["pid"]), now)
+            if st.get("shard"):
+                sharded.setdefault((st["exchange"], int(st["shard"].split("/")[1])), []).append(st)
+            else:
+                lines += _ingest_status_lines(st, _pid_alive(st["pid"]), now)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             lines.append(f"{path.name}: unreadable status ({exc.__class__.__name__}: {exc})"[:80])
+    for (exchange, count), shards in sorted(sharded.items()):
+        supervisor_path = supervisor_status_path(settings.run_dir, exchange)
+        try:
+            supervisor = json.loads(supervisor_path.read_text()) if supervisor_path.exists() else None
+            if supervisor and len(supervisor["shards"]) != count:
+                supervisor = None       # it supervised another split
+            lines += _sharded_ingest_status_lines(shards, supervisor, _pid_alive, now)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            lines.append(f"{exchange} shards: unreadable status ({exc.__class__.__name__}: {exc})"[:80])
     if not lines:
         out.print(f"no perpflow services have run with PERPFLOW_HOME={settings.home}")
         return
