@@ -44,7 +44,10 @@ from warehouse.transaction import transaction
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_ROWS = 50_000
-STALL_SECONDS = 30
+# A pass gives up when no record came for this long while behind. It is well above kafka-python's
+# request timeout (30.5 s by default): on a loaded machine a fetch the broker answers too late is
+# failed and sent again after that timeout, which must not end the pass.
+STALL_SECONDS = 120
 MIRROR_TIMEOUT_MS = 10_000
 _TYPE_PREFIX = b'{"type":"'
 
