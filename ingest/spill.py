@@ -212,7 +212,10 @@ class SpillingSink:
                 self._append(record)
         if not spilling:
             self._produce(record)
-        self._dispatch()
+        if self._events or self._held:
+            # Read without the lock (this runs for every record): whatever another thread queues
+            # meanwhile goes out with the next call.
+            self._dispatch()
 
     def _produce(self, record) -> None:
         try:
