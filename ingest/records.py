@@ -352,16 +352,20 @@ def kafka_key(record) -> bytes:
     return f"{record.exchange}|{record.symbol or '*'}".encode()
 
 
+# Built once per record type: encode and headers run for every record sent.
+_VALUE_PREFIX = {name: b'{"type":"%s","v":%d,' % (name.encode(), SCHEMA_VERSION) for name in BY_NAME}
+_HEADERS = {name: [("type", name.encode()), ("v", str(SCHEMA_VERSION).encode())] for name in BY_NAME}
+
+
 def encode(record) -> bytes:
     """orjson value with the record type and schema version first, for readers without headers."""
-    body = orjson.dumps(record)
-    return b'{"type":"%s","v":%d,%s' % (record.record_type.encode(), SCHEMA_VERSION, body[1:])
+    return _VALUE_PREFIX[record.record_type] + orjson.dumps(record)[1:]
 
 
 def headers(record_or_type) -> list[tuple[str, bytes]]:
-    """Kafka headers for a record (or a record type name, for values already encoded)."""
-    record_type = record_or_type if isinstance(record_or_type, str) else record_or_type.record_type
-    return [("type", record_type.encode()), ("v", str(SCHEMA_VERSION).encode())]
+    """Kafka headers for a record (or a record type name, for values already encoded). The list is
+    shared by every record of the type: pass it on, do not change it."""
+    return _HEADERS[record_or_type if isinstance(record_or_type, str) else record_or_type.record_type]
 
 
 def decode(value: bytes):
