@@ -96,9 +96,11 @@ def run(tmp: Path, full: bool, console) -> list[dict]:
 # --- the simulator process ----------------------------------------------------------------------
 
 def serve(config: SimConfig, port: int, clock_path: Path) -> None:
-    """Run the simulator until SIGTERM; write its market clock to ``clock_path`` once it runs."""
+    """Run the simulator until SIGTERM; write its market clock to ``clock_path`` once it runs and,
+    at the end, the most it fell behind that clock (its model could not keep up) beside it."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    max_lag_ms = 0
     with SimulatorThread(config, port=port) as sim:
         while sim.simulator.clock is None:
             time.sleep(0.01)
@@ -106,7 +108,9 @@ def serve(config: SimConfig, port: int, clock_path: Path) -> None:
         tmp = clock_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"epoch_ns": clock.epoch_ns, "market_ms": clock.market_ms, "speed": clock.speed}))
         os.replace(tmp, clock_path)
-        stop.wait()
+        while not stop.wait(0.1):
+            max_lag_ms = max(max_lag_ms, sim.simulator.lag_ms)
+    clock_path.with_suffix(".lag").write_text(str(max_lag_ms))
 
 
 def _start_simulator(case: Case, port: int, clock_path: Path) -> tuple[subprocess.Popen, MarketClock]:
@@ -234,10 +238,12 @@ def _run_case(tmp: Path, case: Case) -> dict:
             simulator.wait(30)
         if loader.error is not None:
             raise loader.error
+    lag_path = (tmp / "clock.json").with_suffix(".lag")
+    simulator_lag_ms = int(lag_path.read_text()) if lag_path.exists() else None
     with warehouse.writer() as con:
         latencies = _latencies(con, clock, tail, loader)
     return {"case": case.name, "scenario": case.scenario, "speed": case.speed, "wall_seconds": case.seconds,
-            "loader_passes": loader.passes, "minutes_published": len({m for _, _, m in loader.minute_seen}),
+            "simulator_max_lag_ms": simulator_lag_ms, "loader_passes": loader.passes, "minutes_published": len({m for _, _, m in loader.minute_seen}),
             **latencies}
 
 

@@ -6,6 +6,8 @@ and say the rest once, in the caption.
 
 from __future__ import annotations
 
+import math
+
 from rich import box
 from rich.table import Table
 
@@ -76,3 +78,59 @@ def microstructure(micro: dict) -> Table:
     total = micro["total_seconds"]
     table.add_row("all assets", "", f"{total:.2f}", f"{total / baseline['seconds']:.2f}x")
     return table
+
+
+LATENCY_STAGES = (("ingest", "ingest read"), ("kafka", "in Kafka"), ("duckdb", "DuckDB row"),
+                  ("minute_row", "minute row (trades)"), ("minute_close", "  from minute end"))
+
+
+def _ms(stage: dict, key: str) -> str:
+    return f"{stage[key]:,.0f}" if stage.get("n") else "-"
+
+
+def latency(rows: list[dict]) -> Table:
+    cases = " / ".join(f"{row['case']} = {row['scenario']} at {row['speed']:g}x"
+                       + (f" (simulator up to {row['simulator_max_lag_ms'] / 1000:,.1f} s late)"
+                          if row.get("simulator_max_lag_ms") else "") for row in rows)
+    columns = ["from venue event to"]
+    for row in rows:
+        columns += [f"{row['case']} p50", f"{row['case']} p99"]
+    table = _table("latency per record, ms (same run)",
+                   f"{cases}; minute row = the trade's ohlcv_1m minute readable in the replica, refreshed after "
+                   "each loader pass that closed a minute (perpflow schedules analytics daily)", columns)
+    for stage, label in LATENCY_STAGES:
+        cells = [label]
+        for row in rows:
+            cells += [_ms(row[stage], "p50_ms"), _ms(row[stage], "p99_ms")]
+        table.add_row(*cells)
+    return table
+
+
+def capture(result: dict) -> Table:
+    plan = result["schedule"]
+    table = _table(f"all-market capture: {result['venues'][0]['symbols']} symbols per venue, venues at once",
+                   f"frames/s; need = the simulator's cadence x 300 symbols; cap = flat out beside the other "
+                   f"venues and the loader; backlog after {plan['burst_s']:g} s at {plan['factor']:g}x; "
+                   f"loader {result['loader_rows_per_s'] or 0:,.0f} rows/s",
+                   ["venue", "need/s", "cap/s", "headroom", "backlog", "drain s"])
+    for venue in result["venues"]:
+        drain = venue["drain_s"]
+        table.add_row(venue["exchange"], _n(venue["required_frames_per_s"]), _n(venue["capacity_frames_per_s"]),
+                      f"{venue['headroom']:.2f}x", _n(venue["backlog_at_burst_end"] or 0),
+                      f"{drain:.1f}" if drain is not None else f">{plan['drain_max_s']:g}")
+    return table
+
+
+def capture_verdicts(result: dict) -> list[str]:
+    """One plain sentence per venue: what capturing its whole market takes."""
+    lines = []
+    for venue in result["venues"]:
+        need, cap = venue["required_frames_per_s"], venue["capacity_frames_per_s"]
+        if venue["headroom"] >= 1:
+            lines.append(f"{venue['exchange']}: one ingest process keeps up with {venue['symbols']} symbols "
+                         f"({need:,.0f} frames/s) with {venue['headroom']:.1f}x headroom on this machine.")
+        else:
+            lines.append(f"{venue['exchange']}: {venue['symbols']} symbols need {need:,.0f} frames/s; one ingest "
+                         f"process did {cap:,.0f}/s here, so the whole market needs about {math.ceil(need / cap)} "
+                         "such processes (symbols split between them) on cores of their own.")
+    return lines

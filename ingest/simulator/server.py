@@ -227,10 +227,11 @@ class Simulator:
     async def _run_market(self) -> None:
         loop = asyncio.get_running_loop()
         feed = self.feed
+        epoch_ns = time.time_ns()    # read first, so the clock never says a message was due after it was sent
         wall0 = loop.time()
         sim0 = feed.now_ms
         speed = self.config.speed
-        self.clock = MarketClock(epoch_ns=time.time_ns(), market_ms=sim0, speed=speed)
+        self.clock = MarketClock(epoch_ns=epoch_ns, market_ms=sim0, speed=speed)
         wanted = self._subscribers.__contains__
         try:
             while not feed.finished:
