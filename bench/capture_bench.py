@@ -12,10 +12,12 @@ trade and mark-price cadence of majors).
 Each venue process then feeds the frames to perpflow's ingest path, the service's FeedHandler
 (mapper, book sync, periodic snapshots) and SpillingSink (Kafka producer, spill), paced by a
 schedule: the required rate, 5x that for the burst, the required rate again until the backlog has
-drained, then flat out for a fixed number of frames. Websocket reading is not in it (the ingest
+drained, then flat out for a fixed wall time. Websocket reading is not in it (the ingest
 bench's end-to-end row puts a number on that). Backlog = frames due by the schedule minus frames
 handled. Capacity = frames/s flat out while the other venues and the loader run; headroom =
-capacity / required rate. This process runs the loader pass after pass meanwhile.
+capacity / required rate. On a shared machine capacity is what the process got; frames per CPU
+second (the process's own CPU time, its Kafka sender thread included) say what a core of its own
+would do, and cores needed = required rate / that. This process runs the loader pass after pass meanwhile.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Schedule:
     burst_s: float
     factor: float
     drain_max_s: float
-    flat_s: float                # flat-out frames, in seconds of the required rate
+    flat_s: float                # wall seconds flat out at the end
+    flat_headroom: float = 3.0   # frames kept for the flat-out phase: this many times the required rate
 
     def due(self, rate: float, t: float) -> float:
         """Frames due ``t`` seconds after the start at ``rate`` frames/s (``factor`` x during the burst)."""
@@ -58,7 +61,7 @@ class Schedule:
     @property
     def market_seconds(self) -> float:
         """Seconds of market the run consumes at most (frames needed / the required rate)."""
-        return self.due(1.0, self.calm_s + self.burst_s + self.drain_max_s) + self.flat_s
+        return self.due(1.0, self.calm_s + self.burst_s + self.drain_max_s) + self.flat_s * self.flat_headroom
 
 
 def schedule(full: bool) -> Schedule:
@@ -124,25 +127,31 @@ def venue_process(exchange: str, bootstrap: str, plan: Schedule, spill: Path) ->
         for item in frames[done:min(due, done + 200)]:
             handle(item)
         done = min(due, done + 200)
-    flat = frames[done:done + int(rate * plan.flat_s)]
     flat_started = time.monotonic()
-    for item in flat:
-        handle(item)
+    flat_cpu = time.process_time()     # this process's CPU, its Kafka sender thread included
+    flat_end = flat_started + plan.flat_s
+    flat = 0
+    while done + flat < len(frames) and time.monotonic() < flat_end:
+        for item in frames[done + flat:done + flat + 200]:
+            handle(item)
+        flat = min(len(frames) - done, flat + 200)
     sink.producer.flush()
     flat_s = time.monotonic() - flat_started
+    flat_cpu = time.process_time() - flat_cpu
     sink.close()
     backlog = [(t, due - handled) for t, due, handled in samples]
     in_burst = [b for t, b in backlog if plan.calm_s <= t <= burst_end]
     calm = [b for t, b in backlog if t < plan.calm_s]
     stats = handler.stats
     return {"exchange": exchange, "symbols": 3 * COPIES, "required_frames_per_s": rate,
-            "frames": done + len(flat), "records": sum(stats.records.values()),
+            "frames": done + flat, "records": sum(stats.records.values()),
             "skipped": sum(stats.skipped.values()), "dead_letters": sum(stats.dead_letters.values()),
             "gaps": handler.book_sync.counts["gaps"],
             "max_backlog_calm": max(calm, default=0), "max_backlog_burst": max(in_burst, default=0),
             "backlog_at_burst_end": next((b for t, b in backlog if t >= burst_end), None),
             "drain_s": None if drained_at is None else drained_at - burst_end,
-            "capacity_frames_per_s": len(flat) / flat_s, "headroom": len(flat) / flat_s / rate,
+            "capacity_frames_per_s": flat / flat_s, "headroom": flat / flat_s / rate,
+            "frames_per_cpu_s": flat / flat_cpu, "cores_needed": rate / (flat / flat_cpu),
             "backlog_samples": backlog}
 
 

@@ -110,13 +110,15 @@ def capture(result: dict) -> Table:
     plan = result["schedule"]
     table = _table(f"all-market capture: {result['venues'][0]['symbols']} symbols per venue, venues at once",
                    f"frames/s; need = the simulator's cadence x 300 symbols; cap = flat out beside the other "
-                   f"venues and the loader; backlog after {plan['burst_s']:g} s at {plan['factor']:g}x; "
-                   f"loader {result['loader_rows_per_s'] or 0:,.0f} rows/s",
-                   ["venue", "need/s", "cap/s", "headroom", "backlog", "drain s"])
+                   f"venues and the loader; per core = frames per CPU second of the ingest process; backlog "
+                   f"after {plan['burst_s']:g} s at {plan['factor']:g}x; loader "
+                   f"{result['loader_rows_per_s'] or 0:,.0f} rows/s",
+                   ["venue", "need", "cap", "headroom", "per core", "cores", "backlog", "drain s"])
     for venue in result["venues"]:
         drain = venue["drain_s"]
         table.add_row(venue["exchange"], _n(venue["required_frames_per_s"]), _n(venue["capacity_frames_per_s"]),
-                      f"{venue['headroom']:.2f}x", _n(venue["backlog_at_burst_end"] or 0),
+                      f"{venue['headroom']:.2f}x", _n(venue["frames_per_cpu_s"]), f"{venue['cores_needed']:.1f}",
+                      _n(venue["backlog_at_burst_end"] or 0),
                       f"{drain:.1f}" if drain is not None else f">{plan['drain_max_s']:g}")
     return table
 
@@ -125,12 +127,13 @@ def capture_verdicts(result: dict) -> list[str]:
     """One plain sentence per venue: what capturing its whole market takes."""
     lines = []
     for venue in result["venues"]:
-        need, cap = venue["required_frames_per_s"], venue["capacity_frames_per_s"]
+        need, symbols = venue["required_frames_per_s"], venue["symbols"]
+        cores = f"{venue['cores_needed']:.1f} cores"
         if venue["headroom"] >= 1:
-            lines.append(f"{venue['exchange']}: one ingest process keeps up with {venue['symbols']} symbols "
-                         f"({need:,.0f} frames/s) with {venue['headroom']:.1f}x headroom on this machine.")
+            lines.append(f"{venue['exchange']}: one ingest process kept up with {symbols} symbols ({need:,.0f} "
+                         f"frames/s) with {venue['headroom']:.1f}x headroom here; it uses about {cores}.")
         else:
-            lines.append(f"{venue['exchange']}: {venue['symbols']} symbols need {need:,.0f} frames/s; one ingest "
-                         f"process did {cap:,.0f}/s here, so the whole market needs about {math.ceil(need / cap)} "
-                         "such processes (symbols split between them) on cores of their own.")
+            lines.append(f"{venue['exchange']}: {symbols} symbols need {need:,.0f} frames/s, about {cores} of "
+                         f"ingest alone ({math.ceil(venue['cores_needed'])} processes with a core each, symbols "
+                         f"split between them); here it got {venue['capacity_frames_per_s']:,.0f}/s.")
     return lines

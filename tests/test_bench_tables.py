@@ -70,7 +70,8 @@ def test_latency_table_fits_80_columns():
              "kafka": _stage(95.3, 4_012.7), "duckdb": _stage(1_250.5, 9_870.1), "minute_row": {"n": 0},
              "minute_close": {"n": 0}}]
     lines = _render(tables.latency(rows))
-    _assert_rows_on_one_line(lines, [["ingest read", "18", "110", "25", "3,410"],
+    _assert_rows_on_one_line(lines, [["from venue event to", "calm p50", "calm p99", "burst p50", "burst p99"],
+                                     ["ingest read", "18", "110", "25", "3,410"],
                                      ["DuckDB row", "431", "1,919", "1,250", "9,870"],
                                      ["minute row (trades)", "33,006", "150,178", "-"],
                                      ["from minute end", "649", "12,649"]])
@@ -80,15 +81,16 @@ def test_latency_table_fits_80_columns():
 
 def test_capture_table_fits_80_columns_and_says_what_each_venue_needs():
     venue = {"symbols": 300, "required_frames_per_s": 5_050.6, "capacity_frames_per_s": 491.1, "headroom": 0.0972,
-             "backlog_at_burst_end": 321_970, "drain_s": None}
+             "frames_per_cpu_s": 2_310.5, "cores_needed": 2.186, "backlog_at_burst_end": 321_970, "drain_s": None}
     result = {"schedule": {"calm_s": 15, "burst_s": 10, "factor": 5, "drain_max_s": 30, "flat_s": 10},
               "loader_rows_per_s": 1_472.5,
               "venues": [{**venue, "exchange": "binance-usdm"},
                          {**venue, "exchange": "bybit-linear", "capacity_frames_per_s": 30_210.4, "headroom": 5.98,
-                          "backlog_at_burst_end": 0, "drain_s": 0.25}]}
+                          "cores_needed": 0.41, "backlog_at_burst_end": 0, "drain_s": 0.25}]}
     lines = _render(tables.capture(result))
-    _assert_rows_on_one_line(lines, [["binance-usdm", "5,051", "491", "0.10x", "321,970", ">30"],
-                                     ["bybit-linear", "30,210", "5.98x", "0.2"]])
+    _assert_rows_on_one_line(lines, [["venue", "need", "cap", "headroom", "per core", "cores", "backlog", "drain s"],
+                                     ["binance-usdm", "5,051", "491", "0.10x", "2,310", "2.2", "321,970", ">30"],
+                                     ["bybit-linear", "30,210", "5.98x", "0.4", "0.2"]])
     verdicts = tables.capture_verdicts(result)
-    assert "about 11 such processes" in verdicts[0]
-    assert "keeps up" in verdicts[1] and "6.0x headroom" in verdicts[1]
+    assert "about 2.2 cores of ingest alone (3 processes with a core each" in verdicts[0]
+    assert "kept up" in verdicts[1] and "6.0x headroom" in verdicts[1] and "about 0.4 cores" in verdicts[1]
