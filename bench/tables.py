@@ -110,10 +110,11 @@ def capture(result: dict) -> Table:
     plan = result["schedule"]
     table = _table(f"all-market capture: {result['venues'][0]['symbols']} symbols per venue, venues at once",
                    f"frames/s; need = the simulator's cadence x 300 symbols; cap = flat out beside the other "
-                   f"venues and the loader; per core = frames per CPU second of the ingest process; backlog "
-                   f"after {plan['burst_s']:g} s at {plan['factor']:g}x; loader "
+                   f"venues and the loader; /core = frames per CPU second of the ingest process, cores = need / "
+                   f"/core; backlog "
+                   f"after {plan['burst_s']:g} s at {plan['factor']:g}x, drain in s; loader "
                    f"{result['loader_rows_per_s'] or 0:,.0f} rows/s",
-                   ["venue", "need", "cap", "headroom", "per core", "cores", "backlog", "drain s"])
+                   ["venue", "need", "cap", "headroom", "/core", "cores", "backlog", "drain"])
     for venue in result["venues"]:
         drain = venue["drain_s"]
         table.add_row(venue["exchange"], _n(venue["required_frames_per_s"]), _n(venue["capacity_frames_per_s"]),

@@ -88,7 +88,7 @@ def test_capture_table_fits_80_columns_and_says_what_each_venue_needs():
                          {**venue, "exchange": "bybit-linear", "capacity_frames_per_s": 30_210.4, "headroom": 5.98,
                           "cores_needed": 0.41, "backlog_at_burst_end": 0, "drain_s": 0.25}]}
     lines = _render(tables.capture(result))
-    _assert_rows_on_one_line(lines, [["venue", "need", "cap", "headroom", "per core", "cores", "backlog", "drain s"],
+    _assert_rows_on_one_line(lines, [["venue", "need", "cap", "headroom", "/core", "cores", "backlog", "drain"],
                                      ["binance-usdm", "5,051", "491", "0.10x", "2,310", "2.2", "321,970", ">30"],
                                      ["bybit-linear", "30,210", "5.98x", "0.4", "0.2"]])
     verdicts = tables.capture_verdicts(result)
