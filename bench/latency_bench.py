@@ -17,7 +17,8 @@ Stages, per record:
   * DuckDB: when the loader transaction holding it committed (the loader's progress hook);
   * minute row (trades only): when the trade's minute of `analytics.ohlcv_1m` was first readable in
     `warehouse_ro.duckdb`. A minute is computed once its end has passed at the start of a loader pass,
-    so this includes waiting for the minute to close; ``minute_close`` is the same from the minute's end.
+    so this includes waiting for the minute to close; ``minute_close``: per minute row (exchange,
+    symbol, minute), from the minute's end to the row being readable.
 
 perpflow itself computes analytics with Dagster's daily schedule (00:15 UTC) and loads when the lag
 sensor fires (every 30 s at most); the loop here is the fastest the same code can go: loader passes
@@ -97,7 +98,8 @@ def run(tmp: Path, full: bool, console) -> list[dict]:
 
 def serve(config: SimConfig, port: int, clock_path: Path) -> None:
     """Run the simulator until SIGTERM; write its market clock to ``clock_path`` once it runs and,
-    at the end, the most it fell behind that clock (its model could not keep up) beside it."""
+    at the end, the most it fell behind that clock (its model could not keep up), in wall
+    milliseconds, beside it."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     max_lag_ms = 0
@@ -110,7 +112,7 @@ def serve(config: SimConfig, port: int, clock_path: Path) -> None:
         os.replace(tmp, clock_path)
         while not stop.wait(0.1):
             max_lag_ms = max(max_lag_ms, sim.simulator.lag_ms)
-    clock_path.with_suffix(".lag").write_text(str(max_lag_ms))
+    clock_path.with_suffix(".lag").write_text(str(round(max_lag_ms / config.speed)))   # wall ms
 
 
 def _start_simulator(case: Case, port: int, clock_path: Path) -> tuple[subprocess.Popen, MarketClock]:
@@ -293,8 +295,10 @@ def _latencies(con, clock: MarketClock, tail: KafkaTail, loader: LoaderLoop) -> 
             visible = np.array([loader.minute_seen.get(k, np.nan) for k in keys], dtype=np.float64)
             published = ~np.isnan(visible)     # the last, still open minute is never computed
             stage_ms["minute_row"].append((visible[published] - event_ns[published]) / 1e6)
-            minute_end = clock.wall_ns(minute[published].astype(np.float64) + MINUTE_MS)
-            stage_ms["minute_close"].append((visible[published] - minute_end) / 1e6)
+            traded = set(keys)
+            rows_seen = {key: seen for key, seen in loader.minute_seen.items() if key in traded}
+            minute_end = clock.wall_ns(np.array([m for _, _, m in rows_seen], dtype=np.float64) + MINUTE_MS)
+            stage_ms["minute_close"].append((np.array(list(rows_seen.values()), dtype=np.float64) - minute_end) / 1e6)
     return {"by_table": by_table, **{stage: _percentiles(np.concatenate(parts) if parts else np.array([]))
                                      for stage, parts in stage_ms.items()}}
 

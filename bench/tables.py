@@ -81,7 +81,7 @@ def microstructure(micro: dict) -> Table:
 
 
 LATENCY_STAGES = (("ingest", "ingest read"), ("kafka", "in Kafka"), ("duckdb", "DuckDB row"),
-                  ("minute_row", "minute row (trades)"), ("minute_close", "  from minute end"))
+                  ("minute_row", "minute row (trades)"), ("minute_close", "  per row, from minute end"))
 
 
 def _ms(stage: dict, key: str) -> str:
@@ -90,8 +90,7 @@ def _ms(stage: dict, key: str) -> str:
 
 def latency(rows: list[dict]) -> Table:
     cases = " / ".join(f"{row['case']} = {row['scenario']} at {row['speed']:g}x"
-                       + (f" (simulator up to {row['simulator_max_lag_ms'] / 1000:,.1f} s late)"
-                          if row.get("simulator_max_lag_ms") else "") for row in rows)
+                       + f" (simulator up to {row['simulator_max_lag_ms'] / 1000:,.1f} s late)" for row in rows)
     columns = ["from venue event to"]
     for row in rows:
         columns += [f"{row['case']} p50", f"{row['case']} p99"]

@@ -74,9 +74,10 @@ def test_latency_table_fits_80_columns():
                                      ["ingest read", "18", "110", "25", "3,410"],
                                      ["DuckDB row", "431", "1,919", "1,250", "9,870"],
                                      ["minute row (trades)", "33,006", "150,178", "-"],
-                                     ["from minute end", "649", "12,649"]])
+                                     ["per row, from minute end", "649", "12,649"]])
     caption = " ".join(" ".join(lines).split())
-    assert "calm = calm at 1x / burst = cascade at 5x (simulator up to 7.4 s late);" in caption
+    assert "calm = calm at 1x (simulator up to 0.0 s late) / burst = cascade at 5x (simulator up to 7.4 s late);" \
+        in caption
 
 
 def test_capture_table_fits_80_columns_and_says_what_each_venue_needs():
