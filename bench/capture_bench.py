@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.ingest_bench import venue_frames
 from ingest.feed import FeedHandler
 from ingest.kafka import ensure_topics
 from ingest.spill import SpillingSink
@@ -79,7 +80,6 @@ def _renamed(body: str | bytes, copy: int) -> bytes:
 
 def all_market_frames(exchange: str, market_seconds: float) -> tuple[list[tuple[str, str, bytes]], float]:
     """``market_seconds`` of the calm market on 300 symbols, in time order, and the required frames/s."""
-    from bench.ingest_bench import venue_frames   # here: it builds the simulator's market model
     probe, probe_s = venue_frames(exchange, 3000, "calm")
     base, base_s = venue_frames(exchange, int(len(probe) / probe_s * market_seconds * 1.02) + 100, "calm")
     frames = [(kind, _renamed(source, copy).decode(), _renamed(body, copy)) for kind, source, body in base

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from ingest import records
 from ingest.kafka import ensure_topics, new_consumer, partitions_of
@@ -168,7 +167,7 @@ class LoaderLoop(threading.Thread):
         self.error: BaseException | None = None
         self.passes = 0
 
-    def _market_now_ms(self) -> float:
+    def market_now_ms(self) -> float:
         return self.clock.market_ms + (time.time_ns() - self.clock.epoch_ns) * self.clock.speed / 1e6
 
     def run(self) -> None:
@@ -179,7 +178,7 @@ class LoaderLoop(threading.Thread):
             self.error = exc
 
     def load_pass(self) -> None:
-        closed = int(self._market_now_ms()) // MINUTE_MS * MINUTE_MS
+        closed = int(self.market_now_ms()) // MINUTE_MS * MINUTE_MS
         load_once(self.warehouse, self.bootstrap,
                   progress=lambda report: self.commits.append((time.time_ns(), dict(report.offsets))))
         self.passes += 1
@@ -225,7 +224,7 @@ def _run_case(tmp: Path, case: Case) -> dict:
             if ingest.returncode != 0:
                 raise RuntimeError(f"perpflow ingest exited {ingest.returncode}: {ingest.stderr.decode()[-2000:]}")
             # Everything ingest sent is in Kafka now: one more minute closes, then stop after a pass.
-            deadline = clock.wall_ns(int(loader._market_now_ms()) // MINUTE_MS * MINUTE_MS + MINUTE_MS)
+            deadline = clock.wall_ns(int(loader.market_now_ms()) // MINUTE_MS * MINUTE_MS + MINUTE_MS)
             while time.time_ns() < deadline and loader.is_alive():
                 time.sleep(0.2)
             passes = loader.passes
@@ -245,8 +244,8 @@ def _run_case(tmp: Path, case: Case) -> dict:
     with warehouse.writer() as con:
         latencies = _latencies(con, clock, tail, loader)
     return {"case": case.name, "scenario": case.scenario, "speed": case.speed, "wall_seconds": case.seconds,
-            "simulator_max_lag_ms": simulator_lag_ms, "loader_passes": loader.passes, "minutes_published": len({m for _, _, m in loader.minute_seen}),
-            **latencies}
+            "simulator_max_lag_ms": simulator_lag_ms, "loader_passes": loader.passes,
+            "minutes_published": len({m for _, _, m in loader.minute_seen}), **latencies}
 
 
 def _commit_times(commits: list[tuple[int, dict]]) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:

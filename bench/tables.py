@@ -90,7 +90,9 @@ def _ms(stage: dict, key: str) -> str:
 
 def latency(rows: list[dict]) -> Table:
     cases = " / ".join(f"{row['case']} = {row['scenario']} at {row['speed']:g}x"
-                       + f" (simulator up to {row['simulator_max_lag_ms'] / 1000:,.1f} s late)" for row in rows)
+                       + (f" (simulator up to {row['simulator_max_lag_ms'] / 1000:,.1f} s late)"
+                          if row.get("simulator_max_lag_ms") is not None else " (simulator lateness unknown)")
+                       for row in rows)
     columns = ["from venue event to"]
     for row in rows:
         columns += [f"{row['case']} p50", f"{row['case']} p99"]
