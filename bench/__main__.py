@@ -1,7 +1,9 @@
-"""``make bench``: perpflow's throughput next to baselines measured in the same run.
+"""``make bench``: perpflow's throughput next to baselines measured in the same run, then the
+latency per record (``latency_bench``) and the all-market capture (``capture_bench``).
 
 Ratios, not absolute numbers, are what to compare across machines. The broker is pinned to
-one core and the measured client to the other, so "one core" figures mean one core.
+one core and the measured client to the other, so "one core" figures mean one core. Latency
+and capture run on whatever the machine gives them; the JSON keeps its load average.
 """
 
 from __future__ import annotations
