@@ -36,9 +36,24 @@ from pipelines.replay import replay
 SUBSCRIBED = ("depth@100ms", "aggTrade", "markPrice@1s", "forceOrder")
 
 
-def _frames(n: int) -> list[tuple[str, str, str]]:
-    """(kind, source, body) items as the service would see them, REST snapshots where it asks."""
-    feed = ExchangeFeed(SimConfig(scenario="cascade", seed=7, hours=1.5))
+def venue_frames(exchange: str, n: int, scenario: str) -> tuple[list[tuple[str, str, str | bytes]], float]:
+    """Up to ``n`` (kind, source, body) items a service subscribed to the simulator's three markets
+    would see from ``exchange`` (Binance's REST snapshots where its book sync asks for them), and
+    the market seconds they span."""
+    feed = ExchangeFeed(SimConfig(scenario=scenario, seed=7, hours=1.5))
+    if exchange != "binance-usdm":
+        dialect = dialect_classes()[exchange](type("OfflineServer", (), {"feed": feed})())
+        natives = [dialect.native_symbol(s) for s in range(len(feed.symbols))]
+        topics = [t for c in venue_for(exchange).ws_connections("ws://bench", natives) for t in c.streams]
+        items = [("ws", "bench", frame) for frame in offline_frames(exchange, feed, topics, n)]
+    else:
+        items = _binance_frames(feed, n)
+    seconds = (feed.now_ms - feed.start_ms) / 1000
+    feed.close()
+    return items, seconds
+
+
+def _binance_frames(feed: ExchangeFeed, n: int) -> list[tuple[str, str, str]]:
     wanted = lambda stream: stream.split("@", 1)[1] in SUBSCRIBED  # noqa: E731
     venue = BinanceUsdm()
     dry_run = FeedHandler(venue, lambda record: None)
@@ -54,7 +69,6 @@ def _frames(n: int) -> list[tuple[str, str, str]]:
                 body = orjson.dumps(feed.depth_snapshot(native, 1000)).decode()
                 dry_run.on_rest(url, body, 0)
                 items.append(("rest", url, body))
-    feed.close()
     return items[:n]
 
 
@@ -68,7 +82,7 @@ def _feed(handler: FeedHandler, frames: list[tuple[str, str, str]]) -> None:
 
 def run(tmp: Path, n: int, console) -> list[dict]:
     console.print(f"generating {n:,} cascade-scenario frames ({', '.join(SUBSCRIBED)})")
-    frames = _frames(n)
+    frames = venue_frames("binance-usdm", n, "cascade")[0]
     with EmbeddedBroker(port=free_port()) as broker:
         ensure_topics(broker.bootstrap, 3)
         console.print("perpflow message path: FeedHandler + SpillingSink -> Kafka")
@@ -128,17 +142,8 @@ def per_venue(n: int, console) -> list[dict]:
     frames/s through the FeedHandler (no Kafka), and what became of every frame. The ratio is
     against Binance USD-M measured in the same run."""
     rows = []
-    binance = _frames(n)
     for exchange in ("binance-usdm", *dialect_classes()):
-        if exchange == "binance-usdm":
-            frames = binance
-        else:
-            feed = ExchangeFeed(SimConfig(scenario="cascade", seed=7, hours=1.5))
-            dialect = dialect_classes()[exchange](type("OfflineServer", (), {"feed": feed})())
-            natives = [dialect.native_symbol(s) for s in range(len(feed.symbols))]
-            topics = [t for c in venue_for(exchange).ws_connections("ws://bench", natives) for t in c.streams]
-            frames = [("ws", "bench", frame) for frame in offline_frames(exchange, feed, topics, n)]
-            feed.close()
+        frames = venue_frames(exchange, n, "cascade")[0]
         console.print(f"{exchange}: {len(frames):,} frames through the mapper and book sync")
         handler = FeedHandler(venue_for(exchange), lambda record: None)
         started = time.perf_counter()

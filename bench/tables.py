@@ -6,6 +6,8 @@ and say the rest once, in the caption.
 
 from __future__ import annotations
 
+import math
+
 from rich import box
 from rich.table import Table
 
@@ -76,3 +78,64 @@ def microstructure(micro: dict) -> Table:
     total = micro["total_seconds"]
     table.add_row("all assets", "", f"{total:.2f}", f"{total / baseline['seconds']:.2f}x")
     return table
+
+
+LATENCY_STAGES = (("ingest", "ingest read"), ("kafka", "in Kafka"), ("duckdb", "DuckDB row"),
+                  ("minute_row", "minute row (trades)"), ("minute_close", "  per row, from minute end"))
+
+
+def _ms(stage: dict, key: str) -> str:
+    return f"{stage[key]:,.0f}" if stage.get("n") else "-"
+
+
+def latency(rows: list[dict]) -> Table:
+    cases = " / ".join(f"{row['case']} = {row['scenario']} at {row['speed']:g}x"
+                       + (f" (simulator up to {row['simulator_max_lag_ms'] / 1000:,.1f} s late)"
+                          if row.get("simulator_max_lag_ms") is not None else " (simulator lateness unknown)")
+                       for row in rows)
+    columns = ["from venue event to"]
+    for row in rows:
+        columns += [f"{row['case']} p50", f"{row['case']} p99"]
+    table = _table("latency per record, ms (same run)",
+                   f"{cases}; minute row = the trade's ohlcv_1m minute readable in the replica, refreshed after "
+                   "each loader pass that closed a minute (perpflow schedules analytics daily)", columns)
+    for stage, label in LATENCY_STAGES:
+        cells = [label]
+        for row in rows:
+            cells += [_ms(row[stage], "p50_ms"), _ms(row[stage], "p99_ms")]
+        table.add_row(*cells)
+    return table
+
+
+def capture(result: dict) -> Table:
+    plan = result["schedule"]
+    table = _table(f"all-market capture: {result['venues'][0]['symbols']} symbols per venue, venues at once",
+                   f"frames/s; need = the simulator's cadence x 300 symbols; cap = flat out beside the other "
+                   f"venues and the loader; /core = frames per CPU second of the ingest process, cores = need / "
+                   f"/core; backlog "
+                   f"after {plan['burst_s']:g} s at {plan['factor']:g}x, drain in s; loader "
+                   f"{result['loader_rows_per_s'] or 0:,.0f} rows/s",
+                   ["venue", "need", "cap", "headroom", "/core", "cores", "backlog", "drain"])
+    for venue in result["venues"]:
+        drain = venue["drain_s"]
+        table.add_row(venue["exchange"], _n(venue["required_frames_per_s"]), _n(venue["capacity_frames_per_s"]),
+                      f"{venue['headroom']:.2f}x", _n(venue["frames_per_cpu_s"]), f"{venue['cores_needed']:.1f}",
+                      _n(venue["backlog_at_burst_end"] or 0),
+                      f"{drain:.1f}" if drain is not None else f">{plan['drain_max_s']:g}")
+    return table
+
+
+def capture_verdicts(result: dict) -> list[str]:
+    """One plain sentence per venue: what capturing its whole market takes."""
+    lines = []
+    for venue in result["venues"]:
+        need, symbols = venue["required_frames_per_s"], venue["symbols"]
+        cores = f"{venue['cores_needed']:.1f} cores"
+        if venue["headroom"] >= 1:
+            lines.append(f"{venue['exchange']}: one ingest process kept up with {symbols} symbols ({need:,.0f} "
+                         f"frames/s) with {venue['headroom']:.1f}x headroom here; it uses about {cores}.")
+        else:
+            lines.append(f"{venue['exchange']}: {symbols} symbols need {need:,.0f} frames/s, about {cores} of "
+                         f"ingest alone ({math.ceil(venue['cores_needed'])} processes with a core each, symbols "
+                         f"split between them); here it got {venue['capacity_frames_per_s']:,.0f}/s.")
+    return lines

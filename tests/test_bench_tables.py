@@ -56,3 +56,42 @@ def test_venue_and_microstructure_tables_fit_80_columns():
     _assert_rows_on_one_line(lines, [["ohlcv_1m (base)", "4,320", "1.50", "1.00x"],
                                      ["liquidation_cascades", "14", "2.25", "1.50x"],
                                      ["depth_bands_1m", "12,960", "18.20", "12.13x"], ["all assets", "41.90", "27.93x"]])
+
+
+def _stage(p50: float, p99: float) -> dict:
+    return {"n": 1_000, "p50_ms": p50, "p99_ms": p99, "max_ms": p99 * 1.5}
+
+
+def test_latency_table_fits_80_columns():
+    rows = [{"case": "calm", "scenario": "calm", "speed": 1.0, "simulator_max_lag_ms": 0, "ingest": _stage(17.8, 110.3),
+             "kafka": _stage(70.6, 225.9), "duckdb": _stage(431.4, 1_919.4), "minute_row": _stage(33_005.9, 150_177.8),
+             "minute_close": _stage(649.4, 12_649.4)},
+            {"case": "burst", "scenario": "cascade", "speed": 5.0, "simulator_max_lag_ms": 7_420, "ingest": _stage(25.1, 3_410.2),
+             "kafka": _stage(95.3, 4_012.7), "duckdb": _stage(1_250.5, 9_870.1), "minute_row": {"n": 0},
+             "minute_close": {"n": 0}}]
+    lines = _render(tables.latency(rows))
+    _assert_rows_on_one_line(lines, [["from venue event to", "calm p50", "calm p99", "burst p50", "burst p99"],
+                                     ["ingest read", "18", "110", "25", "3,410"],
+                                     ["DuckDB row", "431", "1,919", "1,250", "9,870"],
+                                     ["minute row (trades)", "33,006", "150,178", "-"],
+                                     ["per row, from minute end", "649", "12,649"]])
+    caption = " ".join(" ".join(lines).split())
+    assert "calm = calm at 1x (simulator up to 0.0 s late) / burst = cascade at 5x (simulator up to 7.4 s late);" \
+        in caption
+
+
+def test_capture_table_fits_80_columns_and_says_what_each_venue_needs():
+    venue = {"symbols": 300, "required_frames_per_s": 5_050.6, "capacity_frames_per_s": 491.1, "headroom": 0.0972,
+             "frames_per_cpu_s": 2_310.5, "cores_needed": 2.186, "backlog_at_burst_end": 321_970, "drain_s": None}
+    result = {"schedule": {"calm_s": 15, "burst_s": 10, "factor": 5, "drain_max_s": 30, "flat_s": 10},
+              "loader_rows_per_s": 1_472.5,
+              "venues": [{**venue, "exchange": "binance-usdm"},
+                         {**venue, "exchange": "bybit-linear", "capacity_frames_per_s": 30_210.4, "headroom": 5.98,
+                          "cores_needed": 0.41, "backlog_at_burst_end": 0, "drain_s": 0.25}]}
+    lines = _render(tables.capture(result))
+    _assert_rows_on_one_line(lines, [["venue", "need", "cap", "headroom", "/core", "cores", "backlog", "drain"],
+                                     ["binance-usdm", "5,051", "491", "0.10x", "2,310", "2.2", "321,970", ">30"],
+                                     ["bybit-linear", "30,210", "5.98x", "0.4", "0.2"]])
+    verdicts = tables.capture_verdicts(result)
+    assert "about 2.2 cores of ingest alone (3 processes with a core each" in verdicts[0]
+    assert "kept up" in verdicts[1] and "6.0x headroom" in verdicts[1] and "about 0.4 cores" in verdicts[1]

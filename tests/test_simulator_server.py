@@ -367,3 +367,23 @@ def test_simulator_thread_serves_synchronous_callers():
             assert orjson.loads(resp.read())["symbol"] == "BTCUSDT"
         assert sim.wait(timeout=20)
         assert sim.simulator.feed.finished and sim.ws_url.startswith("ws://127.0.0.1:")
+
+
+def test_no_message_is_sent_before_its_event_time():
+    """A step's messages go out once its end is due: received at or after `Simulator.clock`'s
+    wall time of their event time (the latency bench measures from there)."""
+    async def scenario():
+        async with Simulator(SimConfig(scenario="calm", seed=3, speed=5, hours=1 / 60)) as sim:
+            received = []
+            async with websockets.connect(f"{sim.ws_url}/public/stream?streams=btcusdt@depth@100ms") as ws:
+                while len(received) < 30:
+                    frame = orjson.loads(await ws.recv())
+                    received.append((time.time_ns(), frame["data"]["E"]))
+            return sim.clock, received
+
+    clock, received = run(scenario())
+    assert clock.speed == 5 and len(received) == 30
+    early = [(at, event) for at, event in received if at < clock.wall_ns(event)]
+    assert not early, f"{len(early)} depth updates arrived before their event time was due: {early[:3]}"
+    # consecutive updates are one 100 ms step apart in market time, 20 ms of wall time at 5x
+    assert {b - a for (_, a), (_, b) in zip(received, received[1:])} == {100}

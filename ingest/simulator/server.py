@@ -20,8 +20,9 @@ One aiohttp application on one port serves what an ingestor talks to on fstream/
   venue outages: while one venue is down (``FaultConfig.outages``) its open connections are cut, its
   websocket upgrades and REST calls are answered 503, and the other venues are served as usual.
 
-The market advances in 100 ms steps paced at ``speed`` simulated seconds per wall second; when the
-model cannot keep up it runs flat out. Payloads are built only for streams with subscribers.
+The market advances in 100 ms steps paced at ``speed`` simulated seconds per wall second; a step's
+messages go out once the wall clock reaches the step's end (no event is sent before it happened);
+when the model cannot keep up it runs flat out. ``Simulator.clock`` maps market time to wall time. Payloads are built only for streams with subscribers.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -100,6 +102,22 @@ class _VenueRoutes:
         return self._app.router.add_post(path, self._server.outage_gate(self._venue, handler))
 
 
+@dataclass(frozen=True)
+class MarketClock:
+    """When the server's market clock started, to convert market (event) time to wall time:
+    event time ``market_ms`` was published at epoch ``epoch_ns``, and the market runs ``speed``
+    simulated seconds per wall second from there (while the model keeps up; ``lag_ms`` says
+    when it does not)."""
+
+    epoch_ns: int
+    market_ms: int
+    speed: float
+
+    def wall_ns(self, ts_ms):
+        """Epoch nanoseconds at which market time ``ts_ms`` (a number or a numpy array) was due."""
+        return self.epoch_ns + (ts_ms - self.market_ms) * (1e6 / self.speed)
+
+
 class Simulator:
     """The simulated exchange as an async context manager::
 
@@ -126,6 +144,7 @@ class Simulator:
         self._error: Exception | None = None
         self.frames_sent = 0
         self.lag_ms = 0
+        self.clock: MarketClock | None = None           # set when the market starts
         self._opened = 0
         self._awaiting_replacement: set[tuple] = set()    # drop mode one: streams of a dropped connection
         self._hostile_sent = 0
@@ -207,15 +226,18 @@ class Simulator:
     async def _run_market(self) -> None:
         loop = asyncio.get_running_loop()
         feed = self.feed
+        epoch_ns = time.time_ns()    # read first, so the clock never says a message was due after it was sent
         wall0 = loop.time()
         sim0 = feed.now_ms
         speed = self.config.speed
+        self.clock = MarketClock(epoch_ns=epoch_ns, market_ms=sim0, speed=speed)
         wanted = self._subscribers.__contains__
         try:
             while not feed.finished:
                 target = sim0 + (loop.time() - wall0) * speed * 1000.0
                 steps = 0
-                while feed.now_ms < target and not feed.finished and steps < MAX_STEPS_PER_TICK:
+                # A step covers (now_ms, now_ms + STEP_MS]: it is sent once its end is due.
+                while feed.now_ms + STEP_MS <= target and not feed.finished and steps < MAX_STEPS_PER_TICK:
                     self._dispatch(feed.step(wanted))
                     for dialect in self._stepping:
                         self._dispatch_step(dialect)
@@ -226,7 +248,7 @@ class Simulator:
                     if self._outages:
                         self._enforce_outages()
                     steps += 1
-                self.lag_ms = max(0, int(target - feed.now_ms))
+                self.lag_ms = max(0, int(target - feed.now_ms - STEP_MS))
                 self._expire_connections()
                 next_wall = wall0 + (feed.now_ms + feed.model.step_ms - sim0) / (speed * 1000.0)
                 await asyncio.sleep(max(0.0, min(next_wall - loop.time(), 0.05)))
