@@ -20,7 +20,7 @@ One aiohttp application on one port serves what an ingestor talks to on fstream/
   venue outages: while one venue is down (``FaultConfig.outages``) its open connections are cut, its
   websocket upgrades and REST calls are answered 503, and the other venues are served as usual.
 
-The market advances in 100 ms steps paced at ``speed`` simulated seconds per wall second; a step's
+The market advances in model steps (100 ms unless ``SimConfig.step_ms`` says otherwise) paced at ``speed`` simulated seconds per wall second; a step's
 messages go out once the wall clock reaches the step's end (no event is sent before it happened);
 when the model cannot keep up it runs flat out. ``Simulator.clock`` maps market time to wall time. Payloads are built only for streams with subscribers.
 """
@@ -230,14 +230,15 @@ class Simulator:
         wall0 = loop.time()
         sim0 = feed.now_ms
         speed = self.config.speed
+        step_ms = feed.model.step_ms
         self.clock = MarketClock(epoch_ns=epoch_ns, market_ms=sim0, speed=speed)
         wanted = self._subscribers.__contains__
         try:
             while not feed.finished:
                 target = sim0 + (loop.time() - wall0) * speed * 1000.0
                 steps = 0
-                # A step covers (now_ms, now_ms + STEP_MS]: it is sent once its end is due.
-                while feed.now_ms + STEP_MS <= target and not feed.finished and steps < MAX_STEPS_PER_TICK:
+                # A step covers (now_ms, now_ms + step_ms]: it is sent once its end is due.
+                while feed.now_ms + step_ms <= target and not feed.finished and steps < MAX_STEPS_PER_TICK:
                     self._dispatch(feed.step(wanted))
                     for dialect in self._stepping:
                         self._dispatch_step(dialect)
@@ -248,9 +249,9 @@ class Simulator:
                     if self._outages:
                         self._enforce_outages()
                     steps += 1
-                self.lag_ms = max(0, int(target - feed.now_ms - STEP_MS))
+                self.lag_ms = max(0, int(target - feed.now_ms - step_ms))
                 self._expire_connections()
-                next_wall = wall0 + (feed.now_ms + feed.model.step_ms - sim0) / (speed * 1000.0)
+                next_wall = wall0 + (feed.now_ms + step_ms - sim0) / (speed * 1000.0)
                 await asyncio.sleep(max(0.0, min(next_wall - loop.time(), 0.05)))
         except Exception as exc:
             self._error = exc
