@@ -74,6 +74,25 @@ def test_every_figure_renders_with_data_and_without():
         decode_png(png)
 
 
+def test_cross_venue_cascade_timeline_renders_one_row_per_venue():
+    ts = minutes(30)
+    seconds = np.datetime64(ts[0], "s") + np.arange(180) * np.timedelta64(10, "s")
+    price = 120_000 - np.r_[np.zeros(60), np.linspace(0, 6_000, 120)]
+    venues = {"bybit-linear": figures.VenueTimeline(TimeSeries(ts, np.r_[np.zeros(10), np.full(20, 3e6)]),
+                                                    TimeSeries(seconds, price), np.datetime64(seconds[70])),
+              "binance-usdm": figures.VenueTimeline(TimeSeries(ts, np.r_[np.zeros(12), np.full(18, 1e6)]),
+                                                    TimeSeries(seconds, np.roll(price, 2)), np.datetime64(seconds[72]))}
+    span = Span(ts[10], ts[29])
+    two = figures.cross_venue_cascade_timeline("BTC longs", venues, "bybit-linear", span)
+    one = figures.cross_venue_cascade_timeline("BTC longs", {"bybit-linear": venues["bybit-linear"]},
+                                               "bybit-linear", span)
+    assert decode_png(two).shape[0] > decode_png(one).shape[0]        # a row per venue
+    assert figures.cross_venue_cascade_timeline("BTC longs", venues, "binance-usdm", span) != two  # first mover marked
+    empty = figures.VenueTimeline(TimeSeries(ts[:0], np.empty(0)), TimeSeries(ts[:0], np.empty(0)),
+                                  np.datetime64("NaT", "s"))
+    decode_png(figures.cross_venue_cascade_timeline("BTC longs", {"okx-swap": empty}, None, span))
+
+
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory) -> Warehouse:
     """The demo's quant state, plus a small cascade written into the microstructure tables."""
