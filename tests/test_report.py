@@ -30,7 +30,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from dagster_project.resources import WarehouseResource  # noqa: E402
 
-FIGURE_IDS = {"cascade-btc", "cascade-eth", "stress-index", "open-interest", "levels", "signal-equity"}
+FIGURE_IDS = {"cascade-btc", "cascade-eth", "cross-venue-btc", "stress-index", "open-interest", "levels",
+              "signal-equity"}
 TRIGGER = dt.datetime(2025, 10, 10, 20, 50)
 
 
@@ -122,6 +123,14 @@ def warehouse(tmp_path_factory) -> Warehouse:
                            day)
                        VALUES ('BTC', 'long', ?, ?, 300, 100, 1.2e7, 1.2e7, 0, 1e6, 'binance-usdm,bybit-linear', true,
                                false, DATE '2025-10-10')""", [TRIGGER, TRIGGER + dt.timedelta(minutes=5)])
+        con.execute("""INSERT INTO analytics.cross_venue_cascades (asset, side, cascade_start, cascade_end, episode_usd,
+                           episode_orders, reference_venue, exchange, venue_usd, liquidation_coverage,
+                           threshold_crossing, is_first_mover, first_mover, day)
+                       SELECT 'BTC', 'long', ?, ?, 1.2e7, 100, 'binance-usdm', v, usd, cov, ? + to_seconds(lag), first,
+                              'bybit-linear', DATE '2025-10-10'
+                       FROM (VALUES ('binance-usdm', 5e6, 'sampled', 20, false),
+                                    ('bybit-linear', 7e6, 'complete', 0, true)) x(v, usd, cov, lag, first)""",
+                    [TRIGGER, TRIGGER + dt.timedelta(minutes=5), TRIGGER])
         con.execute("""INSERT INTO analytics.market_stress (asset, minute, stress_index, coverage, liquidated_usd, day)
                        SELECT 'BTC', ? + to_minutes(i), CASE WHEN i < 30 THEN 10 ELSE 70 END, 1, 0, DATE '2025-10-10'
                        FROM range(90) t(i)""", [start])

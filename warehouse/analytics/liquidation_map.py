@@ -248,7 +248,7 @@ FROM analytics.liquidation_levels WHERE day >= $start AND day < $end GROUP BY AL
 TIMELINE_MARGIN = dt.timedelta(minutes=5)
 TIMELINE_PRICE_BAR_S = 10
 EPISODES = """
-SELECT asset, side, cascade_start, cascade_end, first_mover, list(exchange ORDER BY exchange) AS venues,
+SELECT asset, side, cascade_start, cascade_end, episode_usd, first_mover, list(exchange ORDER BY exchange) AS venues,
        list(threshold_crossing ORDER BY exchange) AS crossings
 FROM analytics.cross_venue_cascades WHERE cascade_start >= $start AND cascade_start < $end
 GROUP BY ALL ORDER BY cascade_start, asset, side
@@ -270,9 +270,11 @@ GROUP BY ALL ORDER BY exchange, ts
 @dataclass(frozen=True)
 class CascadeTimeline:
     """What ``transforms.figures.cross_venue_cascade_timeline`` draws for one episode; ``key`` names
-    its picture (asset, side, start)."""
+    its picture (asset, side, start); ``episode_usd`` is its liquidated USD on all venues."""
 
     key: str
+    asset: str
+    episode_usd: float
     title: str
     venues: dict[str, VenueTimeline]
     first_mover: str | None
@@ -282,7 +284,7 @@ class CascadeTimeline:
 def cascade_timelines(con, start: dt.datetime, end: dt.datetime) -> list[CascadeTimeline]:
     """One timeline per analytics.cross_venue_cascades episode starting in [start, end)."""
     timelines = []
-    for asset, side, cascade_start, cascade_end, first_mover, venues, crossings in con.execute(
+    for asset, side, cascade_start, cascade_end, episode_usd, first_mover, venues, crossings in con.execute(
             EPISODES, {"start": start, "end": end}).fetchall():
         window = {"asset": asset, "lo": cascade_start - TIMELINE_MARGIN,
                   "hi": cascade_end + dt.timedelta(minutes=1) + TIMELINE_MARGIN}
@@ -294,7 +296,7 @@ def cascade_timelines(con, start: dt.datetime, end: dt.datetime) -> list[Cascade
             return TimeSeries(_datetimes(data["ts"][rows]), data[column][rows].astype(np.float64))
 
         timelines.append(CascadeTimeline(
-            f"timeline_{asset}_{side}_{cascade_start:%Y%m%dT%H%M}",
+            f"timeline_{asset}_{side}_{cascade_start:%Y%m%dT%H%M}", asset, episode_usd,
             f"{asset} {side}s liquidated {cascade_start:%Y-%m-%d %H:%M}-{cascade_end:%H:%M} UTC across venues",
             {venue: VenueTimeline(series(liquidated, "usd", venue), series(prices, "price", venue),
                                   np.datetime64(crossing, "s") if crossing else np.datetime64("NaT", "s"))
