@@ -58,8 +58,9 @@ class MarketStressConfig(dg.Config):
 def market_stress(run: TableRun, config: MarketStressConfig) -> dict:
     stress_config = StressConfig(min_periods=config.min_baseline_minutes)
     run.rewrite_each_day(lambda start, end: stress.stress_rows(run.con, start, end, stress_config))
-    metadata = {"most_stressed_minutes": run.preview(["asset", "minute", "stress_index", "depth_component", "depth_books",
-                                                      "liquidation_component", "oi_component", "funding_component"],
+    metadata = {"most_stressed_minutes": run.preview(["asset", "minute", "stress_index", "depth_component",
+                                                      "depth_books", "liquidation_component", "oi_component",
+                                                      "funding_component"],
                                                      "stress_index DESC NULLS LAST"),
                 "cascade_lead_minutes": dg.MetadataValue.json(
                     stress.stress_lead_times(run.con, run.start, run.end, config.lead_threshold)),
