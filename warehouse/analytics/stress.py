@@ -20,8 +20,7 @@ from warehouse.analytics.derivatives import WEIGHT_TOLERANCE_S
 INPUTS = {
     "depth": f"""SELECT split_part(symbol, '-', 1) AS asset, epoch(minute) AS ts, exchange || '/' || symbol AS book,
                        depth_usd_{TWO_PCT}_mean AS value
-                FROM analytics.book_depth WHERE minute >= $lo AND minute < $end AND depth_usd_{TWO_PCT}_mean IS NOT NULL
-                ORDER BY book, ts""",
+                FROM analytics.book_depth WHERE minute >= $lo AND minute < $end ORDER BY book, ts""",
     "liquidated": """SELECT asset, epoch(minute) AS ts, sum(long_usd + short_usd ORDER BY exchange, symbol) AS value
                      FROM analytics.liquidations_1m WHERE minute >= $lo AND minute < $end GROUP BY ALL""",
     "feed": """SELECT asset, epoch(minute) AS ts, count(*) AS value FROM analytics.funding
@@ -50,8 +49,8 @@ def stress_rows(con, start: dt.datetime, end: dt.datetime, config: StressConfig 
         today = grid >= day_start
         if not today.any():
             continue
-        books = sorted(set(inputs["depth"]["book"][rows["depth"]]))
         book_of_row = inputs["depth"]["book"][rows["depth"]]
+        books = sorted(set(book_of_row))
         depth = np.empty((grid.size, 0))
         if books:
             depth = np.column_stack([_on_grid(grid, inputs["depth"], rows["depth"][book_of_row == book], np.nan)
