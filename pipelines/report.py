@@ -23,6 +23,7 @@ import numpy as np
 from transforms import figures
 from transforms.figures import EquityCurve, LevelsChart, PriceLevel, Span, TimeSeries
 from transforms.market_stress import StressConfig
+from warehouse.analytics import liquidation_map
 
 # The level at which the market_stress asset counts the index as "risen" when it measures how long
 # before a cascade the index warned (transforms.market_stress.lead_time_minutes' default).
@@ -228,13 +229,32 @@ def equity_figure(con) -> Figure:
                   figures.signal_equity_vs_holding("Signal equity vs holding", curves_by_timeframe))
 
 
+def cross_venue_timeline_figures(con) -> list[Figure]:
+    """The largest cross-venue episode of each asset as a timeline (the asset's metadata has them all)."""
+    if not _rows(con, "analytics.cross_venue_cascades"):
+        return []
+    first, last = con.execute("SELECT min(cascade_start), max(cascade_start) + INTERVAL 1 MINUTE "
+                              "FROM analytics.cross_venue_cascades").fetchone()
+    largest: dict[str, liquidation_map.CascadeTimeline] = {}
+    for timeline in liquidation_map.cascade_timelines(con, first, last):
+        if timeline.asset not in largest or timeline.episode_usd > largest[timeline.asset].episode_usd:
+            largest[timeline.asset] = timeline
+    return [Figure(f"cross-venue-{asset.lower()}", f"{asset}: the largest cascade across venues",
+                   "analytics.cross_venue_cascades: per venue its liquidated USD of the cascade's side per minute "
+                   "(bars) and its trade price per 10 s (line); dashed: when its price first moved the cascade "
+                   "threshold; the first mover in red; the episode shaded.",
+                   figures.cross_venue_cascade_timeline(timeline.title, timeline.venues, timeline.first_mover,
+                                                        timeline.span))
+            for asset, timeline in sorted(largest.items())]
+
+
 def build_figures(con) -> list[Figure]:
     empty = [table for table in SOURCES if not _rows(con, table)]
     if len(empty) == len(SOURCES):
         raise ReportError(f"nothing to report: {', '.join(SOURCES)} are all empty or missing")
     cascades = _cascades(con)
-    return [*cascade_figures(con, cascades), stress_figure(con, cascades), open_interest_figure(con, cascades),
-            levels_figure(con), equity_figure(con)]
+    return [*cascade_figures(con, cascades), *cross_venue_timeline_figures(con), stress_figure(con, cascades),
+            open_interest_figure(con, cascades), levels_figure(con), equity_figure(con)]
 
 
 def render_html(figures_: list[Figure], *, source: str, notes: list[str]) -> str:

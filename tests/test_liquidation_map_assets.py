@@ -5,6 +5,7 @@ Binance, sampled) with one long cascade in which Bybit's price moves 20 s before
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import math
 import warnings
@@ -15,6 +16,7 @@ import pytest
 
 from ingest.records import Funding, Liquidation, OpenInterest, Trade
 from transforms.liquidation_map import MapSnapshot, score_liquidation_map
+from warehouse.analytics.liquidation_map import cascade_timelines
 from warehouse.loader import insert_records
 from warehouse.store import Warehouse
 
@@ -219,6 +221,28 @@ def test_cross_venue_episode_shares_first_mover_and_stress(materialized):
     [(stress_max,)] = _query(warehouse, "SELECT max(stress_index) FROM analytics.market_stress WHERE asset = 'BTC' "
                                         "AND epoch(minute) BETWEEN ? AND ?", [bybit[10] - 60, bybit[11]])
     assert bybit[9] == stress_max and (stress_max is None or 0 <= stress_max <= 100)
+
+
+def test_cross_venue_cascade_timeline_is_the_assets_picture(materialized):
+    warehouse, result, _ = materialized
+    materialization = next(m for m in result.get_asset_materialization_events()
+                           if m.asset_key.to_user_string() == "analytics/cross_venue_cascades")
+    metadata = materialization.materialization.metadata
+    [(start, side)] = _query(warehouse, "SELECT DISTINCT cascade_start, side FROM analytics.cross_venue_cascades")
+    picture = metadata[f"timeline_BTC_{side}_{start:%Y%m%dT%H%M}"].value
+    png = base64.b64decode(picture.split("data:image/png;base64,")[1].rstrip(")"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    with warehouse.writer() as con:
+        [timeline] = cascade_timelines(con, DAY, DAY + dt.timedelta(days=1))
+    assert sorted(timeline.venues) == ["binance-usdm", "bybit-linear"] and timeline.first_mover == "bybit-linear"
+    # Per minute of the cascade, each venue's bars hold its own forced sells; prices are 10 s trade prices.
+    bybit = timeline.venues["bybit-linear"]
+    assert bybit.liquidated_usd.values.sum() == pytest.approx(
+        _query(warehouse, "SELECT sum(long_usd) FROM analytics.liquidations_1m WHERE exchange = 'bybit-linear'")[0][0])
+    assert np.all(np.diff(bybit.price.ts).astype(int) >= 10) and bybit.price.values.min() < 96_000
+    crossing = _query(warehouse, "SELECT threshold_crossing FROM analytics.cross_venue_cascades "
+                                 "WHERE exchange = 'bybit-linear'")[0][0]
+    assert bybit.threshold_crossing == np.datetime64(crossing, "s")
 
 
 def test_cascade_endogeneity_is_the_varying_baseline_fit_and_flags_its_bound(materialized):

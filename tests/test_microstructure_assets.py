@@ -370,6 +370,10 @@ def test_stress_rises_before_and_during_the_cascade(market):
                        [DAY.date()]))
     calm = [v for m, v in rows.items() if m < FUNDING_SPIKE and v is not None]
     assert len(calm) == 11 * 60 + 50 and max(calm) < 10
+    # One book, so the depth component stands on it wherever it is defined, and says so.
+    books = _query(resources, "SELECT DISTINCT depth_books, depth_book_names FROM analytics.market_stress "
+                              "WHERE day = ? AND depth_component IS NOT NULL", [DAY.date()])
+    assert books == [(1, "binance-usdm/BTC-USDT-PERP")]
     assert all(rows[CASCADE[0] + dt.timedelta(minutes=m)] > 80 for m in range(20))
     *_, event = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
                  if e.asset_key.to_user_string() == "analytics/market_stress"]

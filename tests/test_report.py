@@ -30,7 +30,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from dagster_project.resources import WarehouseResource  # noqa: E402
 
-FIGURE_IDS = {"cascade-btc", "cascade-eth", "stress-index", "open-interest", "levels", "signal-equity"}
+FIGURE_IDS = {"cascade-btc", "cascade-eth", "cross-venue-btc", "stress-index", "open-interest", "levels",
+              "signal-equity"}
 TRIGGER = dt.datetime(2025, 10, 10, 20, 50)
 
 
@@ -74,6 +75,25 @@ def test_every_figure_renders_with_data_and_without():
         decode_png(png)
 
 
+def test_cross_venue_cascade_timeline_renders_one_row_per_venue():
+    ts = minutes(30)
+    seconds = np.datetime64(ts[0], "s") + np.arange(180) * np.timedelta64(10, "s")
+    price = 120_000 - np.r_[np.zeros(60), np.linspace(0, 6_000, 120)]
+    venues = {"bybit-linear": figures.VenueTimeline(TimeSeries(ts, np.r_[np.zeros(10), np.full(20, 3e6)]),
+                                                    TimeSeries(seconds, price), np.datetime64(seconds[70])),
+              "binance-usdm": figures.VenueTimeline(TimeSeries(ts, np.r_[np.zeros(12), np.full(18, 1e6)]),
+                                                    TimeSeries(seconds, np.roll(price, 2)), np.datetime64(seconds[72]))}
+    span = Span(ts[10], ts[29])
+    two = figures.cross_venue_cascade_timeline("BTC longs", venues, "bybit-linear", span)
+    one = figures.cross_venue_cascade_timeline("BTC longs", {"bybit-linear": venues["bybit-linear"]},
+                                               "bybit-linear", span)
+    assert decode_png(two).shape[0] > decode_png(one).shape[0]        # a row per venue
+    assert figures.cross_venue_cascade_timeline("BTC longs", venues, "binance-usdm", span) != two  # first mover marked
+    empty = figures.VenueTimeline(TimeSeries(ts[:0], np.empty(0)), TimeSeries(ts[:0], np.empty(0)),
+                                  np.datetime64("NaT", "s"))
+    decode_png(figures.cross_venue_cascade_timeline("BTC longs", {"okx-swap": empty}, None, span))
+
+
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory) -> Warehouse:
     """The demo's quant state, plus a small cascade written into the microstructure tables."""
@@ -103,6 +123,14 @@ def warehouse(tmp_path_factory) -> Warehouse:
                            day)
                        VALUES ('BTC', 'long', ?, ?, 300, 100, 1.2e7, 1.2e7, 0, 1e6, 'binance-usdm,bybit-linear', true,
                                false, DATE '2025-10-10')""", [TRIGGER, TRIGGER + dt.timedelta(minutes=5)])
+        con.execute("""INSERT INTO analytics.cross_venue_cascades (asset, side, cascade_start, cascade_end, episode_usd,
+                           episode_orders, reference_venue, exchange, venue_usd, liquidation_coverage,
+                           threshold_crossing, is_first_mover, first_mover, day)
+                       SELECT 'BTC', 'long', ?, ?, 1.2e7, 100, 'binance-usdm', v, usd, cov, ? + to_seconds(lag), first,
+                              'bybit-linear', DATE '2025-10-10'
+                       FROM (VALUES ('binance-usdm', 5e6, 'sampled', 20, false),
+                                    ('bybit-linear', 7e6, 'complete', 0, true)) x(v, usd, cov, lag, first)""",
+                    [TRIGGER, TRIGGER + dt.timedelta(minutes=5), TRIGGER])
         con.execute("""INSERT INTO analytics.market_stress (asset, minute, stress_index, coverage, liquidated_usd, day)
                        SELECT 'BTC', ? + to_minutes(i), CASE WHEN i < 30 THEN 10 ELSE 70 END, 1, 0, DATE '2025-10-10'
                        FROM range(90) t(i)""", [start])

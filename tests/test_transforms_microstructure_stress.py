@@ -134,3 +134,54 @@ def test_rejects_misaligned_inputs():
     ts, depth, liq, oi, funding = _flat(10)
     with pytest.raises(ValueError):
         market_stress_index(ts, depth[:-1], liq, oi, funding)
+
+
+def _three_books_one_missing_for_ten_minutes():
+    """Three venues' books with steady depth (3:2:1) for two days; the largest is missing for 10
+    minutes near the end while the other two keep their depth."""
+    n = 2 * DAY_MIN
+    ts, _, liq, oi, funding = _calm(n, seed=11)
+    rng = np.random.default_rng(5)
+    books = np.column_stack([scale * 1e7 * np.exp(rng.normal(0.0, 0.05, n)) for scale in (3.0, 2.0, 1.0)])
+    gap = slice(n - 30, n - 20)
+    books[gap, 0] = np.nan
+    return ts, books, liq, oi, funding, gap
+
+
+def test_a_missing_venue_does_not_move_the_depth_component():
+    ts, books, liq, oi, funding, gap = _three_books_one_missing_for_ten_minutes()
+    s = market_stress_index(ts, books, liq, oi, funding)
+    before = slice(gap.start - 60, gap.start)
+    assert np.nanmax(s.depth[gap]) <= np.nanmax(s.depth[before])
+    assert np.nanmax(s.depth[gap]) < 0.1
+    assert s.depth_books[gap].sum(axis=1).tolist() == [2] * 10
+    assert s.depth_books[gap.stop:].all() and s.depth_books[before].all()
+    # The same books summed into one series read the gap as half the market's depth withdrawn.
+    summed = market_stress_index(ts, np.nansum(books, axis=1), liq, oi, funding)
+    assert np.all(summed.depth[gap] > 0.25)
+
+
+def test_depth_component_of_several_books_is_their_depth_against_their_baselines():
+    ts, books, liq, oi, funding, gap = _three_books_one_missing_for_ten_minutes()
+    books[-1] = [1.5e7, 2e7, 1e7]          # the first book halves, the others stay at their baselines
+    s = market_stress_index(ts, books, liq, oi, funding)
+    baselines = np.nanmedian(books[-1 - DAY_MIN:-1], axis=0)
+    ratio = books[-1].sum() / baselines.sum()
+    assert s.depth[-1] == pytest.approx(-math.log10(ratio), rel=1e-9)
+    assert 0.05 < s.depth[-1] < 0.15
+
+
+def test_a_book_without_a_warm_baseline_does_not_count_yet():
+    n = DAY_MIN + 1
+    ts, depth, liq, oi, funding = _flat(n)
+    late = np.full(n, np.nan)
+    late[-100:] = 1e5                      # joins 100 minutes before the end: far below its own 720 minutes
+    s = market_stress_index(ts, np.column_stack([depth, late]), liq, oi, funding)
+    assert s.depth_books[:, 1].sum() == 0 and s.depth_books[:, 0].sum() == n - 720
+    assert s.depth[-1] == 0.0
+
+
+def test_rejects_depth_of_the_wrong_shape():
+    ts, depth, liq, oi, funding = _flat(10)
+    with pytest.raises(ValueError, match="depth must have shape"):
+        market_stress_index(ts, depth.reshape(2, 5), liq, oi, funding)

@@ -6,7 +6,8 @@ withdraw from every book. Three live ingest services (one per venue, the Tansu b
 them) run through it; the loader puts their topics into a DuckDB file and the daily assets are
 materialized on it. Checked: the other venues keep flowing (every trade of the outage minutes,
 no stall or disconnect of theirs), OKX's feed events cover the true outage and its books are
-exact again after it, the stress index rises with the withdrawal and skips no minute of the
+exact again after it, the stress index rises with the withdrawal (its depth component leaves
+OKX's missing book out rather than reading it as depth withdrawn) and skips no minute of the
 venues that were up (computed on OKX's markets alone, it skips the outage minutes rather than
 calling them calm), and the cross-venue dislocation has OKX absent, not zero, while it was down.
 """
@@ -233,6 +234,9 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
                             f"depth_usd_{TWO_PCT}_mean FROM analytics.book_depth ORDER BY 3").fetchall()
         stress = dict(con.execute("SELECT epoch(minute)::BIGINT * 1000, stress_index FROM analytics.market_stress "
                                   "WHERE asset = 'BTC' ORDER BY 1").fetchall())
+        depth_parts = {m: (c, n, names) for m, c, n, names in con.execute(
+            "SELECT epoch(minute)::BIGINT * 1000, depth_component, depth_books, depth_book_names "
+            "FROM analytics.market_stress WHERE asset = 'BTC' ORDER BY 1").fetchall()}
     down_minutes = range(down_from + 60_000, down_to, 60_000)        # minutes OKX was down throughout
     okx_minutes = {m for ex, _, m, _, _ in depth if ex == DOWN}
     assert okx_minutes and not okx_minutes & set(down_minutes)
@@ -241,8 +245,16 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
     before = [v for m, v in stress.items() if down_from - 5 * 60_000 <= m < down_from and v is not None]
     withdrawn = [v for m, v in stress.items() if outage["withdrawn_ms"] <= m < down_to and v is not None]
     print(f"BTC stress before {np.round(before, 1).tolist()}, withdrawn {np.round(withdrawn, 1).tolist()}")
+    print("BTC depth component and its books by minute:",
+          [(m, None if c is None else round(c, 3), n) for m, (c, n, _) in depth_parts.items()
+           if down_from - 5 * 60_000 <= m < down_to + 120_000])
     assert before and withdrawn and min(withdrawn) > max(before)
-    # The venues that stayed up thinned out themselves: the rise is not only OKX's missing depth.
+    # While OKX is down its book is left out of the depth component, not read as depth withdrawn: the
+    # component stands on the venues that stayed up, each against its own baseline.
+    for m in down_minutes:
+        component, n_books, names = depth_parts[m]
+        assert component is not None and n_books == len(UP) and DOWN not in names, (m, depth_parts[m])
+    # The venues that stayed up thinned out themselves: that is what the rise comes from.
     up_depth = {when: np.mean([d for ex, asset, m, _, d in depth if ex in UP and asset == "BTC" and lo <= m < hi])
                 for when, (lo, hi) in {"before": (down_from - 5 * 60_000, down_from),
                                        "withdrawn": (outage["withdrawn_ms"], down_to)}.items()}

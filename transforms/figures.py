@@ -455,3 +455,47 @@ def signal_equity_vs_holding(title: str, curves_by_timeframe: Mapping[str, Mappi
               for timeframe, curves in curves_by_timeframe.items()]
     return render_panels(title, panels or [Panel("signals", None, "no trading signals in this warehouse")],
                          sharex=False)
+
+
+@dataclass(frozen=True)
+class VenueTimeline:
+    """One venue in a cross-venue cascade: liquidated USD per bar (``bar_s`` long, ts = bar start),
+    its trade price, and when its price first moved the cascade threshold (NaT if never)."""
+
+    liquidated_usd: TimeSeries
+    price: TimeSeries
+    threshold_crossing: np.datetime64
+
+
+def cross_venue_cascade_timeline(title: str, venues: Mapping[str, VenueTimeline], first_mover: str | None,
+                                 span: Span, *, bar_s: float = 60.0) -> bytes:
+    """One row per venue on one time axis: its liquidated USD per bar and, on a second axis, its
+    price; the episode shaded, each venue's threshold crossing a dashed line and the first mover's
+    row and line in red, so who moved first and whose liquidations followed reads at a glance."""
+    def row(venue: str, timeline: VenueTimeline):
+        def draw(ax):
+            mover = venue == first_mover
+            if _has_values(timeline.liquidated_usd):
+                ax.bar(timeline.liquidated_usd.ts, timeline.liquidated_usd.values / 1e6, width=bar_s / 86_400,
+                       align="edge", color="tab:purple", alpha=0.7, label="liquidated $M")
+            ax.set_ylabel("$M liquidated", fontsize=8)
+            ax.set_ylim(bottom=0)
+            _shade_cascades(ax, [span])
+            if not np.isnat(timeline.threshold_crossing):
+                ax.axvline(timeline.threshold_crossing, color="tab:red" if mover else "black", linestyle="--",
+                           linewidth=1.2 if mover else 0.8, label="moved the threshold")
+            price_ax = ax.twinx()
+            if _has_values(timeline.price):
+                price_ax.plot(timeline.price.ts, timeline.price.values, color="tab:red" if mover else "black",
+                              linewidth=0.9)
+            price_ax.set_ylabel("price", fontsize=8)
+            price_ax.tick_params(labelsize=7)
+            ax.legend(fontsize=7, loc="upper left")
+        return draw
+
+    panels = [Panel(f"{venue}{' - first mover' if venue == first_mover else ''}", row(venue, timeline)
+                    if _has_values(timeline.price) or _has_values(timeline.liquidated_usd) else None,
+                    f"no trades or liquidations from {venue} in this window")
+              for venue, timeline in sorted(venues.items())]
+    return render_panels(title, panels or [Panel("venues", None, "no venue took part in this cascade")],
+                         panel_size=(REPORT_PANEL[0], 2.2), dpi=DPI)

@@ -9,7 +9,12 @@ Components (each mapped to 0..1)
 * ``depth`` - collapse of ±2 % depth against its trailing median (prior ``baseline_window_s``,
   default 24 h, as in ``liquidity.py``): ``clip(-log10(ratio) / -log10(depth_saturation_ratio))``.
   Log scale because depth collapses are multiplicative; 1.0 at a 10x collapse (the liquidity-
-  withdrawal threshold), 0 at or above the baseline.
+  withdrawal threshold), 0 at or above the baseline. With several books (venues) each book has its
+  own baseline, and a minute's ratio is ``Σ depth / Σ baseline`` over the books that have both a
+  depth that minute and a warm baseline (the baseline-weighted mean of their own ratios). A book
+  that is missing for some minutes (an outage, a venue that joins later) therefore neither lowers
+  the ratio nor enters it, where a sum of depths over whichever books happen to be there would read
+  the gap as a liquidity withdrawal. ``depth_books`` says which books each minute's ratio stands on.
 * ``liquidation`` - an exponentially decayed (Hawkes-like, ``liq_decay_s`` = 5 min) average of
   liquidated USD per minute, relative to the plain mean over the prior 24 h:
   ``clip(log10(ratio) / log10(liq_saturation_multiple))`` -> 0.5 at 10x normal, 1.0 at 100x
@@ -63,8 +68,9 @@ class StressConfig:
 
 @dataclass(frozen=True, eq=False)
 class StressIndex:
-    """All fields have shape (n,): ``index`` in 0..100 (NaN if coverage is too low), the four
-    components in 0..1 (NaN when undefined) and ``coverage`` in 0..1."""
+    """All fields but ``depth_books`` have shape (n,): ``index`` in 0..100 (NaN if coverage is too
+    low), the four components in 0..1 (NaN when undefined) and ``coverage`` in 0..1.
+    ``depth_books`` (n, books) is True where a book contributed to that minute's depth component."""
 
     ts: NDArray[np.float64]
     index: NDArray[np.float64]
@@ -73,6 +79,7 @@ class StressIndex:
     open_interest: NDArray[np.float64]
     funding: NDArray[np.float64]
     coverage: NDArray[np.float64]
+    depth_books: NDArray[np.bool_]
 
 
 def _unit(x: NDArray) -> NDArray:
@@ -126,8 +133,24 @@ def _trailing_max(ts: NDArray, x: NDArray, window_s: float) -> NDArray:
     return out
 
 
-def _depth_component(ts: NDArray, depth: NDArray, cfg: StressConfig) -> NDArray:
-    _, ratio = depth_ratio(ts, depth, window_s=cfg.baseline_window_s, min_periods=cfg.min_periods)
+def combined_depth_ratio(
+    ts: NDArray, depth_by_book: NDArray, *, window_s: float, min_periods: int
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """``(ratio, contributing)`` for depth of shape (n, books), NaN where a book has no depth that
+    minute: ``Σ depth / Σ trailing-median baseline`` over the books with a finite depth and a
+    positive baseline in that minute (NaN where there is none), and which books those were."""
+    baselines = np.column_stack([
+        depth_ratio(ts, column, window_s=window_s, min_periods=min_periods)[0] for column in depth_by_book.T
+    ]) if depth_by_book.shape[1] else np.empty(depth_by_book.shape)
+    contributing = np.isfinite(depth_by_book) & (np.nan_to_num(baselines, nan=0.0) > 0)
+    depth_sum = np.where(contributing, depth_by_book, 0.0).sum(axis=1)
+    baseline_sum = np.where(contributing, baselines, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(contributing.any(axis=1), depth_sum / baseline_sum, np.nan)
+    return ratio, contributing
+
+
+def _depth_component(ratio: NDArray, cfg: StressConfig) -> NDArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         score = -np.log10(ratio) / -np.log10(cfg.depth_saturation_ratio)
     return np.where(np.isfinite(ratio), _unit(np.nan_to_num(score, posinf=1.0)), np.nan)
@@ -164,22 +187,30 @@ def market_stress_index(
     *,
     config: StressConfig = StressConfig(),
 ) -> StressIndex:
-    """Stress index on the ``ts`` grid; ``liq_usd`` is liquidated USD (both sides) per minute,
-    ``funding_8h`` the 8h-normalised funding rate (e.g. OI-weighted across venues)."""
+    """Stress index on the ``ts`` grid; ``depth_2pct_usd`` is ±2 % USD depth of one book, shape
+    (n,), or of several books (venues), shape (n, books) with NaN where a book has no depth that
+    minute; ``liq_usd`` is liquidated USD (both sides) per minute, ``funding_8h`` the 8h-normalised
+    funding rate (e.g. OI-weighted across venues)."""
     ts_arr = np.asarray(ts, dtype=np.float64)
     if ts_arr.ndim != 1 or np.any(np.diff(ts_arr) <= 0):
         raise ValueError("ts must be strictly increasing")
-    inputs = [np.asarray(v, dtype=np.float64) for v in (depth_2pct_usd, liq_usd, oi_usd, funding_8h)]
+    depth = np.asarray(depth_2pct_usd, dtype=np.float64)
+    depth_by_book = depth.reshape(-1, 1) if depth.ndim == 1 else depth
+    if depth_by_book.ndim != 2 or depth_by_book.shape[0] != ts_arr.size:
+        raise ValueError(f"depth must have shape (n,) or (n, books) with n = {ts_arr.size}, got {depth.shape}")
+    inputs = [np.asarray(v, dtype=np.float64) for v in (liq_usd, oi_usd, funding_8h)]
     if any(v.shape != ts_arr.shape for v in inputs):
         raise ValueError("every input series must match ts")
     if ts_arr.size == 0:
         empty = np.empty(0)
-        return StressIndex(ts_arr, *(empty,) * 6)
+        return StressIndex(ts_arr, *(empty,) * 6, np.zeros(depth_by_book.shape, dtype=bool))
+    depth_ratio_all, depth_books = combined_depth_ratio(
+        ts_arr, depth_by_book, window_s=config.baseline_window_s, min_periods=config.min_periods)
     parts = np.column_stack([
-        _depth_component(ts_arr, inputs[0], config),
-        _liquidation_component(ts_arr, inputs[1], config),
-        _oi_component(ts_arr, inputs[2], config),
-        _funding_component(ts_arr, inputs[3], config),
+        _depth_component(depth_ratio_all, config),
+        _liquidation_component(ts_arr, inputs[0], config),
+        _oi_component(ts_arr, inputs[1], config),
+        _funding_component(ts_arr, inputs[2], config),
     ])
     weights = np.asarray(config.weights, dtype=np.float64)
     defined = np.isfinite(parts)
@@ -188,7 +219,7 @@ def market_stress_index(
     with np.errstate(invalid="ignore", divide="ignore"):
         index = 100.0 * weighted / (coverage * weights.sum())
     index = np.where(coverage >= config.min_weight_coverage, index, np.nan)
-    return StressIndex(ts_arr, index, *parts.T, coverage)
+    return StressIndex(ts_arr, index, *parts.T, coverage, depth_books)
 
 
 def lead_time_minutes(

@@ -163,8 +163,14 @@ CREATE TABLE IF NOT EXISTS analytics.market_stress (
     liquidated_usd DOUBLE NOT NULL,
     oi_usd DOUBLE,
     funding_8h DOUBLE,
-    day DATE NOT NULL
+    day DATE NOT NULL,
+    depth_books INTEGER,                   -- books (venue/symbol) the depth component compared with their baselines
+    depth_book_names VARCHAR               -- which: comma-separated exchange/symbol
 )"""
+
+# Migration 13: the books behind the depth component (a venue missing in a minute no longer counts).
+MARKET_STRESS_DEPTH_BOOKS = ["ALTER TABLE analytics.market_stress ADD COLUMN IF NOT EXISTS depth_books INTEGER",
+                             "ALTER TABLE analytics.market_stress ADD COLUMN IF NOT EXISTS depth_book_names VARCHAR"]
 
 ADL_EVENTS = """
 CREATE TABLE IF NOT EXISTS analytics.adl_events (

@@ -137,13 +137,18 @@ def _first_mover_consistent(run: TableRun) -> dg.AssetCheckResult:
                 "threshold p from where it stood 5 min before the episode (`threshold_crossing`); the earliest is "
                 "`first_mover`, `lead_s` its lead over the next venue, `crossing_after_first_s` each venue's lag. "
                 "`xcorr_lag_s`: lag of the peak cross-correlation of 1 s returns against the reference venue "
-                "(> 0: follows). `stress_max`/`stress_mean`: analytics.market_stress over the episode.",
+                "(> 0: follows). `stress_max`/`stress_mean`: analytics.market_stress over the episode. Pictures: per "
+                "episode, each venue's liquidated USD per minute and its price, the first mover in red.",
 )
 def cross_venue_cascades(run: TableRun) -> dict:
     run.rewrite_each_day(lambda start, end: liquidation_map.cross_venue_rows(run.con, start, end))
-    return {"episodes": run.preview(["asset", "side", "cascade_start", "exchange", "venue_share", "move_bps",
-                                     "crossing_after_first_s", "is_first_mover", "stress_max"],
-                                    "cascade_start, asset, exchange", limit=20)}
+    metadata = {"episodes": run.preview(["asset", "side", "cascade_start", "exchange", "venue_share", "move_bps",
+                                         "crossing_after_first_s", "is_first_mover", "stress_max"],
+                                        "cascade_start, asset, exchange", limit=20)}
+    for timeline in liquidation_map.cascade_timelines(run.con, run.start, run.end):
+        metadata[timeline.key] = Picture(timeline.title, figures.cross_venue_cascade_timeline(
+            timeline.title, timeline.venues, timeline.first_mover, timeline.span))
+    return metadata
 
 
 LIQUIDATION_MAP_ASSETS = [liquidation_levels, liquidation_level_scores, cross_venue_cascades]

@@ -44,7 +44,9 @@ class MarketStressConfig(dg.Config):
         no_duplicates("asset, minute", description="One row per (asset, minute)."),
     ],
     description="Market-stress index per base asset and minute, 0-100 (transforms.market_stress): depth collapse "
-                "(Σ-venue ±2 % USD depth vs its trailing 24 h median, log scale, 10x = full), liquidation intensity "
+                "(±2 % USD depth of the books present in the minute vs the sum of those books' own trailing 24 h "
+                "medians, log scale, 10x = full; a book missing in a minute does not count, `depth_books` and "
+                "`depth_book_names` say which did), liquidation intensity "
                 "(5-min decayed liquidated USD vs the trailing 24 h mean, 10x = half, 100x = full), open-interest "
                 "drawdown from the 4 h high (10 % = full) and funding dislocation (|z| of the OI-weighted 8 h rate vs "
                 "24 h, 1..4). Weights 0.35/0.35/0.15/0.15 over the defined components; NULL below half coverage "
@@ -57,7 +59,8 @@ def market_stress(run: TableRun, config: MarketStressConfig) -> dict:
     stress_config = StressConfig(min_periods=config.min_baseline_minutes)
     run.rewrite_each_day(lambda start, end: stress.stress_rows(run.con, start, end, stress_config))
     metadata = {"most_stressed_minutes": run.preview(["asset", "minute", "stress_index", "depth_component",
-                                                      "liquidation_component", "oi_component", "funding_component"],
+                                                      "depth_books", "liquidation_component", "oi_component",
+                                                      "funding_component"],
                                                      "stress_index DESC NULLS LAST"),
                 "cascade_lead_minutes": dg.MetadataValue.json(
                     stress.stress_lead_times(run.con, run.start, run.end, config.lead_threshold)),

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from transforms.cascades import CascadeConfig
 from transforms.cross_venue import cross_venue_cascades
+from transforms.figures import Span, TimeSeries, VenueTimeline
 from transforms.liquidation_map import MapSnapshot, MinuteInputs, build_liquidation_map, score_liquidation_map
 from transforms.open_interest import asof_values
 from warehouse.analytics.common import arrow_rows, days_of, epoch, fetch, naive, rows_table, timestamps
@@ -239,3 +241,70 @@ MAP_CELLS = """
 SELECT asset, epoch(snapshot_ts) AS ts, bin_lo, bin_hi - bin_lo AS width, sum(usd) AS usd
 FROM analytics.liquidation_levels WHERE day >= $start AND day < $end GROUP BY ALL ORDER BY ALL
 """
+
+
+# Pictures: per cross-venue episode of the window, each venue's liquidated USD of the episode's side
+# per minute and its last trade price per 10 s, from 5 minutes before the episode to 5 after it.
+TIMELINE_MARGIN = dt.timedelta(minutes=5)
+TIMELINE_PRICE_BAR_S = 10
+EPISODES = """
+SELECT asset, side, cascade_start, cascade_end, episode_usd, first_mover, list(exchange ORDER BY exchange) AS venues,
+       list(threshold_crossing ORDER BY exchange) AS crossings
+FROM analytics.cross_venue_cascades WHERE cascade_start >= $start AND cascade_start < $end
+GROUP BY ALL ORDER BY cascade_start, asset, side
+"""
+TIMELINE_LIQUIDATIONS = """
+SELECT exchange, epoch(minute) AS ts, sum(CASE WHEN $side = 'long' THEN long_usd ELSE short_usd END) AS usd
+FROM analytics.liquidations_1m WHERE asset = $asset AND minute >= $lo AND minute < $hi
+GROUP BY ALL ORDER BY exchange, ts
+"""
+TIMELINE_PRICES = f"""
+SELECT exchange, floor(epoch(ts_exchange) / {TIMELINE_PRICE_BAR_S}) * {TIMELINE_PRICE_BAR_S} AS ts,
+       arg_max(price, ts_exchange) AS price
+FROM raw.trades WHERE split_part(symbol, '-', 1) = $asset AND ts_exchange >= $lo AND ts_exchange < $hi
+  AND coalesce(trade_type, 'MARKET') = 'MARKET'
+GROUP BY ALL ORDER BY exchange, ts
+"""
+
+
+@dataclass(frozen=True)
+class CascadeTimeline:
+    """What ``transforms.figures.cross_venue_cascade_timeline`` draws for one episode; ``key`` names
+    its picture (asset, side, start); ``episode_usd`` is its liquidated USD on all venues."""
+
+    key: str
+    asset: str
+    episode_usd: float
+    title: str
+    venues: dict[str, VenueTimeline]
+    first_mover: str | None
+    span: Span
+
+
+def cascade_timelines(con, start: dt.datetime, end: dt.datetime) -> list[CascadeTimeline]:
+    """One timeline per analytics.cross_venue_cascades episode starting in [start, end)."""
+    timelines = []
+    for asset, side, cascade_start, cascade_end, episode_usd, first_mover, venues, crossings in con.execute(
+            EPISODES, {"start": start, "end": end}).fetchall():
+        window = {"asset": asset, "lo": cascade_start - TIMELINE_MARGIN,
+                  "hi": cascade_end + dt.timedelta(minutes=1) + TIMELINE_MARGIN}
+        liquidated = fetch(con, TIMELINE_LIQUIDATIONS, {**window, "side": side})
+        prices = fetch(con, TIMELINE_PRICES, window)
+
+        def series(data: dict, column: str, venue: str) -> TimeSeries:
+            rows = data["exchange"] == venue
+            return TimeSeries(_datetimes(data["ts"][rows]), data[column][rows].astype(np.float64))
+
+        timelines.append(CascadeTimeline(
+            f"timeline_{asset}_{side}_{cascade_start:%Y%m%dT%H%M}", asset, episode_usd,
+            f"{asset} {side}s liquidated {cascade_start:%Y-%m-%d %H:%M}-{cascade_end:%H:%M} UTC across venues",
+            {venue: VenueTimeline(series(liquidated, "usd", venue), series(prices, "price", venue),
+                                  np.datetime64(crossing, "s") if crossing else np.datetime64("NaT", "s"))
+             for venue, crossing in zip(venues, crossings, strict=True)},
+            first_mover, Span(np.datetime64(cascade_start, "s"),
+                              np.datetime64(cascade_end + dt.timedelta(minutes=1), "s"))))
+    return timelines
+
+
+def _datetimes(seconds: np.ndarray) -> np.ndarray:
+    return np.asarray(seconds, dtype=np.float64).astype(np.int64).astype("datetime64[s]")

@@ -15,10 +15,12 @@ from warehouse.analytics.derivatives import WEIGHT_TOLERANCE_S
 # Per asset and minute, each input as the index consumes it (sums in a fixed order, so a rewrite
 # reproduces every bit). "feed" marks the minutes the market stream was up: Binance sends forced
 # orders on the connection that carries markPrice, so only then does "no liquidation" mean zero.
+# Depth stays per book (venue and symbol): each book is compared with its own baseline, so a venue
+# missing for some minutes is not read as depth withdrawn (transforms.market_stress).
 INPUTS = {
-    "depth": f"""SELECT split_part(symbol, '-', 1) AS asset, epoch(minute) AS ts,
-                       sum(depth_usd_{TWO_PCT}_mean ORDER BY exchange, symbol) AS value
-                FROM analytics.book_depth WHERE minute >= $lo AND minute < $end GROUP BY ALL""",
+    "depth": f"""SELECT split_part(symbol, '-', 1) AS asset, epoch(minute) AS ts, exchange || '/' || symbol AS book,
+                       depth_usd_{TWO_PCT}_mean AS value
+                FROM analytics.book_depth WHERE minute >= $lo AND minute < $end ORDER BY book, ts""",
     "liquidated": """SELECT asset, epoch(minute) AS ts, sum(long_usd + short_usd ORDER BY exchange, symbol) AS value
                      FROM analytics.liquidations_1m WHERE minute >= $lo AND minute < $end GROUP BY ALL""",
     "feed": """SELECT asset, epoch(minute) AS ts, count(*) AS value FROM analytics.funding
@@ -47,7 +49,12 @@ def stress_rows(con, start: dt.datetime, end: dt.datetime, config: StressConfig 
         today = grid >= day_start
         if not today.any():
             continue
-        depth = _on_grid(grid, inputs["depth"], rows["depth"], np.nan)
+        book_of_row = inputs["depth"]["book"][rows["depth"]]
+        books = sorted(set(book_of_row))
+        depth = np.empty((grid.size, 0))
+        if books:
+            depth = np.column_stack([_on_grid(grid, inputs["depth"], rows["depth"][book_of_row == book], np.nan)
+                                     for book in books])
         liquidated = _on_grid(grid, inputs["liquidated"], rows["liquidated"], 0.0)
         funding = _on_grid(grid, inputs["funding"], rows["funding"], np.nan)
         oi_ts, oi_usd = inputs["oi"]["ts"][rows["oi"]], inputs["oi"]["value"][rows["oi"]]
@@ -60,10 +67,18 @@ def stress_rows(con, start: dt.datetime, end: dt.datetime, config: StressConfig 
             "stress_index": stress.index[today], "depth_component": stress.depth[today],
             "liquidation_component": stress.liquidation[today], "oi_component": stress.open_interest[today],
             "funding_component": stress.funding[today], "coverage": stress.coverage[today],
-            "depth_2pct_usd": depth[today], "liquidated_usd": liquidated[today], "oi_usd": oi[today],
+            "depth_2pct_usd": _sum_present(depth[today]), "depth_books": stress.depth_books[today].sum(axis=1),
+            "depth_book_names": [",".join(b for b, used in zip(books, row, strict=True) if used)
+                                 for row in stress.depth_books[today].tolist()],
+            "liquidated_usd": liquidated[today], "oi_usd": oi[today],
             "funding_8h": funding[today], "day": days_of(grid[today]),
         }))
     return parts
+
+
+def _sum_present(depth_by_book: np.ndarray) -> np.ndarray:
+    """Depth of all books present in each minute; NaN where none is."""
+    return np.where(np.isfinite(depth_by_book).any(axis=1), np.nansum(depth_by_book, axis=1), np.nan)
 
 
 def _on_grid(grid: np.ndarray, data: dict, rows: np.ndarray, fill: float) -> np.ndarray:
