@@ -130,6 +130,18 @@ class ConnectionState:
         return {"connection": self.name, "route": self.route, "replica": self.replica}
 
 
+def frames_unread(ws) -> int:
+    """Frames the websocket library has received and this connection has not yet read.
+
+    websockets (15-17) queues them in its ``Assembler``; that is not public API, so where it is not
+    found the answer is 0 and silence is judged by the clock alone, as before."""
+    queue = getattr(getattr(ws, "recv_messages", None), "frames", None)
+    try:
+        return len(queue) if queue is not None else 0
+    except TypeError:
+        return 0
+
+
 class Stalled(Exception):
     def __init__(self, stream: str, silent_s: float):
         super().__init__(f"{stream} silent for {silent_s:.1f}s while the connection stayed up")
@@ -484,7 +496,9 @@ class IngestService:
                 await ws.send(ping)
             if now >= next_check:
                 next_check = now + 1.0
-                for stream, seen in conn.last_seen.items():
+                # Behind on this connection (a loaded machine, a burst), a silent stream's frames
+                # may be queued unread: silence is judged only when nothing is waiting.
+                for stream, seen in conn.last_seen.items() if not frames_unread(ws) else ():
                     limit = limits.get(self.venue.stream_kind(stream))
                     if limit is not None and now - seen > limit:
                         raise Stalled(stream, round(now - seen, 1))

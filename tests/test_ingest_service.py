@@ -13,8 +13,9 @@ import time
 from collections import Counter, defaultdict
 
 import orjson
+import websockets
 
-from ingest.service import IngestConfig, IngestService
+from ingest.service import IngestConfig, IngestService, frames_unread
 from ingest.simulator import FaultConfig, SimConfig, SimulatorThread, StallSpec, load_truth
 from ingest.spill import SpillingSink
 from ingest.venues.binance_usdm import BinanceUsdm
@@ -244,3 +245,25 @@ def test_ingest_cli_reports_status_and_stops_cleanly_on_sigterm(tmp_path, fresh_
     assert final["state"] == "stopped" and final["spill_bytes"] == 0 and final["records"]["trade"] > 0
     status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=30)
     assert "stopped" in status.stdout
+
+
+def test_frames_unread_sees_what_the_websocket_library_holds_unread():
+    """Stall verdicts wait while frames are queued unread; that needs the library's queue to be seen."""
+    async def scenario():
+        async def send_three(ws):
+            for i in range(3):
+                await ws.send(str(i))
+            await ws.wait_closed()
+
+        async with websockets.serve(send_three, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with websockets.connect(f"ws://127.0.0.1:{port}") as ws:
+                await asyncio.wait_for(_until(lambda: frames_unread(ws) == 3), timeout=60)
+                assert await ws.recv() == "0"
+                assert frames_unread(ws) == 2
+
+    async def _until(condition):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
