@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 
 import orjson
 import pytest
+from fault_harness import run_for_market_time
 from test_ingest_service import check_books_against_truth, run_service, trade_ids, truth_trade_ids
 
 from ingest.frames import RejectedFrame, ReplicaMerger, check_frame
@@ -44,8 +45,9 @@ def run_with_single_drops(tmp_path, bootstrap, redundancy: int):
                        truth_path=str(tmp_path / "truth.jsonl"), checkpoint_every_s=15,
                        faults=FaultConfig(drop_every_s=25, drop_mode="one"))
     with SimulatorThread(config) as sim:
-        service = run_service(sim, bootstrap, tmp_path, seconds=36, connections_per_stream=redundancy)
-        asyncio.run(service.run())
+        # Six minutes of market (36 s at 10x), however long a loaded machine takes to play them.
+        service = run_service(sim, bootstrap, tmp_path, seconds=None, connections_per_stream=redundancy)
+        asyncio.run(run_for_market_time(service, sim, 360))
     truth = load_truth(tmp_path / "truth.jsonl")
     records = service.sink.records
     # The window the service was receiving: from its first to its last streamed trade.
