@@ -76,6 +76,9 @@ class ReplicaMerger:
         self._seen: OrderedDict[bytes, float] = OrderedDict()   # digest -> first arrival, oldest first
         self._replicas: dict[str, _Replica] = {}
         self.duplicates = 0
+        # (replica, why) for each replica that went live without overlapping a live sibling: the
+        # frames between what the sibling delivered and what this one holds may be lost.
+        self.unverified_joins: list[tuple[str, str]] = []
 
     def is_live(self, replica: str) -> bool:
         state = self._replicas.get(replica)
@@ -91,8 +94,11 @@ class ReplicaMerger:
         self._replicas.pop(replica, None)
         if any(r.live for r in self._replicas.values()):
             return []
-        joining = sorted(self._replicas.values(), key=lambda r: r.joined_at)
-        return self._go_live(joining[0], 0, time.monotonic() if now is None else now) if joining else []
+        if not self._replicas:
+            return []
+        name = min(self._replicas, key=lambda r: self._replicas[r].joined_at)
+        self.unverified_joins.append((name, f"{replica} left before {name} overlapped it"))
+        return self._go_live(self._replicas[name], 0, time.monotonic() if now is None else now)
 
     def on_frame(self, replica: str, raw: bytes, item, now: float | None = None) -> list:
         now = time.monotonic() if now is None else now
@@ -108,6 +114,8 @@ class ReplicaMerger:
                 state.held.append((digest, item))
                 state.held_digests.add(digest)
                 if now - state.joined_at > self.join_timeout_s:
+                    self.unverified_joins.append((replica, f"no overlap with a live sibling within "
+                                                           f"{self.join_timeout_s:g} s"))
                     out = self._go_live(state, 0, now)
             return out
         if digest in self._seen:

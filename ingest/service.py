@@ -454,7 +454,10 @@ class IngestService:
             conn.state = "reconnecting"
             merger = self._mergers.get(conn.route)
             if merger is not None:
-                for item in merger.disconnected(conn.name):
+                released = merger.disconnected(conn.name)
+                if merger.unverified_joins:
+                    self._report_unverified_joins(conn.route, merger)
+                for item in released:
                     self._handle_frame(*item)
             if merger is None or not any(merger.is_live(c.name) for c in self.connections.values()
                                          if c.route == conn.route and c is not conn):
@@ -516,8 +519,20 @@ class IngestService:
         if merger is None:
             self._handle_frame(conn.name, raw, frame)
             return
-        for item in merger.on_frame(conn.name, raw, (conn.name, raw, frame), now):
+        items = merger.on_frame(conn.name, raw, (conn.name, raw, frame), now)
+        if merger.unverified_joins:
+            self._report_unverified_joins(conn.route, merger)
+        for item in items:
             self._handle_frame(*item)
+
+    def _report_unverified_joins(self, route: str, merger: ReplicaMerger) -> None:
+        """A replica that went live without overlapping its sibling may have left a hole (its sibling
+        was behind when it dropped, say): recorded where it happened in the stream, never silent."""
+        for replica, why in merger.unverified_joins:
+            self.events["replica_gaps"] += 1
+            self._feed_event("replica_gap", None, {"route": route, "replica": replica, "reason": why})
+            log.warning("%s %s: %s; frames in between may be lost", self.venue.exchange, route, why)
+        merger.unverified_joins.clear()
 
     def _handle_frame(self, source: str, raw: bytes, frame: str | RejectedFrame) -> None:
         if isinstance(frame, RejectedFrame):

@@ -481,6 +481,23 @@ async def run_for_market_time(service: IngestService, sim: SimulatorThread, mark
     await task
 
 
+async def run_until_received(service: IngestService, sim: SimulatorThread, market_s: float,
+                             at_most_s: float = 600) -> None:
+    """Run the service until it has received trades ``market_s`` seconds of market time into the
+    simulation (its sink must keep ``records``): a loaded machine may leave the service far behind
+    the simulator, and stopping on the simulator's clock would cut what the service had yet to read."""
+    start_ms = sim.simulator.feed.start_ms
+    task = asyncio.create_task(service.run())
+    started = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.5)
+        records = service.sink.records
+        latest = next((r.ts_exchange for r in reversed(records) if r.record_type == "trade"), start_ms)
+        if latest - start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
+            service.request_stop()
+    await task
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["simulate"]:
     from ingest.simulator import cli
 
