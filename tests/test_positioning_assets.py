@@ -150,8 +150,10 @@ def test_every_check_of_every_positioning_asset_passes(materialized):
     assert set(failed) == {"reconciled_within_tolerance"}, set(failed)
     reconciliation = failed["reconciled_within_tolerance"]
     assert reconciliation.severity == dg.AssetCheckSeverity.WARN
+    # 11 of the 12 periods: the feed's last trade (minute 59, second 30) leaves the last one not seen
+    # to its end, so it is not compared.
     assert {name: value.value for name, value in reconciliation.metadata.items()} == {
-        "reconciled_rows": 12, "flagged_rows": 1, "venue_periods_without_our_trades": 0}
+        "reconciled_rows": 11, "flagged_rows": 1, "venue_periods_without_our_trades": 0}
     pictures = {name for event in result.get_asset_materialization_events()
                 for name in event.materialization.metadata}
     assert {"open_interest_by_venue_and_funding", "slippage_curves", "dislocation_bps"} <= pictures

@@ -151,7 +151,8 @@ class ExchangeFeed:
         out: list[Message] = []
         self._schedule_faults(t1)
         for f in r.fills:
-            self.positioning.add_fill(f.symbol_index, f.ts_ms, f.lots, taker_buys=not f.buyer_is_maker)
+            self.positioning.add_fill(f.symbol_index, f.ts_ms, f.lots, taker_buys=not f.buyer_is_maker,
+                                      trades=f.last_trade_id - f.first_trade_id + 1)
         if t1 % PERIOD_MS == 0:
             for s, period in enumerate(self.positioning.close_period(t1)):
                 if period is not None and self.truth:

@@ -15,13 +15,15 @@ The open period is served too, as it stands, as venues do: clients must not take
 Unlevered accounts (market makers, basis traders) are not in the counts: the model holds them
 only as a total. Every venue's counts are the shared market's: a venue's share scales how many
 positions it holds, not their mix; its taker volume is its share of the market's
-(``VenueMarket.fill_lots`` of the period's total).
+(``VenueMarket.fill_lots`` of the period's total), or, for a venue that registers how it sizes a
+fill (``track_venue_sizes``), the sum of its own trades' sizes, as a venue computes it from its tape.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,11 +43,13 @@ class PeriodPositioning:
     top: dict                            # cut -> (share of the top accounts long, share of their size long)
     taker_buy_lots: int                  # market lots bought by takers in the period
     taker_sell_lots: int
+    venue_taker_lots: dict = field(default_factory=dict)   # venue -> (buy, sell) in its own lots
 
     def truth(self, symbol: str) -> dict:
         return {"type": "positioning", "ts": self.start_ms, "symbol": symbol, "long_accounts": self.long_accounts,
                 "top": {f"{fraction}/{by}": list(shares) for (fraction, by), shares in self.top.items()},
-                "taker_buy_lots": self.taker_buy_lots, "taker_sell_lots": self.taker_sell_lots}
+                "taker_buy_lots": self.taker_buy_lots, "taker_sell_lots": self.taker_sell_lots,
+                "venue_taker_lots": {venue: list(lots) for venue, lots in self.venue_taker_lots.items()}}
 
 
 def long_shares(book: PositionBook) -> tuple[float, dict]:
@@ -71,10 +75,26 @@ class PositioningStats:
         self._start_ms = start_ms
         self.closed: list[list[PeriodPositioning]] = [[] for _ in books]
         self._taker: list[dict[int, list[int]]] = [{} for _ in books]   # period start -> [buy, sell] lots
+        self._venue_sizes: dict[str, Callable[[int, int], int]] = {}
+        self._venue_taker: dict[str, list[dict[int, list[int]]]] = {}
 
-    def add_fill(self, s: int, ts_ms: int, lots: int, taker_buys: bool) -> None:
-        sides = self._taker[s].setdefault(ts_ms - ts_ms % PERIOD_MS, [0, 0])
-        sides[0 if taker_buys else 1] += lots
+    def track_venue_sizes(self, venue: str, size_of_fill: Callable[[int, int], int]) -> None:
+        """Sum ``venue``'s taker lots per period as its tape has them: ``size_of_fill(lots, trades)`` is
+        the venue's size of a market fill of ``lots`` split into ``trades`` trades (a venue rounds each
+        trade to its own lots, and its published volume is the sum of those)."""
+        self._venue_sizes[venue] = size_of_fill
+        self._venue_taker[venue] = [{} for _ in self._books]
+
+    def add_fill(self, s: int, ts_ms: int, lots: int, taker_buys: bool, trades: int = 1) -> None:
+        period, side = ts_ms - ts_ms % PERIOD_MS, 0 if taker_buys else 1
+        self._taker[s].setdefault(period, [0, 0])[side] += lots
+        for venue, size_of in self._venue_sizes.items():
+            self._venue_taker[venue][s].setdefault(period, [0, 0])[side] += size_of(lots, trades)
+
+    def venue_taker_lots(self, venue: str, s: int, start_ms: int) -> tuple[int, int]:
+        """(buy, sell) lots of ``venue``'s own trades in the period starting at ``start_ms``."""
+        buy, sell = self._venue_taker[venue][s].get(start_ms, (0, 0))
+        return buy, sell
 
     def close_period(self, end_ms: int) -> list[PeriodPositioning]:
         """At a period boundary: the period that just ended, per symbol (none for a period the
@@ -85,10 +105,14 @@ class PositioningStats:
             buy, sell = self._taker[s].pop(start, (0, 0))
             for stale in [p for p in self._taker[s] if p < start]:
                 del self._taker[s][stale]
+            for periods in self._venue_taker.values():
+                for stale in [p for p in periods[s] if p <= start - PERIODS_KEPT * PERIOD_MS]:
+                    del periods[s][stale]
             if start < self._start_ms:
                 out.append(None)
                 continue
-            period = PeriodPositioning(start, True, *long_shares(book), buy, sell)
+            period = PeriodPositioning(start, True, *long_shares(book), buy, sell,
+                                       {venue: self.venue_taker_lots(venue, s, start) for venue in self._venue_taker})
             self.closed[s].append(period)
             del self.closed[s][:-PERIODS_KEPT]
             out.append(period)

@@ -127,9 +127,22 @@ QUALIFY row_number() OVER (PARTITION BY r.exchange, r.symbol, r.ts_exchange
 """
 
 
+# Per market, the first and last trade of ours from one bucket before the window to one after: a
+# venue period is comparable only if our feed ran across all of it (trades on both sides of it), so
+# the period in which ingestion started or stopped is not read as trades lost.
+OBSERVED_SPANS = f"""
+SELECT exchange, symbol, CAST(epoch(min(ts_exchange)) AS DOUBLE) AS first_s,
+       CAST(epoch(max(ts_exchange)) AS DOUBLE) AS last_s
+FROM raw.trades
+WHERE ts_exchange >= $start - INTERVAL {TAKER_BUCKET_S} SECOND AND ts_exchange < $end + INTERVAL {TAKER_BUCKET_S} SECOND
+GROUP BY exchange, symbol
+"""
+
+
 def _reconcile(con, start: dt.datetime, end: dt.datetime, per_market: dict[str, np.ndarray]) -> None:
     """Our per-market buckets against the venue's own taker volumes, where the venue publishes them
-    (base units on both sides); rows without a venue figure stay ``reconciled`` False."""
+    (base units on both sides) and our feed observed the whole period; other rows stay
+    ``reconciled`` False."""
     n = per_market["bucket_start"].size
     per_market["reconciled"] = np.zeros(n, bool)
     per_market["reconcile_flagged"] = np.full(n, None, object)
@@ -137,7 +150,12 @@ def _reconcile(con, start: dt.datetime, end: dt.datetime, per_market: dict[str, 
         per_market[name] = np.full(n, np.nan)
     venue = fetch(con, VENUE_TAKER_VOLUMES, {"start": start, "end": end})
     convertible = np.isfinite(venue["buy_base"].astype(np.float64)) & np.isfinite(venue["sell_base"].astype(np.float64))
-    venue = {name: values[convertible] for name, values in venue.items()}
+    spans = {(e, sym): (first, last) for e, sym, first, last in
+             con.execute(OBSERVED_SPANS, {"start": start, "end": end}).fetchall()}
+    observed = np.array([(e, sym) in spans and spans[(e, sym)][0] <= b and spans[(e, sym)][1] >= b + TAKER_BUCKET_S
+                         for e, sym, b in zip(venue["exchange"].tolist(), venue["symbol"].tolist(),
+                                              venue["bucket_start"].tolist(), strict=True)], dtype=bool)
+    venue = {name: values[convertible & observed] for name, values in venue.items()}
     ours_by_market = dict(groups(per_market["exchange"], per_market["symbol"]))
     for market, rows in groups(venue["exchange"], venue["symbol"]):
         mine = ours_by_market.get(market)
@@ -179,9 +197,12 @@ def taker_volume_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tabl
     return [_in_window(columns, start, end) for columns in (per_market, per_asset)]
 
 
-# Venue periods of the run in base units with no 5-minute row of ours: trades we never received.
+# Venue periods of the run in base units, inside what our feed observed, with no 5-minute row of
+# ours: trades we never received.
 UNMATCHED_VENUE_PERIODS = f"""
 SELECT count(*) FROM ({VENUE_TAKER_VOLUMES}) AS v
+JOIN ({OBSERVED_SPANS}) AS span ON span.exchange = v.exchange AND span.symbol = v.symbol
+     AND span.first_s <= v.bucket_start AND span.last_s >= v.bucket_start + {TAKER_BUCKET_S}
 WHERE (v.buy_base > 0 OR v.sell_base > 0) AND NOT EXISTS (
     SELECT 1 FROM analytics.taker_volume AS t
     WHERE t.exchange = v.exchange AND t.symbol = v.symbol AND epoch(t.bucket_start) = v.bucket_start)

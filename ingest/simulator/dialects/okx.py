@@ -24,7 +24,7 @@
   ratio-contract`` (all accounts), ``...-contract-top-trader`` and ``long-short-position-ratio-
   contract-top-trader`` (the top 5% of accounts by position value), ``[ts, ratio]``; and
   ``taker-volume-contract`` ``[ts, sellVol, buyVol]`` in contracts (``unit=1``, the default) or
-  coins (``unit=0``), OKX's share of the market's taker lots.
+  coins (``unit=0``): the sum of OKX's own trades' sizes in the period.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class OkxSwapDialect(Dialect):
         self._views: dict[int, BookView] = {}
         self._subscribers: Counter = Counter()     # topic -> connections subscribed
         self._conn_ids = 0
+        # OKX's taker volume is the sum of its own trades' sizes (each rounded to its lots).
+        self.feed.positioning.track_venue_sizes(self.name, lambda lots, trades: sum(self.market.split_lots(lots, trades)))
 
     # --- instruments -----------------------------------------------------------------------
 
@@ -132,8 +134,8 @@ class OkxSwapDialect(Dialect):
         market, data = self.market, []
         for p in reversed(self.feed.positioning.periods(s, self.feed.now_ms, limit)):
             if statistic == "taker":
-                sell, buy = (market.qty_of_lots(s, market.fill_lots(lots)) for lots in (p.taker_sell_lots,
-                                                                                         p.taker_buy_lots))
+                buy_lots, sell_lots = self.feed.positioning.venue_taker_lots(self.name, s, p.start_ms)
+                sell, buy = (market.qty_of_lots(s, lots) for lots in (sell_lots, buy_lots))
                 data.append([str(p.start_ms), *((self.contracts(s, q) for q in (sell, buy)) if unit == "1"
                                                  else (sell, buy))])
                 continue
