@@ -42,15 +42,16 @@ from warehouse.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDING = REPO.parent / "shared" / "data" / "cryptofeed-captures"
 
-# The demo window: 30 calm minutes, the trigger at 20:50 UTC (as on 2025-10-10), the crash and a
-# partial recovery. 1.5 simulated hours at 30x stream in 3 minutes, a pace the live path keeps up
-# with on 2 shared cores (the cascade peaks at ~140 messages per simulated second).
-SIM_START = "2025-10-10T20:20:00Z"
-SIM_HOURS = 1.5
+# The demo window: 15 calm minutes (the day of history before them holds the baselines), the trigger
+# at 20:50 UTC (as on 2025-10-10), the crash and a partial recovery: the cascade scenario's shortest
+# window. 1.25 simulated hours at 30x stream in 2.5 minutes, a pace the live path keeps up with on 2
+# shared cores (the cascade peaks at ~140 messages per simulated second).
+SIM_START = "2025-10-10T20:35:00Z"
+SIM_HOURS = 1.25
 SIM_SEED = 7
 # The calm day before it (pipelines/demo_history.py), so the trailing 24 h baselines are warm.
 HISTORY_HOURS = 24.0
-LOAD_EVERY_S = 20
+LOAD_EVERY_S = 30
 # The venues the demo ingests, each with its spelling of the simulated markets.
 DEMO_VENUES = {"binance-usdm": "BTCUSDT,ETHUSDT,SOLUSDT", "okx-swap": "BTC-USDT-SWAP,ETH-USDT-SWAP,SOL-USDT-SWAP",
                "bybit-linear": "BTCUSDT,ETHUSDT,SOLUSDT", "hyperliquid": "BTC,ETH,SOL"}
