@@ -34,18 +34,22 @@ POLL_EVERY_S = 4.0              # instead of every minute: the market runs 60 s 
 
 async def run_services(services: list[IngestService], sim: SimulatorThread, market_s: float,
                        at_most_s: float) -> int:
-    """Run the services until the market has played ``market_s``; the market time they stopped at."""
+    """Run the services until the market has played ``market_s``; the market time they were told to
+    stop at (the simulator plays on while a loaded machine winds the services down: no poll is made
+    after the stop)."""
     feed = sim.simulator.feed
     tasks = [asyncio.create_task(service.run()) for service in services]
     started = time.monotonic()
+    stopped_ms = None
     while not all(task.done() for task in tasks):
         await asyncio.sleep(0.5)
-        if feed.now_ms - feed.start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
+        if stopped_ms is None and (feed.now_ms - feed.start_ms >= market_s * 1000
+                                   or time.monotonic() - started >= at_most_s):
+            stopped_ms = feed.now_ms
             for service in services:
                 service.request_stop()
-    stopped_ms = feed.now_ms
     await asyncio.gather(*tasks)
-    return stopped_ms
+    return stopped_ms if stopped_ms is not None else feed.now_ms
 
 
 def test_each_venue_stores_every_closed_period_once_equal_to_the_truth(tmp_path, fresh_broker, warehouse,
