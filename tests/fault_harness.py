@@ -467,18 +467,23 @@ async def _serve_past_the_end(config, host, port, console) -> None:
         await stop.wait()
 
 
+async def run_until(service: IngestService, done: Callable[[], bool], at_most_s: float) -> None:
+    """Run the service until ``done()`` holds (checked twice a second) or ``at_most_s`` have passed."""
+    task = asyncio.create_task(service.run())
+    started = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(0.5)
+        if done() or time.monotonic() - started >= at_most_s:
+            service.request_stop()
+    await task
+
+
 async def run_for_market_time(service: IngestService, sim: SimulatorThread, market_s: float,
                               at_most_s: float = 600) -> None:
     """Run the service until the simulator has played ``market_s`` seconds of market time (a loaded
     machine plays them slower than the configured speed), but no longer than ``at_most_s``."""
     feed = sim.simulator.feed
-    task = asyncio.create_task(service.run())
-    started = time.monotonic()
-    while not task.done():
-        await asyncio.sleep(0.5)
-        if feed.now_ms - feed.start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
-            service.request_stop()
-    await task
+    await run_until(service, lambda: feed.now_ms - feed.start_ms >= market_s * 1000, at_most_s)
 
 
 async def run_until_received(service: IngestService, sim: SimulatorThread, market_s: float,
@@ -487,15 +492,12 @@ async def run_until_received(service: IngestService, sim: SimulatorThread, marke
     simulation (its sink must keep ``records``): a loaded machine may leave the service far behind
     the simulator, and stopping on the simulator's clock would cut what the service had yet to read."""
     start_ms = sim.simulator.feed.start_ms
-    task = asyncio.create_task(service.run())
-    started = time.monotonic()
-    while not task.done():
-        await asyncio.sleep(0.5)
-        records = service.sink.records
-        latest = next((r.ts_exchange for r in reversed(records) if r.record_type == "trade"), start_ms)
-        if latest - start_ms >= market_s * 1000 or time.monotonic() - started >= at_most_s:
-            service.request_stop()
-    await task
+
+    def received_enough() -> bool:
+        latest = next((r.ts_exchange for r in reversed(service.sink.records) if r.record_type == "trade"), start_ms)
+        return latest - start_ms >= market_s * 1000
+
+    await run_until(service, received_enough, at_most_s)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["simulate"]:

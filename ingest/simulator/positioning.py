@@ -75,25 +75,24 @@ class PositioningStats:
         self._start_ms = start_ms
         self.closed: list[list[PeriodPositioning]] = [[] for _ in books]
         self._taker: list[dict[int, list[int]]] = [{} for _ in books]   # period start -> [buy, sell] lots
-        self._venue_sizes: dict[str, Callable[[int, int], int]] = {}
-        self._venue_taker: dict[str, list[dict[int, list[int]]]] = {}
+        # venue -> (its size of a fill, per symbol: period start -> [buy, sell] in its lots)
+        self._venue_taker: dict[str, tuple[Callable[[int, int], int], list[dict[int, list[int]]]]] = {}
 
     def track_venue_sizes(self, venue: str, size_of_fill: Callable[[int, int], int]) -> None:
         """Sum ``venue``'s taker lots per period as its tape has them: ``size_of_fill(lots, trades)`` is
         the venue's size of a market fill of ``lots`` split into ``trades`` trades (a venue rounds each
         trade to its own lots, and its published volume is the sum of those)."""
-        self._venue_sizes[venue] = size_of_fill
-        self._venue_taker[venue] = [{} for _ in self._books]
+        self._venue_taker[venue] = (size_of_fill, [{} for _ in self._books])
 
     def add_fill(self, s: int, ts_ms: int, lots: int, taker_buys: bool, trades: int = 1) -> None:
         period, side = ts_ms - ts_ms % PERIOD_MS, 0 if taker_buys else 1
         self._taker[s].setdefault(period, [0, 0])[side] += lots
-        for venue, size_of in self._venue_sizes.items():
-            self._venue_taker[venue][s].setdefault(period, [0, 0])[side] += size_of(lots, trades)
+        for size_of, periods in self._venue_taker.values():
+            periods[s].setdefault(period, [0, 0])[side] += size_of(lots, trades)
 
     def venue_taker_lots(self, venue: str, s: int, start_ms: int) -> tuple[int, int]:
         """(buy, sell) lots of ``venue``'s own trades in the period starting at ``start_ms``."""
-        buy, sell = self._venue_taker[venue][s].get(start_ms, (0, 0))
+        buy, sell = self._venue_taker[venue][1][s].get(start_ms, (0, 0))
         return buy, sell
 
     def close_period(self, end_ms: int) -> list[PeriodPositioning]:
@@ -105,7 +104,7 @@ class PositioningStats:
             buy, sell = self._taker[s].pop(start, (0, 0))
             for stale in [p for p in self._taker[s] if p < start]:
                 del self._taker[s][stale]
-            for periods in self._venue_taker.values():
+            for _, periods in self._venue_taker.values():
                 for stale in [p for p in periods[s] if p <= start - PERIODS_KEPT * PERIOD_MS]:
                     del periods[s][stale]
             if start < self._start_ms:

@@ -124,13 +124,17 @@ class VenueMarket:
         base, extra = divmod(lots, count)
         return [self.fill_lots(base + (1 if i < extra else 0)) for i in range(count)]
 
+    def fill_lots_of_trades(self, lots: int, count: int) -> int:
+        """A fill's size in the venue's lots as its tape has it: the sum of its ``count`` trades."""
+        return sum(self.split_lots(lots, count)) if count > 1 else self.fill_lots(lots)
+
     def qty(self, s: int, qty: str, count: int = 1) -> str:
         """A size (base units, decimal string) as the venue's: one trade's, a liquidation's or the
         open interest (``count`` 1), or an aggregated fill's of ``count`` trades (their sum)."""
         if self.identity:
             return qty
         lots = int(Decimal(qty) / self._steps[s])
-        return self.qty_of_lots(s, sum(self.split_lots(lots, count)) if count > 1 else self.fill_lots(lots))
+        return self.qty_of_lots(s, self.fill_lots_of_trades(lots, count))
 
     def price(self, s: int, price: str) -> str:
         """A shared price (decimal string, on or off the tick grid) moved by the venue's offset."""

@@ -139,6 +139,15 @@ GROUP BY exchange, symbol
 """
 
 
+# The venue periods we can compare with: convertible to base units, and inside what our feed observed.
+COMPARABLE_VENUE_TAKER_VOLUMES = f"""
+SELECT v.* FROM ({VENUE_TAKER_VOLUMES}) AS v
+JOIN ({OBSERVED_SPANS}) AS span ON span.exchange = v.exchange AND span.symbol = v.symbol
+     AND span.first_s <= v.bucket_start AND span.last_s >= v.bucket_start + {TAKER_BUCKET_S}
+WHERE isfinite(v.buy_base) AND isfinite(v.sell_base)
+"""
+
+
 def _reconcile(con, start: dt.datetime, end: dt.datetime, per_market: dict[str, np.ndarray]) -> None:
     """Our per-market buckets against the venue's own taker volumes, where the venue publishes them
     (base units on both sides) and our feed observed the whole period; other rows stay
@@ -148,14 +157,7 @@ def _reconcile(con, start: dt.datetime, end: dt.datetime, per_market: dict[str, 
     per_market["reconcile_flagged"] = np.full(n, None, object)
     for name in ("venue_buy_volume", "venue_sell_volume", "rel_diff_buy", "rel_diff_sell"):
         per_market[name] = np.full(n, np.nan)
-    venue = fetch(con, VENUE_TAKER_VOLUMES, {"start": start, "end": end})
-    convertible = np.isfinite(venue["buy_base"].astype(np.float64)) & np.isfinite(venue["sell_base"].astype(np.float64))
-    spans = {(e, sym): (first, last) for e, sym, first, last in
-             con.execute(OBSERVED_SPANS, {"start": start, "end": end}).fetchall()}
-    observed = np.array([(e, sym) in spans and spans[(e, sym)][0] <= b and spans[(e, sym)][1] >= b + TAKER_BUCKET_S
-                         for e, sym, b in zip(venue["exchange"].tolist(), venue["symbol"].tolist(),
-                                              venue["bucket_start"].tolist(), strict=True)], dtype=bool)
-    venue = {name: values[convertible & observed] for name, values in venue.items()}
+    venue = fetch(con, COMPARABLE_VENUE_TAKER_VOLUMES, {"start": start, "end": end})
     ours_by_market = dict(groups(per_market["exchange"], per_market["symbol"]))
     for market, rows in groups(venue["exchange"], venue["symbol"]):
         mine = ours_by_market.get(market)
@@ -200,9 +202,7 @@ def taker_volume_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tabl
 # Venue periods of the run in base units, inside what our feed observed, with no 5-minute row of
 # ours: trades we never received.
 UNMATCHED_VENUE_PERIODS = f"""
-SELECT count(*) FROM ({VENUE_TAKER_VOLUMES}) AS v
-JOIN ({OBSERVED_SPANS}) AS span ON span.exchange = v.exchange AND span.symbol = v.symbol
-     AND span.first_s <= v.bucket_start AND span.last_s >= v.bucket_start + {TAKER_BUCKET_S}
+SELECT count(*) FROM ({COMPARABLE_VENUE_TAKER_VOLUMES}) AS v
 WHERE (v.buy_base > 0 OR v.sell_base > 0) AND NOT EXISTS (
     SELECT 1 FROM analytics.taker_volume AS t
     WHERE t.exchange = v.exchange AND t.symbol = v.symbol AND epoch(t.bucket_start) = v.bucket_start)

@@ -57,7 +57,7 @@ class OkxSwapDialect(Dialect):
         self._subscribers: Counter = Counter()     # topic -> connections subscribed
         self._conn_ids = 0
         # OKX's taker volume is the sum of its own trades' sizes (each rounded to its lots).
-        self.feed.positioning.track_venue_sizes(self.name, lambda lots, trades: sum(self.market.split_lots(lots, trades)))
+        self.feed.positioning.track_venue_sizes(self.name, lambda lots, trades: self.market.fill_lots_of_trades(lots, trades))
 
     # --- instruments -----------------------------------------------------------------------
 
