@@ -230,7 +230,8 @@ def equity_figure(con) -> Figure:
 
 
 def cross_venue_timeline_figures(con) -> list[Figure]:
-    """The largest cross-venue episode of each asset as a timeline (the asset's metadata has them all)."""
+    """The largest cross-venue episode of each asset as a timeline (the asset's metadata has its largest long
+    and short ones)."""
     if not _rows(con, "analytics.cross_venue_cascades"):
         return []
     first, last = con.execute("SELECT min(cascade_start), max(cascade_start) + INTERVAL 1 MINUTE "

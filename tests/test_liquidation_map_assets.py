@@ -16,7 +16,8 @@ import pytest
 
 from ingest.records import Funding, Liquidation, OpenInterest, Trade
 from transforms.liquidation_map import MapSnapshot, score_liquidation_map
-from warehouse.analytics.liquidation_map import cascade_timelines
+from transforms.figures import Span
+from warehouse.analytics.liquidation_map import CascadeTimeline, cascade_timelines, largest_timelines
 from warehouse.loader import insert_records
 from warehouse.store import Warehouse
 
@@ -243,6 +244,17 @@ def test_cross_venue_cascade_timeline_is_the_assets_picture(materialized):
     crossing = _query(warehouse, "SELECT threshold_crossing FROM analytics.cross_venue_cascades "
                                  "WHERE exchange = 'bybit-linear'")[0][0]
     assert bybit.threshold_crossing == np.datetime64(crossing, "s")
+
+
+def test_the_asset_draws_the_largest_long_and_short_episode_of_each_asset():
+    def episode(asset, side, minute, usd):
+        start = np.datetime64("2025-10-10T21:00", "s") + np.timedelta64(minute, "m")
+        return CascadeTimeline(f"{asset}{side}{minute}", asset, side, usd, "", {}, None, Span(start, start))
+
+    episodes = [episode("BTC", "long", 0, 5e6), episode("BTC", "long", 9, 7e6), episode("BTC", "short", 3, 1e6),
+                episode("ETH", "long", 1, 2e6), episode("ETH", "long", 4, 2e6), episode("BTC", "long", 20, 6e6)]
+    assert [t.key for t in largest_timelines(episodes)] == ["ETHlong1", "BTCshort3", "BTClong9"]
+    assert largest_timelines([]) == []
 
 
 def test_cascade_endogeneity_is_the_varying_baseline_fit_and_flags_its_bound(materialized):

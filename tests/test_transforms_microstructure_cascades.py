@@ -182,3 +182,16 @@ def test_match_windows_point_detection_and_empty_sets():
     empty = match_windows([], [(5, 8)])
     assert empty.recall == 0.0 and np.isnan(empty.precision)
     assert np.isnan(match_windows([(1, 2)], []).recall)
+
+
+def test_a_repeated_fit_comes_from_the_memo_keyed_by_its_whole_input():
+    # liquidation_cascades and cross_venue_cascades fit the same windows in one run: the second
+    # fit is the first one's result, and a different window is a different fit.
+    ts, side, usd, series = _scenario()
+    hawkes = lambda cascades: [(c.hawkes_n, c.hawkes_beta, c.hawkes_mu, c.hawkes_lambda_max) for c in cascades]  # noqa: E731
+    first = detect_cascades(ts, side, usd, thresholds=thresholds_for("BTC"), **series)
+    again = detect_cascades(ts, side, usd, thresholds=thresholds_for("BTC"), **series)
+    assert hawkes(again) == hawkes(first) and np.isfinite(hawkes(first)[0][0])
+    shorter = detect_cascades(ts, side, usd, thresholds=thresholds_for("BTC"),
+                              config=CascadeConfig(hawkes_lookback_s=600.0), **series)
+    assert hawkes(shorter)[0] != hawkes(first)[0]

@@ -55,6 +55,8 @@ lower bounds wherever it is the source.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -69,6 +71,11 @@ LONG, SHORT = "long", "short"
 _SIDE_ALIASES = {"long": True, "sell": True, "short": False, "buy": False}
 
 Series = tuple[ArrayLike, ArrayLike]
+
+# analytics.liquidation_cascades and analytics.cross_venue_cascades pool the same forced orders of an
+# asset and fit the same windows in one run; the fit is deterministic and its EM the costliest step.
+_HAWKES_MEMO: OrderedDict[tuple, dict] = OrderedDict()
+_HAWKES_MEMO_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,20 @@ def _hawkes_metrics(
 ) -> dict[str, float | bool | str | None]:
     window_start = start - config.hawkes_lookback_s
     events = np.sort(side_ts[(side_ts >= window_start) & (side_ts <= end)])
+    key = (hashlib.blake2b(events.tobytes(), digest_size=16).digest(), window_start, start, end,
+           config.hawkes_min_events)
+    if key in _HAWKES_MEMO:
+        _HAWKES_MEMO.move_to_end(key)
+        return dict(_HAWKES_MEMO[key])
+    metrics = _fit_hawkes_metrics(events, window_start, start, end, config)
+    _HAWKES_MEMO[key] = metrics
+    if len(_HAWKES_MEMO) > _HAWKES_MEMO_SIZE:
+        _HAWKES_MEMO.popitem(last=False)
+    return dict(metrics)
+
+
+def _fit_hawkes_metrics(events: NDArray, window_start: float, start: float, end: float,
+                        config: CascadeConfig) -> dict[str, float | bool | str | None]:
     fit = fit_hawkes_varying_baseline(events, start=window_start, end=end, min_events=config.hawkes_min_events)
     nan = float("nan")
     mu = lam_max = nan

@@ -137,15 +137,16 @@ def _first_mover_consistent(run: TableRun) -> dg.AssetCheckResult:
                 "threshold p from where it stood 5 min before the episode (`threshold_crossing`); the earliest is "
                 "`first_mover`, `lead_s` its lead over the next venue, `crossing_after_first_s` each venue's lag. "
                 "`xcorr_lag_s`: lag of the peak cross-correlation of 1 s returns against the reference venue "
-                "(> 0: follows). `stress_max`/`stress_mean`: analytics.market_stress over the episode. Pictures: per "
-                "episode, each venue's liquidated USD per minute and its price, the first mover in red.",
+                "(> 0: follows). `stress_max`/`stress_mean`: analytics.market_stress over the episode. Pictures: the "
+                "largest long and short episode of each asset (each a second of matplotlib; a cascade day has "
+                "dozens of episodes), each venue's liquidated USD per minute and its price, the first mover in red.",
 )
 def cross_venue_cascades(run: TableRun) -> dict:
     run.rewrite_each_day(lambda start, end: liquidation_map.cross_venue_rows(run.con, start, end))
     metadata = {"episodes": run.preview(["asset", "side", "cascade_start", "exchange", "venue_share", "move_bps",
                                          "crossing_after_first_s", "is_first_mover", "stress_max"],
                                         "cascade_start, asset, exchange", limit=20)}
-    for timeline in liquidation_map.cascade_timelines(run.con, run.start, run.end):
+    for timeline in liquidation_map.largest_timelines(liquidation_map.cascade_timelines(run.con, run.start, run.end)):
         metadata[timeline.key] = Picture(timeline.title, figures.cross_venue_cascade_timeline(
             timeline.title, timeline.venues, timeline.first_mover, timeline.span))
     return metadata

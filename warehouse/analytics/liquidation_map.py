@@ -274,6 +274,7 @@ class CascadeTimeline:
 
     key: str
     asset: str
+    side: str
     episode_usd: float
     title: str
     venues: dict[str, VenueTimeline]
@@ -296,7 +297,7 @@ def cascade_timelines(con, start: dt.datetime, end: dt.datetime) -> list[Cascade
             return TimeSeries(_datetimes(data["ts"][rows]), data[column][rows].astype(np.float64))
 
         timelines.append(CascadeTimeline(
-            f"timeline_{asset}_{side}_{cascade_start:%Y%m%dT%H%M}", asset, episode_usd,
+            f"timeline_{asset}_{side}_{cascade_start:%Y%m%dT%H%M}", asset, side, episode_usd,
             f"{asset} {side}s liquidated {cascade_start:%Y-%m-%d %H:%M}-{cascade_end:%H:%M} UTC across venues",
             {venue: VenueTimeline(series(liquidated, "usd", venue), series(prices, "price", venue),
                                   np.datetime64(crossing, "s") if crossing else np.datetime64("NaT", "s"))
@@ -304,6 +305,16 @@ def cascade_timelines(con, start: dt.datetime, end: dt.datetime) -> list[Cascade
             first_mover, Span(np.datetime64(cascade_start, "s"),
                               np.datetime64(cascade_end + dt.timedelta(minutes=1), "s"))))
     return timelines
+
+
+def largest_timelines(timelines: list[CascadeTimeline]) -> list[CascadeTimeline]:
+    """The largest episode (liquidated USD on all venues) of each asset and side, by start."""
+    largest: dict[tuple[str, str], CascadeTimeline] = {}
+    for timeline in timelines:
+        key = (timeline.asset, timeline.side)
+        if key not in largest or timeline.episode_usd > largest[key].episode_usd:
+            largest[key] = timeline
+    return sorted(largest.values(), key=lambda t: t.span.start)
 
 
 def _datetimes(seconds: np.ndarray) -> np.ndarray:
