@@ -73,6 +73,7 @@ class Dialect:
     def __init__(self, server):
         self.server = server
         self._market: VenueMarket | None = None
+        self._held: dict[str, list] = {}
 
     @property
     def feed(self) -> ExchangeFeed:
@@ -125,6 +126,19 @@ class Dialect:
         return {}
 
     # --- helpers for subclasses ------------------------------------------------------------
+
+    def hold_for_step(self, topic: str, item) -> None:
+        """An item the venue pushes together with the rest of its market step's (a matching
+        batch's trades, as Bybit's ``publicTrade`` and Hyperliquid's ``trades`` do): one frame per
+        topic, built by ``release_held`` from the dialect's ``on_step``."""
+        self._held.setdefault(topic, []).append(item)
+
+    def release_held(self, frame) -> dict[str, list[bytes]]:
+        """The step's held items, one frame per topic: ``frame(topic, items)`` in arrival order."""
+        if not self._held:
+            return {}
+        held, self._held = self._held, {}
+        return {topic: [frame(topic, items)] for topic, items in held.items()}
 
     def send(self, conn, body) -> None:
         frame = self.frame_for(conn, body if isinstance(body, bytes) else orjson.dumps(body))

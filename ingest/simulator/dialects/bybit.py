@@ -7,7 +7,8 @@
 * ``orderbook.{1,50,200,1000}.SYM``: a snapshot of that depth on subscribe, then a delta per
   market step with ``u`` = previous ``u`` + 1 per topic (a sequence break in the underlying depth
   stream skips one ``u``), ``seq`` the market's update id, ``cts`` the matching time.
-* ``publicTrade.SYM`` per fill (taker side ``S``, UUID ``i``); ``tickers.SYM`` snapshot on subscribe
+* ``publicTrade.SYM``: one push per market step with that step's fills (taker side ``S``, UUID
+  ``i``), as Bybit pushes a matching batch's trades together; ``tickers.SYM`` snapshot on subscribe
   then a delta each second with mark, index, funding and open interest (``openInterest`` two-sided
   as Bybit documents it, ``singleOpenInterest`` one side); ``allLiquidation.SYM`` with every
   liquidation (not Binance's one-per-second sample: Bybit publishes them all), ``S`` the liquidated
@@ -247,12 +248,17 @@ class BybitLinearDialect(Dialect):
                                                payload["u"], payload["E"])]
         elif event == "trade":
             topic = f"publicTrade.{symbol}"
-            out[topic] = [orjson.dumps({"topic": topic, "type": "snapshot", "ts": payload["E"], "data": [{
-                "T": payload["T"], "s": symbol, "S": "Sell" if payload["m"] else "Buy",
-                "v": self.market.qty(s, payload["q"]), "p": self.market.price(s, payload["p"]), "L": "PlusTick", "i": str(uuid.UUID(int=payload["t"])), "BT": False,
-                "RPI": False, "seq": payload["t"]}]})]
+            if topic in topics:
+                self.hold_for_step(topic, (payload["E"], {
+                    "T": payload["T"], "s": symbol, "S": "Sell" if payload["m"] else "Buy",
+                    "v": self.market.qty(s, payload["q"]), "p": self.market.price(s, payload["p"]), "L": "PlusTick",
+                    "i": str(uuid.UUID(int=payload["t"])), "BT": False, "RPI": False, "seq": payload["t"]}))
         elif event == "markPriceUpdate":
             topic = f"tickers.{symbol}"
             out[topic] = [orjson.dumps({"topic": topic, "type": "delta", "data": self._ticker_fields(s, payload["E"]),
                                         "cs": self.feed.model.last_update_id[s], "ts": payload["E"]})]
         return out
+
+    def on_step(self, topics: set[str]) -> dict[str, list[bytes]]:
+        return self.release_held(lambda topic, trades: orjson.dumps(
+            {"topic": topic, "type": "snapshot", "ts": trades[-1][0], "data": [trade for _, trade in trades]}))

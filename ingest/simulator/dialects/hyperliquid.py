@@ -7,7 +7,8 @@ Served under the prefix ``/hyperliquid`` (Hyperliquid's own host; point ``--ws-u
   ``{"channel":"subscriptionResponse","data":<the request>}``; subscribing twice, an unknown type
   or coin is ``{"channel":"error","data":"..."}``; ``{"method":"ping"}`` answered
   ``{"channel":"pong"}``.
-* ``trades``: one push per market fill (``tid`` unique across coins, not consecutive: the
+* ``trades``: one push per coin and market step with that step's fills, as Hyperliquid pushes a
+  block's trades together (``tid`` unique across coins, not consecutive: the
   market's trade id times 8 plus the coin's index), ``users`` [buyer, seller]; the first push
   after a subscribe is a backlog of the coin's last ``BACKLOG_TRADES`` trades. The part of a
   liquidation the book did not take is taken over by the HLP liquidator vault at the bankruptcy
@@ -180,15 +181,17 @@ class HyperliquidDialect(Dialect):
         if event == "liquidation":
             s = self.feed.symbol_index(payload["s"])
             topic = f"trades:{self.coin(s)}"
-            backstop = self._backstop(s, payload)
-            return {topic: [orjson.dumps({"channel": "trades", "data": [backstop]})]} if backstop and topic in topics else {}
+            backstop = self._backstop(s, payload)      # numbered whether or not anyone listens
+            if backstop and topic in topics:
+                self.hold_for_step(topic, backstop)
+            return {}
         s = self.feed.symbol_index(payload["s"])
         coin = self.coin(s)
         out: dict[str, list[bytes]] = {}
         if event == "trade":
             if f"trades:{coin}" in topics:
-                trade = self._trade(s, payload["t"], payload["T"], payload["p"], payload["q"], payload["m"])
-                out[f"trades:{coin}"] = [orjson.dumps({"channel": "trades", "data": [trade]})]
+                self.hold_for_step(f"trades:{coin}", self._trade(s, payload["t"], payload["T"], payload["p"],
+                                                                 payload["q"], payload["m"]))
         elif event == "markPriceUpdate":
             now = payload["E"] - 1
             if f"activeAssetCtx:{coin}" in topics:
@@ -197,6 +200,9 @@ class HyperliquidDialect(Dialect):
             if f"l2Book:{coin}" in topics and now % BOOK_EVERY_MS == 0:
                 out[f"l2Book:{coin}"] = [orjson.dumps({"channel": "l2Book", "data": self._book(s, now)})]
         return out
+
+    def on_step(self, topics: set[str]) -> dict[str, list[bytes]]:
+        return self.release_held(lambda topic, trades: orjson.dumps({"channel": "trades", "data": trades}))
 
     def _trade(self, s: int, trade_id: int, ts: int, price: str, qty: str, buyer_is_maker: bool) -> dict:
         buyer, seller = address("user", trade_id, "b"), address("user", trade_id, "s")
