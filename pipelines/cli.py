@@ -137,6 +137,7 @@ def _symbols(ctx, param, value: str | None) -> list[str] | None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def replay(exchange: str, symbols: list[str] | None, paths: tuple[Path, ...]) -> None:
     """Replay recorded venue traffic (cryptofeed captures or JSONL) into Kafka."""
+    from ingest.gc_policy import use_streaming_gc
     from ingest.kafka import RecordProducer, ensure_topics
     from pipelines.replay import NothingToReplay, WrongVenue, check_replayable
     from pipelines.replay import replay as run_replay
@@ -149,6 +150,7 @@ def replay(exchange: str, symbols: list[str] | None, paths: tuple[Path, ...]) ->
     bootstrap = _bootstrap(settings)
     ensure_topics(bootstrap, settings.partitions)
     producer = RecordProducer(bootstrap)
+    use_streaming_gc()
     try:
         report = run_replay(exchange, list(paths), producer.send, symbols)
         producer.flush()
@@ -195,12 +197,14 @@ def load(batch_rows: int) -> None:
     import duckdb
     from kafka.errors import KafkaError
 
+    from ingest.gc_policy import use_streaming_gc
     from warehouse.loader import load_once
     from warehouse.store import Warehouse
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
     warehouse = Warehouse.from_settings(settings)
+    use_streaming_gc()
 
     def progress(report):
         console.print(f"  committed transaction {report.transactions}: {report.total:,} rows so far", highlight=False)
@@ -287,6 +291,7 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
     from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service, spill_file
     from ingest.sharding import other_layout_files, split_symbols
     from ingest.spill import SinkFailure, SpillingSink
+    from ingest.gc_policy import use_streaming_gc
     from ingest.venues import venue as venue_for
 
     settings = _settings()
@@ -324,6 +329,7 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
                           max_connection_age_s=max_connection_age, duration_s=duration,
                           connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)),
                           shard=shard)
+    use_streaming_gc()
     service = IngestService(venue, config, sink=sink)
     console.print(f"ingesting {exchange}{f' shard {shard}' if shard else ''} {','.join(symbols)} from "
                   f"{config.ws_url or config.rest_url} into Kafka at {settings.bootstrap}")

@@ -31,6 +31,7 @@ from rich.table import Table
 from ingest import records
 from pipelines import demo_quant
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
+from ingest.gc_policy import use_streaming_gc
 from ingest.kafka import BrokerUnavailable, RecordProducer, ensure_topics, wait_for_metadata
 from ingest.simulator.config import parse_time_ms
 from ingest.simulator.dialects import NATIVE_VENUE, url_prefix
@@ -87,6 +88,7 @@ def run_demo(settings: Settings, recordings: list[Path], *, keep_broker: bool, c
             wait_for_metadata(settings.bootstrap)
         ensure_topics(settings.bootstrap, settings.partitions)
         pipeline = _Pipeline(settings, console)
+        use_streaming_gc()      # after Dagster's imports, so that they are frozen too
         if recordings:
             report = _replay_recordings(settings, recordings, console)
             pipeline.load()

@@ -282,12 +282,14 @@ def _utc(ms: int) -> str:
 @click.option("--seed", type=int, default=7, show_default=True)
 def main(bootstrap: str, symbols: str, start_ms: int, hours: float, seed: int) -> None:
     """Publish the sampled calm history to Kafka; JSON lines on stdout: progress, then the report."""
+    from ingest.gc_policy import use_streaming_gc
     from ingest.kafka import RecordProducer
 
     def progress(done_ms: int, total_ms: int) -> None:
         print(json.dumps({"done_ms": done_ms, "total_ms": total_ms}), flush=True)
 
     producer = RecordProducer(bootstrap)
+    use_streaming_gc()
     try:
         report = publish_history([s.strip() for s in symbols.split(",") if s.strip()], start_ms, hours, seed,
                                  producer.send, progress)

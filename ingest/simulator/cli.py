@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .config import (DEFAULT_SYMBOLS, DROP_MODES, SCENARIOS, VENUES, ConfigError, FaultConfig, OutageSpec, SimConfig,
                      StallSpec, format_time_ms, parse_time_ms)
+from ..gc_policy import use_streaming_gc
 from .server import Simulator
 
 
@@ -166,6 +167,7 @@ def simulate(scenario, seed, speed, hours, start_ms, symbols, host, port, truth_
         config = config.resolved()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    use_streaming_gc()
     try:
         asyncio.run(_serve(config, host, port, Console()))
     except OSError as exc:
