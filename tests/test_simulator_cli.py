@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
     (["--stall", "markPrice@1s"], "must look like STREAM:START_S:DURATION_S"),
     (["--stall", "btcusdt@kline_1m:10:5"], "not a simulated stream"),
     (["--rest-error-rate", "1.5"], "Invalid value for '--rest-error-rate'"),
-    (["--scenario", "cascade", "--hours", "1"], "the cascade scenario needs --hours >= 1.25"),
+    (["--scenario", "cascade", "--hours", "0.9"], "the cascade scenario needs --hours >= 1 "),
     (["--start", "yesterday"], "is not ISO-8601"),
     (["--gap-every", "-5"], "Invalid value for '--gap-every'"),
     (["--scenario", "panic"], "'panic' is not one of 'calm', 'cascade'"),

@@ -18,7 +18,9 @@ STEP_CHOICES_MS = (100, 200, 250, 500, 1000)
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 DEFAULT_HOURS = {"calm": 6.0, "cascade": 12.0}
 DEFAULT_START = {"calm": "2025-10-06T00:00:00Z", "cascade": "2025-10-10T12:00:00Z"}
-MIN_CASCADE_HOURS = 1.25   # 15 calm minutes + 60 minutes of crash and recovery
+# 15 calm minutes + 45 after the trigger: the crash, the squeeze, the end of the cascade window (34 min)
+# and the recovery's first minutes (the scenario places its trigger for 60 minutes after it where it can)
+MIN_CASCADE_HOURS = 1.0
 
 
 class ConfigError(ValueError):

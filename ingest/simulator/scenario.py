@@ -29,7 +29,7 @@ CRASH = (8 * MINUTE, 28 * MINUTE)
 RECOVERY_START = 30 * MINUTE
 CASCADE_WINDOW = (6 * MINUTE, 34 * MINUTE)
 MIN_CALM = 15 * MINUTE          # calm run-up needed before the trigger ...
-POST_TRIGGER = 60 * MINUTE      # ... and time needed after it for crash and partial recovery
+POST_TRIGGER = 60 * MINUTE      # ... and after it where the window allows: the crash and a partial recovery
 
 # Exogenous legs of the BTC index, (start, end, log move), each a smoothstep over its window;
 # alts scale them by SymbolSpec.crash_beta. The relief rally inside the crash is what squeezes
