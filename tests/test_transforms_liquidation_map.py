@@ -57,6 +57,18 @@ def test_short_level_consumed_when_high_reaches_it():
     assert set(levels.levels(False)) == {109_500.0}
 
 
+def test_a_given_like_for_like_change_replaces_the_difference_of_totals():
+    levels = LiquidationLevels(SPEC_TIERS)
+    levels.advance(_minute(0, 100.0))
+    # A second venue's 200 joins the total while the first grows by 10: only the 10 is opened.
+    levels.advance(MinuteInputs(60, 310.0, 100_000.0, 600.0, 400.0, 100_050.0, 99_950.0, open_interest_change=10.0))
+    assert levels.levels(True) == _approx_levels({90_500.0: 300_000.0, 99_500.0: 300_000.0})
+    assert levels.levels(False) == _approx_levels({109_500.0: 200_000.0, 100_500.0: 200_000.0})
+    # The change may say "none" where the totals moved; pro-rata closing scales by the previous total.
+    levels.advance(MinuteInputs(120, 280.0, 100_000.0, 0.0, 0.0, 100_050.0, 99_950.0, open_interest_change=-31.0))
+    assert levels.levels(False) == _approx_levels({109_500.0: 180_000.0, 100_500.0: 180_000.0})
+
+
 def test_growth_without_taker_volume_is_counted_as_unplaced():
     levels = LiquidationLevels(SPEC_TIERS)
     levels.advance(_minute(0, 100.0))

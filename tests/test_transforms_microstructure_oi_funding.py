@@ -79,6 +79,30 @@ def test_cross_venue_total_sums_latest_per_venue_with_bounded_carry_forward():
     assert strict.n_venues.tolist() == [3, 2, 0, 1, 1]
 
 
+def test_a_venue_joining_or_leaving_the_cross_venue_total_is_not_an_oi_change():
+    # Binance alone, growing 1 % a bucket; OKX joins at 600 with 50 and leaves after 900.
+    ts = T0 + np.array([0, 300, 600, 600, 900, 900, 1200, 1500])
+    venue = np.array(["binance", "binance", "binance", "okx", "binance", "okx", "binance", "binance"])
+    oi = np.array([100.0, 101.0, 102.01, 50.0, 103.0301, 50.5, 104.060401, 105.10100501])
+    total = cross_venue_total(ts, venue, oi, bucket_s=300, max_stale_buckets=0)
+    np.testing.assert_allclose(total.total, [100.0, 101.0, 152.01, 153.5301, 104.060401, 105.10100501])
+    change, base = total.like_for_like_change()
+    np.testing.assert_allclose(change, [np.nan, 1.0, 1.01, 1.0201 + 0.5, 1.030301, 1.04060401])
+    np.testing.assert_allclose(base, [np.nan, 100.0, 101.0, 152.01, 103.0301, 104.060401])
+    pct = total.change_pct(300, 300)
+    np.testing.assert_allclose(pct, [np.nan, 1.0, 1.0, 1.5201 / 152.01 * 100, 1.0, 1.0])
+    # Over 15 minutes only Binance is in both ends: +3 %, where the totals alone say +53.5 %.
+    assert total.change_pct(900, 300)[3] == pytest.approx(3.0301)
+    assert oi_change_pct(total.bucket_start, total.total, 900)[3] == pytest.approx(53.5301)
+    columns = total.change_pct_columns(300)
+    np.testing.assert_allclose(columns["oi_change_pct_5m"], pct)
+    assert np.isnan(columns["oi_change_pct_24h"]).all()
+    # Nothing in common: no change rather than a made-up one.
+    apart = cross_venue_total(T0 + np.array([0, 300]), np.array(["binance", "okx"]), np.array([100.0, 50.0]),
+                              bucket_s=300, max_stale_buckets=0)
+    assert np.isnan(apart.like_for_like_change()[0]).all()
+
+
 def test_funding_spec_vector():
     oi = np.array([10e9, 5e9, 3e9, 2e9])
     rates = np.array([1e-4, 1.5e-4, -0.5e-4, 2e-4])

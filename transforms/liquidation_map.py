@@ -61,7 +61,12 @@ def bin_width(mid: float) -> float:
 
 @dataclass(frozen=True)
 class MinuteInputs:
-    """One asset's minute: ``open_interest`` one-sided in base units summed over venues."""
+    """One asset's minute: ``open_interest`` one-sided in base units summed over venues.
+
+    ``open_interest_change``: ΔOI_m when the caller knows it better than the difference of two
+    totals, i.e. the like-for-like change of a total whose venues changed (a venue's feed joining
+    the sum is not positions opened: ``transforms.open_interest.CrossVenueTotal``); NaN: the
+    difference. Pro-rata closing still scales by the previous total."""
 
     ts: float
     open_interest: float
@@ -70,6 +75,7 @@ class MinuteInputs:
     taker_sell_usd: float
     high: float
     low: float
+    open_interest_change: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,12 @@ class LiquidationLevels:
         if not math.isfinite(minute.open_interest):
             return self._consume(minute)
         previous, self.open_interest = self.open_interest, minute.open_interest
-        delta = 0.0 if previous is None else minute.open_interest - previous
+        if previous is None:
+            delta = 0.0
+        elif math.isfinite(minute.open_interest_change):
+            delta = minute.open_interest_change
+        else:
+            delta = minute.open_interest - previous
         if delta < 0 and previous > 0:
             self.usd = self.usd * max(0.0, 1.0 + delta / previous)
         consumed = self._consume(minute)

@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS analytics.open_interest (
     open_interest_usd DOUBLE,              -- coins x mark price; inverse: contracts x USD per contract
     mark_price DOUBLE,                     -- NULL on 'all' rows
     n_venues INTEGER NOT NULL,
-    {_OI_CHANGES},
+    {_OI_CHANGES},                         -- 'all' rows: like for like, over the venues in both buckets
     day DATE NOT NULL
 )"""
 

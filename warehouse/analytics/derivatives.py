@@ -101,9 +101,11 @@ def open_interest_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tab
         market = np.concatenate([np.full(v[3].size, f"{v[1]}|{v[2]}") for v in mine])
         coin = cross_venue_total(ts, market, np.concatenate([v[4] for v in mine]), bucket_s=BUCKET_S)
         usd = cross_venue_total(ts, market, np.concatenate([v[5] for v in mine]), bucket_s=BUCKET_S)
+        usd_changes = {name.replace("oi_", "oi_usd_", 1): values
+                       for name, values in usd.change_pct_columns(BUCKET_S).items()}
         values = {"open_interest": coin.total, "open_interest_usd": usd.total,
                   "mark_price": np.full(coin.total.size, np.nan), "n_venues": coin.n_venues.astype(np.int32),
-                  **_change_columns(coin.bucket_start, coin.total, usd.total)}
+                  **coin.change_pct_columns(BUCKET_S), **usd_changes}
         # Changes are taken on the full grid; buckets no market reported (a feed outage) get no row.
         present = coin.n_venues > 0
         parts += _grain_rows({"exchange": "all", "symbol": asset, "asset": asset}, coin.bucket_start[present],

@@ -20,7 +20,7 @@ from transforms.cascades import CascadeConfig
 from transforms.cross_venue import cross_venue_cascades
 from transforms.figures import Span, TimeSeries, VenueTimeline
 from transforms.liquidation_map import MapSnapshot, MinuteInputs, build_liquidation_map, score_liquidation_map
-from transforms.open_interest import asof_values
+from transforms.open_interest import asof_values, cross_venue_total
 from warehouse.analytics.common import arrow_rows, days_of, epoch, fetch, naive, rows_table, timestamps
 from warehouse.analytics.liquidations import cascade_thresholds
 from warehouse.units import UNIT_JOIN
@@ -42,10 +42,14 @@ SELECT split_part(symbol, '-', 1) AS asset, epoch(minute) AS ts,
 FROM analytics.ohlcv_1m WHERE minute >= $lo AND minute < $end GROUP BY ALL ORDER BY asset, ts
 """
 
-# Cross-venue one-sided OI in base units, known at the end of its 5-minute bucket.
+# One-sided OI in base units per market and 5-minute bucket (the map sums them like for like).
+OI_BUCKET_S = 300
 OPEN_INTEREST = """
-SELECT symbol AS asset, epoch(bucket_start) + 300 AS ts, open_interest FROM analytics.open_interest
-WHERE exchange = 'all' AND grain = '5m' AND bucket_start >= $lo AND bucket_start < $end ORDER BY asset, ts
+SELECT asset, exchange || '|' || symbol AS market, epoch(bucket_start) AS bucket_start, open_interest
+FROM analytics.open_interest
+WHERE exchange <> 'all' AND grain = '5m' AND bucket_start >= $lo AND bucket_start < $end
+  AND open_interest IS NOT NULL
+ORDER BY asset, bucket_start, market
 """
 
 # Realized forced orders at their fill price with their venue's liquidation coverage; one order
@@ -79,23 +83,35 @@ WHERE asset = $asset AND minute >= $lo AND minute <= $hi AND stress_index IS NOT
 
 def minute_inputs(con, asset: str, lo: dt.datetime, end: dt.datetime) -> list[MinuteInputs]:
     """Every minute of [lo, end) for ``asset`` (``ts`` = the minute's end, when it is known); a
-    minute without trades has NaN price fields, OI is the latest 5-minute total known by then."""
+    minute without trades has NaN price fields. OI is the latest 5-minute cross-venue total known by
+    then (at its bucket's end); the minute a bucket becomes known carries its like-for-like change,
+    so a venue whose feed joins the total opens no positions on the map."""
     bars = fetch(con, f"SELECT * FROM ({MINUTE_BARS}) WHERE asset = $asset", {"lo": lo, "end": end, "asset": asset})
     oi = fetch(con, f"SELECT * FROM ({OPEN_INTEREST}) WHERE asset = $asset",
                {"lo": lo - dt.timedelta(minutes=10), "end": end, "asset": asset})
     ends = np.arange(epoch(lo) + 60, epoch(end) + 1, 60.0)
-    index = {float(t) + 60: i for i, t in enumerate(bars["ts"])}
-    oi_now = asof_values(ends, oi["ts"].astype(np.float64), oi["open_interest"].astype(np.float64),
-                         tolerance_s=900.0)
     nan = math.nan
+    oi_now, oi_change = np.full(ends.size, nan), np.full(ends.size, nan)
+    if oi["bucket_start"].size:
+        total = cross_venue_total(oi["bucket_start"].astype(np.float64), oi["market"],
+                                  oi["open_interest"].astype(np.float64), bucket_s=OI_BUCKET_S)
+        known = (total.bucket_start + OI_BUCKET_S).astype(np.float64)
+        oi_now = asof_values(ends, known, total.total, tolerance_s=900.0)
+        # No venue in both buckets (every feed out past the carry-forward): the change is unknown,
+        # and a difference of two unrelated totals is not one.
+        change = np.nan_to_num(total.like_for_like_change()[0], nan=0.0)
+        at = {t: i for i, t in enumerate(known.tolist())}
+        oi_change = np.array([change[at[t]] if t in at else 0.0 for t in ends.tolist()])
+    index = {float(t) + 60: i for i, t in enumerate(bars["ts"])}
     out = []
-    for t, open_interest in zip(ends.tolist(), oi_now.tolist(), strict=True):
+    for t, open_interest, oi_delta in zip(ends.tolist(), oi_now.tolist(), oi_change.tolist(), strict=True):
         i = index.get(t)
         if i is None:
-            out.append(MinuteInputs(t, open_interest, nan, 0.0, 0.0, nan, nan))
+            out.append(MinuteInputs(t, open_interest, nan, 0.0, 0.0, nan, nan, oi_delta))
         else:
             out.append(MinuteInputs(t, open_interest, float(bars["vwap"][i]), float(bars["buy_usd"][i]),
-                                    float(bars["sell_usd"][i]), float(bars["high"][i]), float(bars["low"][i])))
+                                    float(bars["sell_usd"][i]), float(bars["high"][i]), float(bars["low"][i]),
+                                    oi_delta))
     return out
 
 
