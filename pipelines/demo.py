@@ -408,13 +408,15 @@ def _cross_venue_summary(con, console: Console) -> None:
         stress_text = f"stress max {stress:.0f}" if stress is not None else "no stress index"
         console.print(f"  cross-venue {asset} {side} cascade at {start:%H:%M:%S}: {moved}; shares {shares}; "
                       f"{stress_text}")
-    for asset, venue_set, score, low, high, sampled in con.execute(
-            "SELECT asset, venue_set, score, ci_low, ci_high, is_sampled_feed FROM analytics.liquidation_level_scores "
-            "WHERE score IS NOT NULL ORDER BY day, asset, venue_set").fetchall():
+    for asset, venue_set, score, low, high, ranked, sampled in con.execute(
+            "SELECT asset, venue_set, score, ci_low, ci_high, ranked_share, is_sampled_feed "
+            "FROM analytics.liquidation_level_scores WHERE score IS NOT NULL ORDER BY day, asset, venue_set").fetchall():
         label = " (on a sampled liquidation feed)" if sampled else ""
         venues = "all venues" if venue_set == "all" else "complete liquidation feeds only"
+        ranked_text = (f"; the map ranked {ranked:.0%} of its top quartile, the tie rule (lowest prices) the rest"
+                       if ranked is not None and ranked < 0.5 else "")
         console.print(f"  liquidation map {asset}, {venues}: top-quartile share {score:.2f} "
-                      f"(95 % CI {low:.2f}-{high:.2f}, chance 0.25){label}")
+                      f"(95 % CI {low:.2f}-{high:.2f}, chance 0.25){label}{ranked_text}")
 
 
 def _venue_summary(con, truth: dict, console: Console) -> None:

@@ -77,6 +77,19 @@ def test_growth_without_taker_volume_is_counted_as_unplaced():
     assert levels.unplaced_usd == pytest.approx(5 * 100_000.0)
 
 
+def test_growth_before_any_trade_is_counted_as_unplaced_at_the_first_vwap():
+    levels = LiquidationLevels(SPEC_TIERS)
+    nan = math.nan
+    levels.advance(MinuteInputs(0, 100.0, nan, 0.0, 0.0, nan, nan))
+    levels.advance(MinuteInputs(60, 104.0, nan, 0.0, 0.0, nan, nan))
+    levels.advance(MinuteInputs(120, 103.0, nan, 0.0, 0.0, nan, nan))
+    levels.advance(MinuteInputs(180, 105.0, nan, 0.0, 0.0, nan, nan))
+    assert levels.unplaced_usd == 0.0            # not priced yet, not forgotten
+    levels.advance(_minute(240, 105.0, vwap=50_000.0))
+    assert levels.unplaced_usd == pytest.approx(6 * 50_000.0)
+    assert levels.price.size == 0
+
+
 def test_bin_width_rounds_down_to_one_two_five():
     assert bin_width(100_000.0) == 100.0
     assert bin_width(3_600.0) == 2.0
@@ -147,6 +160,8 @@ def test_score_pools_over_snapshots_and_skips_those_without_liquidations():
     assert score.lift == pytest.approx(score.score / 0.25)
     assert score.precision_top10 == pytest.approx((30 + 10) / 140)
     assert score.ci_low <= score.score <= score.ci_high
+    # Snapshot 0's top two bins are the map's own; snapshot 1's one bin is the tie rule's.
+    assert score.ranked_share == pytest.approx(2 / 3)
 
 
 def test_score_without_any_scorable_snapshot_is_nan():

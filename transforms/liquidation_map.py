@@ -18,8 +18,8 @@ taker buy/sell USD, high, low):
 
 Minutes with a non-finite OI are skipped (the next change is measured from the last finite OI). A
 positive ΔOI in a minute without a finite VWAP or without taker volume cannot be priced or split;
-it is not placed and is counted in ``unplaced_usd`` (at the last VWAP), so a snapshot says how much
-of the OI growth it could not map.
+it is not placed and is counted in ``unplaced_usd`` (at the last VWAP, or the first one where none
+came before), so a snapshot says how much of the OI growth it could not map.
 
 Snapshots bin the outstanding levels at ``w = 0.1 %`` of the snapshot mid rounded down to
 {1, 2, 5}×10^k; bins are ``[k·w, (k+1)·w)``.
@@ -29,7 +29,11 @@ intersect ``[min low, max high]`` of the candles in ``(t, t + horizon]``, ranked
 (long + short; ties: lower price first); Q_t the top ``⌈|B_t|/4⌉``. Realized liquidation USD in
 ``(t, t + horizon]`` goes to the bin of its fill price. ``score = Σ R(Q_t) / Σ R(B_t)`` pooled over
 snapshots with ``R(B_t) > 0`` (baseline 0.25). Also the mean of per-snapshot ratios, a bootstrap 95 %
-CI of the pooled score over snapshots and precision at the top 10 % (baseline 0.10).
+CI of the pooled score over snapshots and precision at the top 10 % (baseline 0.10), and
+``ranked_share``: the share of the top-quartile bins, pooled, that the map ranked by predicted USD.
+A map with levels in fewer bins than a quarter of the range has the rest of Q_t filled by the tie
+rule (the lowest prices), so where ``ranked_share`` is low the score says where the price went more
+than how good the map is.
 """
 
 from __future__ import annotations
@@ -134,11 +138,15 @@ class LiquidationLevels:
         self.last_vwap = math.nan
         self.modeled_liquidated_usd = 0.0
         self.unplaced_usd = 0.0
+        self._unpriced_coin = 0.0
 
     def advance(self, minute: MinuteInputs) -> float:
         """Apply one minute (steps 2, 3, then 1); returns the USD it consumed."""
         if math.isfinite(minute.vwap):
             self.last_vwap = minute.vwap
+            if self._unpriced_coin:
+                self.unplaced_usd += self._unpriced_coin * minute.vwap
+                self._unpriced_coin = 0.0
         if not math.isfinite(minute.open_interest):
             return self._consume(minute)
         previous, self.open_interest = self.open_interest, minute.open_interest
@@ -171,7 +179,10 @@ class LiquidationLevels:
     def _open(self, delta: float, minute: MinuteInputs) -> None:
         flow = minute.taker_buy_usd + minute.taker_sell_usd
         if not (math.isfinite(minute.vwap) and minute.vwap > 0 and flow > 0):
-            self.unplaced_usd += delta * self.last_vwap if math.isfinite(self.last_vwap) else 0.0
+            if math.isfinite(self.last_vwap):
+                self.unplaced_usd += delta * self.last_vwap
+            else:       # no trade seen yet: priced at the first VWAP (a history of OI without trades)
+                self._unpriced_coin += delta
             return
         notional = delta * minute.vwap
         long_share = minute.taker_buy_usd / flow
@@ -257,6 +268,7 @@ class MapScore:
     n_scored: int
     n_skipped: int
     realized_usd: float
+    ranked_share: float = math.nan
 
 
 def _snapshot_bins(snapshot: MapSnapshot, lo: float, hi: float) -> tuple[NDArray, NDArray]:
@@ -285,7 +297,7 @@ def score_liquidation_map(
     ``(ts, high, low)`` for the traded range; both in the snapshots' time unit (seconds)."""
     liq_ts, liq_price, liq_usd = (np.asarray(a, dtype=np.float64) for a in liquidations)
     c_ts, c_high, c_low = (np.asarray(a, dtype=np.float64) for a in candles)
-    quarter, tenth, total = [], [], []
+    quarter, tenth, total, ranked, top_total = [], [], [], [], []
     skipped = 0
     for snap in snapshots:
         in_candles = (c_ts > snap.ts) & (c_ts <= snap.ts + horizon_s)
@@ -305,6 +317,9 @@ def score_liquidation_map(
         quarter.append(q)
         tenth.append(top_share(predicted, realized, 0.10)[0])
         total.append(b)
+        top_bins = math.ceil(predicted.size * 0.25)
+        ranked.append(min(top_bins, int(np.count_nonzero(predicted > 0))))
+        top_total.append(top_bins)
     if not total:
         nan = math.nan
         return MapScore(nan, nan, nan, nan, nan, nan, 0, skipped, 0.0)
@@ -315,7 +330,7 @@ def score_liquidation_map(
     boot = q[draws].sum(axis=1) / b[draws].sum(axis=1)
     return MapScore(score, score / 0.25, float(np.mean(q / b)), float(np.quantile(boot, 0.025)),
                     float(np.quantile(boot, 0.975)), float(t.sum() / b.sum()), int(b.size), skipped,
-                    float(b.sum()))
+                    float(b.sum()), sum(ranked) / sum(top_total))
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, _v1()), (2, ddl_microstructure.ST
                                            (9, OPEN_INTEREST_SHORT), (10, POSITIONING),
                                            (11, ddl_microstructure.POSITIONING_STATEMENTS),
                                            (12, ddl_microstructure.LIQUIDATION_MAP_STATEMENTS),
-                                           (13, ddl_microstructure.MARKET_STRESS_DEPTH_BOOKS)]
+                                           (13, ddl_microstructure.MARKET_STRESS_DEPTH_BOOKS),
+                                           (14, ddl_microstructure.LIQUIDATION_SCORE_RANKED_SHARE)]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -78,11 +78,11 @@ def _sampled_feeds_labelled() -> Check:
     deps=[dg.AssetKey(LIQUIDATION_LEVELS), dg.AssetKey(OHLCV_1M), *RAW_LIQUIDATIONS],
     checks=[
         no_duplicates("asset, day, venue_set"),
-        no_violations("values_in_range", "score, CIs and precision in [0, 1], ci_low <= score <= ci_high, baseline "
+        no_violations("values_in_range", "score, CIs, precision and ranked_share in [0, 1], ci_low <= score <= ci_high, baseline "
                                          "0.25, scored snapshots <= snapshots, realized USD >= 0.",
                       "score < 0 OR score > 1 OR ci_low > score OR ci_high < score OR ci_low < 0 OR ci_high > 1 "
                       "OR precision_top10 < 0 OR precision_top10 > 1 OR baseline <> 0.25 OR n_scored > n_snapshots "
-                      "OR realized_usd < 0 OR (n_scored > 0 AND score IS NULL)"),
+                      "OR realized_usd < 0 OR (n_scored > 0 AND score IS NULL) OR ranked_share < 0 OR ranked_share > 1"),
         _sampled_feeds_labelled(),
         units_convertible("liquidations"),
     ],
@@ -91,15 +91,17 @@ def _sampled_feeds_labelled() -> Check:
                 "day (at most 24 h) are ranked by modelled USD; `score` = realized forced-order USD in the top "
                 "quarter / in all of them, pooled over the day's snapshots (chance: `baseline` 0.25; `lift` = "
                 "score / 0.25), `ci_low`/`ci_high` a bootstrap 95 % over snapshots, `precision_top10` the top-10 % "
-                "share (chance 0.10). `venue_set` 'all' scores every venue's liquidations, 'complete_feeds' only "
+                "share (chance 0.10). `ranked_share`: the share of those top-quarter buckets the map ranked itself (with "
+                "modelled USD > 0); the rest are filled by the tie rule (lowest prices first), so where it is low the score "
+                "says where the price went more than how good the map is. `venue_set` 'all' scores every venue's liquidations, 'complete_feeds' only "
                 "venues that publish every one. `is_sampled_feed` where a scored venue's feed is sampled or a lower "
                 "bound (meta.venue_coverage; Binance forceOrder: one per symbol per second), so the score is "
                 "computed on a sample. Only data up to the day's end is used: a closed day's score never changes.",
 )
 def liquidation_level_scores(run: TableRun) -> dict:
     run.rewrite_each_day(lambda start, end: liquidation_map.score_rows(run.con, start, end))
-    return {"scores": run.preview(["asset", "day", "venue_set", "score", "ci_low", "ci_high", "n_scored",
-                                   "realized_usd", "is_sampled_feed"], "asset, venue_set")}
+    return {"scores": run.preview(["asset", "day", "venue_set", "score", "ci_low", "ci_high", "ranked_share",
+                                   "n_scored", "realized_usd", "is_sampled_feed"], "asset, venue_set")}
 
 
 def _shares_sum_to_one(run: TableRun) -> dg.AssetCheckResult:

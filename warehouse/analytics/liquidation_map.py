@@ -180,6 +180,7 @@ def score_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Table]:
                 "asset": asset, "day": start.date(), "venue_set": venue_set, "score": score.score,
                 "ci_low": score.ci_low, "ci_high": score.ci_high, "baseline": BASELINE_SHARE, "lift": score.lift,
                 "mean_ratio": score.mean_ratio, "precision_top10": score.precision_top10,
+                "ranked_share": score.ranked_share,
                 "n_snapshots": len(snapshots), "n_scored": score.n_scored,
                 "realized_usd": float(realized["usd"][chosen].sum()),
                 "realized_venues": ",".join(sorted({e for e, _ in coverage})),
