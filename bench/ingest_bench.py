@@ -27,6 +27,7 @@ from ingest.service import IngestConfig, IngestService
 from ingest.simulator import ExchangeFeed, SimConfig
 from ingest.spill import SpillingSink
 from ingest.simulator.dialects import dialect_classes, offline_frames
+from ingest.gc_policy import use_streaming_gc
 from ingest.venues import venue as venue_for
 from ingest.venues.binance_usdm import BinanceUsdm
 from pipelines.broker import EmbeddedBroker, free_port, port_in_use
@@ -83,6 +84,7 @@ def _feed(handler: FeedHandler, frames: list[tuple[str, str, str]]) -> None:
 def run(tmp: Path, n: int, console) -> list[dict]:
     console.print(f"generating {n:,} cascade-scenario frames ({', '.join(SUBSCRIBED)})")
     frames = venue_frames("binance-usdm", n, "cascade")[0]
+    use_streaming_gc()      # the services' policy; the frames are frozen (a service never holds 100k of them)
     with EmbeddedBroker(port=free_port()) as broker:
         ensure_topics(broker.bootstrap, 3)
         console.print("perpflow message path: FeedHandler + SpillingSink -> Kafka")
@@ -144,6 +146,7 @@ def per_venue(n: int, console) -> list[dict]:
     rows = []
     for exchange in ("binance-usdm", *dialect_classes()):
         frames = venue_frames(exchange, n, "cascade")[0]
+        use_streaming_gc()
         console.print(f"{exchange}: {len(frames):,} frames through the mapper and book sync")
         handler = FeedHandler(venue_for(exchange), lambda record: None)
         started = time.perf_counter()

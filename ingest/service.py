@@ -484,6 +484,13 @@ class IngestService:
         next_check = time.monotonic() + 1.0
         ping = self.venue.PING_FRAME
         next_ping = time.monotonic() + self.venue.PING_INTERVAL_S
+        # Behind on this connection (a loaded machine, a burst), a silent stream's frames may be
+        # queued unread, so a check that finds frames waiting is judged once they are read: every
+        # frame that had arrived by then has been seen, and a stream none of whose frames was read
+        # after (check time - limit) sent nothing in that span. (Read late is never silent, so a
+        # backlog can hide a stall but never make one up.)
+        frames_read = 0
+        pending: deque[tuple[float, int]] = deque()   # (check time, frames to read)
         # Checked on every frame: Python 3.11's wait_for can swallow a cancellation that lands
         # just as recv() completes, and a busy stream would then never let the task go.
         while not self.stop.is_set():
@@ -492,21 +499,33 @@ class IngestService:
             except asyncio.TimeoutError:
                 frame = None
             now = time.monotonic()
-            if frame is not None and frame != self._pong:
-                self._on_frame(frame, conn, now)
+            if frame is not None:
+                frames_read += 1
+                if frame != self._pong:
+                    self._on_frame(frame, conn, now)
             if ping is not None and now >= next_ping:
                 next_ping = now + self.venue.PING_INTERVAL_S
                 await ws.send(ping)
+            while pending and frames_read >= pending[0][1]:
+                self._judge_silence(conn, limits, pending.popleft()[0])
             if now >= next_check:
                 next_check = now + 1.0
-                # Behind on this connection (a loaded machine, a burst), a silent stream's frames
-                # may be queued unread: silence is judged only when nothing is waiting.
-                for stream, seen in conn.last_seen.items() if not frames_unread(ws) else ():
-                    limit = limits.get(self.venue.stream_kind(stream))
-                    if limit is not None and now - seen > limit:
-                        raise Stalled(stream, round(now - seen, 1))
+                unread = frames_unread(ws)
+                if unread:
+                    pending.append((now, frames_read + unread))
+                else:
+                    pending.clear()
+                    self._judge_silence(conn, limits, now)
                 if now - conn.connected_at > max_age:
                     raise RotationDue
+
+    def _judge_silence(self, conn: ConnectionState, limits: dict, at: float) -> None:
+        """Stalled if a stream's last frame was read more than its limit before ``at``, with every
+        frame that had arrived by ``at`` read."""
+        for stream, seen in conn.last_seen.items():
+            limit = limits.get(self.venue.stream_kind(stream))
+            if limit is not None and at - seen > limit:
+                raise Stalled(stream, round(at - seen, 1))
 
     def _on_frame(self, raw: bytes, conn: ConnectionState, now: float) -> None:
         frame = check_frame(raw, self.config.max_frame_bytes)

@@ -273,9 +273,11 @@ def test_one_venue_down_during_the_cascade_the_others_flow_and_the_warehouse_tel
           [(int(m), v, round(float(d), 2)) for m, v, d in zip(minute, venue, dislocation.dislocation_bps)
            if down_from - 120_000 <= m <= down_to + 120_000])
     run_end = truth["meta"][0]["start_ms"] + RUN_S * 1000
-    # Whole minutes with OKX back; the run's last minute is left out (the services stop as the market
-    # reaches RUN_S, each with its own frames still in flight).
-    back = (minute >= down_to + 60_000) & (minute + 120_000 <= run_end)
+    # Whole minutes with OKX back; the run's last minute and OKX's own are left out: the services stop
+    # as the market reaches RUN_S, each with its own frames still in flight, and OKX, resyncing after
+    # the outage, may be further behind than the others on a loaded machine.
+    okx_last = max(okx_minutes)
+    back = (minute >= down_to + 60_000) & (minute + 120_000 <= run_end) & (minute < okx_last)
     assert back.any() and (dislocation.n_venues[back] == 3).all(), (minute[back], venue[back])
 
     # The index of OKX's markets alone: its outage minutes are skipped, not taken for calm ones.
