@@ -168,11 +168,11 @@ CREATE TABLE IF NOT EXISTS analytics.market_stress (
     depth_book_names VARCHAR               -- which: comma-separated exchange/symbol
 )"""
 
-# Migration 13: the books behind the depth component (a venue missing in a minute no longer counts).
-# The share of a map score's top-quartile bins the map ranked itself (transforms.liquidation_map).
+# Migration 14: the share of a map score's top-quartile bins the map ranked itself (transforms.liquidation_map).
 LIQUIDATION_SCORE_RANKED_SHARE = ["ALTER TABLE analytics.liquidation_level_scores "
                                   "ADD COLUMN IF NOT EXISTS ranked_share DOUBLE"]
 
+# Migration 13: the books behind the depth component (a venue missing in a minute no longer counts).
 MARKET_STRESS_DEPTH_BOOKS = ["ALTER TABLE analytics.market_stress ADD COLUMN IF NOT EXISTS depth_books INTEGER",
                              "ALTER TABLE analytics.market_stress ADD COLUMN IF NOT EXISTS depth_book_names VARCHAR"]
 

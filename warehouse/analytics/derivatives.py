@@ -52,11 +52,9 @@ ORDER BY oi.exchange, oi.symbol, ts
 """
 
 
-def _change_columns(bucket: np.ndarray, coin: np.ndarray, usd: np.ndarray) -> dict[str, np.ndarray]:
-    columns = oi_change_columns(bucket, coin)
-    columns.update({name.replace("oi_", "oi_usd_", 1): values
-                    for name, values in oi_change_columns(bucket, usd).items()})
-    return columns
+def _change_columns(coin: dict[str, np.ndarray], usd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The coin changes as named, the USD ones as ``oi_usd_change_pct_*``."""
+    return {**coin, **{name.replace("oi_", "oi_usd_", 1): values for name, values in usd.items()}}
 
 
 def _grain_rows(keys: dict, bucket: np.ndarray, values: dict[str, np.ndarray], start: float,
@@ -93,7 +91,8 @@ def open_interest_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tab
         venues.append((asset_of(symbol), exchange, symbol, bucket, coin, usd))
         parts += _grain_rows({"exchange": exchange, "symbol": symbol, "asset": asset_of(symbol)}, bucket,
                              {"open_interest": coin, "open_interest_usd": usd, "mark_price": last_mark,
-                              "n_venues": np.ones(bucket.size, np.int32), **_change_columns(bucket, coin, usd)},
+                              "n_venues": np.ones(bucket.size, np.int32),
+                              **_change_columns(oi_change_columns(bucket, coin), oi_change_columns(bucket, usd))},
                              day_start, day_end)
     for asset in sorted({v[0] for v in venues}):
         mine = [v for v in venues if v[0] == asset]
@@ -101,11 +100,9 @@ def open_interest_rows(con, start: dt.datetime, end: dt.datetime) -> list[pa.Tab
         market = np.concatenate([np.full(v[3].size, f"{v[1]}|{v[2]}") for v in mine])
         coin = cross_venue_total(ts, market, np.concatenate([v[4] for v in mine]), bucket_s=BUCKET_S)
         usd = cross_venue_total(ts, market, np.concatenate([v[5] for v in mine]), bucket_s=BUCKET_S)
-        usd_changes = {name.replace("oi_", "oi_usd_", 1): values
-                       for name, values in usd.change_pct_columns(BUCKET_S).items()}
         values = {"open_interest": coin.total, "open_interest_usd": usd.total,
                   "mark_price": np.full(coin.total.size, np.nan), "n_venues": coin.n_venues.astype(np.int32),
-                  **coin.change_pct_columns(BUCKET_S), **usd_changes}
+                  **_change_columns(coin.change_pct_columns(BUCKET_S), usd.change_pct_columns(BUCKET_S))}
         # Changes are taken on the full grid; buckets no market reported (a feed outage) get no row.
         present = coin.n_venues > 0
         parts += _grain_rows({"exchange": "all", "symbol": asset, "asset": asset}, coin.bucket_start[present],
