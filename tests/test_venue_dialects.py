@@ -76,9 +76,11 @@ def truth_checkpoints(truth, exchange: str) -> dict:
     out = defaultdict(dict)
     for cp in truth["book"]:
         key = cp["ts"] if exchange == "bybit-linear" else cp["last_update_id"]
+        s = symbols.index(cp["symbol"])
+        market.displace(s, cp["venue_offsets"].get(exchange, 0))     # where its lag had it then
         book = []
         for side in ("bids", "asks"):
-            own = market.book(symbols.index(cp["symbol"]), cp[side][:depth])
+            own = market.book(s, cp[side][:depth])
             levels = {Decimal(p): venue_size(exchange, cp["symbol"], p, q) for p, q in own}
             book.append({p: q for p, q in levels.items() if q})
         out[NATIVE[exchange][cp["symbol"]]][key] = tuple(book)
@@ -321,9 +323,12 @@ def test_hyperliquid_through_a_cascade_books_trades_and_the_backstop_liquidation
     market = venue_market(truth, "hyperliquid")
     symbols = [s["symbol"] for s in truth["meta"][0]["symbols"]]
     coin_of = {s: s[:-4] for s in SIM_SYMBOLS}
-    true_books = {(coin_of[cp["symbol"]], cp["ts"]): tuple(
-        {Decimal(p): Decimal(q) for p, q in market.book(symbols.index(cp["symbol"]), cp[side][:20])}
-        for side in ("bids", "asks")) for cp in truth["book"]}
+    true_books = {}
+    for cp in truth["book"]:
+        s = symbols.index(cp["symbol"])
+        market.displace(s, cp["venue_offsets"]["hyperliquid"])
+        true_books[(coin_of[cp["symbol"]], cp["ts"])] = tuple(
+            {Decimal(p): Decimal(q) for p, q in market.book(s, cp[side][:20])} for side in ("bids", "asks"))
     compared = 0
     for r in records:
         if r.record_type == "book_snapshot" and r.reason == "venue":

@@ -30,7 +30,7 @@ from .market import Fill, Liquidation, MarketModel, StepResult
 from .positioning import PERIOD_MS, PositioningStats
 from .scenario import OUTAGE_RETURN_S, OUTAGE_WITHDRAW_S
 from .truth import TRUTH_VERSION, TruthWriter
-from .venue_market import VENUE_MARKETS
+from .venue_market import VENUE_MARKETS, PriceLag, VenueMarket
 from . import wire
 
 DEPTH_STREAMS = (("depth@100ms", 100), ("depth", 250), ("depth@500ms", 500))
@@ -118,6 +118,13 @@ class ExchangeFeed:
         self.pending_hostile: list[str] = []    # kinds of hostile frames the server sends next
         self.liquidation_count = 0
         self.published_liquidations = 0
+        # Every lagged venue's displacement runs from the first step, listened to or not, so it is
+        # the same whoever connects when (and the truth can state it).
+        self.price_lags = {venue: PriceLag(params.lag_ms, m.step_ms, m.specs)
+                           for venue, params in VENUE_MARKETS.items() if params.lag_ms}
+        self._mids: deque[list[float]] = deque([list(m.mid)], maxlen=1 + max(
+            (lag.back for lag in self.price_lags.values()), default=0))
+        self._venue_markets: dict[str, VenueMarket] = {}
         self._write_header()
 
     # ------------------------------------------------------------------ time
@@ -149,6 +156,7 @@ class ExchangeFeed:
         r = self.model.step_once()
         t1 = r.t1_ms
         out: list[Message] = []
+        self._move_lagged_venues()
         self._schedule_faults(t1)
         for f in r.fills:
             self.positioning.add_fill(f.symbol_index, f.ts_ms, f.lots, taker_buys=not f.buyer_is_maker,
@@ -178,6 +186,29 @@ class ExchangeFeed:
                 self._write_liquidation_levels(t1)
         out.sort(key=lambda msg: msg.ts_ms)
         return out
+
+    def venue_market(self, venue: str) -> VenueMarket:
+        """A venue's own market on this feed's shared one (``ingest.simulator.venue_market``),
+        displaced as its lag has it at the current step."""
+        market = self._venue_markets.get(venue)
+        if market is None:
+            market = self._venue_markets[venue] = VenueMarket(venue, self.config.seed, self.model.specs)
+            lag = self.price_lags.get(venue)
+            for s, ticks in enumerate(lag.ticks if lag else ()):
+                market.displace(s, ticks)
+        return market
+
+    def _move_lagged_venues(self) -> None:
+        self._mids.append(list(self.model.mid))
+        for venue, lag in self.price_lags.items():
+            changed = lag.update(self._mids)
+            market = self._venue_markets.get(venue)
+            if market is not None:
+                for s in changed:
+                    market.displace(s, lag.ticks[s])
+
+    def _venue_offsets(self, s: int) -> dict[str, int]:
+        return {venue: lag.ticks[s] for venue, lag in self.price_lags.items()}
 
     def run_truth_only(self) -> None:
         """Run the whole scenario building no payloads: the fastest way to a ground-truth file."""
@@ -504,6 +535,7 @@ class ExchangeFeed:
                 "taker_buy_usd": self._second_flow[s][0], "taker_sell_usd": self._second_flow[s][1],
                 "volume": self._second_flow[s][2], "high": self._second_flow[s][3], "low": self._second_flow[s][4],
                 "liquidation_impact": list(m.liquidation_impact(s)),
+                "venue_offsets": self._venue_offsets(s),
             })
             self._second_flow[s] = [0.0, 0.0, 0.0, None, None]
             self._second_agg[s], self._second_trade[s] = agg1, tr1
@@ -513,7 +545,8 @@ class ExchangeFeed:
         for s, symbol in enumerate(self.symbols):
             snap = self._snapshot_levels(s, None)
             self.truth.write({"type": "book", "ts": ts, "symbol": symbol,
-                              "last_update_id": self.model.last_update_id[s], **snap})
+                              "last_update_id": self.model.last_update_id[s],
+                              "venue_offsets": self._venue_offsets(s), **snap})
 
     # ------------------------------------------------------------------ REST bodies
     def symbol_index(self, symbol: str) -> int:

@@ -13,16 +13,25 @@ its own numbers and the ground truth of each stays exact:
 * **basis**: the venue's mark is the shared mark moved by the offset plus per-second noise of
   ``premium_noise_bp`` (standard deviation); its index differs by ``index_bias_bp`` (another set
   of constituent exchanges), so mark/index premiums differ between venues.
+* **lag**: price discovery happens on the reference venue; a venue with ``lag_ms`` follows it that
+  long after. Its whole market (book, tape, mark, liquidation prices) is displaced by where the
+  shared mid was ``lag_ms`` ago against where it is now (:class:`PriceLag`), so in a crash it
+  crosses every threshold ``lag_ms`` later and stands dislocated meanwhile. The displacement moves
+  in whole steps of ``LAG_QUANTUM_BP`` and only once the target is a step away, because every
+  change shifts the venue's entire book: calm markets barely displace it, a cascade does.
+  Its index is not lagged (other exchanges' prices).
 
-Binance USD-M, the feed's own format, is the reference (identity). The parameters are written into
-the ground truth's header (``venue_markets``), and :func:`venue_market` rebuilds a venue's view of
-any true book for tests and scoring.
+Binance USD-M, the feed's own format, is the reference (identity, no lag). The parameters are written
+into the ground truth's header (``venue_markets``) and the lagged venues' displacements into every
+``second`` and ``book`` record (``venue_offsets``, ticks), so a :class:`VenueMarket` rebuilds a
+venue's view of any true book for tests and scoring.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from decimal import Decimal
 
 import numpy as np
@@ -31,6 +40,7 @@ from .config import SymbolSpec
 from .wire import SymbolFormat
 
 LEVEL_NOISE = 0.3
+LAG_QUANTUM_BP = 5.0
 
 
 @dataclass(frozen=True)
@@ -39,18 +49,24 @@ class VenueMarketParams:
     offset_bp: float = 0.0        # where its book and trades sit against the shared market
     index_bias_bp: float = 0.0    # its index against the shared index
     premium_noise_bp: float = 0.0  # per-second noise on its mark (standard deviation)
+    lag_ms: int = 0               # how long its prices trail the shared market's
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-# Shares are relative to Binance USD-M's order-book depth (order-of-magnitude 2025 figures).
+# Shares are relative to Binance USD-M's order-book depth (order-of-magnitude 2025 figures). The lags
+# are the scenario's, not measurements of the real venues: distinct, so who moved first and by how
+# much has a true answer (Binance first, OKX 2 s later, Bybit 3 s, Hyperliquid 4 s).
 VENUE_MARKETS: dict[str, VenueMarketParams] = {
     "binance-usdm": VenueMarketParams(),
     "binance-coinm": VenueMarketParams(share=0.25, offset_bp=-1.5, index_bias_bp=0.5, premium_noise_bp=0.4),
-    "okx-swap": VenueMarketParams(share=0.55, offset_bp=2.0, index_bias_bp=-0.8, premium_noise_bp=0.6),
-    "bybit-linear": VenueMarketParams(share=0.7, offset_bp=-1.0, index_bias_bp=0.3, premium_noise_bp=0.5),
-    "hyperliquid": VenueMarketParams(share=0.35, offset_bp=3.0, index_bias_bp=-1.0, premium_noise_bp=1.5),
+    "okx-swap": VenueMarketParams(share=0.55, offset_bp=2.0, index_bias_bp=-0.8, premium_noise_bp=0.6,
+                                  lag_ms=2000),
+    "bybit-linear": VenueMarketParams(share=0.7, offset_bp=-1.0, index_bias_bp=0.3, premium_noise_bp=0.5,
+                                      lag_ms=3000),
+    "hyperliquid": VenueMarketParams(share=0.35, offset_bp=3.0, index_bias_bp=-1.0, premium_noise_bp=1.5,
+                                     lag_ms=4000),
     # GMX trades at its oracle: no book offset; its oracle is its own median of CEX prices
     "gmx-v2": VenueMarketParams(share=0.1, index_bias_bp=0.5),
     # dYdX has no mark and no index of its own: its oracle is the index; no premium noise
@@ -79,10 +95,15 @@ class VenueMarket:
         self._formats = [SymbolFormat(spec) for spec in specs]
         self._ticks = [Decimal(spec.tick_size) for spec in specs]
         self._steps = [Decimal(spec.step_size) for spec in specs]
-        self.offset = [int(round(self.params.offset_bp * 1e-4 * spec.price / float(spec.tick_size)))
-                       for spec in specs]
+        self.static_offset = [int(round(self.params.offset_bp * 1e-4 * spec.price / float(spec.tick_size)))
+                              for spec in specs]
+        self.offset = list(self.static_offset)    # in ticks: the standing offset plus the lag's displacement
         digest = hashlib.blake2b(f"{venue}|{seed}".encode(), digest_size=8).digest()
         self._salt = int.from_bytes(digest, "little")
+
+    def displace(self, s: int, ticks: int) -> None:
+        """Set the lag's displacement of symbol ``s`` (ticks; see :class:`PriceLag`)."""
+        self.offset[s] = self.static_offset[s] + ticks
 
     # --- book ------------------------------------------------------------------------------
 
@@ -161,3 +182,30 @@ class VenueMarket:
 
     def index(self, s: int, index: float) -> float:
         return index * (1.0 + self.params.index_bias_bp * 1e-4)
+
+
+class PriceLag:
+    """The displacement (ticks per symbol) of a venue whose prices trail the shared market by
+    ``lag_ms`` (see the module docstring): each step, the target is the shared mid ``lag_ms`` ago
+    minus the mid now; the displacement jumps to the target rounded to whole ``LAG_QUANTUM_BP``
+    steps once the target is a full step away from it, and stays put otherwise."""
+
+    def __init__(self, lag_ms: int, step_ms: int, specs: Sequence[SymbolSpec]):
+        self.back = max(1, round(lag_ms / step_ms))         # steps
+        self.quantum = [max(1, round(LAG_QUANTUM_BP * 1e-4 * spec.price / float(spec.tick_size))) for spec in specs]
+        self._per_tick = [1.0 / float(spec.tick_size) for spec in specs]
+        self.ticks = [0] * len(specs)
+
+    def update(self, mids: Sequence[Sequence[float]]) -> list[int]:
+        """Advance one step given the shared mids of the latest steps (oldest first, the current
+        one last); return the symbols whose displacement changed."""
+        if len(mids) <= self.back:
+            return []
+        then, now = mids[-1 - self.back], mids[-1]
+        changed = []
+        for s, q in enumerate(self.quantum):
+            target = (then[s] - now[s]) * self._per_tick[s]
+            if abs(target - self.ticks[s]) >= q:
+                self.ticks[s] = int(round(target / q)) * q
+                changed.append(s)
+        return changed

@@ -72,7 +72,6 @@ class Dialect:
 
     def __init__(self, server):
         self.server = server
-        self._market: VenueMarket | None = None
         self._held: dict[str, list] = {}
 
     @property
@@ -82,9 +81,7 @@ class Dialect:
     @property
     def market(self) -> VenueMarket:
         """This venue's own book, tape and basis on the shared market."""
-        if self._market is None:
-            self._market = VenueMarket(self.name, self.feed.config.seed, self.feed.model.specs)
-        return self._market
+        return self.feed.venue_market(self.name)
 
     def add_routes(self, app: web.Application) -> None:
         raise NotImplementedError
