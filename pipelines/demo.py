@@ -404,19 +404,23 @@ def _cross_venue_summary(con, console: Console, truth: dict | None = None) -> No
         "SELECT asset, side, cascade_start, any_value(first_mover), any_value(lead_s), "
         "string_agg(exchange || ' ' || round(100 * venue_share, 1) || ' %', ', ' ORDER BY venue_share DESC), "
         "string_agg(exchange || ' +' || round(crossing_after_first_s)::INT || ' s', ', ' "
-        "           ORDER BY crossing_after_first_s, exchange) FILTER (WHERE NOT is_first_mover), "
+        "           ORDER BY crossing_after_first_s, exchange) FILTER (WHERE crossing_after_first_s IS NOT NULL), "
         "any_value(stress_max) FROM analytics.cross_venue_cascades GROUP BY ALL ORDER BY cascade_start").fetchall()
-    for asset, side, start, first, lead, shares, followers, stress in episodes:
-        moved = f"{first} moved first ({lead:.0f} s ahead)" if first and lead == lead else f"first mover: {first}"
-        then = f", then {followers}" if followers else ""
+    for asset, side, start, first, lead, shares, crossings, stress in episodes:
+        if first is None:
+            moved = "no venue's price crossed the move threshold"
+        elif lead is not None and lead >= 0.5:
+            moved = f"{first} moved first ({lead:.0f} s ahead; crossings {crossings})"
+        else:      # alone, or tied with the next venue to the second
+            moved = f"threshold crossings {crossings}"
         stress_text = f"stress max {stress:.0f}" if stress is not None else "no stress index"
-        console.print(f"  cross-venue {asset} {side} cascade at {start:%H:%M:%S}: {moved}{then}; shares {shares}; "
+        console.print(f"  cross-venue {asset} {side} cascade at {start:%H:%M:%S}: {moved}; shares {shares}; "
                       f"{stress_text}")
     markets = (truth or {}).get("meta", [{}])[0].get("venue_markets", {})
     lagged = sorted((params.get("lag_ms", 0), venue) for venue, params in markets.items())
     if episodes and any(lag for lag, _ in lagged):
-        console.print("  the simulator's truth: prices trail the reference venue by " + ", ".join(
-            f"{venue} {lag / 1000:g} s" for lag, venue in lagged))
+        console.print("  the simulator's truth: " + ", ".join(
+            f"{venue} {lag / 1000:g} s" for lag, venue in lagged if lag) + " behind the other venues' prices")
     for asset, venue_set, score, low, high, ranked, sampled in con.execute(
             "SELECT asset, venue_set, score, ci_low, ci_high, ranked_share, is_sampled_feed "
             "FROM analytics.liquidation_level_scores WHERE score IS NOT NULL ORDER BY day, asset, venue_set").fetchall():
