@@ -280,7 +280,8 @@ def test_demo_summary_names_the_first_mover_and_the_score(materialized):
     with warehouse.writer() as con:
         _cross_venue_summary(con, console)
     text = console.export_text()
-    assert "cross-venue BTC long cascade at 12:06:00: bybit-linear moved first (20 s ahead)" in text
+    assert ("cross-venue BTC long cascade at 12:06:00: bybit-linear moved first (20 s ahead; crossings "
+            "bybit-linear +0 s, binance-usdm +20 s)") in text
     assert "binance-usdm 14.3 %" in text and "bybit-linear 85.7 %" in text
     assert "liquidation map BTC, all venues: top-quartile share" in text
     assert "(on a sampled liquidation feed)" in text.split("all venues")[1].splitlines()[0]
