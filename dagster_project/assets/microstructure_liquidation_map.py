@@ -138,8 +138,10 @@ def _first_mover_consistent(run: TableRun) -> dg.AssetCheckResult:
                 "lower bound), its signed extreme move, when its own trade price first moved the asset's cascade "
                 "threshold p from where it stood 5 min before the episode (`threshold_crossing`); the earliest is "
                 "`first_mover`, `lead_s` its lead over the next venue, `crossing_after_first_s` each venue's lag. "
-                "`xcorr_lag_s`: lag of the peak cross-correlation of 1 s returns against the reference venue "
-                "(> 0: follows). `stress_max`/`stress_mean`: analytics.market_stress over the episode. Pictures: the "
+                "`xcorr_lag_s`: lag of the peak cross-correlation of 1 s trade-price returns against the "
+                "reference venue (> 0: follows; on the simulator it reads 0 s even for its lagged venue, because "
+                "every venue's tape is a share of one tape and their bid-ask bounce coincides; the crossings "
+                "find the lag). `stress_max`/`stress_mean`: analytics.market_stress over the episode. Pictures: the "
                 "largest long and short episode of each asset (each a second of matplotlib; a cascade day has "
                 "dozens of episodes), each venue's liquidated USD per minute and its price, the first mover in red.",
 )
