@@ -30,8 +30,8 @@ venue's view of any true book for tests and scoring.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 import numpy as np
