@@ -33,6 +33,7 @@ from pathlib import Path
 from bench.ingest_bench import venue_frames
 from ingest.feed import FeedHandler
 from ingest.kafka import ensure_topics
+from ingest.service import DEFAULT_PACK_MS
 from ingest.spill import SpillingSink
 from ingest.venues import venue as venue_for
 from pipelines.broker import EmbeddedBroker, free_port
@@ -92,7 +93,7 @@ def all_market_frames(exchange: str, market_seconds: float) -> tuple[list[tuple[
 def venue_process(exchange: str, bootstrap: str, plan: Schedule, spill: Path) -> dict:
     """Generate the frames, say ``ready``, wait for ``go`` on stdin, then feed the schedule."""
     frames, rate = all_market_frames(exchange, plan.market_seconds)
-    sink = SpillingSink(bootstrap, spill)
+    sink = SpillingSink(bootstrap, spill, pack_ms=DEFAULT_PACK_MS)     # as the service sends
     handler = FeedHandler(venue_for(exchange), sink.send)
 
     def handle(item) -> None:
@@ -121,6 +122,7 @@ def venue_process(exchange: str, bootstrap: str, plan: Schedule, spill: Path) ->
                 drained_at = t
         if t >= paced_end or drained_at is not None and t > drained_at + 1:
             break
+        sink.flush_due()        # the service's packs task
         if done >= due:
             time.sleep(0.002)
             continue
@@ -135,6 +137,8 @@ def venue_process(exchange: str, bootstrap: str, plan: Schedule, spill: Path) ->
         for item in frames[done + flat:done + flat + 200]:
             handle(item)
         flat = min(len(frames) - done, flat + 200)
+        sink.flush_due()
+    sink.flush_packs()
     sink.producer.flush()
     flat_s = time.monotonic() - flat_started
     flat_cpu = time.process_time() - flat_cpu

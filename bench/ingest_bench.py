@@ -1,9 +1,10 @@
 """Ingest throughput: venue frames -> mapper -> book sync -> Kafka, next to a bare producer.
 
-Two measurements of perpflow's path and one baseline, all in the same run:
+Measurements of perpflow's path and one baseline, all in the same run:
   * message path: the cascade scenario's frames for the streams the service subscribes to
     (depth@100ms, aggTrade, markPrice@1s, forceOrder), pre-generated, fed through the
-    service's FeedHandler and SpillingSink into Kafka as fast as they go;
+    service's FeedHandler and SpillingSink into Kafka as fast as they go, records packed as the
+    service packs them (``--pack-ms`` 20), and again one record a message (``--pack-ms 0``);
   * end to end: the simulator's websocket server in its own process at high speed, the
     IngestService reading it over real sockets for a fixed wall time (bounded by what the
     simulator can generate on the other core, so it shows whether the service keeps up);
@@ -23,7 +24,7 @@ import orjson
 
 from ingest import records
 from ingest.feed import FeedHandler
-from ingest.service import IngestConfig, IngestService
+from ingest.service import DEFAULT_PACK_MS, IngestConfig, IngestService
 from ingest.simulator import ExchangeFeed, SimConfig
 from ingest.spill import SpillingSink
 from ingest.simulator.dialects import dialect_classes, offline_frames
@@ -87,15 +88,10 @@ def run(tmp: Path, n: int, console) -> list[dict]:
     use_streaming_gc()      # the services' policy; the frames are frozen (a service never holds 100k of them)
     with EmbeddedBroker(port=free_port()) as broker:
         ensure_topics(broker.bootstrap, 3)
-        console.print("perpflow message path: FeedHandler + SpillingSink -> Kafka")
-        sink = SpillingSink(broker.bootstrap, tmp / "spill.jsonl")
-        handler = FeedHandler(BinanceUsdm(), sink.send)
-        started = time.perf_counter()
-        _feed(handler, frames)
-        sink.producer.flush()
-        path_s = time.perf_counter() - started
-        sink.close()
-        produced_count = sum(handler.stats.records.values())
+        console.print(f"perpflow message path: FeedHandler + SpillingSink -> Kafka, packed ({DEFAULT_PACK_MS:g} ms)")
+        path_s, produced_count, packed_messages = _message_path(tmp, broker.bootstrap, frames, DEFAULT_PACK_MS)
+        console.print("perpflow message path, one record a message")
+        unpacked_s, _, _ = _message_path(tmp, broker.bootstrap, frames, 0)
 
         console.print("bare kafka-python producer, same records pre-serialized")
         # The records again, from a second pass outside the timing: keeping every record of the
@@ -124,9 +120,15 @@ def run(tmp: Path, n: int, console) -> list[dict]:
         {"name": "bare kafka-python producer, pre-serialized records (baseline)", "label": "bare producer",
          "baseline": True, "records": len(encoded),
          "messages": len(frames), "seconds": bare_s, "rate": bare_rate},
-        {"name": "ingest message path: frames -> records -> Kafka", "label": "ingest message path", "records": produced_count,
+        {"name": f"ingest message path: frames -> records -> Kafka, packed ({DEFAULT_PACK_MS:g} ms)",
+         "label": "ingest message path", "records": produced_count,
          "messages": len(frames), "seconds": path_s, "rate": produced_count / path_s,
-         "messages_per_s": len(frames) / path_s, "ratio": (produced_count / path_s) / bare_rate},
+         "messages_per_s": len(frames) / path_s, "ratio": (produced_count / path_s) / bare_rate,
+         "kafka_messages": packed_messages},
+        {"name": "ingest message path, one record a Kafka message (--pack-ms 0)", "label": "  unpacked",
+         "records": produced_count, "messages": len(frames), "seconds": unpacked_s,
+         "rate": produced_count / unpacked_s, "messages_per_s": len(frames) / unpacked_s,
+         "ratio": (produced_count / unpacked_s) / bare_rate},
         {"name": "replay of a recording file (perpflow's JSONL) -> Kafka", "label": "replay (recording)",
          "records": replayed["records"], "messages": len(frames), "seconds": replayed["seconds"],
          "rate": replayed["records"] / replayed["seconds"], "messages_per_s": len(frames) / replayed["seconds"],
@@ -137,6 +139,20 @@ def run(tmp: Path, n: int, console) -> list[dict]:
          "messages_per_s": e2e["messages"] / e2e["seconds"], "ratio": (e2e["records"] / e2e["seconds"]) / bare_rate,
          "reconnects": e2e["reconnects"]},
     ]
+
+
+def _message_path(tmp: Path, bootstrap: str, frames, pack_ms: float) -> tuple[float, int, int]:
+    """Seconds to feed the frames through the service's handler and sink into Kafka, records, and
+    the Kafka messages they took."""
+    sink = SpillingSink(bootstrap, tmp / f"spill-{pack_ms:g}.jsonl", pack_ms=pack_ms)
+    handler = FeedHandler(BinanceUsdm(), sink.send)
+    started = time.perf_counter()
+    _feed(handler, frames)
+    sink.flush_packs()
+    sink.producer.flush()
+    seconds = time.perf_counter() - started
+    sink.close()
+    return seconds, sum(handler.stats.records.values()), sink.messages_sent
 
 
 def per_venue(n: int, console) -> list[dict]:

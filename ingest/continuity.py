@@ -63,12 +63,18 @@ def load_state(path: Path) -> dict:
     return state
 
 
-def _record(value: bytes, wanted: set[str], kind: type = Trade):
-    try:
-        record = records.decode(value)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
-    return record if isinstance(record, kind) and record.symbol in wanted else None
+def _records(value: bytes, wanted: set[str], kind: type = Trade) -> list:
+    """The records of ``kind`` of the ``wanted`` symbols in a Kafka value or spill line's value (one
+    record or a pack); what does not decode is skipped."""
+    found = []
+    for line in records.split_value(value):
+        try:
+            record = records.decode(line)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if isinstance(record, kind) and record.symbol in wanted:
+            found.append(record)
+    return found
 
 
 def spill_records(spill_path: Path, symbols: set[str], kind: type = Trade) -> list:
@@ -85,8 +91,8 @@ def spill_records(spill_path: Path, symbols: set[str], kind: type = Trade) -> li
                 topic, _key, _type, value = parse_spill_line(line)
             except ValueError:
                 continue
-            if topic == kind.topic and (record := _record(value.encode(), symbols, kind)) is not None:
-                found.append(record)
+            if topic == kind.topic:
+                found.extend(_records(value.encode(), symbols, kind))
     return found
 
 
@@ -116,8 +122,9 @@ def kafka_tail_records(venue, bootstrap: str, symbols: set[str], scan_back: int 
                 raise BrokerUnavailable(f"reading the tail of {topic} took over {timeout:.0f}s")
             for tp, messages in consumer.poll(timeout_ms=500).items():
                 for message in messages:
-                    if message.key in keys and (record := _record(message.value, symbols, kind)) is not None:
-                        found.append(record)
+                    # A pack is keyed by its first record: other symbols of the partition may be in it.
+                    if message.value and (message.key in keys or b"\n" in message.value):
+                        found.extend(_records(message.value, symbols, kind))
             pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
         return found
     except KafkaError as exc:

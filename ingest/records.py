@@ -2,7 +2,7 @@
 
 Every venue mapper emits these types and nothing else; every consumer reads only these.
 Each class is declared once here; its Kafka topic, its wire form (orjson, decimal strings
-kept verbatim), its Arrow schema and its DuckDB table are all derived from the field
+kept verbatim; a Kafka message holds one record or a ``Pack`` of them, one per line), its Arrow schema and its DuckDB table are all derived from the field
 annotations below, so the four cannot drift apart.
 
 Field kinds (annotations):
@@ -349,7 +349,44 @@ def table_schema(cls: type) -> pa.Schema:
 
 
 def kafka_key(record) -> bytes:
+    if type(record) is Pack:
+        return record.key
     return f"{record.exchange}|{record.symbol or '*'}".encode()
+
+
+@dataclass(slots=True)
+class Pack:
+    """Several records of one type bound for one Kafka partition, sent as one message.
+
+    kafka-python spends about as long on each message as perpflow spends mapping it, whatever its
+    size, so at high rates the ingest service packs records (``SpillingSink(pack_ms=...)``). The
+    value is the records' own encodings, one per line (orjson never writes a raw line break), in
+    the order they were emitted; a value without a line break is a single record, so every
+    reader handles both with ``split_value``. The message key is the first record's: it picks the
+    partition every record of the pack belongs to (``ingest.kafka.KeyPartitioner``), so each
+    symbol's records stay in order in its partition."""
+
+    topic: str
+    record_type: str
+    key: bytes
+    values: list[bytes]
+    ts_exchange: int | None = None    # the first record's, for accounting of dropped records
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def records(self) -> list:
+        return [decode(value) for value in self.values]
+
+
+def record_count(record_or_pack) -> int:
+    """Records in what a sink was handed: a pack's size, else 1."""
+    return len(record_or_pack.values) if type(record_or_pack) is Pack else 1
+
+
+def split_value(value: bytes) -> list[bytes]:
+    """The records' encodings in a Kafka message value (one, or a ``Pack``'s)."""
+    return value.split(b"\n")
 
 
 # Built once per record type: encode and headers run for every record sent.
@@ -358,7 +395,10 @@ _HEADERS = {name: [("type", name.encode()), ("v", str(SCHEMA_VERSION).encode())]
 
 
 def encode(record) -> bytes:
-    """orjson value with the record type and schema version first, for readers without headers."""
+    """orjson value with the record type and schema version first, for readers without headers
+    (a ``Pack``: its records' values, one per line)."""
+    if type(record) is Pack:
+        return b"\n".join(record.values)
     return _VALUE_PREFIX[record.record_type] + orjson.dumps(record)[1:]
 
 
@@ -369,7 +409,13 @@ def headers(record_or_type) -> list[tuple[str, bytes]]:
 
 
 def decode(value: bytes):
-    """Inverse of ``encode`` (for tests and tools; the loader parses whole batches inside DuckDB)."""
+    """Inverse of ``encode`` (for tests and tools; the loader parses whole batches inside DuckDB).
+    A value of several lines is a ``Pack`` of them."""
+    if b"\n" in value:
+        lines = split_value(value)
+        first = decode(lines[0])
+        return Pack(topic=first.topic, record_type=first.record_type, key=kafka_key(first), values=lines,
+                    ts_exchange=getattr(first, "ts_exchange", None))
     data = orjson.loads(value)
     cls = BY_NAME[data.pop("type")]
     data.pop("v")

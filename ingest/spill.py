@@ -61,6 +61,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -70,9 +71,9 @@ from kafka.errors import (AuthorizationError, BrokerResponseError, InvalidProduc
                           UnknownProducerIdError)
 
 from ingest import records
-from ingest.records import DeadLetter
-from ingest.kafka import (BrokerUnavailable, end_offsets, ensure_topics, new_consumer, new_producer,
-                             partitions_of, wait_for_metadata)
+from ingest.records import DeadLetter, MarketRecord, Pack, record_count
+from ingest.kafka import (BrokerUnavailable, end_offsets, ensure_topics, key_partition, new_consumer,
+                          new_producer, partitions_of, wait_for_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ ACK_STALL_S = 10.0              # sends pending this long without any acknowledg
 DISK_FULL_RETRY_S = 1.0         # how often a full disk is tried again (not on every record)
 DEAD_LETTER_RAW_BYTES = 64 * 1024   # the refused value may be what was too large; keep its start
 HELD_RECORDS = 50_000           # feed events and in-flight failures kept in memory while the spill is full
+PACK_MAX_RECORDS = 1000
+PACK_MAX_BYTES = 512 * 1024     # a pack stays well under Apache Kafka's default 1 MiB message limit
 _FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 # Non-retriable broker errors about the producer session rather than the record: a new session fixes them.
 _SESSION_ERRORS = (OutOfOrderSequenceNumberError, UnknownProducerIdError, InvalidProducerEpochError,
@@ -132,6 +135,13 @@ def parse_spill_line(line: bytes) -> tuple[str, str, str, str]:
     return tuple(item)
 
 
+@dataclass(slots=True)
+class _OpenPack:
+    pack: Pack
+    opened: float           # time.monotonic() of its first record
+    size: int = 0           # bytes of its value so far
+
+
 def _dead_letter(topic: str, key: str, value: str, exc: Exception) -> DeadLetter:
     exchange, _, symbol = key.partition("|")
     reason = f"rejected by Kafka: {exc.__class__.__name__}: {exc}"
@@ -146,10 +156,13 @@ class SpillingSink:
                  max_bytes: int = DEFAULT_MAX_BYTES, partitions: int | None = None,
                  on_event: Callable[[str, dict], None] | None = None,
                  on_drop: Callable[[object], None] | None = None, connect_timeout_s: float = 2.0,
-                 producer_config: dict | None = None):
+                 producer_config: dict | None = None, pack_ms: float = 0):
         """``partitions``: create the market-data topics with that many partitions before the first
         producer session (at start, or once Kafka first answers). ``producer_config`` overrides
-        kafka-python producer settings."""
+        kafka-python producer settings. ``pack_ms`` > 0: market records of one type bound for one
+        partition are sent together as a ``Pack`` once the oldest has waited that long (or the
+        pack is full); the owner calls ``flush_due`` at least that often. 0 sends each record
+        as its own message."""
         self.bootstrap = bootstrap
         self.spill_path = spill_path
         self.quarantine_path = spill_path.with_name(spill_path.name + ".quarantine")
@@ -161,11 +174,14 @@ class SpillingSink:
         self._partitions = partitions
         self._producer_config = {"max_block_ms": 200, "request_timeout_ms": 3000,
                                  "delivery_timeout_ms": delivery_timeout_ms, "retry_backoff_ms": 100,
+                                 # Packs already wait pack_ms to fill: the producer need not linger as long.
+                                 **({"linger_ms": 5} if pack_ms else {}),
                                  **(producer_config or {})}
         self.producer = None
         self._stale_producer = False    # its idempotent session may be dead (e.g. broker restarted)
         self.lock = threading.Lock()
-        self.sent: Counter = Counter()
+        self.sent: Counter = Counter()              # records per type handed to Kafka
+        self.messages_sent = 0                      # the Kafka messages they took (packs: fewer)
         self.spilled_total = 0
         self.drained_total = 0
         self.outages = 0
@@ -193,6 +209,11 @@ class SpillingSink:
         self.duplicates_skipped = 0
         self._read_offset = 0       # bytes of the spill file already re-sent
         self._acked_offsets: set[int] = set()   # lines past _read_offset already delivered
+        self.pack_ms = pack_ms
+        self._pack_s = pack_ms / 1000
+        self._pack_lock = threading.Lock()      # packs are filled by ``send``, which any thread may call
+        self._packs: dict[tuple, _OpenPack] = {}   # (topic, record type, partition) -> records not yet sent
+        self._partition_of: dict[tuple[str, bytes], int] = {}   # (topic, key) -> partition, per producer session
         self._spill = open(self.spill_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the sink
         self._spill_size = os.fstat(self._spill.fileno()).st_size
         if self._spill_size and self._last_byte() != b"\n":
@@ -209,16 +230,91 @@ class SpillingSink:
 
     def send(self, record) -> None:
         self._raise_failure()
+        if not (self._pack_s and isinstance(record, MarketRecord) and self._packed(record)):
+            self._send_alone(record)
+        if self._events or self._held:
+            # Read without the lock (this runs for every record): whatever another thread queues
+            # meanwhile goes out with the next call.
+            self._dispatch()
+
+    # --- packing ------------------------------------------------------------------------------
+
+    def _packed(self, record) -> bool:
+        """Pack the record; False if it must go alone, behind the records packed before it."""
+        if not self.spilling and self._pack(record):
+            return True
+        self.flush_packs()
+        return False
+
+    def _pack(self, record) -> bool:
+        """Add a market record to its partition's open pack; False if it must go alone (no producer
+        session or partition count yet, or too large to share a message)."""
+        value = records.encode(record)
+        key = records.kafka_key(record)
+        partition = self._partition_of.get((record.topic, key))
+        if partition is None:
+            partition = self._find_partition(record.topic, key)
+            if partition is None:
+                return False
+        if len(value) >= PACK_MAX_BYTES:
+            return False
+        now = time.monotonic()
+        ready = []
+        with self._pack_lock:
+            slot = (record.topic, record.record_type, partition)
+            pack = self._packs.get(slot)
+            if pack is not None and pack.size + len(value) > PACK_MAX_BYTES:
+                ready.append(self._packs.pop(slot).pack)
+                pack = None
+            if pack is None:
+                pack = self._packs[slot] = _OpenPack(Pack(topic=record.topic, record_type=record.record_type, key=key,
+                                                          values=[], ts_exchange=record.ts_exchange), now)
+            pack.pack.values.append(value)
+            pack.size += len(value) + 1
+            if len(pack.pack.values) >= PACK_MAX_RECORDS or now - pack.opened >= self._pack_s:
+                ready.append(self._packs.pop(slot).pack)
+        for full in ready:
+            self._send_alone(full)
+        return True
+
+    def _find_partition(self, topic: str, key: bytes) -> int | None:
+        producer = self.producer
+        if producer is None or self._stale_producer:
+            return None
+        # The partitions the producer already knows, without waiting: ``partitions_for`` would block a
+        # record for up to max_block_ms. The first records of a topic go alone and fetch them.
+        partitions = producer._metadata.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        partition = self._partition_of[(topic, key)] = key_partition(key, partitions)
+        return partition
+
+    def flush_due(self) -> None:
+        """Send the packs whose oldest record has waited ``pack_ms``."""
+        if self._packs:
+            deadline = time.monotonic() - self._pack_s
+            self._send_packs(lambda pack: pack.opened <= deadline)
+
+    def flush_packs(self) -> None:
+        """Send every open pack now."""
+        if self._packs:
+            self._send_packs(lambda pack: True)
+
+    def _send_packs(self, due: Callable[[_OpenPack], bool]) -> None:
+        with self._pack_lock:
+            ready = [slot for slot, pack in self._packs.items() if due(pack)]
+            packs = [self._packs.pop(slot).pack for slot in ready]
+        for pack in packs:
+            self._send_alone(pack)
+
+    def _send_alone(self, record) -> None:
+        """To Kafka as one message (a record, or a closed pack), or behind the spill's records."""
         with self.lock:
             spilling = self.spilling
             if spilling:
                 self._append(record)
         if not spilling:
             self._produce(record)
-        if self._events or self._held:
-            # Read without the lock (this runs for every record): whatever another thread queues
-            # meanwhile goes out with the next call.
-            self._dispatch()
 
     def _produce(self, record) -> None:
         value = records.encode(record)
@@ -230,7 +326,8 @@ class SpillingSink:
             return
         token = next(self._tokens)
         with self.lock:
-            self.sent[record.record_type] += 1
+            self.sent[record.record_type] += record_count(record)
+            self.messages_sent += 1
             if not self._in_flight:
                 self._pending_since = time.monotonic()
             self._in_flight[token] = value
@@ -254,7 +351,7 @@ class SpillingSink:
             if value is None:
                 return
             record = records.decode(value)
-            self.sent[record.record_type] -= 1
+            self.sent[record.record_type] -= record_count(record)
             self._mark_unsure({record.topic})
         self._send_failed(record, exc, in_flight=True)
         self._dispatch()
@@ -271,7 +368,15 @@ class SpillingSink:
             self._append(record, hold=in_flight)
 
     def _reject(self, topic: str, key: str, record_type: str, value: str, exc: Exception) -> None:
-        """A record Kafka will never take goes to the dead-letter topic with the reason."""
+        """A record Kafka will never take goes to the dead-letter topic with the reason; a pack it
+        refuses (a broker with a smaller message limit) is sent again record by record, so only a
+        record that is refused on its own is dead-lettered."""
+        if "\n" in value:
+            log.warning("Kafka refused a pack of %d %s records (%s: %s); sending them one by one",
+                        value.count("\n") + 1, record_type, exc.__class__.__name__, exc)
+            for line in records.split_value(value.encode()):
+                self._send_alone(records.decode(line))
+            return
         if record_type == DeadLetter.record_type:
             log.error("Kafka refused a dead letter (%s: %s); it is dropped", exc.__class__.__name__, exc)
             with self.lock:
@@ -330,7 +435,7 @@ class SpillingSink:
             self._start_dropping("spill_cap", f"the spill reached its cap of {self.max_bytes:,} bytes")
             self._drop(record, hold)
         elif self._write(line):
-            self.spilled_total += 1
+            self.spilled_total += record_count(record)
             if self._dropping:
                 self._stop_dropping("resumed")
         else:
@@ -382,16 +487,17 @@ class SpillingSink:
         if (hold or record.record_type == records.FeedEvent.record_type) and len(self._held) < HELD_RECORDS:
             self._held.append(record)
             return
-        if self.on_drop is not None:
-            self.on_drop(record)
-        self.dropped[self._dropping] += 1
-        episode = self._drop_episode.setdefault(record.record_type, {"count": 0, "first_ts_exchange": None,
-                                                                     "last_ts_exchange": None})
-        episode["count"] += 1
-        ts = getattr(record, "ts_exchange", None)
-        if ts is not None:
-            episode["first_ts_exchange"] = min(ts, episode["first_ts_exchange"] or ts)
-            episode["last_ts_exchange"] = max(ts, episode["last_ts_exchange"] or ts)
+        for one in record.records() if type(record) is Pack else (record,):
+            if self.on_drop is not None:
+                self.on_drop(one)
+            self.dropped[self._dropping] += 1
+            episode = self._drop_episode.setdefault(one.record_type, {"count": 0, "first_ts_exchange": None,
+                                                                      "last_ts_exchange": None})
+            episode["count"] += 1
+            ts = getattr(one, "ts_exchange", None)
+            if ts is not None:
+                episode["first_ts_exchange"] = min(ts, episode["first_ts_exchange"] or ts)
+                episode["last_ts_exchange"] = max(ts, episode["last_ts_exchange"] or ts)
 
     def _stop_dropping(self, how: str) -> None:
         detail = {"reason": self._dropping, "ended": how, "dropped": self._drop_episode,
@@ -470,6 +576,7 @@ class SpillingSink:
         # never saw. Start a new session; closing the old one at once fails what it still
         # holds, and its error callbacks append those records to the spill.
         stale, self.producer, self._stale_producer = self.producer, fresh, False
+        self._partition_of = {}     # the topics may have been created anew with another partition count
         if stale is not None:
             _abandon(stale)
         return True
@@ -593,16 +700,18 @@ class SpillingSink:
                     break
                 rejected.append((at, parts, exc))
                 continue
-            in_flight.append((at, parts, future))
+            in_flight.append((at, parts, future, value.count("\n") + 1))
         try:
             self.producer.flush(timeout=30)
         except KafkaError as exc:
             interrupted = interrupted or exc
         delivered = []
-        for at, parts, future in in_flight:
+        delivered_records = 0
+        for at, parts, future, count in in_flight:
             if future.succeeded():
                 settled.add(at)
                 delivered.append(future.value)
+                delivered_records += count
             elif future.failed() and _rejected_for_good(future.exception):
                 rejected.append((at, parts, future.exception))
             else:
@@ -615,7 +724,7 @@ class SpillingSink:
                 self._last_ok = time.monotonic()
             for metadata in delivered:
                 self._note_acked(metadata)
-            self.drained_total += len(delivered)
+            self.drained_total += delivered_records
             offset = start
             for line in lines:
                 if offset not in settled:
@@ -688,6 +797,7 @@ class SpillingSink:
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what Kafka will take; anything else stays in the spill file for the next run."""
+        self.flush_packs()
         with self.lock:
             if self._dropping:
                 self._stop_dropping("shutdown")
@@ -719,10 +829,11 @@ class SpillingSink:
                             len(unanswered))
                 self._mark_unsure({record.topic for record in unanswered})
                 for record in unanswered:
-                    self.sent[record.record_type] -= 1
+                    self.sent[record.record_type] -= record_count(record)
                     self._append(record, hold=True)
             self._spill_held()
             lost, self._held = self._held, []
+            lost = [one for record in lost for one in (record.records() if type(record) is Pack else (record,))]
             if lost:
                 log.error("%d held records could not be spilled at shutdown (disk full); they are dropped",
                           len(lost))

@@ -278,6 +278,9 @@ def _shard(ctx, param, value: str | None):
                    "(not even liquidations, which cannot be backfilled).")
 @click.option("--max-frame-mib", type=click.FloatRange(0.01, 200), default=8.0, show_default=True,
               help="Frames larger than this are dead-lettered (the connection stays up).")
+@click.option("--pack-ms", type=click.FloatRange(0, 1000), default=20.0, show_default=True,
+              help="Records of one type bound for one Kafka partition wait up to this many milliseconds to be "
+                   "sent together as one message (one record per line); 0 sends each record as its own message.")
 @click.option("--shard", callback=_shard, metavar="I/N",
               help="Ingest only shard I (0-based) of N: the symbols whose CRC-32 mod N is I, with status, state "
                    "and spill files of its own and 1/N of the venue's REST budget.")
@@ -286,7 +289,7 @@ def _shard(ctx, param, value: str | None):
                    "any that dies and stops them all on Ctrl-C or SIGTERM.")
 @click.pass_context
 def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit, max_connection_age, duration,
-           redundancy, max_frame_mib, shard, shards) -> None:
+           redundancy, max_frame_mib, pack_ms, shard, shards) -> None:
     """Live ingestion service: venue websockets + REST -> normalized records -> Kafka."""
     from ingest.service import IngestConfig, IngestError, IngestFailed, IngestService, run_service, spill_file
     from ingest.sharding import other_layout_files, split_symbols
@@ -317,7 +320,7 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
     # The sink creates the topics once Kafka answers; an outage at start is survivable: it spills.
     try:
         sink = SpillingSink(settings.bootstrap, spill_file(settings.run_dir, venue.exchange, shard),
-                            max_bytes=settings.spill_max_bytes, partitions=settings.partitions)
+                            max_bytes=settings.spill_max_bytes, partitions=settings.partitions, pack_ms=pack_ms)
     except SinkFailure as exc:
         _fail(str(exc))
     if sink.status()["kafka"] == "unreachable":
@@ -328,7 +331,7 @@ def ingest(ctx, exchange, symbols, ws_url, rest_url, oi_interval, silence_limit,
                           run_dir=settings.run_dir, oi_interval_s=oi_interval, silence_limit_s=silence_limit,
                           max_connection_age_s=max_connection_age, duration_s=duration,
                           connections_per_stream=redundancy, max_frame_bytes=int(max_frame_mib * (1 << 20)),
-                          shard=shard)
+                          shard=shard, pack_ms=pack_ms)
     use_streaming_gc()
     service = IngestService(venue, config, sink=sink)
     console.print(f"ingesting {exchange}{f' shard {shard}' if shard else ''} {','.join(symbols)} from "

@@ -49,7 +49,8 @@ def topic_values(bootstrap: str, topic: str) -> list[dict]:
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             assert time.monotonic() < deadline, "could not read the topic to its end"
             for tp, messages in consumer.poll(500).items():
-                found[tp] += [orjson.loads(m.value) for m in messages if m.offset < ends[tp]]
+                found[tp] += [orjson.loads(line) for m in messages if m.offset < ends[tp]
+                              for line in records.split_value(m.value)]
         return [value for tp in tps for value in found[tp]]
     finally:
         consumer.close()
@@ -331,6 +332,22 @@ def test_records_kafka_refuses_go_to_the_dead_letter_topic_live_and_from_the_spi
         assert letter["raw"] == value[:DEAD_LETTER_RAW_BYTES] and letter["symbol"] == "BTC-USDT-PERP"
 
 
+def test_a_pack_kafka_refuses_as_too_large_is_sent_again_record_by_record(tmp_path, fresh_broker):
+    """A broker (or client) with a message limit under the pack's size: each record goes alone, and
+    only one refused on its own is dead-lettered."""
+    sink = SpillingSink(fresh_broker.bootstrap, tmp_path / "spill.jsonl", pack_ms=1000,
+                        producer_config={"max_request_size": 100_000})
+    wait_until(lambda: sink.drain(), 60, "the sink to reach the broker")
+    for i in range(600):        # a pack of ~350 KB
+        sink.send(trade(i, padding=150_000) if i == 150 else trade(i))
+    sink.close()
+    status = sink.status()
+    assert status["rejected_to_dlq"] == 1 and status["spilled_total"] == 0 and status["dropped"] == {}
+    assert trade_ids(fresh_broker.bootstrap) == [i for i in range(600) if i != 150]
+    (letter,) = topic_values(fresh_broker.bootstrap, "md.dlq")
+    assert letter["raw"] == records.encode(trade(150, padding=150_000)).decode()[:DEAD_LETTER_RAW_BYTES]
+
+
 def test_a_frozen_broker_shows_unreachable_and_every_record_arrives_exactly_once(tmp_path, fresh_broker):
     sink = SpillingSink(fresh_broker.bootstrap, tmp_path / "spill.jsonl")
     stop = threading.Event()
@@ -396,22 +413,28 @@ def test_the_spill_cap_setting_is_validated(tmp_path, monkeypatch):
     assert load_settings().spill_max_bytes == 2 << 30
 
 
+@pytest.mark.parametrize("pack_ms", [0, 20], ids=["one record a message", "packed"])
 @pytest.mark.parametrize("closed", ["after the sends failed", "while they are unanswered"])
-def test_a_restart_after_a_frozen_broker_took_in_flight_records_stores_each_once(closed, tmp_path, fresh_broker):
+def test_a_restart_after_a_frozen_broker_took_in_flight_records_stores_each_once(closed, pack_ms, tmp_path,
+                                                                                  fresh_broker):
     """The first sink gives up on sends a frozen broker appends later (or closes, SIGTERM-like, while
-    they are still unanswered); the next sink must neither repeat nor lose them."""
+    they are still unanswered); the next sink must neither repeat nor lose them. Packed, a pack in
+    doubt is spilled whole and checked against Kafka whole."""
     spill = tmp_path / "spill.jsonl"
-    sink = SpillingSink(fresh_broker.bootstrap, spill, delivery_timeout_ms=4_000)
+    sink = SpillingSink(fresh_broker.bootstrap, spill, delivery_timeout_ms=4_000, pack_ms=pack_ms)
     wait_until(lambda: sink.drain(), 60, "the sink to reach the broker")
     for sent in range(200):
         sink.send(trade(sent))
     sent += 1
+    sink.flush_packs()
     wait_until(lambda: not sink.status()["pending_sends"] and not sink.spilling, 60, "200 acknowledged sends")
     fresh_broker.process.send_signal(signal.SIGSTOP)
     try:
         for _ in range(300):        # in flight to a broker that reads nothing: their fate is unknown
             sink.send(trade(sent))
             sent += 1
+            if sent % 50 == 0:
+                sink.flush_packs()
         if closed == "after the sends failed":
             wait_until(lambda: sink.status()["spilling"], 60, "a send to fail")
             # kafka-python fails the rest by its own timers, which a loaded machine can hold up for
@@ -436,3 +459,61 @@ def test_a_restart_after_a_frozen_broker_took_in_flight_records_stores_each_once
     print(f"restart after a freeze: {again.status()['duplicates_skipped']} spilled records were already in Kafka")
     assert sorted(ids) == list(range(sent)) and len(ids) == sent
     assert not again.unsure_path.exists()
+
+
+def test_packed_records_keep_each_symbols_order_and_load_once(tmp_path, fresh_broker):
+    """Records of several symbols sharing partitions, packed: every message's records belong to the
+    partition its key picks, each symbol's trades arrive in order, and the loader stores each record
+    once (a pack's records share its offset)."""
+    from ingest.kafka import ensure_topics, key_partition
+    from warehouse.loader import load_once
+    from warehouse.store import Warehouse
+
+    ensure_topics(fresh_broker.bootstrap, 3)
+    sink = SpillingSink(fresh_broker.bootstrap, tmp_path / "spill.jsonl", pack_ms=50)
+    wait_until(lambda: sink.drain(), 60, "the sink to reach the broker")
+    symbols = [f"S{i}" for i in range(7)]
+    for i in range(3500):
+        symbol = symbols[i % 7]
+        sink.send(Trade(exchange="binance-usdm", symbol=f"{symbol}-USDT-PERP", symbol_native=f"{symbol}USDT",
+                        ts_exchange=1_700_000_000_000 + i, ts_recv=1_700_000_000_000_000_000 + i, trade_id=str(i),
+                        price="100.5", qty="0.1", qty_unit="base", side="buy", is_aggregated=True))
+    sink.close()
+    assert sink.status()["spilled_total"] == 0 and sink.sent["trade"] == 3500
+
+    consumer = new_consumer(fresh_broker.bootstrap)
+    try:
+        tps = partitions_of(consumer, ["md.trades"])
+        ends = end_offsets(consumer, tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        messages = []
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for batch in consumer.poll(500).values():
+                messages += batch
+    finally:
+        consumer.close()
+    partitions = {tp.partition for tp in tps}
+    by_symbol: dict[str, list[int]] = {}
+    for message in messages:
+        for line in records.split_value(message.value):
+            value = orjson.loads(line)
+            key = f"binance-usdm|{value['symbol']}".encode()
+            assert key_partition(key, partitions) == message.partition, (value["symbol"], message.partition)
+            by_symbol.setdefault(value["symbol"], []).append(int(value["trade_id"]))
+    print(f"3,500 trades of 7 symbols in {len(messages)} messages")
+    assert len(messages) < 3500 / 5
+    assert sum(map(len, by_symbol.values())) == 3500
+    for symbol, ids in by_symbol.items():
+        assert ids == sorted(ids) and len(ids) == 500, symbol
+
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    report = load_once(warehouse, fresh_broker.bootstrap)
+    assert report.rows["trades"] == 3500
+    with warehouse.reader(live=True) as con:
+        stored, distinct, offsets = con.execute(
+            "SELECT count(*), count(DISTINCT trade_id), count(DISTINCT (kafka_partition, kafka_offset)) "
+            "FROM raw.trades").fetchone()
+    assert (stored, distinct, offsets) == (3500, 3500, len(messages))
+    again = load_once(warehouse, fresh_broker.bootstrap)
+    assert again.total == 0

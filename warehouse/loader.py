@@ -15,6 +15,9 @@ offset below the partition's beginning means the broker deleted records (retenti
 they were loaded: a ``retention_loss`` feed event with the number of records, then loading
 goes on from the beginning. Both store the new start offset with the event, so each is
 reported once, not on every pass.
+
+A message may hold several records (``records.Pack``): they are loaded in the same transaction,
+each row with the message's partition and offset.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from ingest import records
+from ingest.records import split_value
 from ingest.kafka import LOADER_GROUP, end_offsets, new_consumer, partitions_of
 from warehouse.schema import raw_table_ddl
 from warehouse.store import Warehouse
@@ -143,20 +147,32 @@ class _Batch:
             return
         cls = _SINGLE_TYPE.get(tp.topic)
         if cls is not None:
-            self.values[cls].extend(m.value for m in messages)
-            self.partitions[cls].extend(m.partition for m in messages)
-            self.offsets[cls].extend(m.offset for m in messages)
+            values = [m.value or b"" for m in messages]
+            rows = b"\n".join(values).count(b"\n") + 1
+            if rows == len(values):      # one record per message: no pack to split
+                self.values[cls].extend(values)
+                self.partitions[cls].extend(m.partition for m in messages)
+                self.offsets[cls].extend(m.offset for m in messages)
+            else:
+                for m in messages:
+                    self._add(cls, m)
+            self.size += rows
         else:
             for m in messages:
                 cls = records.BY_NAME.get(record_type_of(m))
                 if cls is None or cls.topic != m.topic:
                     self.rejects.append((m, f"unknown record type {record_type_of(m)!r} on {m.topic}"))
                     continue
-                self.values[cls].append(m.value)
-                self.partitions[cls].append(m.partition)
-                self.offsets[cls].append(m.offset)
+                self.size += self._add(cls, m)
         self.last[tp] = messages[-1]
-        self.size += len(messages)
+
+    def _add(self, cls, message) -> int:
+        """A message's records (several where it is a ``records.Pack``: they share its offset)."""
+        lines = split_value(message.value or b"")
+        self.values[cls].extend(lines)
+        self.partitions[cls].extend([message.partition] * len(lines))
+        self.offsets[cls].extend([message.offset] * len(lines))
+        return len(lines)
 
 
 @dataclass
