@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections import Counter
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Annotated, ClassVar
@@ -354,23 +355,26 @@ def kafka_key(record) -> bytes:
     return f"{record.exchange}|{record.symbol or '*'}".encode()
 
 
+PACK = "pack"      # the ``type`` header of a message holding a Pack
+
+
 @dataclass(slots=True)
 class Pack:
-    """Several records of one type bound for one Kafka partition, sent as one message.
+    """Several records bound for one Kafka partition of one topic, sent as one message.
 
-    kafka-python spends about as long on each message as perpflow spends mapping it, whatever its
-    size, so at high rates the ingest service packs records (``SpillingSink(pack_ms=...)``). The
-    value is the records' own encodings, one per line (orjson never writes a raw line break), in
-    the order they were emitted; a value without a line break is a single record, so every
-    reader handles both with ``split_value``. The message key is the first record's: it picks the
-    partition every record of the pack belongs to (``ingest.kafka.KeyPartitioner``), so each
-    symbol's records stay in order in its partition."""
+    kafka-python spends about as long on each message as perpflow spends mapping a frame, whatever
+    the message's size, so at high rates the ingest service packs records (``SpillingSink(pack_ms=
+    ...)``). The value is the records' own encodings, one per line (orjson never writes a raw line
+    break), in the order they were emitted, types mixed (a book's deltas and snapshots stay in
+    order); a value without a line break is a single record, so every reader handles both with
+    ``split_value`` and reads each line's own ``type``. The ``type`` header of a pack is ``pack``.
+    The message key is the first record's: it picks the partition every record of the pack
+    belongs to (``ingest.kafka.KeyPartitioner``), so each symbol's records stay in order."""
 
     topic: str
-    record_type: str
     key: bytes
     values: list[bytes]
-    ts_exchange: int | None = None    # the first record's, for accounting of dropped records
+    record_type: ClassVar[str] = PACK
 
     def __len__(self) -> int:
         return len(self.values)
@@ -378,10 +382,26 @@ class Pack:
     def records(self) -> list:
         return [decode(value) for value in self.values]
 
+    def type_counts(self) -> Counter:
+        return Counter(type_of(value) for value in self.values)
+
+
+def type_of(value: bytes) -> str:
+    """The record type an encoded record names first (``encode`` writes it first), without parsing it."""
+    start = len(_TYPE_KEY)
+    return value[start:value.index(b'"', start)].decode() if value.startswith(_TYPE_KEY) else ""
+
 
 def record_count(record_or_pack) -> int:
     """Records in what a sink was handed: a pack's size, else 1."""
     return len(record_or_pack.values) if type(record_or_pack) is Pack else 1
+
+
+def type_counts(record_or_pack) -> Counter:
+    """Records per type in what a sink was handed (a record, or a pack)."""
+    if type(record_or_pack) is Pack:
+        return record_or_pack.type_counts()
+    return Counter({record_or_pack.record_type: 1})
 
 
 def split_value(value: bytes) -> list[bytes]:
@@ -390,8 +410,9 @@ def split_value(value: bytes) -> list[bytes]:
 
 
 # Built once per record type: encode and headers run for every record sent.
-_VALUE_PREFIX = {name: b'{"type":"%s","v":%d,' % (name.encode(), SCHEMA_VERSION) for name in BY_NAME}
-_HEADERS = {name: [("type", name.encode()), ("v", str(SCHEMA_VERSION).encode())] for name in BY_NAME}
+_TYPE_KEY = b'{"type":"'
+_VALUE_PREFIX = {name: _TYPE_KEY + b'%s","v":%d,' % (name.encode(), SCHEMA_VERSION) for name in BY_NAME}
+_HEADERS = {name: [("type", name.encode()), ("v", str(SCHEMA_VERSION).encode())] for name in (*BY_NAME, PACK)}
 
 
 def encode(record) -> bytes:
@@ -414,8 +435,7 @@ def decode(value: bytes):
     if b"\n" in value:
         lines = split_value(value)
         first = decode(lines[0])
-        return Pack(topic=first.topic, record_type=first.record_type, key=kafka_key(first), values=lines,
-                    ts_exchange=getattr(first, "ts_exchange", None))
+        return Pack(topic=first.topic, key=kafka_key(first), values=lines)
     data = orjson.loads(value)
     cls = BY_NAME[data.pop("type")]
     data.pop("v")

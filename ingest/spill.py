@@ -22,6 +22,11 @@ the topics and starts a producer once Kafka answers). Spill lines are
 ``[topic, key, record_type, value_json_string]``, each written with one ``write`` system call,
 so a SIGKILL loses no accepted record and tears at most the line being written.
 
+With ``pack_ms`` the sink packs market records per (topic, partition) into ``records.Pack``
+messages; a pack is the unit everywhere below: in flight, spilled (record type ``pack``), checked
+against Kafka and re-sent whole, so the drain recognises a pack the broker took after all. A pack
+Kafka refuses for good is sent again record by record.
+
 Failures, and what the sink does about each:
 
 recovered from, with an ``on_event(kind, detail)`` call (``on_event`` may be called from any
@@ -71,7 +76,7 @@ from kafka.errors import (AuthorizationError, BrokerResponseError, InvalidProduc
                           UnknownProducerIdError)
 
 from ingest import records
-from ingest.records import DeadLetter, MarketRecord, Pack, record_count
+from ingest.records import DeadLetter, MarketRecord, Pack, record_count, type_counts
 from ingest.kafka import (BrokerUnavailable, end_offsets, ensure_topics, key_partition, new_consumer,
                           new_producer, partitions_of, wait_for_metadata)
 
@@ -129,6 +134,10 @@ def parse_spill_line(line: bytes) -> tuple[str, str, str, str]:
     if not (isinstance(item, list) and len(item) == 4 and all(isinstance(part, str) for part in item)):
         raise ValueError("not [topic, key, record_type, value]")
     topic, _, record_type, _ = item
+    if record_type == records.PACK:
+        if topic not in records.TOPICS:
+            raise ValueError(f"a pack on {topic!r}, which is no market-data topic")
+        return tuple(item)
     cls = records.BY_NAME.get(record_type)
     if cls is None or cls.topic != topic:
         raise ValueError(f"record type {record_type!r} does not belong on topic {topic!r}")
@@ -138,8 +147,12 @@ def parse_spill_line(line: bytes) -> tuple[str, str, str, str]:
 @dataclass(slots=True)
 class _OpenPack:
     pack: Pack
+    first: object           # its first record: a pack that got no other is sent as that record
     opened: float           # time.monotonic() of its first record
     size: int = 0           # bytes of its value so far
+
+    def closed(self):
+        return self.pack if len(self.pack.values) > 1 else self.first
 
 
 def _dead_letter(topic: str, key: str, value: str, exc: Exception) -> DeadLetter:
@@ -212,7 +225,7 @@ class SpillingSink:
         self.pack_ms = pack_ms
         self._pack_s = pack_ms / 1000
         self._pack_lock = threading.Lock()      # packs are filled by ``send``, which any thread may call
-        self._packs: dict[tuple, _OpenPack] = {}   # (topic, record type, partition) -> records not yet sent
+        self._packs: dict[tuple[str, int], _OpenPack] = {}   # (topic, partition) -> records not yet sent
         self._partition_of: dict[tuple[str, bytes], int] = {}   # (topic, key) -> partition, per producer session
         self._spill = open(self.spill_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the sink
         self._spill_size = os.fstat(self._spill.fileno()).st_size
@@ -261,18 +274,17 @@ class SpillingSink:
         now = time.monotonic()
         ready = []
         with self._pack_lock:
-            slot = (record.topic, record.record_type, partition)
+            slot = (record.topic, partition)
             pack = self._packs.get(slot)
             if pack is not None and pack.size + len(value) > PACK_MAX_BYTES:
-                ready.append(self._packs.pop(slot).pack)
+                ready.append(self._packs.pop(slot).closed())
                 pack = None
             if pack is None:
-                pack = self._packs[slot] = _OpenPack(Pack(topic=record.topic, record_type=record.record_type, key=key,
-                                                          values=[], ts_exchange=record.ts_exchange), now)
+                pack = self._packs[slot] = _OpenPack(Pack(topic=record.topic, key=key, values=[]), record, now)
             pack.pack.values.append(value)
             pack.size += len(value) + 1
             if len(pack.pack.values) >= PACK_MAX_RECORDS or now - pack.opened >= self._pack_s:
-                ready.append(self._packs.pop(slot).pack)
+                ready.append(self._packs.pop(slot).closed())
         for full in ready:
             self._send_alone(full)
         return True
@@ -303,7 +315,7 @@ class SpillingSink:
     def _send_packs(self, due: Callable[[_OpenPack], bool]) -> None:
         with self._pack_lock:
             ready = [slot for slot, pack in self._packs.items() if due(pack)]
-            packs = [self._packs.pop(slot).pack for slot in ready]
+            packs = [self._packs.pop(slot).closed() for slot in ready]
         for pack in packs:
             self._send_alone(pack)
 
@@ -326,7 +338,7 @@ class SpillingSink:
             return
         token = next(self._tokens)
         with self.lock:
-            self.sent[record.record_type] += record_count(record)
+            self.sent.update(type_counts(record))
             self.messages_sent += 1
             if not self._in_flight:
                 self._pending_since = time.monotonic()
@@ -351,7 +363,7 @@ class SpillingSink:
             if value is None:
                 return
             record = records.decode(value)
-            self.sent[record.record_type] -= record_count(record)
+            self.sent.subtract(type_counts(record))
             self._mark_unsure({record.topic})
         self._send_failed(record, exc, in_flight=True)
         self._dispatch()
@@ -372,8 +384,8 @@ class SpillingSink:
         refuses (a broker with a smaller message limit) is sent again record by record, so only a
         record that is refused on its own is dead-lettered."""
         if "\n" in value:
-            log.warning("Kafka refused a pack of %d %s records (%s: %s); sending them one by one",
-                        value.count("\n") + 1, record_type, exc.__class__.__name__, exc)
+            log.warning("Kafka refused a pack of %d records on %s (%s: %s); sending them one by one",
+                        value.count("\n") + 1, topic, exc.__class__.__name__, exc)
             for line in records.split_value(value.encode()):
                 self._send_alone(records.decode(line))
             return
@@ -829,7 +841,7 @@ class SpillingSink:
                             len(unanswered))
                 self._mark_unsure({record.topic for record in unanswered})
                 for record in unanswered:
-                    self.sent[record.record_type] -= record_count(record)
+                    self.sent.subtract(type_counts(record))
                     self._append(record, hold=True)
             self._spill_held()
             lost, self._held = self._held, []

@@ -19,6 +19,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
+from ingest.records import split_value
 from ingest.simulator import SimConfig, SimulatorThread, load_truth
 from conftest import PERPFLOW
 from ingest.kafka import end_offsets, new_consumer, partitions_of
@@ -97,7 +98,7 @@ def kafka_values(bootstrap: str, topic: str) -> list[bytes]:
         values, deadline = [], time.monotonic() + 30
         while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
             for messages in consumer.poll(500).values():
-                values += [m.value for m in messages]
+                values += [line for m in messages for line in split_value(m.value)]   # packs: a record a line
         return values
     finally:
         consumer.close()

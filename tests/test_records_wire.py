@@ -33,17 +33,20 @@ def test_every_record_type_decodes_back_to_the_record_it_encoded(cls, nulls):
 
 
 def test_a_pack_is_its_records_one_per_line_and_decodes_back_to_them():
-    trades = [sample(records.Trade, nulls=False) for _ in range(3)]
-    trades[1].trade_id = "line\nbreak"       # a line break inside a value is escaped, never raw
-    trades[2].symbol_native = "ÉTH\r\n"
-    values = [records.encode(t) for t in trades]
+    book = [sample(records.BookDelta, nulls=False), sample(records.BookSnapshot, nulls=True),
+            sample(records.BookDelta, nulls=True)]
+    book[1].reason = "line\nbreak"         # a line break inside a value is escaped, never raw
+    book[2].symbol_native = "ÉTH\r\n"
+    values = [records.encode(r) for r in book]
     assert all(b"\n" not in v for v in values)
-    pack = records.Pack(topic="md.trades", record_type="trade", key=records.kafka_key(trades[0]), values=values,
-                        ts_exchange=trades[0].ts_exchange)
+    pack = records.Pack(topic="md.book", key=records.kafka_key(book[0]), values=values)
     value = records.encode(pack)
     assert records.split_value(value) == values and value.count(b"\n") == 2
     decoded = records.decode(value)
-    assert decoded == pack and decoded.records() == trades
-    assert records.record_count(decoded) == 3 and records.record_count(trades[0]) == 1
-    assert records.kafka_key(pack) == records.kafka_key(trades[0]) and records.headers(pack) == records.headers("trade")
-    assert records.split_value(records.encode(trades[0])) == [values[0]]
+    assert decoded == pack and decoded.records() == book     # types mixed, in order
+    assert [records.type_of(v) for v in values] == ["book_delta", "book_snapshot", "book_delta"]
+    assert records.type_counts(pack) == {"book_delta": 2, "book_snapshot": 1}
+    assert records.record_count(decoded) == 3 and records.record_count(book[0]) == 1
+    assert records.kafka_key(pack) == records.kafka_key(book[0])
+    assert records.headers(pack) == [("type", b"pack"), ("v", str(records.SCHEMA_VERSION).encode())]
+    assert records.split_value(records.encode(book[0])) == [values[0]]

@@ -461,11 +461,29 @@ def test_a_restart_after_a_frozen_broker_took_in_flight_records_stores_each_once
     assert not again.unsure_path.exists()
 
 
+def _topic_messages(bootstrap: str, topic: str) -> tuple[list, set[int]]:
+    consumer = new_consumer(bootstrap)
+    try:
+        tps = partitions_of(consumer, [topic])
+        ends = end_offsets(consumer, tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        messages = []
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for batch in consumer.poll(500).values():
+                messages += batch
+        return messages, {tp.partition for tp in tps}
+    finally:
+        consumer.close()
+
+
 def test_packed_records_keep_each_symbols_order_and_load_once(tmp_path, fresh_broker):
-    """Records of several symbols sharing partitions, packed: every message's records belong to the
-    partition its key picks, each symbol's trades arrive in order, and the loader stores each record
-    once (a pack's records share its offset)."""
+    """Trades and book records of several symbols sharing partitions, packed: every message's
+    records belong to the partition its key picks, each symbol's records arrive in the order they
+    were sent (a book's snapshots among its deltas too), and the loader stores each record once
+    (a pack's records share its offset)."""
     from ingest.kafka import ensure_topics, key_partition
+    from ingest.records import BookDelta, BookSnapshot
     from warehouse.loader import load_once
     from warehouse.store import Warehouse
 
@@ -475,45 +493,44 @@ def test_packed_records_keep_each_symbols_order_and_load_once(tmp_path, fresh_br
     symbols = [f"S{i}" for i in range(7)]
     for i in range(3500):
         symbol = symbols[i % 7]
-        sink.send(Trade(exchange="binance-usdm", symbol=f"{symbol}-USDT-PERP", symbol_native=f"{symbol}USDT",
-                        ts_exchange=1_700_000_000_000 + i, ts_recv=1_700_000_000_000_000_000 + i, trade_id=str(i),
-                        price="100.5", qty="0.1", qty_unit="base", side="buy", is_aggregated=True))
+        common = dict(exchange="binance-usdm", symbol=f"{symbol}-USDT-PERP", symbol_native=f"{symbol}USDT",
+                      ts_exchange=1_700_000_000_000 + i, ts_recv=1_700_000_000_000_000_000 + i)
+        sink.send(Trade(**common, trade_id=str(i), price="100.5", qty="0.1", qty_unit="base", side="buy",
+                        is_aggregated=True))
+        levels = [["100.5", "1"]]
+        sink.send(BookSnapshot(**common, bids=levels, asks=[], seq=i, reason="periodic") if i % 70 < 7 else
+                  BookDelta(**common, bids=levels, asks=[], first_seq=i, last_seq=i, prev_seq=i - 7))
     sink.close()
-    assert sink.status()["spilled_total"] == 0 and sink.sent["trade"] == 3500
+    assert sink.status()["spilled_total"] == 0
+    assert sink.sent == {"trade": 3500, "book_delta": 3150, "book_snapshot": 350}
 
-    consumer = new_consumer(fresh_broker.bootstrap)
-    try:
-        tps = partitions_of(consumer, ["md.trades"])
-        ends = end_offsets(consumer, tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-        messages = []
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for batch in consumer.poll(500).values():
-                messages += batch
-    finally:
-        consumer.close()
-    partitions = {tp.partition for tp in tps}
-    by_symbol: dict[str, list[int]] = {}
-    for message in messages:
-        for line in records.split_value(message.value):
-            value = orjson.loads(line)
-            key = f"binance-usdm|{value['symbol']}".encode()
-            assert key_partition(key, partitions) == message.partition, (value["symbol"], message.partition)
-            by_symbol.setdefault(value["symbol"], []).append(int(value["trade_id"]))
-    print(f"3,500 trades of 7 symbols in {len(messages)} messages")
-    assert len(messages) < 3500 / 5
-    assert sum(map(len, by_symbol.values())) == 3500
-    for symbol, ids in by_symbol.items():
-        assert ids == sorted(ids) and len(ids) == 500, symbol
+    sent_messages = 0
+    for topic, id_field in (("md.trades", "trade_id"), ("md.book", "ts_exchange")):
+        messages, partitions = _topic_messages(fresh_broker.bootstrap, topic)
+        sent_messages += len(messages)
+        by_symbol: dict[str, list] = {}
+        for message in messages:
+            for line in records.split_value(message.value):
+                value = orjson.loads(line)
+                key = f"binance-usdm|{value['symbol']}".encode()
+                assert key_partition(key, partitions) == message.partition, (value["symbol"], message.partition)
+                by_symbol.setdefault(value["symbol"], []).append((int(value[id_field]), value["type"]))
+        print(f"3,500 records of 7 symbols on {topic} in {len(messages)} messages")
+        assert len(messages) < 3500 / 5
+        assert sum(map(len, by_symbol.values())) == 3500
+        for symbol, items in by_symbol.items():
+            assert items == sorted(items) and len(items) == 500, symbol
+            if topic == "md.book":
+                assert [t for _, t in items] == ["book_snapshot" if (ts - 1_700_000_000_000) % 70 < 7 else "book_delta"
+                                                 for ts, _ in items]
+    assert sink.messages_sent == sent_messages
 
     warehouse = Warehouse(tmp_path / "w.duckdb")
     report = load_once(warehouse, fresh_broker.bootstrap)
-    assert report.rows["trades"] == 3500
+    assert (report.rows["trades"], report.rows["book_deltas"], report.rows["book_snapshots"]) == (3500, 3150, 350)
+    assert report.rejected == 0
     with warehouse.reader(live=True) as con:
-        stored, distinct, offsets = con.execute(
-            "SELECT count(*), count(DISTINCT trade_id), count(DISTINCT (kafka_partition, kafka_offset)) "
-            "FROM raw.trades").fetchone()
-    assert (stored, distinct, offsets) == (3500, 3500, len(messages))
-    again = load_once(warehouse, fresh_broker.bootstrap)
-    assert again.total == 0
+        stored, distinct = con.execute("SELECT count(*), count(DISTINCT trade_id) FROM raw.trades").fetchone()
+        deltas = con.execute("SELECT count(DISTINCT last_seq) FROM raw.book_deltas").fetchone()[0]
+    assert (stored, distinct, deltas) == (3500, 3500, 3150)
+    assert load_once(warehouse, fresh_broker.bootstrap).total == 0

@@ -81,7 +81,7 @@ def fingerprint(message) -> str:
 
 def record_type_of(message) -> str:
     for key, value in message.headers or ():
-        if key == "type":
+        if key == "type" and value != b"pack":     # a pack's lines name their own types
             return value.decode()
     value = message.value or b""
     if value.startswith(_TYPE_PREFIX):
@@ -159,20 +159,31 @@ class _Batch:
             self.size += rows
         else:
             for m in messages:
-                cls = records.BY_NAME.get(record_type_of(m))
-                if cls is None or cls.topic != m.topic:
-                    self.rejects.append((m, f"unknown record type {record_type_of(m)!r} on {m.topic}"))
-                    continue
-                self.size += self._add(cls, m)
+                lines = split_value(m.value or b"")
+                if len(lines) == 1:
+                    self._route(m, record_type_of(m), m)
+                else:       # a pack: each line names its type
+                    for line in lines:
+                        self._route(m, records.type_of(line), _Rejected(m.topic, m.partition, m.offset, line))
         self.last[tp] = messages[-1]
 
-    def _add(self, cls, message) -> int:
+    def _add(self, cls, message) -> None:
         """A message's records (several where it is a ``records.Pack``: they share its offset)."""
         lines = split_value(message.value or b"")
         self.values[cls].extend(lines)
         self.partitions[cls].extend([message.partition] * len(lines))
         self.offsets[cls].extend([message.offset] * len(lines))
-        return len(lines)
+
+    def _route(self, message, record_type: str, item) -> None:
+        """One record of a topic that carries several types (``item``: the message, or a pack's line)."""
+        cls = records.BY_NAME.get(record_type)
+        if cls is None or cls.topic != message.topic:
+            self.rejects.append((item, f"unknown record type {record_type!r} on {message.topic}"))
+            return
+        self.values[cls].append(item.value)
+        self.partitions[cls].append(message.partition)
+        self.offsets[cls].append(message.offset)
+        self.size += 1
 
 
 @dataclass
