@@ -884,8 +884,13 @@ class IngestService:
                                                                         "last_hour": len(recent)})
                         await ws.close(code=1000, reason="book snapshot never came: reconnecting")
                         return
-                    for frame in self.venue.resubscribe_frames(stream):
-                        await ws.send(frame)
+                    try:
+                        for frame in self.venue.resubscribe_frames(stream):
+                            await ws.send(frame)
+                    except ConnectionClosed:
+                        # Going down already: its reconnect subscribes every stream afresh, and that
+                        # brings the snapshot. Not a crash of this task (six of those stop the service).
+                        return
                     recent.append(now)
                     self.events["resubscribes"] += 1
             deadline = time.monotonic() + self.RESUBSCRIBE_WAIT_S
