@@ -84,15 +84,25 @@ def _wall_to_sim(samples: list[tuple[int, int]]):
 
 
 async def _run_services(services: dict, sim: SimulatorThread, samples: list) -> None:
-    """Every service until the market has played RUN_S seconds, sampling (wall ns, market ms) so
-    the services' wall-clock feed events can be placed on the market's clock."""
+    """Every service until the market has played RUN_S seconds and every service has read its trades
+    up to a minute before that, sampling (wall ns, market ms) so the services' wall-clock feed events
+    can be placed on the market's clock. On a loaded machine the services (in this process, with
+    the simulator) read minutes behind the market: stopped as soon as the market is done, the
+    frames still in their sockets would look like trades a venue that was up never delivered."""
     feed = sim.simulator.feed
     tasks = [asyncio.create_task(s.run()) for s in services.values()]
     started = time.monotonic()
+    read_to_ms = feed.start_ms + (RUN_S - 60) * 1000
+
+    def caught_up() -> bool:
+        return all(s.handler.newest_trade_ms.get(native, 0) >= read_to_ms
+                   for s in services.values() for native in s.config.symbols)
+
     while not all(t.done() for t in tasks):
         await asyncio.sleep(0.1)
         samples.append((time.time_ns(), feed.now_ms))
-        if feed.now_ms - feed.start_ms >= RUN_S * 1000 or time.monotonic() - started > 900:
+        played = feed.now_ms - feed.start_ms >= RUN_S * 1000
+        if played and caught_up() or time.monotonic() - started > 1500:
             for s in services.values():
                 s.request_stop()
     await asyncio.gather(*tasks)
