@@ -388,8 +388,10 @@ class Pack:
 
 def type_of(value: bytes) -> str:
     """The record type an encoded record names first (``encode`` writes it first), without parsing it."""
-    start = len(_TYPE_KEY)
-    return value[start:value.index(b'"', start)].decode() if value.startswith(_TYPE_KEY) else ""
+    if not value.startswith(_TYPE_KEY):
+        return ""
+    end = value.find(b'"', len(_TYPE_KEY))
+    return value[len(_TYPE_KEY):end].decode(errors="replace") if end > 0 else ""
 
 
 def record_count(record_or_pack) -> int:

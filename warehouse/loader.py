@@ -53,7 +53,6 @@ DEFAULT_BATCH_ROWS = 50_000
 # failed and sent again after that timeout, which must not end the pass.
 STALL_SECONDS = 120
 MIRROR_TIMEOUT_MS = 10_000
-_TYPE_PREFIX = b'{"type":"'
 
 
 @dataclass
@@ -83,10 +82,7 @@ def record_type_of(message) -> str:
     for key, value in message.headers or ():
         if key == "type" and value != b"pack":     # a pack's lines name their own types
             return value.decode()
-    value = message.value or b""
-    if value.startswith(_TYPE_PREFIX):
-        return value[len(_TYPE_PREFIX):value.index(b'"', len(_TYPE_PREFIX))].decode()
-    return ""
+    return records.type_of(message.value or b"")
 
 
 # --- the pass ---------------------------------------------------------------------------------
