@@ -376,9 +376,6 @@ class Pack:
     values: list[bytes]
     record_type: ClassVar[str] = PACK
 
-    def __len__(self) -> int:
-        return len(self.values)
-
     def records(self) -> list:
         return [decode(value) for value in self.values]
 

@@ -81,7 +81,7 @@ class IngestFailed(RuntimeError):
 
 
 TASK_CRASH_WINDOW_S = 300.0
-# Records of one type and partition wait this long at most to share a Kafka message: kafka-python
+# Records bound for one partition wait this long at most to share a Kafka message: kafka-python
 # costs about as much per message as mapping a frame does, so at a cascade's rates a pack of tens
 # of records halves the CPU per record; in calm markets a pack holds a record or two.
 DEFAULT_PACK_MS = 20.0

@@ -172,8 +172,8 @@ class SpillingSink:
                  producer_config: dict | None = None, pack_ms: float = 0):
         """``partitions``: create the market-data topics with that many partitions before the first
         producer session (at start, or once Kafka first answers). ``producer_config`` overrides
-        kafka-python producer settings. ``pack_ms`` > 0: market records of one type bound for one
-        partition are sent together as a ``Pack`` once the oldest has waited that long (or the
+        kafka-python producer settings. ``pack_ms`` > 0: market records bound for one partition
+        (types mixed, in order) are sent together as a ``Pack`` once the oldest has waited that long (or the
         pack is full); the owner calls ``flush_due`` at least that often. 0 sends each record
         as its own message."""
         self.bootstrap = bootstrap

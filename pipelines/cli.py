@@ -279,7 +279,7 @@ def _shard(ctx, param, value: str | None):
 @click.option("--max-frame-mib", type=click.FloatRange(0.01, 200), default=8.0, show_default=True,
               help="Frames larger than this are dead-lettered (the connection stays up).")
 @click.option("--pack-ms", type=click.FloatRange(0, 1000), default=20.0, show_default=True,
-              help="Records of one type bound for one Kafka partition wait up to this many milliseconds to be "
+              help="Records bound for one Kafka partition wait up to this many milliseconds to be "
                    "sent together as one message (one record per line); 0 sends each record as its own message.")
 @click.option("--shard", callback=_shard, metavar="I/N",
               help="Ingest only shard I (0-based) of N: the symbols whose CRC-32 mod N is I, with status, state "

@@ -36,8 +36,8 @@ def trade(i: int, padding: int = 0) -> Trade:
                  trade_type="X" * padding or None)
 
 
-def topic_values(bootstrap: str, topic: str) -> list[dict]:
-    """Every value in the topic, partition by partition in offset order."""
+def topic_messages(bootstrap: str, topic: str) -> tuple[list, set[int]]:
+    """Every message in the topic, partition by partition in offset order, and its partitions."""
     consumer = new_consumer(bootstrap)
     try:
         tps = partitions_of(consumer, [topic])
@@ -49,11 +49,15 @@ def topic_values(bootstrap: str, topic: str) -> list[dict]:
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             assert time.monotonic() < deadline, "could not read the topic to its end"
             for tp, messages in consumer.poll(500).items():
-                found[tp] += [orjson.loads(line) for m in messages if m.offset < ends[tp]
-                              for line in records.split_value(m.value)]
-        return [value for tp in tps for value in found[tp]]
+                found[tp] += [m for m in messages if m.offset < ends[tp]]
+        return [m for tp in tps for m in found[tp]], {tp.partition for tp in tps}
     finally:
         consumer.close()
+
+
+def topic_values(bootstrap: str, topic: str) -> list[dict]:
+    """Every record in the topic (a pack's one by one), partition by partition in offset order."""
+    return [orjson.loads(line) for m in topic_messages(bootstrap, topic)[0] for line in records.split_value(m.value)]
 
 
 def trade_ids(bootstrap: str) -> list[int]:
@@ -461,22 +465,6 @@ def test_a_restart_after_a_frozen_broker_took_in_flight_records_stores_each_once
     assert not again.unsure_path.exists()
 
 
-def _topic_messages(bootstrap: str, topic: str) -> tuple[list, set[int]]:
-    consumer = new_consumer(bootstrap)
-    try:
-        tps = partitions_of(consumer, [topic])
-        ends = end_offsets(consumer, tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-        messages = []
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for batch in consumer.poll(500).values():
-                messages += batch
-        return messages, {tp.partition for tp in tps}
-    finally:
-        consumer.close()
-
-
 def test_packed_records_keep_each_symbols_order_and_load_once(tmp_path, fresh_broker):
     """Trades and book records of several symbols sharing partitions, packed: every message's
     records belong to the partition its key picks, each symbol's records arrive in the order they
@@ -506,7 +494,7 @@ def test_packed_records_keep_each_symbols_order_and_load_once(tmp_path, fresh_br
 
     sent_messages = 0
     for topic, id_field in (("md.trades", "trade_id"), ("md.book", "ts_exchange")):
-        messages, partitions = _topic_messages(fresh_broker.bootstrap, topic)
+        messages, partitions = topic_messages(fresh_broker.bootstrap, topic)
         sent_messages += len(messages)
         by_symbol: dict[str, list] = {}
         for message in messages:
